@@ -1,0 +1,68 @@
+"""georaster_cnn: classify geospatial rasters with CNNs, get back a georeferenced map.
+
+Pipeline: :func:`open_raster` -> :func:`compute_stats` / :func:`train` ->
+:func:`predict` (lazy, blockwise over Dask) -> :func:`write_prediction`.
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import PackageNotFoundError, version
+
+from georaster_cnn.errors import (
+    BandMismatchError,
+    DataRangeWarning,
+    GeorasterCNNError,
+    InputError,
+    ModelFileError,
+    OutputExistsError,
+    ReadError,
+    TrainingError,
+)
+from georaster_cnn.geometry import PatchGrid, output_transform
+from georaster_cnn.modelfile import GeoModel, load_model, save_model
+from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture, resolve_device
+from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
+from georaster_cnn.reader import open_raster, valid_mask
+from georaster_cnn.stats import ChannelStats, compute_stats, normalize
+from georaster_cnn.train import open_labels, train
+from georaster_cnn.writer import write_prediction
+
+try:
+    __version__ = version("georaster-cnn")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0+unknown"
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__all__ = [
+    "ARCHITECTURES",
+    "CLASS_NODATA",
+    "BandMismatchError",
+    "ChannelStats",
+    "DataRangeWarning",
+    "GeoModel",
+    "GeorasterCNNError",
+    "InputError",
+    "ModelFileError",
+    "OutputExistsError",
+    "PatchGrid",
+    "ReadError",
+    "TrainingError",
+    "__version__",
+    "build_model",
+    "check_inputs",
+    "compute_stats",
+    "load_model",
+    "normalize",
+    "open_labels",
+    "open_raster",
+    "output_transform",
+    "predict",
+    "register_architecture",
+    "resolve_device",
+    "save_model",
+    "train",
+    "valid_mask",
+    "write_prediction",
+]

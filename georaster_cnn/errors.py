@@ -1,0 +1,50 @@
+"""Exceptions raised by georaster_cnn.
+
+Every error derives from :class:`GeorasterCNNError`; the leaves also inherit the
+builtin that best describes them, so callers may catch either.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BandMismatchError",
+    "DataRangeWarning",
+    "GeorasterCNNError",
+    "InputError",
+    "ModelFileError",
+    "OutputExistsError",
+    "ReadError",
+    "TrainingError",
+]
+
+
+class GeorasterCNNError(Exception):
+    """Root of all georaster_cnn errors."""
+
+
+class InputError(GeorasterCNNError, ValueError):
+    """An input raster, label set or option is not usable as given."""
+
+
+class BandMismatchError(InputError):
+    """A raster's bands do not match what the model was trained on."""
+
+
+class ReadError(GeorasterCNNError, OSError):
+    """A file could not be opened or its pixel blocks could not be read."""
+
+
+class ModelFileError(GeorasterCNNError, ValueError):
+    """A model file is missing, corrupt, or of an unknown format version."""
+
+
+class OutputExistsError(GeorasterCNNError, FileExistsError):
+    """An output exists and overwriting was not asked for."""
+
+
+class TrainingError(GeorasterCNNError, RuntimeError):
+    """Training could not proceed (e.g. no labelled windows)."""
+
+
+class DataRangeWarning(UserWarning):
+    """Input data look very different from the data the model was trained on."""

@@ -1,0 +1,163 @@
+"""normalise: per-channel statistics computed with Dask, ignoring NaN/nodata.
+
+Statistics are kept as mergeable partial results (count, mean, M2, min, max) so
+that blocks, tiles and workers can each compute theirs and combine them exactly
+(Chan et al.'s parallel variance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from georaster_cnn.errors import InputError
+
+__all__ = ["ChannelStats", "compute_stats", "normalize"]
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Per-channel count, mean, M2 (sum of squared deviations), min and max.
+
+    Examples
+    --------
+    >>> a = ChannelStats.from_array(np.array([[[1.0, 2.0]]]), ["b"])
+    >>> b = ChannelStats.from_array(np.array([[[3.0, np.nan]]]), ["b"])
+    >>> a.merge(b).mean.tolist()
+    [2.0]
+    """
+
+    names: tuple[str, ...]
+    count: np.ndarray = field(repr=False)
+    mean: np.ndarray
+    m2: np.ndarray = field(repr=False)
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population standard deviation per channel (0 where fewer than 2 values)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            var = np.where(self.count > 1, self.m2 / np.maximum(self.count, 1), 0.0)
+        return np.sqrt(var)
+
+    @classmethod
+    def from_array(cls, block: np.ndarray, names: Sequence[str]) -> ChannelStats:
+        """Partial statistics of one ``(band, ...)`` NumPy block; NaN ignored."""
+        flat = block.reshape(block.shape[0], -1).astype("float64", copy=False)
+        ok = np.isfinite(flat)
+        count = ok.sum(axis=1).astype("float64")
+        safe = np.where(ok, flat, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(count > 0, safe.sum(axis=1) / np.maximum(count, 1), 0.0)
+        m2 = np.where(ok, (flat - mean[:, None]) ** 2, 0.0).sum(axis=1)
+        mn = (
+            np.where(ok, flat, np.inf).min(axis=1) if flat.shape[1] else np.full(len(count), np.inf)
+        )
+        mx = (
+            np.where(ok, flat, -np.inf).max(axis=1)
+            if flat.shape[1]
+            else np.full(len(count), -np.inf)
+        )
+        return cls(tuple(names), count, mean, m2, mn, mx)
+
+    def merge(self, other: ChannelStats) -> ChannelStats:
+        """Combine two partial results exactly."""
+        if self.names != other.names:
+            raise InputError(f"cannot merge statistics of bands {self.names} and {other.names}")
+        n = self.count + other.count
+        delta = other.mean - self.mean
+        with np.errstate(invalid="ignore", divide="ignore"):
+            w = np.where(n > 0, other.count / np.maximum(n, 1), 0.0)
+        mean = self.mean + delta * w
+        m2 = self.m2 + other.m2 + delta**2 * self.count * w
+        return ChannelStats(
+            self.names,
+            n,
+            mean,
+            m2,
+            np.minimum(self.minimum, other.minimum),
+            np.maximum(self.maximum, other.maximum),
+        )
+
+    @classmethod
+    def merge_all(cls, parts: Iterable[ChannelStats]) -> ChannelStats:
+        it = iter(parts)
+        total = next(it)
+        for p in it:
+            total = total.merge(p)
+        return total
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "names": list(self.names),
+            "count": self.count.tolist(),
+            "mean": self.mean.tolist(),
+            "m2": self.m2.tolist(),
+            "std": self.std.tolist(),
+            "min": self.minimum.tolist(),
+            "max": self.maximum.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ChannelStats:
+        arr = lambda k: np.asarray(d[k], dtype="float64")  # noqa: E731
+        return cls(tuple(d["names"]), arr("count"), arr("mean"), arr("m2"), arr("min"), arr("max"))
+
+
+def compute_stats(data: xr.DataArray | Sequence[xr.DataArray]) -> ChannelStats:
+    """Per-channel statistics of one or more ``(band, y, x)`` arrays, NaN ignored.
+
+    Each Dask block contributes a partial result; the partials are merged, so the
+    whole raster is never in memory and the result does not depend on chunking
+    (up to floating-point rounding).
+
+    Parameters
+    ----------
+    data
+        Canonical array(s) from :func:`~georaster_cnn.open_raster`, same bands.
+
+    Returns
+    -------
+    ChannelStats
+
+    Raises
+    ------
+    InputError
+        A band has no valid pixel at all.
+    """
+    arrays = [data] if isinstance(data, xr.DataArray) else list(data)
+    if not arrays:
+        raise InputError("compute_stats needs at least one raster")
+    names = tuple(str(b) for b in arrays[0]["band"].values)
+    parts = []
+    for arr in arrays:
+        if tuple(str(b) for b in arr["band"].values) != names:
+            raise InputError(
+                f"all rasters must have the same bands; found {names} and "
+                f"{tuple(str(b) for b in arr['band'].values)}"
+            )
+        d = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.values)
+        d = d.rechunk({0: -1})
+        for block in d.to_delayed().ravel():
+            parts.append(dask.delayed(ChannelStats.from_array)(block, names))
+    (merged,) = dask.compute(dask.delayed(ChannelStats.merge_all)(parts))
+    empty = [n for n, c in zip(names, merged.count, strict=True) if c == 0]
+    if empty:
+        raise InputError(f"band(s) {', '.join(empty)} have no valid pixel (all nodata or NaN)")
+    return merged
+
+
+def normalize(data: xr.DataArray, stats: ChannelStats) -> xr.DataArray:
+    """``(x - mean) / std`` per channel, lazily; NaN stays NaN. Constant bands get std 1."""
+    std = stats.std.copy()
+    std[~(std > 0)] = 1.0
+    mean = xr.DataArray(stats.mean.astype("float32"), dims="band")
+    scale = xr.DataArray((1.0 / std).astype("float32"), dims="band")
+    return ((data - mean) * scale).astype("float32")

@@ -1,0 +1,376 @@
+"""Minimal training from a class-label raster aligned to the input.
+
+Windows are cut by the same blockwise machinery as prediction
+(:mod:`georaster_cnn.chips`); a window's label is the class of its centre pixel.
+Validation is spatially blocked: output cells are grouped into square blocks of
+``val_block`` pixels and whole blocks go to validation, so neighbouring,
+overlapping windows rarely straddle the split. (Full training - vector labels,
+chip folders, early stopping - is its own module later.)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from torch import nn
+
+from georaster_cnn.chips import iter_batches, plan_blocks, valid_fraction, window_view
+from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.geometry import DEFAULT_PATCH, PatchGrid
+from georaster_cnn.modelfile import GeoModel, default_colors
+from georaster_cnn.models import build_model, resolve_device
+from georaster_cnn.reader import open_raster
+from georaster_cnn.stats import compute_stats, normalize
+
+__all__ = ["open_labels", "train"]
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+def open_labels(path: str | os.PathLike[str]) -> xr.DataArray:
+    """Open a class-label raster: ``(y, x)`` float32 class ids, NaN = unlabelled.
+
+    The first band is used; nodata (and GDAL masks) become NaN. Class names stored
+    in a ``CLASS_NAMES`` JSON tag are kept in ``attrs["class_names"]``.
+    """
+    lab = open_raster(path, bands=[1]).isel(band=0, drop=True)
+    import json
+
+    import rasterio
+
+    try:
+        with rasterio.open(path) as src:
+            tag = src.tags().get("CLASS_NAMES") or src.tags(1).get("CLASS_NAMES")
+        if tag:
+            lab.attrs["class_names"] = json.loads(tag)
+    except (rasterio.errors.RasterioError, ValueError):
+        pass
+    return lab
+
+
+def _check_aligned(data: xr.DataArray, labels: xr.DataArray) -> None:
+    src, lsrc = data.attrs.get("source", "data"), labels.attrs.get("source", "labels")
+    if (data.sizes["y"], data.sizes["x"]) != (labels.sizes["y"], labels.sizes["x"]):
+        raise InputError(
+            f"label raster {lsrc} is {labels.sizes['y']} x {labels.sizes['x']} pixels but "
+            f"{src} is {data.sizes['y']} x {data.sizes['x']}; labels must be on the same grid "
+            "(same size, transform and CRS)"
+        )
+    if not data.rio.transform().almost_equals(labels.rio.transform(), precision=1e-6):
+        raise InputError(
+            f"label raster {lsrc} has transform {tuple(labels.rio.transform())[:6]} but {src} has "
+            f"{tuple(data.rio.transform())[:6]}; resample the labels onto the data grid"
+        )
+    if data.rio.crs != labels.rio.crs and None not in (data.rio.crs, labels.rio.crs):
+        raise InputError(
+            f"label raster {lsrc} CRS {labels.rio.crs} differs from {src} CRS {data.rio.crs}"
+        )
+
+
+def _block_chips(
+    block: np.ndarray, *, patch: int, stride: int, halo: int, min_valid: float, offset: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chips, labels and cell positions of one overlapped block (last band = labels)."""
+    data, labels = block[:-1], block[-1]
+    ny = (block.shape[1] - 2 * halo) // stride
+    nx = (block.shape[2] - 2 * halo) // stride
+    frac = valid_fraction(~np.isnan(data).any(axis=0), patch, stride, (ny, nx))
+    c = patch // 2  # a window's centre pixel within the block: s*i + patch//2
+    centre = labels[c : c + (ny - 1) * stride + 1 : stride, c : c + (nx - 1) * stride + 1 : stride]
+    rows, cols = np.nonzero((frac >= min_valid) & np.isfinite(centre))
+    windows = window_view(data, patch, stride, (ny, nx))
+    chips = [ch for _, ch in iter_batches(windows, rows, cols, 4096)]
+    x = np.concatenate(chips) if chips else np.empty((0, data.shape[0], patch, patch), np.float32)
+    pos = np.stack([rows, cols], axis=1)
+    return x, centre[rows, cols].astype(np.int64), pos
+
+
+def _extract(
+    data: xr.DataArray, labels: xr.DataArray, model_stats: Any, grid: PatchGrid, min_valid: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    norm = normalize(data, model_stats).data
+    lab = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.values)
+    stacked = da.concatenate([norm, lab[None].astype(np.float32)], axis=0)
+    plan = plan_blocks(stacked, grid)
+    parts = []
+    starts_y = np.cumsum((0, *plan.cell_chunks[0]))
+    starts_x = np.cumsum((0, *plan.cell_chunks[1]))
+    for (_, by, bx), blk in np.ndenumerate(plan.blocks.to_delayed()):
+        parts.append((
+            dask.delayed(_block_chips)(
+                blk, patch=grid.patch, stride=grid.stride, halo=grid.halo_before,
+                min_valid=min_valid, offset=grid.offset,
+            ),
+            starts_y[by], starts_x[bx],
+        ))  # fmt: skip
+    computed = dask.compute(*[p[0] for p in parts])
+    xs, ys, ps = [], [], []
+    for (x, y, pos), (_, oy, ox) in zip(computed, parts, strict=True):
+        xs.append(x)
+        ys.append(y)
+        ps.append(pos + np.array([oy, ox]))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ps)
+
+
+def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random flips and 90-degree rotations (the same for the whole batch)."""
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    if k:
+        x = torch.rot90(x, k, dims=(2, 3))
+    if int(torch.randint(0, 2, (1,), generator=gen)):
+        x = torch.flip(x, dims=(3,))
+    return x
+
+
+def _recalibrate_bn(
+    module: nn.Module, x: torch.Tensor, dev: torch.device, batch: int, max_batches: int = 50
+) -> None:
+    """Re-estimate batch-norm running statistics as exact averages over training batches.
+
+    With few updates the exponential running averages are still far from the data's
+    statistics, and the model in ``eval`` mode then predicts nonsense.
+    """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average
+    module.train()
+    with torch.no_grad():
+        for i in range(0, min(len(x), batch * max_batches), batch):
+            if len(x[i : i + batch]) > 1:
+                module(x[i : i + batch].to(dev))
+    for bn, mom in zip(bns, saved, strict=True):
+        bn.momentum = mom
+
+
+def _evaluate(
+    module: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    dev: torch.device,
+    loss_fn: nn.Module,
+    batch: int,
+) -> tuple[float, float]:
+    module.eval()
+    tot_loss, correct = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(x), batch):
+            xb, yb = x[i : i + batch].to(dev), y[i : i + batch].to(dev)
+            out = module(xb)
+            tot_loss += float(loss_fn(out, yb)) * len(xb)
+            correct += int((out.argmax(1) == yb).sum())
+    return tot_loss / max(1, len(x)), correct / max(1, len(x))
+
+
+def train(
+    data: xr.DataArray | Sequence[xr.DataArray],
+    labels: xr.DataArray | Sequence[xr.DataArray],
+    *,
+    class_names: Sequence[str] | None = None,
+    arch: str = "cnn",
+    epochs: int = 10,
+    batch_size: int = 64,
+    stride: int | None = None,
+    patch_size: int = DEFAULT_PATCH,
+    learning_rate: float = 1e-3,
+    device: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    val_block: int = 128,
+    min_valid: float = 0.5,
+    augment: bool = True,
+    hparams: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> GeoModel:
+    """Train a classifier from rasters and aligned class-label rasters.
+
+    Parameters
+    ----------
+    data
+        One or more canonical ``(band, y, x)`` arrays with the same bands.
+    labels
+        Matching ``(y, x)`` label arrays (see :func:`open_labels`): class ids
+        ``0..K-1``, NaN = unlabelled.
+    class_names
+        Names of the ``K`` classes; default: the labels' ``class_names`` attribute,
+        else ``class_0 ... class_{K-1}``.
+    arch
+        Registered architecture name.
+    epochs, batch_size, learning_rate
+        Optimiser settings (Adam, class-weighted cross-entropy).
+    stride
+        Spacing of training windows; default ``patch_size // 4``.
+    device
+        ``auto``, ``cpu``, ``cuda`` or ``mps``; mixed precision on CUDA.
+    seed
+        Seeds the split, shuffling, augmentation and weights: a run is reproducible.
+    val_fraction, val_block
+        Fraction of ``val_block``-pixel square blocks held out for validation.
+    min_valid
+        Minimum valid fraction of a training window; stored as the model's default.
+    progress
+        Called as ``progress(epoch, epochs, metrics)`` after each epoch.
+
+    Returns
+    -------
+    GeoModel
+        The weights of the epoch with the lowest validation loss.
+
+    Raises
+    ------
+    InputError
+        Misaligned or inconsistent inputs.
+    TrainingError
+        No labelled window, or fewer than two classes.
+    """
+    datas = [data] if isinstance(data, xr.DataArray) else list(data)
+    labs = [labels] if isinstance(labels, xr.DataArray) else list(labels)
+    if not datas or len(datas) != len(labs):
+        raise InputError(
+            f"need one label raster per input raster; got {len(datas)} and {len(labs)}"
+        )
+    if epochs < 1:
+        raise InputError(f"epochs must be >= 1; found {epochs}")
+    stride = stride or max(1, patch_size // 4)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    for d, lab in zip(datas, labs, strict=True):
+        _check_aligned(d, lab)
+    stats = compute_stats(datas)
+    xs, ys, is_val = [], [], []
+    for d, lab in zip(datas, labs, strict=True):
+        grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=patch_size, stride=stride)
+        x, y, pos = _extract(d, lab, stats, grid, min_valid)
+        blocks = (pos * stride) // val_block
+        nby, nbx = math.ceil(d.sizes["y"] / val_block), math.ceil(d.sizes["x"] / val_block)
+        held = rng.random((nby + 1, nbx + 1)) < val_fraction
+        xs.append(x)
+        ys.append(y)
+        is_val.append(held[blocks[:, 0], blocks[:, 1]])
+    x_all, y_all, val = np.concatenate(xs), np.concatenate(ys), np.concatenate(is_val)
+    if len(y_all) == 0:
+        raise TrainingError(
+            "no labelled window found: labels are all nodata or windows all invalid"
+        )
+    if (y_all < 0).any():
+        raise InputError(f"class ids must be 0..K-1; found {int(y_all.min())}")
+    n_classes = int(y_all.max()) + 1
+    if class_names is None:
+        class_names = labs[0].attrs.get("class_names") or [f"class_{i}" for i in range(n_classes)]
+    class_names = list(class_names)
+    if len(class_names) < n_classes:
+        raise InputError(
+            f"labels hold class ids up to {n_classes - 1} but {len(class_names)} class name(s) "
+            f"were given ({', '.join(class_names)})"
+        )
+    n_classes = len(class_names)
+    if len(np.unique(y_all)) < 2:
+        raise TrainingError(f"labels hold a single class ({class_names[int(y_all[0])]}); need >= 2")
+    if val.all() or not val.any():
+        val = rng.random(len(y_all)) < val_fraction  # too few blocks: fall back to random
+    dev = resolve_device(device)
+    module = build_model(arch, x_all.shape[1], n_classes, patch_size, **(hparams or {})).to(dev)
+    counts = np.bincount(y_all[~val], minlength=n_classes).astype(np.float64)
+    weights = torch.tensor(
+        np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0),
+        dtype=torch.float32,
+    )
+    loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev))
+    opt = torch.optim.Adam(module.parameters(), lr=learning_rate)
+    xt, yt = torch.from_numpy(x_all[~val]), torch.from_numpy(y_all[~val])
+    xv, yv = torch.from_numpy(x_all[val]), torch.from_numpy(y_all[val])
+    gen = torch.Generator().manual_seed(seed)
+    scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
+    log.info(
+        "training %s on %d windows (%d validation), %d classes", arch, len(yt), len(yv), n_classes
+    )
+    for epoch in range(1, epochs + 1):
+        module.train()
+        order = torch.randperm(len(xt), generator=gen)
+        tot_loss, correct = 0.0, 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:
+                continue  # batch-norm needs more than one sample
+            xb = xt[idx]
+            if augment:
+                xb = _augment(xb, gen)
+            xb, yb = xb.to(dev), yt[idx].to(dev)
+            with torch.autocast(
+                device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
+            ):
+                out = module(xb)
+                loss = loss_fn(out, yb)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            tot_loss += float(loss.detach()) * len(idx)
+            correct += int((out.argmax(1) == yb).sum())
+        _recalibrate_bn(module, xt[order], dev, batch_size)
+        metrics = {"epoch": epoch, "loss": tot_loss / len(xt), "accuracy": correct / len(xt)}
+        if len(xv):
+            metrics["val_loss"], metrics["val_accuracy"] = _evaluate(
+                module, xv, yv, dev, loss_fn, batch_size * 4
+            )
+        history.append(metrics)
+        log.info("epoch %d/%d %s", epoch, epochs, metrics)
+        score = metrics.get("val_loss", metrics["loss"])
+        if best is None or score < best[0]:
+            best = (score, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+        if progress is not None:
+            progress(epoch, epochs, metrics)
+    assert best is not None  # epochs >= 1 was checked above
+    module.load_state_dict(best[1])
+    module.cpu().eval()
+    best_epoch = min(history, key=lambda m: m.get("val_loss", m["loss"]))
+    provenance = {
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
+        "labels": [str(lab.attrs.get("source", "<in-memory>")) for lab in labs],
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "stride": stride,
+        "learning_rate": learning_rate,
+        "seed": seed,
+        "augment": augment,
+        "split": {"kind": "spatial_blocks", "block_px": val_block, "val_fraction": val_fraction},
+        "n_train": len(yt),
+        "n_val": len(yv),
+        "class_counts": np.bincount(y_all, minlength=n_classes).tolist(),
+        "history": history,
+        "metrics": {k: v for k, v in best_epoch.items()},
+        "device": dev.type,
+    }
+    dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
+    return GeoModel(
+        module=module,
+        arch=arch,
+        hparams=dict(hparams or {}),
+        band_names=tuple(str(b) for b in datas[0]["band"].values),
+        class_names=tuple(class_names),
+        class_colors=default_colors(n_classes),
+        stats=stats,
+        patch_size=patch_size,
+        min_valid=min_valid,
+        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+        provenance=provenance,
+    )
