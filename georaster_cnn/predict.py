@@ -9,6 +9,7 @@ written or ``.compute()``-d, and the same graph runs on the threaded scheduler, 
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -21,9 +22,9 @@ import numpy as np
 import torch
 import xarray as xr
 from affine import Affine
+from dask.base import tokenize
 
 from georaster_cnn.chips import (
-    DEFAULT_BLOCK_CELLS,
     iter_batches,
     plan_blocks,
     valid_fraction,
@@ -38,6 +39,9 @@ from georaster_cnn.stats import normalize
 __all__ = ["CLASS_NODATA", "check_inputs", "predict"]
 
 log = logging.getLogger(__name__)
+
+#: Target block side in input pixels (one Dask task classifies about this many squared).
+BLOCK_PX = 2048
 
 #: Class value of output cells without a prediction.
 CLASS_NODATA = 255
@@ -61,6 +65,9 @@ class _Classifier:
         self.device = device
         self.key = (model.checksum, device)
 
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return self.key
+
     def __getstate__(self) -> dict[str, Any]:
         return {"raw": self.model.to_bytes(), "device": self.device, "key": self.key}
 
@@ -73,7 +80,11 @@ class _Classifier:
     def _module(self) -> torch.nn.Module:
         mod = _MODULE_CACHE.get(self.key)
         if mod is None:
-            mod = self.model.module.to(resolve_device(self.device)).eval()
+            dev = resolve_device(self.device)
+            mod = self.model.module
+            if dev.type != "cpu":  # never move the caller's module
+                mod = copy.deepcopy(mod)
+            mod = mod.to(dev).eval()
             _MODULE_CACHE.clear()  # keep one model per process resident
             _MODULE_CACHE[self.key] = mod
         return mod
@@ -194,7 +205,7 @@ def predict(
     batch_size: int = 256,
     device: str = "auto",
     min_valid: float | None = None,
-    block_cells: int = DEFAULT_BLOCK_CELLS,
+    block_cells: int | None = None,
     check: bool = True,
 ) -> xr.Dataset:
     """Classify every output cell of a raster; lazy and georeferenced.
@@ -215,7 +226,8 @@ def predict(
         Minimum fraction of valid pixels in a window for it to get a class;
         default: the model's (0.5 unless trained otherwise).
     block_cells
-        Dask block side in output cells (memory per task ~ ``(block_cells*stride)^2``).
+        Dask block side in output cells; default ``2048 // stride`` so that a block
+        is about 2048 x 2048 input pixels whatever the stride.
     check
         Check the input contract first (see :func:`check_inputs`).
 
@@ -248,6 +260,8 @@ def predict(
     norm = normalize(data, model.stats).data
     if not isinstance(norm, da.Array):
         norm = da.from_array(norm)
+    if block_cells is None:
+        block_cells = max(1, BLOCK_PX // stride)
     plan = plan_blocks(norm, grid, block_cells=block_cells)
     k = model.n_classes
     probs = plan.blocks.map_blocks(
@@ -262,7 +276,7 @@ def predict(
         chunks=((k,), *plan.cell_chunks),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        name="predict-probabilities",
+        name="predict-" + tokenize(plan.blocks.name, model.checksum, device, min_valid, batch_size),
     )
     oh, ow = grid.out_shape
     probs = probs[:, :oh, :ow]
