@@ -181,7 +181,7 @@ class GeoModel:
             hparams=card["hparams"],
             band_names=tuple(card["bands"]),
             class_names=tuple(card["classes"]),
-            class_colors=tuple(tuple(c) for c in card["colors"]),  # type: ignore[misc]
+            class_colors=tuple(tuple(c) for c in card["colors"]),
             stats=ChannelStats.from_dict(card["stats"]),
             patch_size=int(card["patch_size"]),
             min_valid=float(card["min_valid"]),

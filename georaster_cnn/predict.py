@@ -50,6 +50,7 @@ CLASS_NODATA = 255
 # for one batch, so concurrent calls from Dask threads would only oversubscribe.
 _MODEL_LOCK = threading.Lock()
 _MODULE_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
+_MODEL_CACHE: dict[tuple[str, str], GeoModel] = {}  # models unpickled on Dask workers
 
 
 class _Classifier:
@@ -72,9 +73,12 @@ class _Classifier:
         return {"raw": self.model.to_bytes(), "device": self.device, "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.model = GeoModel.from_bytes(state["raw"])
         self.device = state["device"]
         self.key = state["key"]
+        cached = _MODEL_CACHE.get(self.key)
+        self.model = cached if cached is not None else GeoModel.from_bytes(state["raw"])
+        _MODEL_CACHE.clear()
+        _MODEL_CACHE[self.key] = self.model
         _cap_torch_threads_on_worker()
 
     def _module(self) -> torch.nn.Module:
@@ -264,8 +268,9 @@ def predict(
         block_cells = max(1, BLOCK_PX // stride)
     plan = plan_blocks(norm, grid, block_cells=block_cells)
     k = model.n_classes
-    probs = plan.blocks.map_blocks(
+    probs = da.map_blocks(
         _classify_block,
+        plan.blocks,
         classifier=_Classifier(model, device),
         patch=grid.patch,
         stride=grid.stride,

@@ -124,7 +124,7 @@ class _WindowReader:
         idx = self.indexes[bsl]
         y0, y1, _ = ysl.indices(self.shape[1])
         x0, x1, _ = xsl.indices(self.shape[2])
-        window = Window(x0, y0, x1 - x0, y1 - y0)  # type: ignore[call-arg]
+        window = Window(x0, y0, x1 - x0, y1 - y0)
         try:
             with rasterio.open(self.path) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
@@ -277,7 +277,7 @@ def _open_netcdf(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataA
     candidates: list[str] = []
     grid_dims: tuple[str, str] | None = None
     for name, var in ds.data_vars.items():
-        squeezed = [d for d in var.dims if ds.sizes[d] > 1]
+        squeezed = [str(d) for d in var.dims if ds.sizes[d] > 1]
         dims = _spatial_dims(squeezed)
         if len(squeezed) != 2 or dims is None or not np.issubdtype(var.dtype, np.number):
             continue

@@ -55,7 +55,7 @@ class _BandWriter:
         if value.ndim == 2:
             key, value = (slice(0, 1), *key), value[None]
         bsl, ysl, xsl = key
-        window = Window.from_slices(ysl, xsl)  # type: ignore[attr-defined]
+        window = Window.from_slices(ysl, xsl)
         indexes = list(
             range(
                 self.first_band + (bsl.start or 0),
