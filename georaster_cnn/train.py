@@ -81,9 +81,19 @@ def _check_aligned(data: xr.DataArray, labels: xr.DataArray) -> None:
 
 
 def _block_chips(
-    block: np.ndarray, *, patch: int, stride: int, halo: int, min_valid: float, offset: int
+    block: np.ndarray,
+    *,
+    patch: int,
+    stride: int,
+    halo: int,
+    min_valid: float,
+    keep: float,
+    seed: tuple[int, ...],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chips, labels and cell positions of one overlapped block (last band = labels)."""
+    """Chips, labels and cell positions of one overlapped block (last band = labels).
+
+    With ``keep < 1`` a seeded random fraction of the block's windows is kept.
+    """
     data, labels = block[:-1], block[-1]
     ny = (block.shape[1] - 2 * halo) // stride
     nx = (block.shape[2] - 2 * halo) // stride
@@ -91,18 +101,43 @@ def _block_chips(
     c = patch // 2  # a window's centre pixel within the block: s*i + patch//2
     centre = labels[c : c + (ny - 1) * stride + 1 : stride, c : c + (nx - 1) * stride + 1 : stride]
     rows, cols = np.nonzero((frac >= min_valid) & np.isfinite(centre))
+    if keep < 1.0:
+        pick = np.random.default_rng(seed).random(rows.size) < keep
+        rows, cols = rows[pick], cols[pick]
     windows = window_view(data, patch, stride, (ny, nx))
     chips = [ch for _, ch in iter_batches(windows, rows, cols, 4096)]
     x = np.concatenate(chips) if chips else np.empty((0, data.shape[0], patch, patch), np.float32)
     pos = np.stack([rows, cols], axis=1)
-    return x, centre[rows, cols].astype(np.int64), pos
+    return x, centre[rows, cols].astype(np.float64), pos
+
+
+def _count_labelled(labels: da.Array, grid: PatchGrid) -> int:
+    """Number of output cells whose window centre pixel is labelled."""
+    c = grid.center_offset
+    return int(da.isfinite(labels[c :: grid.stride, c :: grid.stride]).sum().compute())
 
 
 def _extract(
-    data: xr.DataArray, labels: xr.DataArray, model_stats: Any, grid: PatchGrid, min_valid: float
+    data: xr.DataArray,
+    labels: xr.DataArray,
+    model_stats: Any,
+    grid: PatchGrid,
+    min_valid: float,
+    *,
+    max_windows: int,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     norm = normalize(data, model_stats).data
     lab = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.values)
+    n_labelled = _count_labelled(lab, grid)
+    keep = min(1.0, max_windows / max(1, n_labelled))
+    if keep < 1.0:
+        log.info(
+            "%s: keeping a random %.1f %% of %d labelled windows (memory cap)",
+            data.attrs.get("source", "raster"),
+            100 * keep,
+            n_labelled,
+        )
     stacked = da.concatenate([norm, lab[None].astype(np.float32)], axis=0)
     plan = plan_blocks(stacked, grid)
     parts = []
@@ -112,7 +147,7 @@ def _extract(
         parts.append((
             dask.delayed(_block_chips)(
                 blk, patch=grid.patch, stride=grid.stride, halo=grid.halo_before,
-                min_valid=min_valid, offset=grid.offset,
+                min_valid=min_valid, keep=keep, seed=(seed, int(by), int(bx)),
             ),
             starts_y[by], starts_x[bx],
         ))  # fmt: skip
@@ -196,6 +231,7 @@ def train(
     min_valid: float = 0.5,
     augment: bool = True,
     hparams: dict[str, Any] | None = None,
+    max_chip_bytes: int = 2 * 1024**3,
     progress: ProgressFn | None = None,
 ) -> GeoModel:
     """Train a classifier from rasters and aligned class-label rasters.
@@ -224,6 +260,9 @@ def train(
         Fraction of ``val_block``-pixel square blocks held out for validation.
     min_valid
         Minimum valid fraction of a training window; stored as the model's default.
+    max_chip_bytes
+        Memory cap for the training windows held in memory (all rasters together);
+        beyond it a seeded random subset of the labelled windows is used.
     progress
         Called as ``progress(epoch, epochs, metrics)`` after each epoch.
 
@@ -253,23 +292,35 @@ def train(
     for d, lab in zip(datas, labs, strict=True):
         _check_aligned(d, lab)
     stats = compute_stats(datas)
+    chip_bytes = datas[0].sizes["band"] * patch_size * patch_size * 4
+    max_windows = max(1, max_chip_bytes // chip_bytes // len(datas))
     xs, ys, is_val = [], [], []
     for d, lab in zip(datas, labs, strict=True):
         grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=patch_size, stride=stride)
-        x, y, pos = _extract(d, lab, stats, grid, min_valid)
+        x, y, pos = _extract(d, lab, stats, grid, min_valid, max_windows=max_windows, seed=seed)
         blocks = (pos * stride) // val_block
         nby, nbx = math.ceil(d.sizes["y"] / val_block), math.ceil(d.sizes["x"] / val_block)
         held = rng.random((nby + 1, nbx + 1)) < val_fraction
         xs.append(x)
         ys.append(y)
         is_val.append(held[blocks[:, 0], blocks[:, 1]])
-    x_all, y_all, val = np.concatenate(xs), np.concatenate(ys), np.concatenate(is_val)
+    x_all, y_raw, val = np.concatenate(xs), np.concatenate(ys), np.concatenate(is_val)
+    if (y_raw != np.round(y_raw)).any():
+        raise InputError(
+            "label raster holds non-integer values (e.g. "
+            f"{y_raw[y_raw != np.round(y_raw)][0]:g}); labels must be class ids 0..K-1"
+        )
+    y_all = y_raw.astype(np.int64)
     if len(y_all) == 0:
         raise TrainingError(
             "no labelled window found: labels are all nodata or windows all invalid"
         )
-    if (y_all < 0).any():
-        raise InputError(f"class ids must be 0..K-1; found {int(y_all.min())}")
+    if (y_all < 0).any() or (y_all >= 255).any():
+        bad = int(y_all.min()) if (y_all < 0).any() else int(y_all.max())
+        raise InputError(
+            f"class ids must be 0..254 (255 is the output's nodata); found {bad}. "
+            "Set the label raster's nodata value for unlabelled pixels, or relabel."
+        )
     n_classes = int(y_all.max()) + 1
     if class_names is None:
         class_names = labs[0].attrs.get("class_names") or [f"class_{i}" for i in range(n_classes)]
