@@ -39,7 +39,7 @@ def output_transform(transform: Affine, stride: int) -> Affine:
     Affine
         Transform anchored on the input's origin with cells ``stride`` pixels wide.
     """
-    return transform * Affine.scale(stride)
+    return transform @ Affine.scale(stride)
 
 
 @dataclass(frozen=True)

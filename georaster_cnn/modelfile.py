@@ -208,11 +208,19 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
+        _chmod_like_new_file(Path(tmp))
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return p
+
+
+def _chmod_like_new_file(path: Path) -> None:
+    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would have (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_model(path: str | os.PathLike[str]) -> GeoModel:

@@ -132,11 +132,19 @@ class _WindowReader:
                     masks = src.read_masks(idx, window=window)
                     out[masks == 0] = np.nan
         except RasterioError as exc:
+            detail = _root_message(exc)
             raise ReadError(
-                f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({exc}); "
+                f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({detail}); "
                 "the file is probably truncated or corrupt"
             ) from exc
         return out
+
+
+def _root_message(exc: BaseException) -> str:
+    """GDAL's own message: rasterio wraps it as "Read failed. See previous exception"."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _auto_chunk(n: int, block: int, target: int = DEFAULT_CHUNK_PX) -> int:

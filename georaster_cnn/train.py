@@ -29,7 +29,7 @@ from georaster_cnn.chips import iter_batches, plan_blocks, valid_fraction, windo
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.geometry import DEFAULT_PATCH, PatchGrid
 from georaster_cnn.modelfile import GeoModel, default_colors
-from georaster_cnn.models import build_model, resolve_device
+from georaster_cnn.models import ARCHITECTURES, build_model, resolve_device
 from georaster_cnn.reader import open_raster
 from georaster_cnn.stats import compute_stats, normalize
 
@@ -286,6 +286,10 @@ def train(
         )
     if epochs < 1:
         raise InputError(f"epochs must be >= 1; found {epochs}")
+    if arch not in ARCHITECTURES:
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
+        )
     stride = stride or max(1, patch_size // 4)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -389,7 +393,8 @@ def train(
             best = (score, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
         if progress is not None:
             progress(epoch, epochs, metrics)
-    assert best is not None  # epochs >= 1 was checked above
+    if best is None:  # unreachable: epochs >= 1 was checked above
+        raise TrainingError("no epoch completed")
     module.load_state_dict(best[1])
     module.cpu().eval()
     best_epoch = min(history, key=lambda m: m.get("val_loss", m["loss"]))

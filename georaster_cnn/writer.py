@@ -35,6 +35,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from georaster_cnn.errors import OutputExistsError, ReadError
+from georaster_cnn.modelfile import _chmod_like_new_file
 
 __all__ = ["write_prediction"]
 
@@ -153,6 +154,7 @@ def write_prediction(
         # Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both go
         # to a GDAL PAM sidecar, which GDAL, QGIS and rasterio read with the file.
         _write_pam(Path(str(out) + ".aux.xml"), names, colors)
+        _chmod_like_new_file(tmp)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,0 +1,141 @@
+"""Options and parameter types shared by several commands (one definition each)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+__all__ = [
+    "DEVICES",
+    "BandList",
+    "NameList",
+    "bands_option",
+    "batch_size_option",
+    "device_option",
+    "min_valid_option",
+    "overwrite_option",
+    "stride_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+class BandList(click.ParamType):
+    """``1,2,4`` or ``red,nir`` (or a mix) -> ``[1, 2, 4]`` / ``["red", "nir"]``.
+
+    Numbers are 1-based band indexes; anything else is a band name (GeoTIFF band
+    description or netCDF variable).
+    """
+
+    name = "BANDS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[int | str]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",")]
+        if not items or any(not v for v in items):
+            self.fail(
+                f"{value!r} has an empty item; give comma-separated band numbers or names, "
+                "e.g. 1,2,4 or red,nir",
+                param,
+                ctx,
+            )
+        out: list[int | str] = []
+        for v in items:
+            if v.isdigit():
+                if int(v) < 1:
+                    self.fail(f"band numbers start at 1; found {v}", param, ctx)
+                out.append(int(v))
+            else:
+                out.append(v)
+        if len(set(out)) != len(out):
+            self.fail(f"{value!r} names a band twice", param, ctx)
+        return out
+
+
+class NameList(click.ParamType):
+    """``water,forest,urban`` -> ``("water", "forest", "urban")``; no empty or repeated names."""
+
+    name = "A,B,..."
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        items = tuple(v.strip() for v in str(value).split(","))
+        if any(not v for v in items):
+            self.fail(f"{value!r} has an empty name", param, ctx)
+        if len(set(items)) != len(items):
+            self.fail(f"{value!r} repeats a name", param, ctx)
+        return items
+
+
+def stride_option(default: int | None) -> Callable[[F], F]:
+    """``--stride``: window spacing in input pixels."""
+    if default is None:
+        text = "Spacing of windows in pixels. [default: patch size / 4]"
+    else:
+        text = "Spacing of windows in input pixels; one output cell per stride x stride pixels."
+    return click.option(
+        "--stride",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=default is not None,
+        help=text,
+    )
+
+
+def batch_size_option(default: int) -> Callable[[F], F]:
+    """``--batch-size``: windows per forward pass."""
+    return click.option(
+        "--batch-size",
+        type=click.IntRange(min=1),
+        default=default,
+        show_default=True,
+        help="Windows per batch on the device; lower it if memory runs out.",
+    )
+
+
+def device_option() -> Callable[[F], F]:
+    """``--device auto|cpu|cuda|mps``."""
+    return click.option(
+        "--device",
+        type=click.Choice(DEVICES, case_sensitive=False),
+        default="auto",
+        show_default=True,
+        help="Where the network runs; auto picks cuda, then mps, then cpu.",
+    )
+
+
+def bands_option() -> Callable[[F], F]:
+    """``--bands``: select and order input bands."""
+    return click.option(
+        "--bands",
+        type=BandList(),
+        default=None,
+        help="Input bands to use, in order: 1-based numbers or names, e.g. 1,2,4 or red,nir. "
+        "[default: all]",
+    )
+
+
+def overwrite_option(text: str) -> Callable[[F], F]:
+    """``--overwrite``: never replace files without it."""
+    return click.option("--overwrite", is_flag=True, help=text)
+
+
+def min_valid_option() -> Callable[[F], F]:
+    """``--min-valid``: nodata policy override."""
+    return click.option(
+        "--min-valid",
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        default=None,
+        help="Least fraction of valid (not nodata) pixels a window needs to be classified; "
+        "cells below it become nodata. [default: the model's]",
+    )

@@ -1,0 +1,81 @@
+"""The ``georaster-cnn`` click group: global options, logging, errors at the edge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from georaster_cnn_cli import __version__
+from georaster_cnn_cli._common import (
+    EXIT_FAILED,
+    CLIError,
+    CLIState,
+    configure_logging,
+    get_state,
+    is_reportable,
+    report_error,
+)
+from georaster_cnn_cli.info import info
+from georaster_cnn_cli.predict import predict
+from georaster_cnn_cli.train import train
+
+__all__ = ["cli"]
+
+
+class _Group(click.Group):
+    """A group that turns expected failures into one ``error:`` line and an exit status.
+
+    Library errors (:class:`georaster_cnn.GeorasterCNNError`) and ``OSError``
+    exit with status 1, :class:`CLIError` with its own status. The traceback is
+    printed only under ``-v``; anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CLIError as exc:
+            report_error(get_state(ctx), exc)
+            ctx.exit(exc.exit_code)
+        except Exception as exc:
+            if not is_reportable(exc):
+                raise
+            report_error(get_state(ctx), exc)
+            ctx.exit(EXIT_FAILED)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "-v", "--verbose", count=True, help="More detail: -v info, -vv debug, -vvv all libraries."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, tables or warnings.")
+@click.version_option(__version__, "--version", prog_name="georaster-cnn")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Classify geospatial rasters (GeoTIFF/COG, netCDF) with CNNs.
+
+    Train a model on rasters with class labels, inspect it, and apply it to
+    many tiles at once; every output is a georeferenced class map.
+
+    Exit status: 0 success, 1 something failed (e.g. one tile of a batch),
+    2 bad usage or unusable model (nothing was done).
+
+    \b
+    Example:
+      georaster-cnn train scene.tif --labels labels.tif -o landcover.gcnn
+      georaster-cnn info landcover.gcnn
+      georaster-cnn predict landcover.gcnn 'tiles/*.tif' -o maps/
+    """
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other; give one of them")
+    state = CLIState(verbosity=-1 if quiet else verbose)
+    ctx.obj = state
+    ctx.call_on_close(configure_logging(state.verbosity, state.err))
+
+
+cli.add_command(predict)
+cli.add_command(train)
+cli.add_command(info)

@@ -1,0 +1,278 @@
+"""``georaster-cnn predict``: classify many rasters with one model, tile by tile."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from georaster_cnn_cli._common import (
+    EXIT_FAILED,
+    CLIState,
+    DaskProgress,
+    ExpandedInputs,
+    InputProblem,
+    error_message,
+    escape,
+    expand_inputs,
+    fail,
+    get_state,
+    load_model_or_exit,
+    make_progress,
+    plural,
+    report_error,
+    report_warnings,
+)
+from georaster_cnn_cli._options import (
+    bands_option,
+    batch_size_option,
+    device_option,
+    min_valid_option,
+    overwrite_option,
+    stride_option,
+)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from georaster_cnn import GeoModel
+
+__all__ = ["TileResult", "plan_outputs", "predict"]
+
+Status = Literal["written", "skipped", "failed"]
+_STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
+
+
+@dataclass
+class TileResult:
+    """What happened to one INPUT (a file, or an argument that matched nothing)."""
+
+    input: str
+    status: Status
+    output: Path | None = None
+    seconds: float = 0.0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class _Job:
+    source: Path
+    output: Path
+
+
+def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileResult]:
+    """Pair each input file with ``output_dir/<stem>.tif``, in input order.
+
+    Returns a job per input to run, and in its place a failed :class:`TileResult`
+    for an argument that matched nothing, an input whose output name an earlier
+    input already took, or an input that would be its own output.
+    """
+    plan: list[_Job | TileResult] = []
+    taken: dict[str, Path] = {}
+    for item in found.items:
+        if isinstance(item, InputProblem):
+            plan.append(TileResult(item.spec, "failed", message=item.message))
+            continue
+        out = output_dir / f"{item.stem}.tif"
+        # casefold: on macOS/Windows scene.tif and Scene.tif are the same file
+        key = out.name.casefold()
+        if key in taken:
+            message = (
+                f"output {out} would also be written from {taken[key]}; "
+                "rename one input or predict it into another --output-dir"
+            )
+            plan.append(TileResult(str(item), "failed", out, message=message))
+        elif out.exists() and out.resolve() == item.resolve():
+            message = "the output would replace this input; choose another --output-dir"
+            plan.append(TileResult(str(item), "failed", out, message=message))
+        else:
+            taken[key] = item
+            plan.append(_Job(item, out))
+    return plan
+
+
+@click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the class maps (created if missing); INPUT a/b/scene.nc -> OUTDIR/scene.tif.",
+    metavar="OUTDIR",
+)
+@stride_option(default=64)
+@batch_size_option(default=256)
+@device_option()
+@click.option(
+    "--probabilities", is_flag=True, help="Also write one probability band (percent) per class."
+)
+@bands_option()
+@overwrite_option("Replace outputs that exist. [default: skip them]")
+@min_valid_option()
+@click.pass_context
+def predict(
+    ctx: click.Context,
+    model: Path,
+    inputs: tuple[str, ...],
+    output_dir: Path,
+    stride: int,
+    batch_size: int,
+    device: str,
+    probabilities: bool,
+    bands: list[int | str] | None,
+    overwrite: bool,
+    min_valid: float | None,
+) -> None:
+    """Classify rasters with MODEL and write one class map (COG) per INPUT.
+
+    INPUT is a raster file, a folder (its .tif/.tiff/.vrt/.img/.jp2/.nc/.nc4
+    files, not recursive) or a quoted glob pattern such as 'tiles/*.tif'
+    ('**' recurses). Outputs that exist are skipped unless --overwrite. A tile
+    that fails is reported and the others go on; the exit status is 1 if any
+    tile failed, 2 if nothing was tried (unusable model or option).
+
+    \b
+    Example:
+      georaster-cnn predict landcover.gcnn 'tiles/*.tif' scene.nc -o maps/ --stride 32
+    """
+    state = get_state(ctx)
+    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+
+    geo_model = load_model_or_exit(state, model)
+    try:
+        gc.resolve_device(device)
+    except gc.GeorasterCNNError as exc:  # it would fail every tile alike: say it once
+        fail(f"--device {device}: {error_message(exc)}")
+    if stride > geo_model.patch_size:
+        fail(
+            f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
+            f"use 1..{geo_model.patch_size} (windows would skip pixels)"
+        )
+
+    started = time.perf_counter()
+    found = expand_inputs(inputs)
+    plan = plan_outputs(found, output_dir)
+    jobs = [j for j in plan if isinstance(j, _Job)]
+    for r in plan:
+        if isinstance(r, TileResult):
+            report_error(state, r.message, context=r.input)
+    if jobs:
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot create output folder {output_dir}: {error_message(exc)}")
+
+    results: list[TileResult] = []
+    with make_progress(state) as progress:
+        overall = progress.add_task("tiles", total=len(jobs))
+        chunks = progress.add_task("", total=None, visible=False)
+        for item in plan:
+            if isinstance(item, TileResult):
+                results.append(item)
+                continue
+            progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
+            result = _predict_one(
+                state,
+                item,
+                geo_model,
+                progress=progress,
+                task=chunks,
+                stride=stride,
+                batch_size=batch_size,
+                device=device,
+                probabilities=probabilities,
+                bands=bands,
+                overwrite=overwrite,
+                min_valid=min_valid,
+            )
+            results.append(result)
+            progress.advance(overall)
+        progress.update(chunks, visible=False)
+
+    if not state.quiet:
+        _print_summary(state, results, time.perf_counter() - started)
+    if any(r.status == "failed" for r in results):
+        ctx.exit(EXIT_FAILED)
+
+
+def _predict_one(
+    state: CLIState,
+    job: _Job,
+    model: GeoModel,
+    *,
+    progress: Progress,
+    task: TaskID,
+    stride: int,
+    batch_size: int,
+    device: str,
+    probabilities: bool,
+    bands: list[int | str] | None,
+    overwrite: bool,
+    min_valid: float | None,
+) -> TileResult:
+    """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
+    import georaster_cnn as gc
+
+    name = str(job.source)
+    if job.output.exists() and not overwrite:
+        return TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+    t0 = time.perf_counter()
+    try:
+        with report_warnings(state, context=name):
+            data = gc.open_raster(job.source, bands=bands)
+            pred = gc.predict(
+                data,
+                model,
+                stride=stride,
+                batch_size=batch_size,
+                device=device,
+                min_valid=min_valid,
+            )
+            with DaskProgress(progress, task):
+                written = gc.write_prediction(
+                    pred, job.output, probabilities=probabilities, overwrite=overwrite
+                )
+    except Exception as exc:  # one bad tile must not stop the batch
+        report_error(state, exc, context=name)
+        return TileResult(
+            name,
+            "failed",
+            job.output,
+            time.perf_counter() - t0,
+            error_message(exc, job.source),
+        )
+    return TileResult(name, "written", written, time.perf_counter() - t0)
+
+
+def _print_summary(state: CLIState, results: list[TileResult], seconds: float) -> None:
+    """A table of all inputs, then one line of counts."""
+    if results:
+        table = Table(title="predict", title_justify="left", show_lines=False)
+        table.add_column("input", overflow="fold")
+        table.add_column("status")
+        table.add_column("output", overflow="fold")
+        table.add_column("seconds", justify="right")
+        table.add_column("message", overflow="fold")
+        for r in results:
+            table.add_row(
+                Text(r.input),
+                Text(r.status, style=_STATUS_STYLE[r.status]),
+                Text(str(r.output) if r.output else "-"),
+                f"{r.seconds:.1f}" if r.status != "skipped" and r.seconds else "-",
+                Text(r.message),
+            )
+        state.out.print(table)
+    counts = Counter(r.status for r in results)
+    line = (
+        f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "
+        f"({plural(len(results), 'input')}) in {seconds:.1f} s"
+    )
+    state.out.print(line, style="bold red" if counts["failed"] else None, highlight=False)

@@ -1,0 +1,265 @@
+"""``georaster-cnn train``: fit a model on rasters with aligned class labels."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.progress import TextColumn
+
+from georaster_cnn_cli._common import (
+    CLIState,
+    escape,
+    fail,
+    get_state,
+    make_progress,
+    plural,
+    report_warnings,
+    shows_progress,
+)
+from georaster_cnn_cli._options import (
+    NameList,
+    bands_option,
+    batch_size_option,
+    device_option,
+    overwrite_option,
+    stride_option,
+)
+
+if TYPE_CHECKING:
+    import xarray as xr
+    from rich.progress import Progress, TaskID
+
+    from georaster_cnn import GeoModel
+
+__all__ = ["LabelSource", "pair_labels", "read_labels", "train"]
+
+#: Label files that need rasterising onto the data grid (not supported yet).
+VECTOR_SUFFIXES = frozenset(
+    {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
+)
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where the labels of one INPUT come from.
+
+    Attributes
+    ----------
+    path
+        A class-id raster on the INPUT's grid (or, later, a vector file).
+    column
+        Attribute holding the class of each feature, for vector labels.
+    """
+
+    path: Path
+    column: str | None = None
+
+    @property
+    def is_vector(self) -> bool:
+        return self.path.suffix.lower() in VECTOR_SUFFIXES
+
+
+def pair_labels(
+    inputs: Sequence[Path], labels: Sequence[Path], *, column: str | None = None
+) -> list[tuple[Path, LabelSource]]:
+    """Match ``--labels`` to INPUTs: one per INPUT, in order.
+
+    Raises
+    ------
+    click.UsageError
+        The counts differ.
+    """
+    if len(labels) != len(inputs):
+        raise click.UsageError(
+            f"got {plural(len(inputs), 'INPUT')} and {len(labels)} --labels; give --labels "
+            "once per INPUT, in the same order"
+        )
+    return [(i, LabelSource(lab, column)) for i, lab in zip(inputs, labels, strict=True)]
+
+
+def read_labels(source: LabelSource, *, like: xr.DataArray) -> xr.DataArray:
+    """Labels for the raster ``like``, as ``(y, x)`` float32 class ids with NaN = unlabelled.
+
+    ``like`` is the opened INPUT: vector labels will be rasterised onto its grid.
+    """
+    import georaster_cnn as gc
+
+    if source.is_vector:
+        raise gc.InputError(
+            f"{source.path}: vector labels are not supported yet; rasterise them onto the "
+            "INPUT's grid first (e.g. gdal_rasterize -a <column> -te/-tr/-a_srs of the INPUT)"
+        )
+    return gc.open_labels(source.path)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "n/a"
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """``loss 0.512 acc 0.801 val_loss 0.601 val_acc 0.774`` (missing ones left out)."""
+    names = (
+        ("loss", "loss"),
+        ("accuracy", "acc"),
+        ("val_loss", "val_loss"),
+        ("val_accuracy", "val_acc"),
+    )
+    return " ".join(f"{short} {_fmt(metrics[key])}" for key, short in names if key in metrics)
+
+
+class _EpochReporter:
+    """The ``progress`` callback given to :func:`georaster_cnn.train`."""
+
+    def __init__(self, state: CLIState, progress: Progress, task: TaskID, *, live: bool) -> None:
+        self.state = state
+        self.progress = progress
+        self.task = task
+        self.live = live
+        self.last: dict[str, Any] = {}
+
+    def __call__(self, epoch: int, epochs: int, metrics: Mapping[str, Any]) -> None:
+        self.last = dict(metrics)
+        text = format_metrics(metrics)
+        self.progress.update(
+            self.task,
+            total=epochs,
+            completed=epoch,
+            description=f"epoch {epoch}/{epochs}",
+            metrics=escape(text),
+        )
+        if not self.live and not self.state.quiet:
+            # No progress bar (not a terminal): one line per epoch keeps logs informative.
+            self.state.err.print(f"epoch {epoch}/{epochs} {text}", highlight=False, soft_wrap=True)
+
+
+@click.command("train", short_help="Train a model on rasters and aligned label rasters.")
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
+    metavar="INPUT...",
+)  # fmt: skip
+@click.option(
+    "--labels",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="LABELS",
+    help="Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled); "
+    "once per INPUT, in the same order.",
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="MODEL",
+    help="Model file to write.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs."
+)
+@batch_size_option(default=64)
+@stride_option(default=None)
+@click.option("--arch", default="cnn", show_default=True, help="Network architecture.")
+@device_option()
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
+)
+@bands_option()
+@click.option(
+    "--class-names",
+    type=NameList(),
+    default=None,
+    help="Names of classes 0, 1, ... e.g. water,forest,urban. "
+    "[default: from the labels' CLASS_NAMES tag, else class_0, class_1, ...]",
+)
+@overwrite_option("Replace MODEL if it exists.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    inputs: tuple[Path, ...],
+    labels: tuple[Path, ...],
+    output: Path,
+    epochs: int,
+    batch_size: int,
+    stride: int | None,
+    arch: str,
+    device: str,
+    seed: int,
+    bands: list[int | str] | None,
+    class_names: tuple[str, ...] | None,
+    overwrite: bool,
+) -> None:
+    """Train a model on INPUT rasters and their class labels, and save it to MODEL.
+
+    Each INPUT needs a label raster on exactly its grid (--labels, once per
+    INPUT, same order). A spatially blocked part of the windows is held out
+    for validation; the weights of the epoch with the lowest validation loss
+    are kept.
+
+    \b
+    Example:
+      georaster-cnn train a.tif b.tif --labels a_labels.tif --labels b_labels.tif \\
+          --class-names water,forest,urban --epochs 20 -o landcover.gcnn
+    """
+    state = get_state(ctx)
+    pairs = pair_labels(inputs, labels)
+    if output.exists() and not overwrite:
+        fail(f"{output} exists; pass --overwrite to replace it")
+    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+
+    try:
+        gc.resolve_device(device)
+    except gc.GeorasterCNNError as exc:
+        fail(f"--device {device}: {exc}")
+    if arch not in gc.ARCHITECTURES:  # checked now, not after reading all the data
+        known = ", ".join(sorted(gc.ARCHITECTURES))
+        fail(f"--arch {arch}: unknown architecture; choose one of {known}")
+
+    live = shows_progress(state)
+    metrics_column = TextColumn("{task.fields[metrics]}")
+    with report_warnings(state), make_progress(state, extra=[metrics_column]) as progress:
+        task = progress.add_task("preparing", total=None, metrics="reading training windows")
+        datas, labs = [], []
+        for data_path, label_source in pairs:
+            data = gc.open_raster(data_path, bands=bands)
+            datas.append(data)
+            labs.append(read_labels(label_source, like=data))
+        reporter = _EpochReporter(state, progress, task, live=live)
+        model = gc.train(
+            datas,
+            labs,
+            class_names=list(class_names) if class_names else None,
+            arch=arch,
+            epochs=epochs,
+            batch_size=batch_size,
+            stride=stride,
+            device=device,
+            seed=seed,
+            progress=reporter,
+        )
+    with report_warnings(state):
+        saved = gc.save_model(model, output, overwrite=overwrite)
+    _print_result(state, model, saved, reporter.last)
+
+
+def _print_result(state: CLIState, model: GeoModel, path: Path, last: Mapping[str, Any]) -> None:
+    """One line: what was saved and how well it validates."""
+    best = model.provenance.get("metrics") or last
+    epochs = model.provenance.get("epochs", len(model.provenance.get("history", [])))
+    accuracy = best.get("val_accuracy")
+    where = f" (best epoch {best['epoch']})" if "epoch" in best else ""
+    summary = (
+        f"saved {path}: {model.arch}, {plural(len(model.band_names), 'band')}, "
+        f"{plural(len(model.class_names), 'class')} ({', '.join(model.class_names)}), "
+        f"{plural(int(epochs), 'epoch')}; validation accuracy {_fmt(accuracy)}{where}"
+    )
+    if state.quiet:
+        return
+    state.out.print(summary, highlight=False, soft_wrap=True)
