@@ -129,7 +129,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def model_path(data_dir: Path) -> Path:
     """A model trained through the CLI: 1 epoch, stride 16 (a few seconds on a CPU)."""
-    out = data_dir / "model.gcnn"
+    out = data_dir / "model.safetensors"
     result = run(
         [
             "train", data_dir / "scene.tif", "--labels", data_dir / "labels.tif",
@@ -180,7 +180,7 @@ def test_version() -> None:
 
 
 def test_verbose_and_quiet_conflict(tmp_path: Path) -> None:
-    result = run(["-v", "-q", "info", tmp_path / "m.gcnn"])
+    result = run(["-v", "-q", "info", tmp_path / "m.safetensors"])
     assert result.exit_code == 2
 
 
@@ -209,7 +209,7 @@ def test_band_list_parses_numbers_and_names() -> None:
 
 @pytest.mark.parametrize("value", ["1,,2", "0,1", "1,1"])
 def test_band_list_rejects_bad_values(value: str) -> None:
-    result = run(["predict", "m.gcnn", "x.tif", "-o", "out", "--bands", value])
+    result = run(["predict", "m.safetensors", "x.tif", "-o", "out", "--bands", value])
     assert result.exit_code == 2
     assert "--bands" in result.stderr
 
@@ -257,16 +257,16 @@ def test_train_refuses_to_overwrite(model_path: Path, data_dir: Path) -> None:
 def test_train_label_count_mismatch(data_dir: Path, tmp_path: Path) -> None:
     scene = data_dir / "scene.tif"
     labels = data_dir / "labels.tif"
-    result = run(["train", scene, scene, "--labels", labels, "-o", tmp_path / "m.gcnn"])
+    result = run(["train", scene, scene, "--labels", labels, "-o", tmp_path / "m.safetensors"])
     assert result.exit_code == 2
     assert "2 INPUTs and 1 --labels" in result.stderr
-    assert not (tmp_path / "m.gcnn").exists()
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_train_unknown_arch(data_dir: Path, tmp_path: Path) -> None:
     result = run(
         ["train", data_dir / "scene.tif", "--labels", data_dir / "labels.tif",
-         "-o", tmp_path / "m.gcnn", "--arch", "nope"]
+         "-o", tmp_path / "m.safetensors", "--arch", "nope"]
     )  # fmt: skip
     assert result.exit_code == 2
     assert len(error_lines(result)) == 1
@@ -276,7 +276,7 @@ def test_train_unknown_arch(data_dir: Path, tmp_path: Path) -> None:
 def test_train_missing_input_is_one_line(data_dir: Path, tmp_path: Path) -> None:
     result = run(
         ["train", tmp_path / "nope.tif", "--labels", data_dir / "labels.tif",
-         "-o", tmp_path / "m.gcnn", "--device", "cpu"]
+         "-o", tmp_path / "m.safetensors", "--device", "cpu"]
     )  # fmt: skip
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
@@ -303,7 +303,7 @@ def test_info_json(model_path: Path) -> None:
 
 
 def test_info_missing_model(tmp_path: Path) -> None:
-    result = run(["info", tmp_path / "missing.gcnn"])
+    result = run(["info", tmp_path / "missing.safetensors"])
     assert result.exit_code == 2
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -402,7 +402,7 @@ def test_predict_output_name_clash(model_path: Path, tmp_path: Path) -> None:
 
 
 def test_predict_missing_model(tiles: list[Path], tmp_path: Path) -> None:
-    result = run(predict_args(tmp_path / "missing.gcnn", [str(tiles[0])], tmp_path / "out"))
+    result = run(predict_args(tmp_path / "missing.safetensors", [str(tiles[0])], tmp_path / "out"))
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: cannot load model")
@@ -410,7 +410,7 @@ def test_predict_missing_model(tiles: list[Path], tmp_path: Path) -> None:
 
 
 def test_predict_corrupt_model(tiles: list[Path], tmp_path: Path) -> None:
-    bad = tmp_path / "bad.gcnn"
+    bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00" * 64)
     result = run(predict_args(bad, [str(tiles[0])], tmp_path / "out"))
     assert result.exit_code == 2

@@ -43,8 +43,8 @@ def info(ctx: click.Context, model: Path, as_json: bool) -> None:
 
     \b
     Examples:
-      georaster-cnn info landcover.gcnn
-      georaster-cnn info landcover.gcnn --json | jq .classes
+      georaster-cnn info landcover.safetensors
+      georaster-cnn info landcover.safetensors --json | jq .classes
     """
     state = get_state(ctx)
     geo_model = load_model_or_exit(state, model)

@@ -65,9 +65,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
     \b
     Example:
-      georaster-cnn train scene.tif --labels labels.tif -o landcover.gcnn
-      georaster-cnn info landcover.gcnn
-      georaster-cnn predict landcover.gcnn 'tiles/*.tif' -o maps/
+      georaster-cnn train scene.tif --labels labels.tif -o landcover.safetensors
+      georaster-cnn info landcover.safetensors
+      georaster-cnn predict landcover.safetensors 'tiles/*.tif' -o maps/
     """
     if verbose and quiet:
         raise click.UsageError("-v and -q contradict each other; give one of them")

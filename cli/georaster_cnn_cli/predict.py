@@ -141,7 +141,7 @@ def predict(
 
     \b
     Example:
-      georaster-cnn predict landcover.gcnn 'tiles/*.tif' scene.nc -o maps/ --stride 32
+      georaster-cnn predict landcover.safetensors 'tiles/*.tif' scene.nc -o maps/ --stride 32
     """
     state = get_state(ctx)
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs

@@ -206,7 +206,7 @@ def train(
     \b
     Example:
       georaster-cnn train a.tif b.tif --labels a_labels.tif --labels b_labels.tif \\
-          --class-names water,forest,urban --epochs 20 -o landcover.gcnn
+          --class-names water,forest,urban --epochs 20 -o landcover.safetensors
     """
     state = get_state(ctx)
     pairs = pair_labels(inputs, labels)
