@@ -147,6 +147,8 @@ class GeoModel:
         try:
             header_len = int.from_bytes(raw[:8], "little")
             header = json.loads(raw[8 : 8 + header_len])
+            if not isinstance(header, dict):
+                raise ValueError("header is not a JSON object")
             meta = header.get("__metadata__") or {}
             tensors = st_load(raw)
         except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
@@ -156,7 +158,13 @@ class GeoModel:
                 f"{source}: not a georaster_cnn model file (format {meta.get('format')!r}); "
                 "train one with `georaster-cnn train`"
             )
-        version = int(meta.get("format_version", "0"))
+        try:
+            version = int(meta.get("format_version", "0"))
+        except (TypeError, ValueError):
+            raise ModelFileError(
+                f"{source}: model format version {meta.get('format_version')!r} is not a number; "
+                "the file is corrupt"
+            ) from None
         if version > FORMAT_VERSION:
             raise ModelFileError(
                 f"{source}: model format version {version} is newer than this georaster_cnn "

@@ -161,6 +161,21 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
             f"{source} has {len(names)} ({', '.join(names)}). Select bands with --bands "
             "(bands=[...] in Python)."
         )
+    generic = [f"band_{i + 1}" for i in range(len(names))]
+    if names != list(model.band_names) and generic not in (names, list(model.band_names)):
+        hint = ",".join(model.band_names)
+        detail = (
+            "the same bands in another order"
+            if set(names) == set(model.band_names)
+            else "other band names"
+        )
+        warnings.warn(
+            f"{source}: bands ({', '.join(names)}) are {detail} than the model's "
+            f"({', '.join(model.band_names)}); if they are the same quantities, fine, otherwise "
+            f"select them with --bands {hint}",
+            DataRangeWarning,
+            stacklevel=3,
+        )
     src_dtype = data.attrs.get("source_dtype")
     if src_dtype and model.source_dtype and src_dtype != model.source_dtype:
         warnings.warn(
@@ -281,7 +296,8 @@ def predict(
         chunks=((k,), *plan.cell_chunks),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        name="predict-" + tokenize(plan.blocks.name, model.checksum, device, min_valid, batch_size),
+        name="predict-"
+        + tokenize(plan.blocks.name, plan.cell_chunks, grid, model.checksum, device, min_valid),
     )
     oh, ow = grid.out_shape
     probs = probs[:, :oh, :ow]

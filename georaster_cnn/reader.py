@@ -331,7 +331,13 @@ def _open_netcdf(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataA
     cy, cx = _resolve_chunks(chunks, (h, w), (min(h, 512), min(w, 512)))
     data = data.rechunk((len(names), cy, cx))
     fill = ds[names[0]].encoding.get("_FillValue")
-    src_dtype = {str(ds[n].encoding.get("dtype", ds[n].dtype)) for n in names}
+    # CF-packed variables are unpacked by mask_and_scale: report what the values are now.
+    src_dtype = {
+        str(ds[n].dtype)
+        if {"scale_factor", "add_offset"} & set(ds[n].encoding)
+        else str(ds[n].encoding.get("dtype", ds[n].dtype))
+        for n in names
+    }
     return _canonical(
         data,
         names=names,
@@ -358,6 +364,7 @@ def _canonical(
 ) -> xr.DataArray:
     """Wrap a ``(band, y, x)`` Dask array with coordinates, CRS and transform."""
     _, h, w = data.shape
+    data = da.where(da.isinf(data), np.float32(np.nan), data)  # +-inf is invalid, like NaN
     coords: dict[str, Any] = {"band": np.array(names, dtype=object)}
     if transform.b == 0 and transform.d == 0:
         # Pixel-centre coordinates, as rioxarray writes them for north-up grids.

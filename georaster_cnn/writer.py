@@ -111,8 +111,8 @@ def write_prediction(
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    cls = pred["class"].data
-    probs = pred["probability"].data
+    cls = da.asarray(pred["class"].data)  # also accepts an already computed prediction
+    probs = da.asarray(pred["probability"].data)
     names = json.loads(pred.attrs["class_names"])
     colors = json.loads(pred.attrs["class_colors"])
     height, width = cls.shape

@@ -1,0 +1,375 @@
+"""train: tiny, fast training runs; window/label geometry; input validation; reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from affine import Affine
+
+from georaster_cnn import (
+    GeoModel,
+    InputError,
+    PatchGrid,
+    TrainingError,
+    load_model,
+    open_labels,
+    open_raster,
+    predict,
+    save_model,
+    train,
+)
+from georaster_cnn.train import _extract
+
+MakeRaster = Callable[..., Path]
+
+NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
+FAST = {
+    "patch_size": 16,
+    "stride": 8,
+    "hparams": {"widths": [4, 8]},
+    "batch_size": 32,
+    "device": "cpu",
+}
+
+
+def _smooth(noise: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian filter (periodic) via FFT; NumPy only."""
+    fy = np.fft.fftfreq(noise.shape[0])[:, None]
+    fx = np.fft.rfftfreq(noise.shape[1])[None, :]
+    kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (fy**2 + fx**2))
+    return np.fft.irfft2(np.fft.rfft2(noise) * kernel, s=noise.shape)
+
+
+def _standardise(a: np.ndarray) -> np.ndarray:
+    return (a - a.mean()) / a.std()
+
+
+def two_texture_scene(size: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Left half white noise (class 0), right half smooth noise (class 1), both N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    white = _standardise(rng.standard_normal((size, size)))
+    smooth = _standardise(_smooth(rng.standard_normal((size, size)), 3.0))
+    scene = white.copy()
+    scene[:, size // 2 :] = smooth[:, size // 2 :]
+    labels = np.zeros((size, size), dtype=np.uint8)
+    labels[:, size // 2 :] = 1
+    return scene[None].astype("float32"), labels
+
+
+@pytest.fixture
+def scene_files(tmp_path: Path, make_raster: MakeRaster) -> tuple[Path, Path]:
+    scene, labels = two_texture_scene()
+    data = make_raster(
+        tmp_path,
+        "scene.tif",
+        height=128,
+        width=128,
+        values=scene,
+        transform=NORTH_UP,
+        descriptions=["reading"],
+    )
+    lab = make_raster(
+        tmp_path,
+        "labels.tif",
+        height=128,
+        width=128,
+        dtype="uint8",
+        nodata=255,
+        values=labels,
+        transform=NORTH_UP,
+    )
+    with rasterio.open(lab, "r+") as dst:
+        dst.update_tags(CLASS_NAMES=json.dumps(["noise", "smooth"]))
+    return data, lab
+
+
+def weights_digest(model: GeoModel) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(model.module.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_open_labels(scene_files: tuple[Path, Path]) -> None:
+    _, lab = scene_files
+    labels = open_labels(lab)
+    assert labels.dims == ("y", "x")
+    assert labels.attrs["class_names"] == ["noise", "smooth"]
+    assert labels.rio.transform() == NORTH_UP
+    vals = labels.values
+    assert set(np.unique(vals)) == {0.0, 1.0}
+
+
+def test_tiny_training_run(scene_files: tuple[Path, Path], tmp_path: Path) -> None:
+    data_path, lab_path = scene_files
+    seen: list[tuple[int, int, dict[str, float]]] = []
+    model = train(
+        open_raster(data_path), open_labels(lab_path), epochs=2,
+        progress=lambda e, n, m: seen.append((e, n, m)), **FAST,
+    )  # fmt: skip
+    assert isinstance(model, GeoModel)
+    assert model.arch == "cnn" and model.hparams == {"widths": [4, 8]}
+    assert model.class_names == ("noise", "smooth")  # from the labels' CLASS_NAMES tag
+    assert model.band_names == ("reading",)
+    assert model.patch_size == 16 and model.min_valid == 0.5
+    assert model.source_dtype == "float32"
+    assert not model.module.training
+    assert abs(model.stats.mean[0]) < 0.2 and 0.8 < model.stats.std[0] < 1.2
+    prov = model.provenance
+    assert [h["epoch"] for h in prov["history"]] == [1, 2]
+    for h in prov["history"]:
+        assert {"loss", "accuracy"} <= set(h) and np.isfinite(h["loss"])
+    assert prov["epochs"] == 2 and prov["seed"] == 0 and prov["stride"] == 8
+    assert prov["data"] == [str(data_path)] and prov["labels"] == [str(lab_path)]
+    assert prov["n_train"] + prov["n_val"] == sum(prov["class_counts"]) == 256
+    assert prov["class_counts"] == [128, 128]
+    assert prov["device"] == "cpu"
+    assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
+    # The model is usable straight away and round-trips through a file.
+    back = load_model(save_model(model, tmp_path / "m.gcnn"))
+    assert back.provenance == json.loads(json.dumps(model.provenance))
+    pred = predict(open_raster(data_path), back, stride=16).compute()
+    assert pred["class"].shape == (8, 8)
+    assert set(np.unique(pred["class"].values)) <= {0, 1}
+
+
+def test_reproducible_with_same_seed(scene_files: tuple[Path, Path]) -> None:
+    data_path, lab_path = scene_files
+    runs = [
+        train(open_raster(data_path), open_labels(lab_path), epochs=1, seed=s, **FAST)
+        for s in (7, 7, 8)
+    ]
+    a, b, c = (weights_digest(m) for m in runs)
+    assert a == b
+    assert a != c
+    assert runs[0].provenance["history"] == runs[1].provenance["history"]
+
+
+def test_labels_wrong_size(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    lab = make_raster(
+        tmp_path,
+        "small.tif",
+        height=100,
+        width=128,
+        dtype="uint8",
+        values=np.zeros((100, 128)),
+        transform=NORTH_UP,
+    )
+    with pytest.raises(InputError, match="100 x 128"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_labels_wrong_transform(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    _, labels = two_texture_scene()
+    shifted = Affine.translation(30.0, 0.0) @ NORTH_UP
+    lab = make_raster(
+        tmp_path,
+        "shift.tif",
+        height=128,
+        width=128,
+        dtype="uint8",
+        values=labels,
+        transform=shifted,
+    )
+    with pytest.raises(InputError, match="transform"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_labels_wrong_crs(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    _, labels = two_texture_scene()
+    lab = make_raster(
+        tmp_path,
+        "crs.tif",
+        height=128,
+        width=128,
+        dtype="uint8",
+        values=labels,
+        transform=NORTH_UP,
+        crs="EPSG:32632",
+    )
+    with pytest.raises(InputError, match="CRS"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_all_nodata_labels(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    lab = make_raster(
+        tmp_path,
+        "none.tif",
+        height=128,
+        width=128,
+        dtype="uint8",
+        nodata=255,
+        values=np.full((128, 128), 255),
+        transform=NORTH_UP,
+    )
+    with pytest.raises(TrainingError, match="no labelled window"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_single_class(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    lab = make_raster(
+        tmp_path,
+        "one.tif",
+        height=128,
+        width=128,
+        dtype="uint8",
+        nodata=255,
+        values=np.ones((128, 128)),
+        transform=NORTH_UP,
+    )
+    with pytest.raises(TrainingError, match="single class"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_bad_training_options(scene_files: tuple[Path, Path]) -> None:
+    data_path, lab_path = scene_files
+    data, labels = open_raster(data_path), open_labels(lab_path)
+    with pytest.raises(InputError, match="epochs"):
+        train(data, labels, epochs=0, **FAST)
+    with pytest.raises(InputError, match="one label raster per input"):
+        train([data, data], [labels], epochs=1, **FAST)
+    with pytest.raises(InputError, match="class name"):
+        train(data, labels, class_names=["only"], epochs=1, **FAST)
+
+
+def test_negative_class_ids(
+    scene_files: tuple[Path, Path], tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    data_path, _ = scene_files
+    _, labels = two_texture_scene()
+    vals = labels.astype("int16") - 1  # -1 and 0
+    lab = make_raster(
+        tmp_path, "neg.tif", height=128, width=128, dtype="int16", values=vals, transform=NORTH_UP
+    )
+    with pytest.raises(InputError, match="class ids"):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"), [(255, "0..254"), (1000, "0..254"), (0.5, "non-integer")]
+)
+def test_unusable_label_values(
+    scene_files: tuple[Path, Path],
+    tmp_path: Path,
+    make_raster: MakeRaster,
+    value: float,
+    match: str,
+) -> None:
+    data_path, _ = scene_files
+    _, labels = two_texture_scene()
+    vals = labels.astype("float32")
+    vals[:, 64:] = value  # no nodata set: the value is a label
+    lab = make_raster(tmp_path, "odd.tif", height=128, width=128, values=vals, transform=NORTH_UP)
+    with pytest.raises(InputError, match=match):
+        train(open_raster(data_path), open_labels(lab), epochs=1, **FAST)
+
+
+def test_unknown_architecture_fails_before_extraction(scene_files: tuple[Path, Path]) -> None:
+    data_path, lab_path = scene_files
+    opts = {**FAST, "hparams": None}
+    with pytest.raises(InputError, match="unknown architecture"):
+        train(open_raster(data_path), open_labels(lab_path), arch="nope", epochs=1, **opts)
+
+
+def test_memory_cap_subsamples_reproducibly(scene_files: tuple[Path, Path]) -> None:
+    data_path, lab_path = scene_files
+    chip = 1 * 16 * 16 * 4  # bytes per window: 1 band, 16 x 16 float32
+    runs = [
+        train(
+            open_raster(data_path),
+            open_labels(lab_path),
+            epochs=1,
+            max_chip_bytes=100 * chip,
+            **FAST,
+        )
+        for _ in range(2)
+    ]
+    prov = runs[0].provenance
+    n = prov["n_train"] + prov["n_val"]
+    assert 40 < n < 170  # ~100 of 256 labelled windows kept
+    assert prov["class_counts"] == runs[1].provenance["class_counts"]
+    assert weights_digest(runs[0]) == weights_digest(runs[1])
+
+
+@pytest.mark.parametrize(("patch", "stride"), [(16, 16), (16, 5), (9, 4), (8, 1)])
+def test_training_windows_follow_the_grid(
+    tmp_path: Path,
+    make_raster: MakeRaster,
+    unit_stats: Callable[..., object],
+    patch: int,
+    stride: int,
+) -> None:
+    """Each training chip is the window of PatchGrid.window_origin; its label is the centre pixel's."""
+    h, w = 37, 29
+    rng = np.random.default_rng(patch * 100 + stride)
+    values = rng.integers(-50, 50, (1, h, w)).astype("float32")
+    values[0, rng.random((h, w)) < 0.1] = np.nan
+    ids = np.arange(h * w, dtype="float32").reshape(h, w)  # label = pixel id
+    ids[rng.random((h, w)) < 0.1] = np.nan  # unlabelled pixels
+    data = open_raster(make_raster(tmp_path, "d.tif", height=h, width=w, values=values), chunks=16)
+    labels = xr.DataArray(ids, dims=("y", "x"))
+    grid = PatchGrid(h, w, patch=patch, stride=stride)
+    x, y, pos = _extract(data, labels, unit_stats(["band_1"]), grid, 0.5, max_windows=10**9, seed=0)
+    padded = np.full((h + 4 * patch, w + 4 * patch), np.nan, dtype="float32")
+    padded[2 * patch : 2 * patch + h, 2 * patch : 2 * patch + w] = values[0]
+    oh, ow = grid.out_shape
+    expected_cells = set()
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = grid.window_origin(i, j)
+            win = padded[r0 + 2 * patch : r0 + 3 * patch, c0 + 2 * patch : c0 + 3 * patch]
+            cr, cc = r0 + patch // 2, c0 + patch // 2  # centre pixel
+            inside = 0 <= cr < h and 0 <= cc < w
+            if (~np.isnan(win)).mean() >= 0.5 and inside and not np.isnan(ids[cr, cc]):
+                expected_cells.add((i, j))
+    assert {tuple(p) for p in pos.tolist()} == expected_cells
+    assert len(pos) == len(expected_cells)  # no duplicates
+    for chip, label, (i, j) in zip(x, y, pos, strict=True):
+        r0, c0 = grid.window_origin(i, j)
+        win = padded[r0 + 2 * patch : r0 + 3 * patch, c0 + 2 * patch : c0 + 3 * patch]
+        np.testing.assert_array_equal(chip[0], np.nan_to_num(win))
+        assert label == ids[r0 + patch // 2, c0 + patch // 2]
+
+
+def test_several_rasters(tmp_path: Path, make_raster: MakeRaster) -> None:
+    """Two tiles with their own labels train one model; provenance lists both."""
+    scene, labels = two_texture_scene(seed=3)
+    paths = []
+    for k, sl in enumerate((slice(0, 64), slice(64, 128))):
+        t = Affine.translation(0.0, -30.0 * 64 * k) @ NORTH_UP
+        d = make_raster(
+            tmp_path, f"d{k}.tif", height=64, width=128, values=scene[:, sl], transform=t
+        )
+        lab = make_raster(
+            tmp_path, f"l{k}.tif", height=64, width=128, dtype="uint8", nodata=255,
+            values=labels[sl], transform=t,
+        )  # fmt: skip
+        paths.append((d, lab))
+    model = train(
+        [open_raster(d) for d, _ in paths], [open_labels(lab) for _, lab in paths], epochs=1, **FAST
+    )
+    assert model.provenance["data"] == [str(d) for d, _ in paths]
+    assert model.provenance["class_counts"] == [128, 128]
