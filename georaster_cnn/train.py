@@ -11,6 +11,7 @@ chip folders, early stopping - is its own module later.)
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import math
 import os
@@ -21,8 +22,10 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import rasterio
 import torch
 import xarray as xr
+from rasterio.errors import RasterioError
 from torch import nn
 
 from georaster_cnn.chips import iter_batches, plan_blocks, valid_fraction, window_view
@@ -30,7 +33,7 @@ from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.geometry import DEFAULT_PATCH, PatchGrid
 from georaster_cnn.modelfile import GeoModel, default_colors
 from georaster_cnn.models import ARCHITECTURES, build_model, resolve_device
-from georaster_cnn.reader import open_raster
+from georaster_cnn.reader import NETCDF_SUFFIXES, open_raster
 from georaster_cnn.stats import compute_stats, normalize
 
 __all__ = ["open_labels", "train"]
@@ -44,21 +47,36 @@ def open_labels(path: str | os.PathLike[str]) -> xr.DataArray:
     """Open a class-label raster: ``(y, x)`` float32 class ids, NaN = unlabelled.
 
     The first band is used; nodata (and GDAL masks) become NaN. Class names stored
-    in a ``CLASS_NAMES`` JSON tag are kept in ``attrs["class_names"]``.
+    in a ``CLASS_NAMES`` JSON tag are kept in ``attrs["class_names"]``, and the
+    colour table, if any, in ``attrs["class_colors"]`` (RGB per class id).
     """
     lab = open_raster(path, bands=[1]).isel(band=0, drop=True)
-    import json
-
-    import rasterio
-
+    if Path(path).suffix.lower() in NETCDF_SUFFIXES:
+        return lab
     try:
         with rasterio.open(path) as src:
             tag = src.tags().get("CLASS_NAMES") or src.tags(1).get("CLASS_NAMES")
+            try:
+                cmap = src.colormap(1)
+            except ValueError:  # no colour table
+                cmap = {}
         if tag:
             lab.attrs["class_names"] = json.loads(tag)
-    except (rasterio.errors.RasterioError, ValueError):
-        pass
+        if cmap:
+            lab.attrs["class_colors"] = [cmap[i][:3] for i in range(max(cmap) + 1) if i in cmap]
+    except (RasterioError, ValueError):
+        pass  # names and colours are optional
     return lab
+
+
+def _class_colors(
+    from_labels: Sequence[Sequence[int]] | None, n_classes: int
+) -> tuple[tuple[int, int, int], ...]:
+    """The label raster's colours where it has one per class, else the default palette."""
+    colors = list(default_colors(n_classes))
+    for i, c in enumerate(list(from_labels or [])[:n_classes]):
+        colors[i] = (int(c[0]), int(c[1]), int(c[2]))
+    return tuple(colors)
 
 
 def _check_aligned(data: xr.DataArray, labels: xr.DataArray) -> None:
@@ -423,7 +441,7 @@ def train(
         hparams=dict(hparams or {}),
         band_names=tuple(str(b) for b in datas[0]["band"].values),
         class_names=tuple(class_names),
-        class_colors=default_colors(n_classes),
+        class_colors=_class_colors(labs[0].attrs.get("class_colors"), n_classes),
         stats=stats,
         patch_size=patch_size,
         min_valid=min_valid,

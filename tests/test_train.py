@@ -373,3 +373,15 @@ def test_several_rasters(tmp_path: Path, make_raster: MakeRaster) -> None:
     )
     assert model.provenance["data"] == [str(d) for d, _ in paths]
     assert model.provenance["class_counts"] == [128, 128]
+
+
+def test_model_takes_label_colours(scene_files: tuple[Path, Path]) -> None:
+    data_path, lab_path = scene_files
+    plain = train(open_raster(data_path), open_labels(lab_path), epochs=1, **FAST)
+    with rasterio.open(lab_path, "r+") as dst:
+        dst.write_colormap(1, {0: (10, 20, 30, 255), 1: (200, 100, 50, 255)})
+    labels = open_labels(lab_path)
+    assert labels.attrs["class_colors"][:2] == [(10, 20, 30), (200, 100, 50)]
+    model = train(open_raster(data_path), labels, epochs=1, **FAST)
+    assert model.class_colors == ((10, 20, 30), (200, 100, 50))
+    assert plain.class_colors != model.class_colors  # without a table: the default palette
