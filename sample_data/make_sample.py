@@ -61,10 +61,9 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -122,9 +121,12 @@ ORIGIN = (500_000.0, 5_200_000.0)  # upper-left corner (x0, y0), metres
 TILE = 256
 
 
-@dataclass(frozen=True)
-class Channel:
-    """One channel of the scene: name (band description / netCDF variable) and units."""
+class Channel(NamedTuple):
+    """One channel of the scene: name (band description / netCDF variable) and units.
+
+    (A NamedTuple rather than a dataclass so the script also imports through
+    ``importlib.util.spec_from_file_location`` without being registered in ``sys.modules``.)
+    """
 
     name: str
     long_name: str
