@@ -13,10 +13,12 @@ rioxarray's ``isel`` for windows). netCDF files are opened with xarray.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import xarray as xr
 from affine import Affine
 from dask.base import tokenize
 from rasterio.enums import MaskFlags
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from georaster_cnn.errors import InputError, ReadError
@@ -110,9 +112,15 @@ class _WindowReader:
     """
 
     def __init__(
-        self, path: str, indexes: list[int], shape: tuple[int, int, int], use_masks: bool
+        self,
+        path: str,
+        indexes: list[int],
+        shape: tuple[int, int, int],
+        use_masks: bool,
+        georeferenced: bool = True,
     ) -> None:
         self.path = path
+        self.georeferenced = georeferenced
         self.indexes = indexes
         self.shape = shape
         self.dtype = np.dtype("float32")
@@ -126,7 +134,7 @@ class _WindowReader:
         x0, x1, _ = xsl.indices(self.shape[2])
         window = Window(x0, y0, x1 - x0, y1 - y0)
         try:
-            with rasterio.open(self.path) as src:
+            with _quiet_if(not self.georeferenced), rasterio.open(self.path) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
                 if self.use_masks:
                     masks = src.read_masks(idx, window=window)
@@ -148,9 +156,12 @@ def _root_message(exc: BaseException) -> str:
 
 
 def _auto_chunk(n: int, block: int, target: int = DEFAULT_CHUNK_PX) -> int:
-    """A multiple of the file's ``block`` size close to ``target`` (at most ``n``)."""
+    """A multiple of the file's ``block`` size close to ``target`` (at most ``n``).
+
+    Blocks as long as the axis (strips) are cut at ``target`` to bound memory.
+    """
     if block >= n:
-        return n
+        return min(n, target)
     return min(n, max(block, (target // block) * block))
 
 
@@ -200,9 +211,24 @@ def _select(names: list[str], bands: BandSelector, source: Path) -> list[int]:
     return chosen
 
 
+@contextlib.contextmanager
+def _quiet_if(condition: bool) -> Iterator[None]:
+    """Silence rasterio's NotGeoreferencedWarning when ``condition``.
+
+    A file without a geotransform is supported (its output is in pixel coordinates);
+    the reader logs that once at open instead of warning on every block read.
+    """
+    if not condition:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        yield
+
+
 def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArray:
     try:
-        with rasterio.open(path) as src:
+        with _quiet_if(True), rasterio.open(path) as src:
             names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
             if len(set(names)) != len(names):  # duplicate descriptions: fall back to numbers
                 names = [f"band_{i + 1}" for i in range(src.count)]
@@ -216,6 +242,7 @@ def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArr
             crs = src.crs
             transform = src.transform
             gcps_only = transform.is_identity and bool(src.gcps[0])
+            georeferenced = not (transform.is_identity and crs is None)
     except RasterioError as exc:
         raise ReadError(f"{path}: not a raster GDAL can open ({exc})") from exc
     if gcps_only:
@@ -224,7 +251,11 @@ def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArr
             "(e.g. gdalwarp) so pixels have an affine transform"
         )
     cy, cx = _resolve_chunks(chunks, (height, width), block)
-    reader = _WindowReader(str(path), indexes, (len(indexes), height, width), use_masks)
+    if not georeferenced:
+        log.info("%s has no georeferencing; the output will be in pixel coordinates", path)
+    reader = _WindowReader(
+        str(path), indexes, (len(indexes), height, width), use_masks, georeferenced
+    )
     token = tokenize(str(path.resolve()), os.path.getmtime(path), indexes, cy, cx)
     data = da.from_array(
         reader,

@@ -355,8 +355,12 @@ def train(
     n_classes = len(class_names)
     if len(np.unique(y_all)) < 2:
         raise TrainingError(f"labels hold a single class ({class_names[int(y_all[0])]}); need >= 2")
-    if val.all() or not val.any():
-        val = rng.random(len(y_all)) < val_fraction  # too few blocks: fall back to random
+    if (val.all() or not val.any()) and val_fraction > 0 and len(y_all) >= 5:
+        # Too few blocks to split spatially (a small raster): hold out a random share.
+        n_val = max(1, round(val_fraction * len(y_all)))
+        val = np.zeros(len(y_all), dtype=bool)
+        val[rng.choice(len(y_all), n_val, replace=False)] = True
+        log.warning("raster too small for a spatially blocked split; validating on random windows")
     dev = resolve_device(device)
     module = build_model(arch, x_all.shape[1], n_classes, patch_size, **(hparams or {})).to(dev)
     counts = np.bincount(y_all[~val], minlength=n_classes).astype(np.float64)

@@ -301,6 +301,29 @@ def test_gcps_only_raster_is_rejected(tmp_path: Path) -> None:
         open_raster(path)
 
 
+def test_no_georeferencing_is_supported_quietly(tmp_path: Path) -> None:
+    """A plain TIFF without geotransform or CRS reads in pixel coordinates, no warning."""
+    path = tmp_path / "plain.tif"
+    profile = {"driver": "GTiff", "height": 40, "width": 30, "count": 2, "dtype": "uint8"}
+    values = np.arange(2 * 40 * 30, dtype="uint16").reshape(2, 40, 30) % 251
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(values.astype("uint8"))
+    arr = open_raster(path, chunks=16)  # several chunks: every block read opens the file
+    assert arr.rio.crs is None
+    assert arr.rio.transform().is_identity
+    np.testing.assert_array_equal(arr.values, values.astype("float32"))
+
+
+def test_striped_file_chunks_are_bounded(tmp_path: Path, make_raster: MakeRaster) -> None:
+    """Strips as wide as the raster must not become one chunk as wide as the raster."""
+    path = make_raster(tmp_path, "wide.tif", height=20, width=5000, count=1, tiled=False)
+    arr = open_raster(path)
+    assert max(arr.chunks[2]) <= 2048
+    np.testing.assert_array_equal(arr.values, _file_values(path))
+
+
 # --------------------------------------------------------------------------- netCDF
 
 
