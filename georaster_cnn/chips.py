@@ -134,8 +134,9 @@ def valid_fraction(
         Number of windows ``(ny, nx)``; window ``(i, j)`` starts at ``(s*i, s*j)``.
     """
     ny, nx = shape
-    sat = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int64)
-    np.cumsum(np.cumsum(valid, axis=0, dtype=np.int64), axis=1, out=sat[1:, 1:])
+    # int32 is exact up to 2**31 pixels per block, far above any block size used here.
+    sat = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), dtype=np.int32)
+    np.cumsum(np.cumsum(valid, axis=0, dtype=np.int32), axis=1, out=sat[1:, 1:])
     r0 = np.arange(ny) * stride
     c0 = np.arange(nx) * stride
     r1, c1 = r0 + patch, c0 + patch

@@ -17,6 +17,7 @@ import threading
 import warnings
 from typing import Any
 
+import dask
 import dask.array as da
 import numpy as np
 import torch
@@ -34,14 +35,14 @@ from georaster_cnn.errors import BandMismatchError, DataRangeWarning, InputError
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.models import resolve_device
-from georaster_cnn.stats import normalize
+from georaster_cnn.stats import ChannelStats, normalize
 
 __all__ = ["CLASS_NODATA", "check_inputs", "predict"]
 
 log = logging.getLogger(__name__)
 
 #: Target block side in input pixels (one Dask task classifies about this many squared).
-BLOCK_PX = 2048
+BLOCK_PX = 1024
 
 #: Class value of output cells without a prediction.
 CLASS_NODATA = 255
@@ -185,27 +186,21 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
             stacklevel=3,
         )
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.data))
-    # Sample a few blocks spread over the raster: cheap, and enough to catch unit mix-ups.
+    # A few blocks spread over the raster, each reduced to per-band statistics inside
+    # the graph: cheap, bounded memory, and enough to catch unit or band-order mix-ups.
     nb = arr.numblocks
+    steps = max(1, sample_blocks - 1)
     picks = sorted(
-        {
-            (
-                0,
-                int(i * (nb[1] - 1) / max(1, sample_blocks - 1)),
-                int(i * (nb[2] - 1) / max(1, sample_blocks - 1)),
-            )
-            for i in range(sample_blocks)
-        }
+        {(0, i * (nb[1] - 1) // steps, i * (nb[2] - 1) // steps) for i in range(sample_blocks)}
     )
-    blocks = da.compute(*[arr.blocks[p] for p in picks])
-    sample = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks], axis=1)
+    parts = [dask.delayed(ChannelStats.from_array)(arr.blocks[p], names) for p in picks]
+    (sample,) = dask.compute(dask.delayed(ChannelStats.merge_all)(parts))
     mean, std = model.stats.mean, model.stats.std
     tol = np.where(std > 0, std, np.maximum(np.abs(mean), 1.0))
     for k, name in enumerate(model.band_names):
-        vals = sample[k][np.isfinite(sample[k])]
-        if vals.size == 0:
+        if sample.count[k] == 0:
             continue
-        m, sd = float(vals.mean()), float(vals.std())
+        m, sd = float(sample.mean[k]), float(sample.std[k])
         if abs(m - mean[k]) > 5 * tol[k] or (std[k] > 0 and not 0.05 < sd / std[k] < 20):
             warnings.warn(
                 f"{source}: band {k + 1} ({names[k]}) has mean {m:.4g} and spread {sd:.4g}, "
@@ -245,8 +240,8 @@ def predict(
         Minimum fraction of valid pixels in a window for it to get a class;
         default: the model's (0.5 unless trained otherwise).
     block_cells
-        Dask block side in output cells; default ``2048 // stride`` so that a block
-        is about 2048 x 2048 input pixels whatever the stride.
+        Dask block side in output cells; default ``1024 // stride`` so that a block
+        is about 1024 x 1024 input pixels whatever the stride.
     check
         Check the input contract first (see :func:`check_inputs`).
 

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5"})
 
 #: Target chunk side in pixels when the caller does not choose.
-DEFAULT_CHUNK_PX = 2048
+DEFAULT_CHUNK_PX = 1024
 
 BandSelector = Sequence[int | str] | None
 Chunks = int | tuple[int, int] | str
@@ -66,7 +66,7 @@ def open_raster(
         descriptions, netCDF variable names). ``None`` keeps all.
     chunks
         ``"auto"`` aligns chunks to the file's internal blocks near
-        2048 x 2048 pixels; an int or ``(y, x)`` sets the chunk size in pixels.
+        1024 x 1024 pixels; an int or ``(y, x)`` sets the chunk size in pixels.
 
     Returns
     -------
@@ -136,6 +136,7 @@ class _WindowReader:
         try:
             with _quiet_if(not self.georeferenced), rasterio.open(self.path) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
+                out[np.isinf(out)] = np.nan  # +-inf is invalid, like NaN
                 if self.use_masks:
                     masks = src.read_masks(idx, window=window)
                     out[masks == 0] = np.nan
@@ -358,6 +359,7 @@ def _open_netcdf(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataA
         v = ds[n].squeeze(drop=True).transpose(ydim, xdim)
         arrays.append(v.data if isinstance(v.data, da.Array) else da.from_array(v.values))
     data = da.stack(arrays).astype("float32")
+    data = da.where(da.isinf(data), np.float32(np.nan), data)  # +-inf is invalid, like NaN
     h, w = data.shape[1:]
     cy, cx = _resolve_chunks(chunks, (h, w), (min(h, 512), min(w, 512)))
     data = data.rechunk((len(names), cy, cx))
@@ -395,7 +397,6 @@ def _canonical(
 ) -> xr.DataArray:
     """Wrap a ``(band, y, x)`` Dask array with coordinates, CRS and transform."""
     _, h, w = data.shape
-    data = da.where(da.isinf(data), np.float32(np.nan), data)  # +-inf is invalid, like NaN
     coords: dict[str, Any] = {"band": np.array(names, dtype=object)}
     if transform.b == 0 and transform.d == 0:
         # Pixel-centre coordinates, as rioxarray writes them for north-up grids.

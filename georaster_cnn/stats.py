@@ -49,22 +49,24 @@ class ChannelStats:
 
     @classmethod
     def from_array(cls, block: np.ndarray, names: Sequence[str]) -> ChannelStats:
-        """Partial statistics of one ``(band, ...)`` NumPy block; NaN ignored."""
-        flat = block.reshape(block.shape[0], -1).astype("float64", copy=False)
-        ok = np.isfinite(flat)
-        count = ok.sum(axis=1).astype("float64")
-        safe = np.where(ok, flat, 0.0)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(count > 0, safe.sum(axis=1) / np.maximum(count, 1), 0.0)
-        m2 = np.where(ok, (flat - mean[:, None]) ** 2, 0.0).sum(axis=1)
-        mn = (
-            np.where(ok, flat, np.inf).min(axis=1) if flat.shape[1] else np.full(len(count), np.inf)
-        )
-        mx = (
-            np.where(ok, flat, -np.inf).max(axis=1)
-            if flat.shape[1]
-            else np.full(len(count), -np.inf)
-        )
+        """Partial statistics of one ``(band, ...)`` NumPy block; NaN and inf ignored.
+
+        Works band by band on the valid values only, so the temporary memory is a
+        small multiple of one band, not of the block.
+        """
+        n = block.shape[0]
+        count, mean, m2 = np.zeros(n), np.zeros(n), np.zeros(n)
+        mn, mx = np.full(n, np.inf), np.full(n, -np.inf)
+        for b in range(n):
+            band = block[b].ravel()
+            vals = band[np.isfinite(band)]
+            if vals.size == 0:
+                continue
+            count[b] = vals.size
+            mean[b] = np.sum(vals, dtype=np.float64) / vals.size
+            dev = vals - vals.dtype.type(mean[b])
+            m2[b] = np.dot(dev.astype(np.float64, copy=False), dev)
+            mn[b], mx[b] = vals.min(), vals.max()
         return cls(tuple(names), count, mean, m2, mn, mx)
 
     def merge(self, other: ChannelStats) -> ChannelStats:
