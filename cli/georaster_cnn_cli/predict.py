@@ -265,7 +265,7 @@ def _print_summary(state: CLIState, results: list[TileResult], seconds: float) -
             table.add_row(
                 Text(r.input),
                 Text(r.status, style=_STATUS_STYLE[r.status]),
-                Text(str(r.output) if r.output else "-"),
+                Text(str(r.output) if r.output and r.status != "failed" else "-"),
                 f"{r.seconds:.1f}" if r.status != "skipped" and r.seconds else "-",
                 Text(r.message),
             )
