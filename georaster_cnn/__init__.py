@@ -19,6 +19,7 @@ from georaster_cnn.errors import (
     ReadError,
     TrainingError,
 )
+from georaster_cnn.evaluate import EvaluationReport, evaluate
 from georaster_cnn.geometry import PatchGrid, output_transform
 from georaster_cnn.modelfile import GeoModel, load_model, save_model
 from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture, resolve_device
@@ -41,6 +42,7 @@ __all__ = [
     "BandMismatchError",
     "ChannelStats",
     "DataRangeWarning",
+    "EvaluationReport",
     "GeoModel",
     "GeorasterCNNError",
     "InputError",
@@ -53,6 +55,7 @@ __all__ = [
     "build_model",
     "check_inputs",
     "compute_stats",
+    "evaluate",
     "load_model",
     "normalize",
     "open_labels",

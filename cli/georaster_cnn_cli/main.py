@@ -16,6 +16,7 @@ from georaster_cnn_cli._common import (
     is_reportable,
     report_error,
 )
+from georaster_cnn_cli.evaluate import evaluate
 from georaster_cnn_cli.info import info
 from georaster_cnn_cli.predict import predict
 from georaster_cnn_cli.train import train
@@ -79,3 +80,4 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 cli.add_command(predict)
 cli.add_command(train)
 cli.add_command(info)
+cli.add_command(evaluate)

@@ -1,0 +1,220 @@
+"""``georaster-cnn evaluate``: accuracy of a model against reference label rasters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from georaster_cnn_cli._common import (
+    CLIState,
+    DaskProgress,
+    error_message,
+    fail,
+    get_state,
+    load_model_or_exit,
+    make_progress,
+    plural,
+    report_warnings,
+)
+from georaster_cnn_cli._options import (
+    bands_option,
+    batch_size_option,
+    device_option,
+    min_valid_option,
+    overwrite_option,
+)
+from georaster_cnn_cli.train import pair_labels, read_labels
+
+if TYPE_CHECKING:
+    from georaster_cnn import EvaluationReport
+
+__all__ = ["evaluate", "print_report"]
+
+#: Written by EvaluationReport.write (kept here so --help and the overwrite check need no torch).
+REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
+
+_REASONS = {
+    "centre_outside_raster": "centre outside the raster",
+    "unlabelled": "unlabelled",
+    "no_prediction": "no prediction",
+}
+
+
+@click.command("evaluate", short_help="Accuracy of a model against label rasters; writes a report.")
+@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
+    metavar="INPUT...",
+)  # fmt: skip
+@click.option(
+    "--labels",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="LABELS",
+    help="Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "
+    "unlabelled); once per INPUT, in the same order.",
+)
+@click.option(
+    "--label-column",
+    default=None,
+    metavar="COLUMN",
+    help="Attribute holding the class of each feature, for vector labels (a later version).",
+)
+@click.option(
+    "-o",
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    metavar="REPORT_DIR",
+    help="Folder for metrics.json, per_class.csv, confusion_matrix.csv/.png (created if missing).",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Spacing of the evaluated windows in pixels (one cell per stride x stride pixels). "
+    "[default: the model's training stride, else patch size / 4]",
+)
+@batch_size_option(default=256)
+@device_option()
+@bands_option()
+@min_valid_option()
+@overwrite_option("Replace a report that exists in REPORT_DIR.")
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    model: Path,
+    inputs: tuple[Path, ...],
+    labels: tuple[Path, ...],
+    label_column: str | None,
+    output_dir: Path,
+    stride: int | None,
+    batch_size: int,
+    device: str,
+    bands: list[int | str] | None,
+    min_valid: float | None,
+    overwrite: bool,
+) -> None:
+    """Compare MODEL's classes on INPUT rasters with reference labels.
+
+    Every output cell (one per --stride pixels, as `predict` makes them) is
+    compared with the label of its window's centre pixel; cells whose centre
+    is unlabelled or outside the raster, or that get no prediction, are left
+    out and counted. All INPUTs add up into one report: a table on screen and
+    metrics.json, per_class.csv, confusion_matrix.csv and confusion_matrix.png
+    in REPORT_DIR. The stride defaults to the one the model was trained with.
+
+    Evaluate on data the model was not trained on: scores on training data
+    are optimistic.
+
+    \b
+    Example:
+      georaster-cnn evaluate landcover.safetensors test.tif --labels test_labels.tif -o report/
+    """
+    state = get_state(ctx)
+    pairs = pair_labels(inputs, labels, column=label_column)
+    if label_column is not None:
+        rasters = [str(src.path) for _, src in pairs if not src.is_vector]
+        if rasters:
+            fail(
+                f"--label-column names the class attribute of vector labels, but "
+                f"{', '.join(rasters)} {'is a raster' if len(rasters) == 1 else 'are rasters'} "
+                "whose pixel values are the class ids; drop --label-column"
+            )
+    existing = [f for f in REPORT_FILES if (output_dir / f).exists()]
+    if existing and not overwrite:
+        fail(
+            f"{output_dir} already holds a report ({', '.join(existing)}); pass --overwrite to "
+            "replace it, or choose another -o folder"
+        )
+    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+
+    geo_model = load_model_or_exit(state, model)
+    try:
+        gc.resolve_device(device)
+    except gc.GeorasterCNNError as exc:
+        fail(f"--device {device}: {error_message(exc)}")
+    if stride is not None and stride > geo_model.patch_size:
+        fail(
+            f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
+            f"use 1..{geo_model.patch_size} (windows would skip pixels)"
+        )
+
+    with report_warnings(state), make_progress(state) as progress:
+        datas, labs = [], []
+        for data_path, label_source in pairs:
+            data = gc.open_raster(data_path, bands=bands)
+            datas.append(data)
+            labs.append(read_labels(label_source, like=data))
+        task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
+        with DaskProgress(progress, task):
+            report = gc.evaluate(
+                geo_model,
+                datas,
+                labs,
+                stride=stride,
+                batch_size=batch_size,
+                device=device,
+                min_valid=min_valid,
+            )
+    with report_warnings(state):
+        report.write(output_dir, overwrite=overwrite)
+    if not state.quiet:
+        print_report(state, report)
+        state.out.print(f"report written to {output_dir}/", highlight=False, soft_wrap=True)
+
+
+def _score(value: float, undefined: bool) -> str:
+    return f"{value:.3f}{'*' if undefined else ''}"
+
+
+def print_report(state: CLIState, report: EvaluationReport) -> None:
+    """Per-class metrics, overall scores and the confusion matrix on stdout."""
+    undefined = report.zero_division
+    table = Table(title="per class", title_justify="left")
+    table.add_column("class")
+    for name in ("precision", "recall", "F1", "support", "predicted"):
+        table.add_column(name, justify="right")
+    for k, name in enumerate(report.class_names):
+        table.add_row(
+            Text(name),
+            _score(report.precision[k], name in undefined["precision"]),
+            _score(report.recall[k], name in undefined["recall"]),
+            _score(report.f1[k], name in undefined["f1"]),
+            f"{int(report.support[k]):,}",
+            f"{int(report.predicted[k]):,}",
+        )
+    state.out.print(table)
+    if any(undefined.values()):
+        state.out.print(
+            "* undefined (0/0: class never predicted or absent from the labels); shown as 0",
+            highlight=False,
+        )
+
+    cm = Table(title="confusion matrix (rows: label, columns: predicted)", title_justify="left")
+    cm.add_column("label \\ predicted")
+    for name in report.class_names:
+        cm.add_column(Text(name), justify="right")
+    for i, name in enumerate(report.class_names):
+        cells = [
+            Text(f"{int(n):,}", style="bold" if i == j else "")
+            for j, n in enumerate(report.confusion[i])
+        ]
+        cm.add_row(Text(name), *cells)
+    state.out.print(cm)
+
+    excluded = ", ".join(
+        f"{n:,} {_REASONS.get(reason, reason)}" for reason, n in report.n_excluded.items() if n
+    )
+    state.out.print(
+        f"accuracy {report.accuracy:.3f}, macro F1 {report.macro_f1:.3f}, "
+        f"weighted F1 {report.weighted_f1:.3f} over {report.n_evaluated:,} cells "
+        f"(stride {report.stride} px); excluded: {excluded or 'none'}",
+        highlight=False,
+        soft_wrap=True,
+    )
