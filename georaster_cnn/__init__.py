@@ -27,6 +27,7 @@ from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
 from georaster_cnn.reader import open_raster, valid_mask
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
 from georaster_cnn.train import open_labels, train
+from georaster_cnn.vectorize import vectorize, write_vectors
 from georaster_cnn.writer import write_prediction
 
 try:
@@ -67,5 +68,7 @@ __all__ = [
     "save_model",
     "train",
     "valid_mask",
+    "vectorize",
     "write_prediction",
+    "write_vectors",
 ]

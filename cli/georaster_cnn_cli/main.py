@@ -20,6 +20,7 @@ from georaster_cnn_cli.evaluate import evaluate
 from georaster_cnn_cli.info import info
 from georaster_cnn_cli.predict import predict
 from georaster_cnn_cli.train import train
+from georaster_cnn_cli.vectorize import vectorize
 
 __all__ = ["cli"]
 
@@ -81,3 +82,4 @@ cli.add_command(predict)
 cli.add_command(train)
 cli.add_command(info)
 cli.add_command(evaluate)
+cli.add_command(vectorize)

@@ -37,6 +37,12 @@ from georaster_cnn_cli._options import (
     overwrite_option,
     stride_option,
 )
+from georaster_cnn_cli.vectorize import (
+    check_vector_suffix,
+    vector_error,
+    vector_option,
+    write_vector_for,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -117,6 +123,7 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
 @bands_option()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
+@vector_option()
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -130,6 +137,7 @@ def predict(
     bands: list[int | str] | None,
     overwrite: bool,
     min_valid: float | None,
+    vector: str | None,
 ) -> None:
     """Classify rasters with MODEL and write one class map (COG) per INPUT.
 
@@ -138,6 +146,10 @@ def predict(
     ('**' recurses). Outputs that exist are skipped unless --overwrite. A tile
     that fails is reported and the others go on; the exit status is 1 if any
     tile failed, 2 if nothing was tried (unusable model or option).
+
+    With --vector SUFFIX each class map is also vectorised into
+    OUTDIR/<stem>.SUFFIX (as 'vectorize' does); a missing vector file is made
+    from an existing class map, and a failed one fails its tile.
 
     \b
     Example:
@@ -156,6 +168,8 @@ def predict(
             f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
             f"use 1..{geo_model.patch_size} (windows would skip pixels)"
         )
+    if vector is not None:
+        check_vector_suffix(vector, f"--vector {vector}")
 
     started = time.perf_counter()
     found = expand_inputs(inputs)
@@ -192,6 +206,7 @@ def predict(
                 bands=bands,
                 overwrite=overwrite,
                 min_valid=min_valid,
+                vector=vector,
             )
             results.append(result)
             progress.advance(overall)
@@ -217,13 +232,15 @@ def _predict_one(
     bands: list[int | str] | None,
     overwrite: bool,
     min_valid: float | None,
+    vector: str | None = None,
 ) -> TileResult:
     """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
     import georaster_cnn as gc
 
     name = str(job.source)
     if job.output.exists() and not overwrite:
-        return TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+        return _add_vector(state, skipped, vector, overwrite=False, t0=time.perf_counter())
     t0 = time.perf_counter()
     try:
         with report_warnings(state, context=name):
@@ -249,7 +266,44 @@ def _predict_one(
             time.perf_counter() - t0,
             error_message(exc, job.source),
         )
-    return TileResult(name, "written", written, time.perf_counter() - t0)
+    done = TileResult(name, "written", written, time.perf_counter() - t0)
+    return _add_vector(state, done, vector, overwrite=overwrite, t0=t0)
+
+
+def _add_vector(
+    state: CLIState, result: TileResult, vector: str | None, *, overwrite: bool, t0: float
+) -> TileResult:
+    """With ``--vector``: vectorise the tile's class map, unless that output exists.
+
+    A vector file that exists is kept without ``--overwrite``; a missing one is
+    made even when the class map itself was skipped. A failure fails the tile.
+    """
+    if vector is None or result.output is None:
+        return result
+    out = result.output.with_suffix(f".{vector.lower()}")
+    if out.exists() and not overwrite:
+        note = f"{out.name} exists (--overwrite)"
+        return _with_message(result, note)
+    try:
+        with report_warnings(state, context=result.input):
+            written, summary = write_vector_for(result.output, vector, overwrite=overwrite)
+    except Exception as exc:  # that tile's failure; the class map itself stays
+        message = vector_error(exc, out)
+        report_error(state, message, context=result.input)
+        return TileResult(result.input, "failed", result.output, time.perf_counter() - t0, message)
+    note = f"+ {written.name} ({summary})"
+    seconds = time.perf_counter() - t0
+    return TileResult(result.input, "written", result.output, seconds, _join(result.message, note))
+
+
+def _with_message(result: TileResult, note: str) -> TileResult:
+    return TileResult(
+        result.input, result.status, result.output, result.seconds, _join(result.message, note)
+    )
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
 
 
 def _print_summary(state: CLIState, results: list[TileResult], seconds: float) -> None:
