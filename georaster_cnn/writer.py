@@ -31,6 +31,7 @@ import numpy as np
 import rasterio
 import rasterio.shutil
 import xarray as xr
+from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -130,6 +131,9 @@ def write_prediction(
             "dtype": "uint8", "nodata": 255, "transform": transform, "crs": crs,
             "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
             "compress": "DEFLATE", "BIGTIFF": "IF_SAFER",
+            # Not RGB(A): with 3-4 uint8 bands GTiff would call probability bands
+            # green/blue/alpha, and GIS tools would use one as transparency.
+            "photometric": "MINISBLACK", "alpha": "NO",
         }  # fmt: skip
         if crs is None:
             profile.pop("crs")
@@ -198,6 +202,8 @@ def _describe(
     cmap = {i: (*map(int, c), 255) for i, c in enumerate(colors)}
     cmap[255] = (0, 0, 0, 0)
     dst.write_colormap(1, cmap)
+    if probabilities:
+        dst.colorinterp = [ColorInterp.palette] + [ColorInterp.undefined] * len(names)
     dst.set_band_description(1, "class")
     tags = {
         "CLASS_NAMES": json.dumps(names),

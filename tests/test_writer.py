@@ -114,6 +114,20 @@ def test_no_crs(tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel) 
         assert src.transform == NORTH_UP @ Affine.scale(16)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3, 4])
+def test_probability_bands_are_not_colours(
+    tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel, n_classes: int
+) -> None:
+    """3-4 uint8 bands default to RGB(A) in GTiff: a probability band must never be alpha."""
+    path = make_raster(tmp_path, "in.tif", height=40, width=40)
+    names = tuple("abcd"[:n_classes])
+    pred = predict(open_raster(path), make_model(1, names, arch="cnn"), stride=16)
+    out = write_prediction(pred, tmp_path / "o.tif", probabilities=True)
+    with rasterio.open(out) as src:
+        interp = [c.name for c in src.colorinterp]
+    assert interp == ["palette"] + ["undefined"] * n_classes
+
+
 def test_rotated_transform_is_written_exactly(
     tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel
 ) -> None:
