@@ -25,6 +25,7 @@ from georaster_cnn.modelfile import GeoModel, load_model, save_model
 from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture, resolve_device
 from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
 from georaster_cnn.reader import open_raster, valid_mask
+from georaster_cnn.spatial import inspect_raster, morans_i
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
 from georaster_cnn.train import open_labels, train
 from georaster_cnn.vectorize import vectorize, write_vectors
@@ -57,7 +58,9 @@ __all__ = [
     "check_inputs",
     "compute_stats",
     "evaluate",
+    "inspect_raster",
     "load_model",
+    "morans_i",
     "normalize",
     "open_labels",
     "open_raster",

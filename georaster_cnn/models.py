@@ -1,4 +1,16 @@
-"""classify: CNN architectures behind a tiny registry, and device selection."""
+"""classify: CNN architectures behind a tiny registry, and device selection.
+
+Registered architectures (``build_model(name, in_channels, n_classes, patch_size, **hparams)``):
+
+``cnn``
+    :class:`SmallCNN`, the default: small and fast.
+``resnet``
+    :class:`ResNet`, a deeper residual CNN (BasicBlocks with identity shortcuts).
+``mlp``
+    :class:`MLP`, a baseline on the flattened window that ignores the grid's
+    neighbourhood structure; compare it with a CNN to see whether local
+    patterns matter (see ``docs/image-like.md``).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +24,9 @@ from georaster_cnn.errors import InputError
 
 __all__ = [
     "ARCHITECTURES",
+    "MLP",
     "Device",
+    "ResNet",
     "SmallCNN",
     "build_model",
     "register_architecture",
@@ -99,6 +113,170 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def _check_sizes(in_channels: int, n_classes: int) -> None:
+    if in_channels < 1 or n_classes < 2:
+        raise InputError(
+            f"need >= 1 input channel and >= 2 classes; found {in_channels} and {n_classes}"
+        )
+
+
+class BasicBlock(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut, then ReLU (He et al. 2016).
+
+    The shortcut is the identity, or a strided 1x1 convolution with batch norm
+    where the block changes the width or the resolution.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+@register_architecture("resnet")
+class ResNet(nn.Module):
+    """A deeper residual CNN for ``p x p`` patches with any number of channels.
+
+    A conv3x3-BN-ReLU stem, then one stage per entry of ``widths``, each of
+    ``blocks`` :class:`BasicBlock` s; every stage but the first starts with a
+    stride-2 block (halving the resolution) while the feature map is still at
+    least 4 pixels a side, so patches down to 8 pixels (and smaller) work.
+    Global average pooling, dropout and a linear classifier follow, which makes
+    the network independent of the patch size.
+
+    Parameters
+    ----------
+    in_channels, n_classes
+        Input bands and output classes.
+    patch_size
+        Window side in pixels; decides where downsampling stops.
+    widths
+        Channels of each stage.
+    blocks
+        BasicBlocks per stage.
+    dropout
+        Dropout before the classifier.
+
+    Raises
+    ------
+    InputError
+        Fewer than one channel or two classes, empty ``widths`` or ``blocks < 1``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        patch_size: int = 64,
+        widths: tuple[int, ...] | list[int] = (32, 64, 128, 128),
+        blocks: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        _check_sizes(in_channels, n_classes)
+        if len(widths) == 0 or blocks < 1:
+            raise InputError(
+                f"resnet needs at least one stage and one block per stage; found widths "
+                f"{list(widths)} and blocks={blocks}. Pass e.g. widths=[32, 64] and blocks=2."
+            )
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        stages: list[nn.Module] = []
+        c, size = widths[0], patch_size
+        for k, w in enumerate(widths):
+            stride = 2 if k > 0 and size >= 4 else 1
+            size = (size + 1) // 2 if stride == 2 else size
+            layers = [BasicBlock(c, w, stride)]
+            layers += [BasicBlock(w, w) for _ in range(blocks - 1)]
+            stages.append(nn.Sequential(*layers))
+            c = w
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(c, n_classes)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+@register_architecture("mlp")
+class MLP(nn.Module):
+    """A baseline on the flattened window: every cell of every band is an unrelated input.
+
+    Flatten -> Linear(C*p*p, hidden) -> ReLU -> Dropout -> Linear(hidden, hidden)
+    -> ReLU -> Dropout -> Linear(hidden, n_classes). Unlike a CNN it has no notion
+    of neighbouring cells, and it is tied to one patch size. Its parameter count
+    grows with ``p**2 * C``: the first layer alone has ``C*p*p*hidden`` weights
+    (3.1 million for 3 bands, ``p = 64``, ``hidden = 256``).
+
+    Parameters
+    ----------
+    in_channels, n_classes
+        Input bands and output classes.
+    patch_size
+        Window side in pixels (required: it fixes the input layer's size).
+    hidden
+        Width of the two hidden layers.
+    dropout
+        Dropout after each hidden layer.
+
+    Raises
+    ------
+    InputError
+        Fewer than one channel or two classes, ``patch_size < 1`` or ``hidden < 1``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        patch_size: int = 64,
+        hidden: int = 256,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        _check_sizes(in_channels, n_classes)
+        if patch_size < 1 or hidden < 1:
+            raise InputError(
+                f"mlp needs patch_size >= 1 and hidden >= 1; found {patch_size} and {hidden}"
+            )
+        self.patch_size = patch_size
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * patch_size * patch_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.patch_size, self.patch_size):
+            raise InputError(
+                f"mlp was built for {self.patch_size} x {self.patch_size} windows; found "
+                f"{x.shape[-2]} x {x.shape[-1]}. Use the model's patch size."
+            )
+        return self.net(x)
 
 
 def resolve_device(device: str = "auto") -> torch.device:

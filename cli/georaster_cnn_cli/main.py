@@ -18,6 +18,7 @@ from georaster_cnn_cli._common import (
 )
 from georaster_cnn_cli.evaluate import evaluate
 from georaster_cnn_cli.info import info
+from georaster_cnn_cli.inspect import inspect_cmd
 from georaster_cnn_cli.predict import predict
 from georaster_cnn_cli.train import train
 from georaster_cnn_cli.vectorize import vectorize
@@ -83,3 +84,4 @@ cli.add_command(train)
 cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(vectorize)
+cli.add_command(inspect_cmd)

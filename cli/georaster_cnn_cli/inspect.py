@@ -1,0 +1,205 @@
+"""``georaster-cnn inspect``: describe rasters and judge how image-like they are."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import click
+from rich.table import Table
+from rich.text import Text
+
+from georaster_cnn_cli._common import (
+    EXIT_FAILED,
+    CLIState,
+    InputProblem,
+    expand_inputs,
+    get_state,
+    plural,
+    report_error,
+    report_warnings,
+)
+
+__all__ = ["LagList", "inspect_cmd"]
+
+
+class LagList(click.ParamType):
+    """``1,2,4,8,16`` -> ``[1, 2, 4, 8, 16]``: positive whole numbers of pixels."""
+
+    name = "LAGS"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> list[int]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",")]
+        if not all(v.isdigit() and int(v) >= 1 for v in items):
+            self.fail(
+                f"{value!r}: expected comma-separated positive whole numbers of pixels, "
+                "e.g. 1,2,4,8,16",
+                param,
+                ctx,
+            )
+        return sorted({int(v) for v in items})
+
+
+@click.command("inspect", short_help="Describe rasters and how image-like they are.")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "--lags",
+    type=LagList(),
+    default="1,2,4,8,16",
+    show_default=True,
+    help="Distances in pixels at which Moran's I is measured.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=1),
+    default=2_000_000,
+    show_default=True,
+    help="Larger rasters are measured on a seeded sample of 512 x 512 windows.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the reports as a JSON list.")
+@click.pass_context
+def inspect_cmd(
+    ctx: click.Context, inputs: tuple[str, ...], lags: list[int], max_pixels: int, as_json: bool
+) -> None:
+    """Describe each INPUT raster and measure its spatial structure.
+
+    Shows bands, dtype, CRS, resolution, nodata, per-band statistics and
+    Moran's I of every band at each lag: near 1 where neighbouring cells are
+    alike, near 0 where cells behave like unrelated values. A verdict says
+    whether a CNN can exploit local patterns (docs/image-like.md explains it).
+    INPUT may be files, folders or quoted glob patterns.
+
+    \b
+    Examples:
+      georaster-cnn inspect scene.tif
+      georaster-cnn inspect 'tiles/*.tif' --lags 1,4,16 --json
+    """
+    state = get_state(ctx)
+    expanded = expand_inputs(inputs)
+    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+    from georaster_cnn.spatial import inspect_raster
+
+    failed = False
+    reports: list[dict[str, Any]] = []
+    for item in expanded.items:
+        if isinstance(item, InputProblem):
+            report_error(state, item.message, context=item.spec)
+            failed = True
+            continue
+        try:
+            with report_warnings(state, context=str(item)):
+                report = inspect_raster(item, lags=lags, max_pixels=max_pixels)
+        except (gc.GeorasterCNNError, OSError) as exc:
+            report_error(state, exc, context=item)
+            failed = True
+            continue
+        if as_json:
+            reports.append(report)
+        else:
+            _print_report(state, report)
+    if as_json:
+        # click.echo, not rich: JSON must not be wrapped or highlighted
+        click.echo(json.dumps(reports, indent=2, allow_nan=False))
+    if failed:
+        ctx.exit(EXIT_FAILED)
+
+
+def _num(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{x:.4g}"
+
+
+def _kv_table(title: str) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.title = title
+    table.title_justify = "left"
+    table.title_style = "bold"
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table
+
+
+def _resolution(report: Mapping[str, Any]) -> str:
+    xres, yres = report["resolution"]
+    units = f" {report['crs_units']}" if report.get("crs_units") else ""
+    if report.get("crs") is None and report["transform"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]:
+        text = "none (pixel coordinates)"
+    else:
+        text = f"{_num(xres)} x {_num(yres)}{units}"
+    if report.get("rotated"):
+        text += f", rotated {report['rotation_deg']:.3g} deg (not north-up)"
+    return text
+
+
+def _print_report(state: CLIState, report: Mapping[str, Any]) -> None:
+    out = state.out
+    names = report["bands"]
+    nb, h, w = report["shape"]
+    overview = _kv_table(f"Raster {report['path']}")
+    overview.add_row("format", Text(str(report.get("driver") or "unknown")))
+    overview.add_row("size", f"{plural(nb, 'band')}, {h} x {w} pixels (rows x columns)")
+    overview.add_row("dtype", Text(str(report["dtype"])))
+    overview.add_row("CRS", Text(str(report["crs"] or "none")))
+    overview.add_row("resolution", Text(_resolution(report)))
+    nodata = report.get("nodata")
+    overview.add_row("nodata value", "none" if nodata is None else _num(nodata))
+    overview.add_row(
+        "nodata cells", f"{report['nodata_fraction']['overall']:.2%} (any band invalid)"
+    )
+    out.print(overview)
+    out.print()
+
+    stats = Table(title=f"Bands ({nb})", title_justify="left")
+    stats.add_column("#", justify="right")
+    stats.add_column("name")
+    for label in ("mean", "std", "min", "max", "nodata"):
+        stats.add_column(label, justify="right")
+    for k, name in enumerate(names):
+        s = report["stats"][name]
+        stats.add_row(
+            str(k + 1),
+            Text(name),
+            _num(s["mean"]),
+            _num(s["std"]),
+            _num(s["min"]),
+            _num(s["max"]),
+            f"{report['nodata_fraction']['bands'][name]:.1%}",
+        )
+    out.print(stats)
+    out.print()
+
+    sampling = report["sampling"]
+    title = "Moran's I by lag (pixels)"
+    if sampling["subsampled"]:
+        title += (
+            f" - estimated from {plural(sampling['windows'], 'window')}, {sampling['pixels']} px"
+        )
+    moran = Table(title=title, title_justify="left")
+    moran.add_column("band")
+    for lag in report["lags"]:
+        moran.add_column(f"{lag} px", justify="right")
+    moran.add_column("structure")
+    for name in names:
+        values = report["morans_i"][name]
+        moran.add_row(
+            Text(name),
+            *(_num(values.get(lag, values.get(str(lag)))) for lag in report["lags"]),
+            report["structure"][name],
+        )
+    out.print(moran)
+    out.print()
+
+    verdict = _kv_table("Verdict")
+    for name in names:
+        verdict.add_row(Text(name), Text(report["verdict"]["bands"][name]))
+    verdict.add_row("overall", Text(report["verdict"]["overall"], style="bold"))
+    out.print(verdict)
+    out.print(Text(report["note"], style="dim"))
+    out.print()
