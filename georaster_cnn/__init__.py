@@ -27,6 +27,7 @@ from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
 from georaster_cnn.reader import open_raster, valid_mask
 from georaster_cnn.spatial import inspect_raster, morans_i
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
+from georaster_cnn.styles import write_qml, write_quicklook
 from georaster_cnn.train import open_labels, train
 from georaster_cnn.vectorize import vectorize, write_vectors
 from georaster_cnn.writer import write_prediction
@@ -73,5 +74,7 @@ __all__ = [
     "valid_mask",
     "vectorize",
     "write_prediction",
+    "write_qml",
+    "write_quicklook",
     "write_vectors",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -39,7 +40,6 @@ from georaster_cnn_cli._options import (
 )
 from georaster_cnn_cli.vectorize import (
     check_vector_suffix,
-    vector_error,
     vector_option,
     write_vector_for,
 )
@@ -70,6 +70,58 @@ class TileResult:
 class _Job:
     source: Path
     output: Path
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """One more file made from each class map: ``--vector``, ``--qml``, ``--quicklook``.
+
+    Attributes
+    ----------
+    what
+        Names the output in error messages ("vector output", "QGIS style", ...).
+    path
+        Class map -> the extra file beside it.
+    write
+        ``write(class map, overwrite)`` -> (file written, short summary or "").
+    """
+
+    what: str
+    path: Callable[[Path], Path]
+    write: Callable[[Path, bool], tuple[Path, str]]
+
+
+def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
+    """The extra outputs asked for, in the order they are made."""
+    import georaster_cnn as gc
+
+    extras = []
+    if vector is not None:
+        suffix = f".{vector.lower()}"
+        extras.append(
+            _Extra(
+                "vector output",
+                lambda p: p.with_suffix(suffix),
+                lambda p, ow: write_vector_for(p, vector, overwrite=ow),
+            )
+        )
+    if qml:
+        extras.append(
+            _Extra(
+                "QGIS style",
+                lambda p: p.with_suffix(".qml"),
+                lambda p, ow: (gc.write_qml(p, overwrite=ow), ""),
+            )
+        )
+    if quicklook:
+        extras.append(
+            _Extra(
+                "quicklook",
+                lambda p: p.with_suffix(".png"),
+                lambda p, ow: (gc.write_quicklook(p, overwrite=ow), ""),
+            )
+        )
+    return extras
 
 
 def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileResult]:
@@ -124,6 +176,17 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
+@click.option(
+    "--qml",
+    is_flag=True,
+    help="Also write a QGIS style OUTDIR/<stem>.qml (classes in their colours, named), "
+    "which QGIS applies when it opens the class map.",
+)
+@click.option(
+    "--quicklook",
+    is_flag=True,
+    help="Also write a PNG preview OUTDIR/<stem>.png with a legend (at most 1024 px).",
+)
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -138,6 +201,8 @@ def predict(
     overwrite: bool,
     min_valid: float | None,
     vector: str | None,
+    qml: bool,
+    quicklook: bool,
 ) -> None:
     """Classify rasters with MODEL and write one class map (COG) per INPUT.
 
@@ -148,7 +213,9 @@ def predict(
     tile failed, 2 if nothing was tried (unusable model or option).
 
     With --vector SUFFIX each class map is also vectorised into
-    OUTDIR/<stem>.SUFFIX (as 'vectorize' does); a missing vector file is made
+    OUTDIR/<stem>.SUFFIX (as 'vectorize' does); --qml adds a QGIS style
+    OUTDIR/<stem>.qml and --quicklook a PNG preview OUTDIR/<stem>.png. Such an
+    extra file that exists is skipped unless --overwrite, a missing one is made
     from an existing class map, and a failed one fails its tile.
 
     \b
@@ -170,6 +237,7 @@ def predict(
         )
     if vector is not None:
         check_vector_suffix(vector, f"--vector {vector}")
+    extras = _extras(vector, qml, quicklook)
 
     started = time.perf_counter()
     found = expand_inputs(inputs)
@@ -206,7 +274,7 @@ def predict(
                 bands=bands,
                 overwrite=overwrite,
                 min_valid=min_valid,
-                vector=vector,
+                extras=extras,
             )
             results.append(result)
             progress.advance(overall)
@@ -232,7 +300,7 @@ def _predict_one(
     bands: list[int | str] | None,
     overwrite: bool,
     min_valid: float | None,
-    vector: str | None = None,
+    extras: Sequence[_Extra] = (),
 ) -> TileResult:
     """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
     import georaster_cnn as gc
@@ -240,7 +308,7 @@ def _predict_one(
     name = str(job.source)
     if job.output.exists() and not overwrite:
         skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
-        return _add_vector(state, skipped, vector, overwrite=False, t0=time.perf_counter())
+        return _add_extras(state, skipped, extras, overwrite=False, t0=time.perf_counter())
     t0 = time.perf_counter()
     try:
         with report_warnings(state, context=name):
@@ -267,39 +335,49 @@ def _predict_one(
             error_message(exc, job.source),
         )
     done = TileResult(name, "written", written, time.perf_counter() - t0)
-    return _add_vector(state, done, vector, overwrite=overwrite, t0=t0)
+    return _add_extras(state, done, extras, overwrite=overwrite, t0=t0)
 
 
-def _add_vector(
-    state: CLIState, result: TileResult, vector: str | None, *, overwrite: bool, t0: float
+def _add_extras(
+    state: CLIState,
+    result: TileResult,
+    extras: Sequence[_Extra],
+    *,
+    overwrite: bool,
+    t0: float,
 ) -> TileResult:
-    """With ``--vector``: vectorise the tile's class map, unless that output exists.
+    """Make the tile's extra outputs from its class map, each unless it exists.
 
-    A vector file that exists is kept without ``--overwrite``; a missing one is
-    made even when the class map itself was skipped. A failure fails the tile.
+    An extra file that exists is kept without ``--overwrite``; a missing one is
+    made even when the class map itself was skipped. Each extra is tried; any
+    failure fails the tile (the class map and the other extras stay).
     """
-    if vector is None or result.output is None:
+    if result.output is None:
         return result
-    out = result.output.with_suffix(f".{vector.lower()}")
-    if out.exists() and not overwrite:
-        note = f"{out.name} exists (--overwrite)"
-        return _with_message(result, note)
-    try:
-        with report_warnings(state, context=result.input):
-            written, summary = write_vector_for(result.output, vector, overwrite=overwrite)
-    except Exception as exc:  # that tile's failure; the class map itself stays
-        message = vector_error(exc, out)
-        report_error(state, message, context=result.input)
-        return TileResult(result.input, "failed", result.output, time.perf_counter() - t0, message)
-    note = f"+ {written.name} ({summary})"
-    seconds = time.perf_counter() - t0
-    return TileResult(result.input, "written", result.output, seconds, _join(result.message, note))
-
-
-def _with_message(result: TileResult, note: str) -> TileResult:
-    return TileResult(
-        result.input, result.status, result.output, result.seconds, _join(result.message, note)
-    )
+    status, notes, failures = result.status, [result.message], []
+    for extra in extras:
+        out = extra.path(result.output)
+        if out.exists() and not overwrite:
+            notes.append(f"{out.name} exists (--overwrite)")
+            continue
+        try:
+            with report_warnings(state, context=result.input):
+                written, summary = extra.write(result.output, overwrite)
+        except Exception as exc:  # that tile's failure; the class map itself stays
+            message = f"{extra.what} {out}: {error_message(exc, out)}"
+            report_error(state, message, context=result.input)
+            failures.append(message)
+            continue
+        status = "written"
+        notes.append(f"+ {written.name} ({summary})" if summary else f"+ {written.name}")
+    if failures:
+        return TileResult(
+            result.input, "failed", result.output, time.perf_counter() - t0, _join(*failures)
+        )
+    if status == result.status and len(notes) == 1:
+        return result
+    seconds = time.perf_counter() - t0 if status == "written" else result.seconds
+    return TileResult(result.input, status, result.output, seconds, _join(*notes))
 
 
 def _join(*parts: str) -> str:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from georaster_cnn_cli._common import error_message, fail, get_state, plural, report_warnings
+from georaster_cnn_cli._common import fail, get_state, plural, report_warnings
 from georaster_cnn_cli._options import overwrite_option
 
 if TYPE_CHECKING:
@@ -137,8 +137,3 @@ def write_vector_for(prediction: Path, suffix: str, *, overwrite: bool) -> tuple
     gdf = gc.vectorize(prediction)
     written = gc.write_vectors(gdf, out, overwrite=overwrite)
     return written, summary_line(gdf)
-
-
-def vector_error(exc: BaseException, path: Path) -> str:
-    """One line for a failed vector write of ``path``."""
-    return f"vector output {path}: {error_message(exc, path)}"

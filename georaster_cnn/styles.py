@@ -1,0 +1,316 @@
+"""styles: a QGIS layer style and a PNG quicklook for a class map.
+
+Both read a class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`
+(band 1: class index, ``uint8``, nodata 255; tags ``CLASS_NAMES`` and
+``CLASS_COLORS``, JSON lists) and write one file beside it, atomically:
+
+* :func:`write_qml`: ``<map>.qml``, a QGIS 3 style with the *paletted* renderer on
+  band 1, one entry per class (its colour and name), nodata transparent. QGIS
+  applies a ``.qml`` of the same base name when it loads the raster.
+* :func:`write_quicklook`: ``<map stem>.png``, a preview of the class band in the
+  class colours with a legend and a title, read decimated so large maps are never
+  loaded in full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+
+from georaster_cnn.errors import InputError, OutputExistsError, ReadError
+from georaster_cnn.evaluate import _atomic_write
+from georaster_cnn.modelfile import default_colors
+from georaster_cnn.vectorize import _names
+
+__all__ = ["write_qml", "write_quicklook"]
+
+log = logging.getLogger(__name__)
+
+_NODATA = 255
+#: Nodata cells in the quicklook: light grey, so they stand apart from every class.
+_NODATA_RGB = (224, 224, 224)
+#: Maps smaller than this (longer side, cells) are enlarged by a whole factor in the quicklook.
+_MIN_PREVIEW = 256
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What a class map says about itself (from its tags)."""
+
+    names: tuple[str, ...]
+    colors: tuple[tuple[int, int, int], ...]
+    tags: dict[str, str]
+    height: int
+    width: int
+
+
+def _read_meta(src: Any, path: Path) -> _Meta:
+    tags = src.tags()
+    if "CLASS_NAMES" not in tags or src.dtypes[0] != "uint8":
+        raise InputError(
+            f"{path}: not a class map written by georaster-cnn (expected a uint8 band 1 "
+            f"and a CLASS_NAMES tag; found {src.dtypes[0]}, tags {sorted(tags)[:6]}). "
+            "Style the output of georaster-cnn predict."
+        )
+    names = _names(tags["CLASS_NAMES"], path)
+    return _Meta(names, _colors(tags.get("CLASS_COLORS"), len(names)), tags, src.height, src.width)
+
+
+def _colors(text: str | None, n: int) -> tuple[tuple[int, int, int], ...]:
+    """``CLASS_COLORS`` as RGB triples; the default palette where it is missing or unusable."""
+    fallback = default_colors(n)
+    try:
+        colors = json.loads(text) if text else []
+    except json.JSONDecodeError:
+        colors = []
+    out: list[tuple[int, int, int]] = []
+    for i in range(n):
+        c = colors[i] if isinstance(colors, list) and i < len(colors) else None
+        if isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) for v in c):
+            out.append((c[0] % 256, c[1] % 256, c[2] % 256))
+        else:
+            out.append(fallback[i])
+    return tuple(out)
+
+
+def _check_output(out: Path, overwrite: bool) -> None:
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+def _hex(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+# --------------------------------------------------------------------------- QGIS style
+
+
+def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write a QGIS layer style ``<prediction_path>.qml`` beside a class map.
+
+    The style uses QGIS's *Paletted/Unique values* renderer on band 1 with one
+    entry per class (value, colour from ``CLASS_COLORS``, label = class name);
+    nodata (255) has no entry and is transparent. QGIS applies a ``.qml`` with the
+    raster's base name when the layer is loaded, also for class maps with
+    probability bands, which it would otherwise show as a multiband image.
+
+    Parameters
+    ----------
+    prediction_path
+        Class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`.
+    overwrite
+        Replace an existing ``.qml``.
+
+    Returns
+    -------
+    pathlib.Path
+        The written file: ``scene.tif`` -> ``scene.qml``.
+
+    Raises
+    ------
+    OutputExistsError
+        The ``.qml`` exists and ``overwrite`` is false.
+    InputError
+        The file is not a class map (no ``CLASS_NAMES`` tag, band 1 not ``uint8``).
+    ReadError
+        The file cannot be opened.
+
+    Examples
+    --------
+    >>> write_qml("maps/scene.tif")  # doctest: +SKIP
+    PosixPath('maps/scene.qml')
+    """
+    path = Path(prediction_path)
+    out = path.with_suffix(".qml")
+    _check_output(out, overwrite)
+    try:
+        with rasterio.open(path) as src:
+            meta = _read_meta(src, path)
+    except RasterioError as exc:
+        raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
+    text = _qml(meta)
+    _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    log.info("wrote %s (%d classes)", out, len(meta.names))
+    return out
+
+
+def _qml(meta: _Meta) -> str:
+    """QGIS 3 style document: paletted renderer on band 1, nodata left transparent."""
+    entries = "\n".join(
+        f"        <paletteEntry value={quoteattr(str(i))} color={quoteattr(_hex(rgb))} "
+        f'alpha="255" label={quoteattr(name)}/>'
+        for i, (name, rgb) in enumerate(zip(meta.names, meta.colors, strict=True))
+    )
+    return f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28" styleCategories="AllStyleCategories">
+  <pipe>
+    <provider>
+      <resampling enabled="false" zoomedInResamplingMethod="nearestNeighbour" zoomedOutResamplingMethod="nearestNeighbour" maxOversampling="2"/>
+    </provider>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin>
+        <limits>None</limits>
+        <extent>WholeRaster</extent>
+        <statAccuracy>Estimated</statAccuracy>
+        <cumulativeCutLower>0.02</cumulativeCutLower>
+        <cumulativeCutUpper>0.98</cumulativeCutUpper>
+        <stdDevFactor>2</stdDevFactor>
+      </minMaxOrigin>
+      <colorPalette>
+{entries}
+      </colorPalette>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" grayscaleMode="0" colorizeOn="0" colorizeRed="255" colorizeGreen="128" colorizeBlue="128" colorizeStrength="100"/>
+    <rasterresampler maxOversampling="2"/>
+    <resamplingStage>resamplingFilter</resamplingStage>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+"""
+
+
+# --------------------------------------------------------------------------- quicklook
+
+
+def write_quicklook(
+    prediction_path: str | os.PathLike[str],
+    png_path: str | os.PathLike[str] | None = None,
+    *,
+    max_size: int = 1024,
+    overwrite: bool = False,
+) -> Path:
+    """Write a PNG preview of a class map: classes in their colours, a legend and a title.
+
+    The class band is read decimated (nearest neighbour, from the COG's overviews
+    where they fit), so the longer side of the map area is at most ``max_size``
+    pixels and a large map is never loaded in full. Small maps are enlarged by a
+    whole factor so cells stay square blocks. Nodata cells are light grey. The
+    title names the file, the model architecture and stride (when the file says),
+    the map size in cells and the decimation, if any.
+
+    Parameters
+    ----------
+    prediction_path
+        Class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`.
+    png_path
+        Output PNG. [default: ``<prediction stem>.png`` beside the class map]
+    max_size
+        Largest side of the map area, in pixels (the legend and title come on top).
+    overwrite
+        Replace an existing PNG.
+
+    Returns
+    -------
+    pathlib.Path
+        The written PNG.
+
+    Raises
+    ------
+    OutputExistsError
+        The PNG exists and ``overwrite`` is false.
+    InputError
+        Not a class map, or ``max_size`` < 1.
+    ReadError
+        The file cannot be read.
+
+    Examples
+    --------
+    >>> write_quicklook("maps/scene.tif", max_size=512)  # doctest: +SKIP
+    PosixPath('maps/scene.png')
+    """
+    if max_size < 1:
+        raise InputError(f"max_size must be >= 1 pixel; found {max_size}")
+    path = Path(prediction_path)
+    out = path.with_suffix(".png") if png_path is None else Path(png_path)
+    _check_output(out, overwrite)
+    try:
+        with rasterio.open(path) as src:
+            meta = _read_meta(src, path)
+            shape = _preview_shape(meta.height, meta.width, max_size)
+            classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+    except RasterioError as exc:
+        raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
+    log.info("wrote %s (%d x %d cells shown)", out, *classes.shape)
+    return out
+
+
+def _preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
+    """Cells to read so the longer side is at most ``max_size``, keeping the aspect ratio."""
+    factor = max(height, width) / max_size
+    if factor <= 1:
+        return height, width
+    return max(1, round(height / factor)), max(1, round(width / factor))
+
+
+def _plot(f: Any, classes: np.ndarray, meta: _Meta, name: str, max_size: int) -> None:
+    """Render the preview into the binary file ``f`` as PNG, map area pixel for cell."""
+    # Object-oriented API with an explicit Agg canvas: no pyplot state, no GUI backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[:] = _NODATA_RGB  # nodata, and any value without a class
+    lut[: len(meta.colors)] = np.asarray(meta.colors, dtype=np.uint8).reshape(-1, 3)
+    h, w = classes.shape
+    zoom = max(1, min(_MIN_PREVIEW, max_size) // max(h, w))
+    rgb = lut[classes].repeat(zoom, axis=0).repeat(zoom, axis=1)
+    map_h, map_w = rgb.shape[:2]
+
+    legend = list(zip(meta.names, meta.colors, strict=True))
+    if bool((classes >= len(meta.names)).any()):
+        legend.append(("no data", _NODATA_RGB))
+    handles = [
+        Patch(facecolor=_hex(rgb), edgecolor="black", linewidth=0.5, label=label)
+        for label, rgb in legend
+    ]
+    longest = max((len(label) for label, _ in legend), default=0)
+
+    dpi = 100
+    pad, title_h = 10, 44
+    legend_w = 50 + 7 * min(longest, 40)
+    legend_h = 16 + 19 * len(handles)
+    fig_w = pad + map_w + pad + legend_w
+    fig_h = title_h + max(map_h, legend_h) + pad
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes(
+        (pad / fig_w, (fig_h - title_h - map_h) / fig_h, map_w / fig_w, map_h / fig_h)
+    )
+    ax.imshow(rgb, interpolation="none", aspect="auto")
+    ax.set_axis_off()
+
+    details = []
+    if meta.tags.get("MODEL_ARCH"):
+        details.append(f"model {meta.tags['MODEL_ARCH']}")
+    if meta.tags.get("STRIDE"):
+        details.append(f"stride {meta.tags['STRIDE']} px")
+    details.append(f"{meta.height} x {meta.width} cells")
+    if (h, w) != (meta.height, meta.width):
+        details.append(f"shown at 1/{max(meta.height, meta.width) / max(h, w):.2g}")
+    fig.text(pad / fig_w, 1 - 6 / fig_h, name, ha="left", va="top", fontsize=11, weight="bold")
+    fig.text(pad / fig_w, 1 - 26 / fig_h, ", ".join(details), ha="left", va="top", fontsize=8)
+    fig.legend(
+        handles=handles,
+        loc="upper left",
+        bbox_to_anchor=((2 * pad + map_w) / fig_w, 1 - title_h / fig_h),
+        frameon=False,
+        fontsize=9,
+        handlelength=1.2,
+        borderaxespad=0.0,
+    )
+    fig.savefig(f, format="png", dpi=dpi)

@@ -1,0 +1,213 @@
+"""write_qml / write_quicklook and ``predict --qml --quicklook``."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib.image
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner, Result
+from georaster_cnn_cli.main import cli
+
+import georaster_cnn as gc
+from georaster_cnn.styles import _preview_shape
+
+ENV: dict[str, str | None] = {"COLUMNS": "250", "NO_COLOR": "1", "FORCE_COLOR": None}
+NAMES = ["low", "high"]
+COLORS = [[0, 114, 178], [230, 159, 0]]
+
+
+def run(args: Sequence[str | Path]) -> Result:
+    return CliRunner(env=ENV).invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def class_map(
+    tmp_path: Path, make_model: Callable[..., Any], make_raster: Callable[..., Path]
+) -> Path:
+    """A real prediction GeoTIFF (both classes and some nodata) from the stand-in model."""
+    model = make_model(1)
+    model.class_names = tuple(NAMES)
+    model.class_colors = tuple(tuple(c) for c in COLORS)
+    scene = make_raster(tmp_path, "in/scene.tif", height=96, width=80, seed=3)
+    pred = gc.predict(gc.open_raster(scene), model, stride=8, device="cpu")
+    return gc.write_prediction(pred, tmp_path / "maps" / "scene.tif", probabilities=True)
+
+
+def leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or "partial" in p.name)
+
+
+# --------------------------------------------------------------------------- QGIS style
+
+
+def test_qml_palette_matches_the_class_map(class_map: Path) -> None:
+    out = gc.write_qml(class_map)
+    assert out == class_map.with_suffix(".qml")
+    root = ET.parse(out).getroot()
+    assert root.tag == "qgis" and root.get("styleCategories") == "AllStyleCategories"
+    renderer = root.find("pipe/rasterrenderer")
+    assert renderer is not None
+    assert (renderer.get("type"), renderer.get("band")) == ("paletted", "1")
+    entries = renderer.findall("colorPalette/paletteEntry")
+    with rasterio.open(class_map) as src:
+        names = json.loads(src.tags()["CLASS_NAMES"])
+        colors = json.loads(src.tags()["CLASS_COLORS"])
+    assert names == NAMES and colors == COLORS
+    assert [e.get("value") for e in entries] == ["0", "1"]
+    assert [e.get("label") for e in entries] == names
+    assert [e.get("color") for e in entries] == ["#0072b2", "#e69f00"]
+    assert {e.get("alpha") for e in entries} == {"255"}
+    # nodata has no entry: the paletted renderer leaves it transparent
+    assert "255" not in {e.get("value") for e in entries}
+    assert root.find("pipe/rasterresampler") is not None
+    assert root.findtext("blendMode") == "0"
+
+
+def test_qml_escapes_names_and_refuses_overwrite(
+    tmp_path: Path, make_model: Callable[..., Any], make_raster: Callable[..., Path]
+) -> None:
+    odd = ('a "b" & <c>', "d'e")
+    scene = make_raster(tmp_path, "scene.tif", height=32, width=32, seed=5)
+    pred = gc.predict(gc.open_raster(scene), make_model(1, odd), stride=16, device="cpu")
+    class_map = gc.write_prediction(pred, tmp_path / "maps" / "odd.tif")
+    out = gc.write_qml(class_map)
+    labels = [e.get("label") for e in ET.parse(out).getroot().iter("paletteEntry")]
+    assert labels == list(odd)
+
+    before = out.read_bytes()
+    with pytest.raises(gc.OutputExistsError, match="overwrite"):
+        gc.write_qml(class_map)
+    assert out.read_bytes() == before
+    out.write_text("stale")
+    gc.write_qml(class_map, overwrite=True)
+    ET.parse(out)
+    assert leftovers(out.parent) == []
+
+
+def test_not_a_class_map(tmp_path: Path, make_raster: Callable[..., Path]) -> None:
+    scene = make_raster(tmp_path, "scene.tif", height=16, width=16, dtype="float32")
+    with pytest.raises(gc.InputError, match="not a class map"):
+        gc.write_qml(scene)
+    with pytest.raises(gc.InputError, match="not a class map"):
+        gc.write_quicklook(scene)
+    with pytest.raises(gc.ReadError):
+        gc.write_qml(tmp_path / "missing.tif")
+    assert not scene.with_suffix(".qml").exists() and not scene.with_suffix(".png").exists()
+
+
+# --------------------------------------------------------------------------- quicklook
+
+
+def test_preview_shape() -> None:
+    assert _preview_shape(40, 50, 1024) == (40, 50)
+    assert _preview_shape(3000, 1000, 1000) == (1000, 333)
+    assert _preview_shape(10, 5000, 100) == (1, 100)  # never 0 rows
+
+
+def test_quicklook_shows_classes_in_their_colours(class_map: Path) -> None:
+    out = gc.write_quicklook(class_map)
+    assert out == class_map.with_suffix(".png")
+    img = matplotlib.image.imread(out)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    rgb = {tuple(p) for p in np.rint(img[..., :3] * 255).astype(int).reshape(-1, 3)}
+    for c in COLORS:
+        assert tuple(c) in rgb
+    assert 100 < img.shape[0] < 1024 and 100 < img.shape[1] < 1024
+    assert leftovers(out.parent) == []
+
+
+def test_quicklook_decimates_large_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import georaster_cnn.styles as styles
+
+    cls = np.zeros((600, 1500), dtype=np.uint8)
+    cls[:, 750:] = 1
+    cls[:100, :100] = 255
+    path = tmp_path / "big.tif"
+    profile = {"driver": "GTiff", "height": 600, "width": 1500, "count": 1, "dtype": "uint8"}
+    utm = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
+    with rasterio.open(path, "w", nodata=255, crs="EPSG:32633", transform=utm, **profile) as dst:
+        dst.write(cls, 1)
+        dst.update_tags(CLASS_NAMES=json.dumps(NAMES), CLASS_COLORS=json.dumps(COLORS))
+        dst.update_tags(STRIDE="16", MODEL_ARCH="simple_cnn")
+
+    shown: list[tuple[int, int]] = []
+    plot = styles._plot
+
+    def spy(f: Any, classes: np.ndarray, *args: Any) -> None:
+        shown.append(classes.shape)
+        plot(f, classes, *args)
+
+    monkeypatch.setattr(styles, "_plot", spy)
+    png = tmp_path / "previews" / "big-preview.png"
+    assert gc.write_quicklook(path, png, max_size=300) == png
+    assert shown == [(120, 300)]
+    img = matplotlib.image.imread(png)
+    # map area (300 px wide) + legend; title and legend add well under 200 px
+    assert 300 <= img.shape[1] < 500 and 120 <= img.shape[0] < 320
+
+    with pytest.raises(gc.OutputExistsError):
+        gc.write_quicklook(path, png, max_size=300)
+    with pytest.raises(gc.InputError, match="max_size"):
+        gc.write_quicklook(path, png, max_size=0, overwrite=True)
+    gc.write_quicklook(path, png, max_size=200, overwrite=True)
+    assert shown[-1] == (80, 200)
+    assert leftovers(png.parent) == []
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_predict_qml_and_quicklook(
+    tmp_path: Path, make_model: Callable[..., Any], make_raster: Callable[..., Path]
+) -> None:
+    model = gc.save_model(make_model(1), tmp_path / "model.safetensors")
+    scene = make_raster(tmp_path, "in/scene.tif", height=64, width=48, seed=4)
+    outdir = tmp_path / "maps"
+    args = ["predict", model, scene, "-o", outdir, "--stride", "16", "--device", "cpu"]
+    qml, png = outdir / "scene.qml", outdir / "scene.png"
+
+    result = run([*args, "--qml", "--quicklook"])
+    assert result.exit_code == 0, result.output
+    assert "1 written, 0 skipped, 0 failed" in result.stdout
+    assert "+ scene.qml" in result.stdout and "+ scene.png" in result.stdout
+    assert len(ET.parse(qml).getroot().findall(".//paletteEntry")) == 2
+    assert matplotlib.image.imread(png).ndim == 3
+    png_before = png.stat().st_mtime_ns
+
+    again = run([*args, "--qml", "--quicklook"])
+    assert again.exit_code == 0, again.output
+    assert "0 written, 1 skipped" in again.stdout
+    assert png.stat().st_mtime_ns == png_before
+
+    # A missing extra is made from the existing class map; the others stay.
+    qml.unlink()
+    remade = run([*args, "--qml", "--quicklook"])
+    assert remade.exit_code == 0, remade.output
+    assert "1 written, 0 skipped" in remade.stdout and qml.is_file()
+    assert png.stat().st_mtime_ns == png_before
+
+    # --overwrite replaces all of them.
+    qml.write_text("stale")
+    replaced = run([*args, "--qml", "--quicklook", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    ET.parse(qml)
+
+    # An extra that cannot be written fails the tile; the class map and the other extra stay.
+    png.unlink()
+    png.mkdir()
+    (png / "keep").write_text("x")
+    qml.unlink()
+    failed = run([*args, "--qml", "--quicklook", "--overwrite"])
+    assert failed.exit_code == 1
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "quicklook" in errors[0]
+    assert (outdir / "scene.tif").is_file() and qml.is_file()
+    assert leftovers(outdir) == []
