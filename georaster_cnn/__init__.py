@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+from georaster_cnn.chipdata import ChipSet, is_chip_dataset, load_chips
 from georaster_cnn.errors import (
     BandMismatchError,
     DataRangeWarning,
@@ -19,7 +20,7 @@ from georaster_cnn.errors import (
     ReadError,
     TrainingError,
 )
-from georaster_cnn.evaluate import EvaluationReport, evaluate
+from georaster_cnn.evaluate import EvaluationReport, evaluate, evaluate_chips
 from georaster_cnn.geometry import PatchGrid, output_transform
 from georaster_cnn.modelfile import GeoModel, load_model, save_model
 from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture, resolve_device
@@ -28,7 +29,7 @@ from georaster_cnn.reader import open_raster, valid_mask
 from georaster_cnn.spatial import inspect_raster, morans_i
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
 from georaster_cnn.styles import write_qml, write_quicklook
-from georaster_cnn.train import open_labels, train
+from georaster_cnn.train import open_labels, train, train_chips
 from georaster_cnn.vectorize import vectorize, write_vectors
 from georaster_cnn.writer import write_prediction
 
@@ -44,6 +45,7 @@ __all__ = [
     "CLASS_NODATA",
     "BandMismatchError",
     "ChannelStats",
+    "ChipSet",
     "DataRangeWarning",
     "EvaluationReport",
     "GeoModel",
@@ -59,7 +61,10 @@ __all__ = [
     "check_inputs",
     "compute_stats",
     "evaluate",
+    "evaluate_chips",
     "inspect_raster",
+    "is_chip_dataset",
+    "load_chips",
     "load_model",
     "morans_i",
     "normalize",
@@ -71,6 +76,7 @@ __all__ = [
     "resolve_device",
     "save_model",
     "train",
+    "train_chips",
     "valid_mask",
     "vectorize",
     "write_prediction",

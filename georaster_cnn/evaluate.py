@@ -9,13 +9,17 @@ counted, never dropped silently.
 
 Everything is reduced inside the Dask graph: each block of output cells becomes a
 small vector of counts (confusion matrix plus exclusions), so memory does not grow
-with the raster. Labels are class-id rasters for now (:func:`~georaster_cnn.open_labels`);
-vector labels and chip folders will plug in where the centre labels are taken
-(:func:`_centre_labels`).
+with the raster. Labels are class-id rasters (:func:`~georaster_cnn.open_labels`);
+vector labels will plug in where the centre labels are taken (:func:`_centre_labels`).
+
+Labelled chips without georeferencing (:func:`evaluate_chips`) are classified one
+chip at a time - one label, one prediction each - and build the same report from
+the same confusion matrix (:func:`confusion_matrix`).
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -32,15 +36,18 @@ from typing import Any
 import dask
 import dask.array as da
 import numpy as np
+import torch
 import xarray as xr
 
-from georaster_cnn.errors import InputError, OutputExistsError
+from georaster_cnn.chipdata import ChipSet, chip_valid_fraction, normalize_chips
+from georaster_cnn.errors import BandMismatchError, InputError, OutputExistsError
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.modelfile import GeoModel
+from georaster_cnn.models import resolve_device
 from georaster_cnn.predict import CLASS_NODATA, predict
 from georaster_cnn.train import _check_aligned
 
-__all__ = ["REPORT_FILES", "EvaluationReport", "evaluate"]
+__all__ = ["REPORT_FILES", "EvaluationReport", "confusion_matrix", "evaluate", "evaluate_chips"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,21 @@ REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confus
 
 #: Why a cell was left out of the metrics, in the order the reasons are checked.
 EXCLUSION_REASONS = ("centre_outside_raster", "unlabelled", "no_prediction")
+
+#: How predictions meet labels, by :attr:`EvaluationReport.unit`.
+MATCHING = {
+    "cells": "each output cell vs. the label of its window's centre pixel",
+    "chips": "each chip's predicted class vs. the chip's label",
+}
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """``(K, K)`` int64 counts of (true, predicted) class-id pairs; rows = true."""
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    p = np.asarray(y_pred, dtype=np.int64).ravel()
+    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
 
 
 # --------------------------------------------------------------------------- the report
@@ -82,6 +104,8 @@ class EvaluationReport:
         ``(data, labels)`` names of each evaluated pair.
     model_checksum
         :attr:`GeoModel.checksum` of the evaluated model.
+    unit
+        What was compared: ``"cells"`` (of rasters) or ``"chips"``.
 
     Notes
     -----
@@ -99,6 +123,7 @@ class EvaluationReport:
     patch_size: int = 0
     sources: tuple[tuple[str, str], ...] = ()
     model_checksum: str = ""
+    unit: str = "cells"
 
     def __post_init__(self) -> None:
         k = len(self.class_names)
@@ -220,7 +245,8 @@ class EvaluationReport:
             "macro_f1_classes": [
                 n for n, p in zip(self.class_names, self.present, strict=True) if p
             ],
-            "matching": "each output cell vs. the label of its window's centre pixel",
+            "matching": MATCHING.get(self.unit, self.unit),
+            "unit": self.unit,
             "stride": self.stride,
             "patch_size": self.patch_size,
             "model_checksum": self.model_checksum,
@@ -314,7 +340,8 @@ class EvaluationReport:
         ax.set_ylabel("true class (label)")
         ax.set_title(
             f"accuracy {self.accuracy:.3f}, macro F1 {self.macro_f1:.3f}\n"
-            f"{self.n_evaluated:,} cells, stride {self.stride} px",
+            f"{self.n_evaluated:,} {self.unit}"
+            + (f", stride {self.stride} px" if self.unit == "cells" else ""),
             fontsize=10,
         )
         small = 9 if k <= 8 else 7
@@ -565,3 +592,120 @@ def _warn_on_class_names(model: GeoModel, labels: xr.DataArray) -> None:
             UserWarning,
             stacklevel=3,
         )
+
+
+def _chip_class_ids(model: GeoModel, chips: ChipSet) -> np.ndarray:
+    """Model class id of each of the chips' class ids (by name when the chips name theirs)."""
+    names = list(chips.class_names)
+    default = [f"class_{i}" for i in range(len(names))]
+    if all(n in model.class_names for n in names):
+        return np.array([model.class_names.index(n) for n in names], dtype=np.int64)
+    if names == default and len(names) <= model.n_classes:  # unnamed: ids are the model's ids
+        return np.arange(len(names), dtype=np.int64)
+    unknown = [n for n in names if n not in model.class_names]
+    raise InputError(
+        f"{chips.source}: class(es) {', '.join(unknown)} are not classes of the model "
+        f"({', '.join(model.class_names)}); name the class folders (or class_names) like the "
+        "model's classes"
+    )
+
+
+def _check_chip_shape(model: GeoModel, chips: ChipSet) -> None:
+    c, h, w = chips.shape
+    if c != model.n_bands:
+        raise BandMismatchError(
+            f"model expects {model.n_bands} band(s) ({', '.join(model.band_names)}); the chips "
+            f"of {chips.source} have {c} channel(s) ({', '.join(chips.band_names)})"
+        )
+    if h != model.patch_size or w != model.patch_size:
+        raise InputError(
+            f"model expects {model.patch_size} x {model.patch_size} pixel chips (its patch "
+            f"size); the chips of {chips.source} are {h} x {w}. Crop or resample the chips"
+        )
+
+
+def evaluate_chips(
+    model: GeoModel,
+    chips: ChipSet,
+    *,
+    batch_size: int = 256,
+    device: str = "auto",
+    min_valid: float | None = None,
+) -> EvaluationReport:
+    """Compare a model's classes on labelled chips with their labels.
+
+    Each chip is one sample: normalised with the model's statistics (NaN -> 0)
+    and classified as a whole. Chips with less than ``min_valid`` valid pixels
+    get no prediction and are counted in ``n_excluded["no_prediction"]``.
+
+    Parameters
+    ----------
+    model
+        The trained model; its patch size must be the chips' side.
+    chips
+        From :func:`~georaster_cnn.load_chips`. Class names are matched to the
+        model's by name (ids are used as they are when the chips' classes are
+        unnamed, ``class_0 ...``).
+    batch_size, device
+        As for :func:`~georaster_cnn.predict`.
+    min_valid
+        Minimum valid fraction of a chip; default: the model's.
+
+    Returns
+    -------
+    EvaluationReport
+        With ``unit == "chips"`` and ``stride == 0``.
+
+    Raises
+    ------
+    BandMismatchError
+        The chips' channel count is not the model's.
+    InputError
+        Chip size not the model's patch size, class names unknown to the model, or
+        no chip to evaluate.
+
+    Examples
+    --------
+    >>> report = evaluate_chips(load_model("m.safetensors"), load_chips("test/"))  # doctest: +SKIP
+    >>> report.accuracy  # doctest: +SKIP
+    """
+    _check_chip_shape(model, chips)
+    y_true = _chip_class_ids(model, chips)[chips.labels]
+    threshold = model.min_valid if min_valid is None else min_valid
+    ok = chip_valid_fraction(chips.chips) >= threshold
+    dev = resolve_device(device)
+    module = model.module if dev.type == "cpu" else copy.deepcopy(model.module).to(dev)
+    module.eval()
+    idx = np.flatnonzero(ok)
+    preds = np.empty(idx.size, dtype=np.int64)
+    with torch.inference_mode():
+        for i in range(0, idx.size, batch_size):
+            x = normalize_chips(chips.chips[idx[i : i + batch_size]], model.stats)
+            with torch.autocast(
+                device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
+            ):
+                logits = module(torch.from_numpy(x).to(dev))
+            preds[i : i + batch_size] = logits.float().argmax(1).cpu().numpy()
+    report = EvaluationReport(
+        class_names=model.class_names,
+        confusion=confusion_matrix(y_true[idx], preds, model.n_classes),
+        n_excluded={"no_prediction": int((~ok).sum())},
+        stride=0,
+        patch_size=model.patch_size,
+        sources=((chips.source, chips.source),),
+        model_checksum=model.checksum,
+        unit="chips",
+    )
+    if report.n_evaluated == 0:
+        raise InputError(
+            f"{chips.source}: no chip to evaluate: all {len(chips)} chip(s) have less than "
+            f"{100 * threshold:.0f} % valid pixels (min_valid)"
+        )
+    log.info(
+        "evaluated %d chips: accuracy %.4f, macro F1 %.4f; %d without prediction",
+        report.n_evaluated,
+        report.accuracy,
+        report.macro_f1,
+        int((~ok).sum()),
+    )
+    return report

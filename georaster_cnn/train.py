@@ -28,15 +28,16 @@ import xarray as xr
 from rasterio.errors import RasterioError
 from torch import nn
 
+from georaster_cnn.chipdata import ChipSet, chip_stats, chip_valid_fraction, normalize_chips
 from georaster_cnn.chips import iter_batches, plan_blocks, valid_fraction, window_view
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.geometry import DEFAULT_PATCH, PatchGrid
 from georaster_cnn.modelfile import GeoModel, default_colors
 from georaster_cnn.models import ARCHITECTURES, build_model, resolve_device
 from georaster_cnn.reader import NETCDF_SUFFIXES, open_raster
-from georaster_cnn.stats import compute_stats, normalize
+from georaster_cnn.stats import ChannelStats, compute_stats, normalize
 
-__all__ = ["open_labels", "train"]
+__all__ = ["open_labels", "train", "train_chips"]
 
 log = logging.getLogger(__name__)
 
@@ -361,23 +362,87 @@ def train(
         val = np.zeros(len(y_all), dtype=bool)
         val[rng.choice(len(y_all), n_val, replace=False)] = True
         log.warning("raster too small for a spatially blocked split; validating on random windows")
+    provenance = {
+        "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
+        "labels": [str(lab.attrs.get("source", "<in-memory>")) for lab in labs],
+        "stride": stride,
+        "split": {"kind": "spatial_blocks", "block_px": val_block, "val_fraction": val_fraction},
+    }
+    dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
+    return _fit(
+        x_all,
+        y_all,
+        val,
+        class_names=class_names,
+        band_names=tuple(str(b) for b in datas[0]["band"].values),
+        stats=stats,
+        patch_size=patch_size,
+        arch=arch,
+        hparams=hparams,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        augment=augment,
+        min_valid=min_valid,
+        class_colors=_class_colors(labs[0].attrs.get("class_colors"), n_classes),
+        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+        provenance=provenance,
+        progress=progress,
+        unit="windows",
+    )
+
+
+def _fit(
+    x: np.ndarray,
+    y: np.ndarray,
+    val: np.ndarray,
+    *,
+    class_names: Sequence[str],
+    band_names: Sequence[str],
+    stats: ChannelStats,
+    patch_size: int,
+    arch: str,
+    hparams: dict[str, Any] | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    device: str,
+    seed: int,
+    augment: bool,
+    min_valid: float,
+    class_colors: tuple[tuple[int, int, int], ...] | None = None,
+    source_dtype: str = "float32",
+    provenance: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+    unit: str = "samples",
+) -> GeoModel:
+    """The training loop shared by rasters and chips.
+
+    ``x`` holds normalised ``(n, band, p, p)`` float32 samples (NaN already 0),
+    ``y`` their class ids and ``val`` the validation mask. ``provenance`` holds the
+    source-specific entries (data, labels, split, ...); the loop adds the rest.
+    """
+    n_classes = len(class_names)
     dev = resolve_device(device)
-    module = build_model(arch, x_all.shape[1], n_classes, patch_size, **(hparams or {})).to(dev)
-    counts = np.bincount(y_all[~val], minlength=n_classes).astype(np.float64)
+    torch.manual_seed(seed)  # the weights depend on the seed only, not on what ran before
+    module = build_model(arch, x.shape[1], n_classes, patch_size, **(hparams or {})).to(dev)
+    counts = np.bincount(y[~val], minlength=n_classes).astype(np.float64)
     weights = torch.tensor(
         np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0),
         dtype=torch.float32,
     )
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(dev))
     opt = torch.optim.Adam(module.parameters(), lr=learning_rate)
-    xt, yt = torch.from_numpy(x_all[~val]), torch.from_numpy(y_all[~val])
-    xv, yv = torch.from_numpy(x_all[val]), torch.from_numpy(y_all[val])
+    xt, yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val])
+    xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
     gen = torch.Generator().manual_seed(seed)
     scaler = torch.amp.GradScaler("cuda", enabled=dev.type == "cuda")
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, torch.Tensor]] | None = None
     log.info(
-        "training %s on %d windows (%d validation), %d classes", arch, len(yt), len(yv), n_classes
+        "training %s on %d %s (%d validation), %d classes", arch, len(yt), unit, len(yv), n_classes
     )
     for epoch in range(1, epochs + 1):
         module.train()
@@ -422,33 +487,165 @@ def train(
     best_epoch = min(history, key=lambda m: m.get("val_loss", m["loss"]))
     provenance = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
-        "labels": [str(lab.attrs.get("source", "<in-memory>")) for lab in labs],
+        **(provenance or {}),
         "epochs": epochs,
         "batch_size": batch_size,
-        "stride": stride,
         "learning_rate": learning_rate,
         "seed": seed,
         "augment": augment,
-        "split": {"kind": "spatial_blocks", "block_px": val_block, "val_fraction": val_fraction},
         "n_train": len(yt),
         "n_val": len(yv),
-        "class_counts": np.bincount(y_all, minlength=n_classes).tolist(),
+        "class_counts": np.bincount(y, minlength=n_classes).tolist(),
         "history": history,
         "metrics": {k: v for k, v in best_epoch.items()},
         "device": dev.type,
     }
-    dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
     return GeoModel(
         module=module,
         arch=arch,
         hparams=dict(hparams or {}),
-        band_names=tuple(str(b) for b in datas[0]["band"].values),
+        band_names=tuple(str(b) for b in band_names),
         class_names=tuple(class_names),
-        class_colors=_class_colors(labs[0].attrs.get("class_colors"), n_classes),
+        class_colors=class_colors or default_colors(n_classes),
         stats=stats,
         patch_size=patch_size,
         min_valid=min_valid,
-        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+        source_dtype=source_dtype,
         provenance=provenance,
+    )
+
+
+def _stratified_split(y: np.ndarray, val_fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Validation mask holding about ``val_fraction`` of every class.
+
+    A class with at least two samples puts at least one in validation and keeps at
+    least one for training; a class with one sample trains on it.
+    """
+    val = np.zeros(len(y), dtype=bool)
+    if val_fraction <= 0:
+        return val
+    for k in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == k))
+        if idx.size < 2:
+            continue
+        n_val = min(idx.size - 1, max(1, round(val_fraction * idx.size)))
+        val[idx[:n_val]] = True
+    return val
+
+
+def train_chips(
+    chips: ChipSet,
+    *,
+    arch: str = "cnn",
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 1e-3,
+    device: str = "auto",
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    min_valid: float = 0.5,
+    augment: bool = True,
+    hparams: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> GeoModel:
+    """Train a classifier on labelled chips without georeferencing.
+
+    The patch size is the chip size. Per-channel statistics come from the chips
+    (NaN ignored); chips are normalised with them and NaN becomes 0. A stratified
+    random split (seeded) holds out about ``val_fraction`` of every class; the
+    training loop is the one of :func:`train` (flips and rotations, class-weighted
+    loss, batch-norm recalibration, weights of the epoch with the lowest
+    validation loss).
+
+    Parameters
+    ----------
+    chips
+        From :func:`~georaster_cnn.load_chips`.
+    arch, epochs, batch_size, learning_rate, device, augment, hparams, progress
+        As for :func:`train`.
+    seed
+        Seeds the split, shuffling, augmentation and weights: a run is reproducible.
+    val_fraction
+        Share of every class held out for validation (at least one chip of each
+        class with two or more chips); 0 trains on all chips.
+    min_valid
+        Chips with a smaller share of valid (non-NaN in every channel) pixels are
+        left out of training, and counted in the log; stored as the model's default.
+
+    Returns
+    -------
+    GeoModel
+        The weights of the epoch with the lowest validation loss; provenance
+        ``split.kind`` is ``"stratified_random"``.
+
+    Raises
+    ------
+    InputError
+        Bad options, or a channel without any valid value.
+    TrainingError
+        Fewer than two classes with chips (after dropping invalid chips).
+
+    Examples
+    --------
+    >>> chips = load_chips("chips/")  # chips/<class>/*.npy  # doctest: +SKIP
+    >>> model = train_chips(chips, epochs=20, seed=1)  # doctest: +SKIP
+    >>> save_model(model, "model.safetensors")  # doctest: +SKIP
+    """
+    if epochs < 1:
+        raise InputError(f"epochs must be >= 1; found {epochs}")
+    if arch not in ARCHITECTURES:
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
+        )
+    if not 0.0 <= val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in [0, 1); found {val_fraction}")
+    keep = chip_valid_fraction(chips.chips) >= min_valid
+    if not keep.all():
+        log.info(
+            "%s: left out %d of %d chips with less than %.0f %% valid pixels (min_valid)",
+            chips.source,
+            int((~keep).sum()),
+            len(keep),
+            100 * min_valid,
+        )
+    raw, y = chips.chips[keep], chips.labels[keep]
+    n_classes = len(chips.class_names)
+    present = np.unique(y)
+    if present.size < 2:
+        found = ", ".join(chips.class_names[int(k)] for k in present) or "none"
+        raise TrainingError(
+            f"{chips.source}: need chips of at least two classes to train; found {found} "
+            f"({len(y)} usable chip(s) of {len(keep)})"
+        )
+    stats = chip_stats(raw, chips.band_names)
+    x = normalize_chips(raw, stats)
+    val = _stratified_split(y, val_fraction, np.random.default_rng(seed))
+    provenance = {
+        "data": [chips.source],
+        "labels": [chips.source],
+        "split": {"kind": "stratified_random", "val_fraction": val_fraction},
+        "n_dropped_invalid": int((~keep).sum()),
+    }
+    return _fit(
+        x,
+        y,
+        val,
+        class_names=chips.class_names,
+        band_names=chips.band_names,
+        stats=stats,
+        patch_size=chips.patch_size,
+        arch=arch,
+        hparams=hparams,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        device=device,
+        seed=seed,
+        augment=augment,
+        min_valid=min_valid,
+        class_colors=default_colors(n_classes),
+        source_dtype=chips.source_dtype,
+        provenance=provenance,
+        progress=progress,
+        unit="chips",
     )

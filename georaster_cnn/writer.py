@@ -14,6 +14,20 @@ the Dask graph is streamed block by block into a tiled GeoTIFF, which GDAL's COG
 driver then copies with nearest-neighbour overviews. Both files are temporary
 names in the output folder; only the finished COG is renamed into place, so an
 interrupted run never leaves a file that looks finished.
+
+Other formats (``format=``, or the output's suffix):
+
+* ``gtiff``: the same bands, tags and sidecar as the COG, as a plain tiled
+  GeoTIFF (no COG layout, no overviews);
+* ``zarr`` (a ``.zarr`` folder) and ``netcdf`` (a ``.nc`` file): CF-1.8 datasets
+  written with xarray, block by block, with the variables ``class`` (``uint8``,
+  ``_FillValue`` 255, CF ``flag_values``/``flag_meanings``) and, with
+  ``probabilities=True``, ``probability`` ``(class_name, y, x)`` (``uint8``
+  percent, ``_FillValue`` 255, ``scale_factor`` 0.01, so decoders read 0-1),
+  the CRS as a CF grid-mapping variable ``spatial_ref`` (with a GDAL
+  ``GeoTransform`` attribute, the only georeferencing of rotated grids) and
+  ``x``/``y`` cell-centre coordinates on north-up grids. Both are written under a
+  temporary name in the output folder and renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -21,10 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 import dask.array as da
 import numpy as np
@@ -35,14 +51,28 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from georaster_cnn.errors import OutputExistsError, ReadError
+from georaster_cnn.errors import InputError, OutputExistsError, ReadError
 from georaster_cnn.modelfile import _chmod_like_new_file
 
-__all__ = ["write_prediction"]
+__all__ = ["OutputFormat", "write_prediction"]
 
 log = logging.getLogger(__name__)
 
 _BLOCK = 512
+
+OutputFormat = Literal["cog", "gtiff", "zarr", "netcdf"]
+
+#: Output formats, with the file suffix each is written under.
+_OUTPUT_FORMATS: dict[str, str] = {"cog": ".tif", "gtiff": ".tif", "zarr": ".zarr", "netcdf": ".nc"}
+
+_SUFFIX_FORMATS: dict[str, OutputFormat] = {
+    ".tif": "cog",
+    ".tiff": "cog",
+    ".zarr": "zarr",
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+}
+_FAMILY = {"cog": "GeoTIFF", "gtiff": "GeoTIFF", "zarr": "Zarr", "netcdf": "netCDF"}
 
 
 class _BandWriter:
@@ -73,45 +103,107 @@ def _probability_percent(p: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
+def _format_for_path(path: str | os.PathLike[str]) -> OutputFormat:
+    """The output format a file name implies: ``.tif``/``.tiff`` COG, ``.zarr``, ``.nc``/``.nc4``.
+
+    Raises
+    ------
+    InputError
+        The suffix is none of these.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = _SUFFIX_FORMATS.get(suffix)
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the output format from {Path(path).name!r} (suffix {suffix or 'none'}); "
+            "use .tif/.tiff (COG), .zarr or .nc, or pass format= "
+            f"({', '.join(_OUTPUT_FORMATS)})"
+        )
+    return fmt
+
+
+def _resolve_format(path: Path, format: str | None) -> OutputFormat:
+    if format is None:
+        return _format_for_path(path)
+    if format not in _OUTPUT_FORMATS:
+        raise InputError(
+            f"unknown output format {format!r}; expected one of {', '.join(_OUTPUT_FORMATS)}"
+        )
+    fmt = cast(OutputFormat, format)
+    implied = _SUFFIX_FORMATS.get(path.suffix.lower())
+    if implied is not None and _FAMILY[implied] != _FAMILY[fmt]:
+        raise InputError(
+            f"format {fmt!r} writes {_FAMILY[fmt]}, but {path.name} has the suffix of "
+            f"{_FAMILY[implied]}; name the output *{_OUTPUT_FORMATS[fmt]} or pick another format"
+        )
+    return fmt
+
+
 def write_prediction(
     pred: xr.Dataset,
     path: str | os.PathLike[str],
     *,
+    format: OutputFormat | None = None,
     probabilities: bool = False,
     overwrite: bool = False,
     compress: str = "DEFLATE",
 ) -> Path:
-    """Compute a prediction and write it as a Cloud Optimized GeoTIFF, atomically.
+    """Compute a prediction and write it, atomically, as a COG, GeoTIFF, Zarr or netCDF.
 
     Parameters
     ----------
     pred
         Result of :func:`~georaster_cnn.predict`.
     path
-        Output file (``.tif``). Its folder is created if needed.
+        Output file (``.tif``, ``.nc``) or Zarr folder (``.zarr``). Its folder is
+        created if needed.
+    format
+        ``cog`` (Cloud Optimized GeoTIFF), ``gtiff`` (plain tiled GeoTIFF), ``zarr``
+        or ``netcdf``; default: from the suffix of ``path`` (``.tif``/``.tiff`` ->
+        ``cog``, ``.zarr`` -> ``zarr``, ``.nc``/``.nc4`` -> ``netcdf``).
     probabilities
-        Add one band per class with the probability in percent.
+        Also write the per-class probabilities in percent (``uint8``, scale 0.01):
+        one band per class in a GeoTIFF, a ``probability`` variable in Zarr/netCDF.
     overwrite
-        Replace an existing file.
+        Replace an existing output.
     compress
-        GDAL compression for the COG.
+        GDAL compression for the GeoTIFF formats (Zarr uses zarr's default codec,
+        netCDF zlib level 4).
 
     Returns
     -------
     pathlib.Path
-        The written file.
+        The written file or folder.
 
     Raises
     ------
+    InputError
+        Unknown ``format``, a suffix that implies none, or one that contradicts
+        ``format`` (e.g. ``format="zarr"`` for ``map.tif``).
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     ReadError
         An input block could not be read (corrupt or truncated file).
+
+    Examples
+    --------
+    >>> write_prediction(pred, "maps/scene.tif")  # doctest: +SKIP
+    >>> write_prediction(pred, "maps/scene.zarr", probabilities=True)  # doctest: +SKIP
     """
     out = Path(path)
-    if out.exists() and not overwrite:
+    fmt = _resolve_format(out, format)
+    if (out.exists() or out.is_symlink()) and not overwrite:
         raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt in ("zarr", "netcdf"):
+        return _write_cf(pred, out, fmt, probabilities=probabilities)
+    return _write_tiff(pred, out, cog=fmt == "cog", probabilities=probabilities, compress=compress)
+
+
+def _write_tiff(
+    pred: xr.Dataset, out: Path, *, cog: bool, probabilities: bool, compress: str
+) -> Path:
+    """COG (tiled GeoTIFF streamed from Dask, then GDAL's COG driver) or the tiled GeoTIFF alone."""
     cls = da.asarray(pred["class"].data)  # also accepts an already computed prediction
     probs = da.asarray(pred["probability"].data)
     names = json.loads(pred.attrs["class_names"])
@@ -124,13 +216,14 @@ def write_prediction(
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial.tif", dir=out.parent)
     os.close(fd)
     tmp = Path(tmp_name)
-    staging = tmp.with_suffix(".staging.tif")
+    # The COG is a copy of a staging GeoTIFF; a plain GeoTIFF is the staging file itself.
+    staging = tmp.with_suffix(".staging.tif") if cog else tmp
     try:
         profile: dict[str, Any] = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
             "dtype": "uint8", "nodata": 255, "transform": transform, "crs": crs,
             "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
-            "compress": "DEFLATE", "BIGTIFF": "IF_SAFER",
+            "compress": "DEFLATE" if cog else compress, "BIGTIFF": "IF_SAFER",
             # Not RGB(A): with 3-4 uint8 bands GTiff would call probability bands
             # green/blue/alpha, and GIS tools would use one as transparency.
             "photometric": "MINISBLACK", "alpha": "NO",
@@ -151,10 +244,11 @@ def write_prediction(
                     f"{pred.attrs.get('source', 'input')}: read failed ({exc})"
                 ) from exc
             _describe(dst, names, colors, pred.attrs, probabilities)
-        rasterio.shutil.copy(
-            staging, tmp, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
-            OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
-        )  # fmt: skip
+        if cog:
+            rasterio.shutil.copy(
+                staging, tmp, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
+                OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
+            )  # fmt: skip
         # Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both go
         # to a GDAL PAM sidecar, which GDAL, QGIS and rasterio read with the file.
         _write_pam(Path(str(out) + ".aux.xml"), names, colors)
@@ -164,10 +258,157 @@ def write_prediction(
         tmp.unlink(missing_ok=True)
         raise
     finally:
-        staging.unlink(missing_ok=True)
+        if cog:
+            staging.unlink(missing_ok=True)
         Path(str(staging) + ".aux.xml").unlink(missing_ok=True)
-    log.info("wrote %s (%d x %d, %d band(s))", out, height, width, count)
+    log.info(
+        "wrote %s (%s, %d x %d, %d band(s))", out, "COG" if cog else "GeoTIFF", height, width, count
+    )
     return out
+
+
+def _uniform_chunks(arr: da.Array) -> da.Array:
+    """Rechunk to regular chunks (all equal but the last), which Zarr needs; a no-op if already."""
+    return arr.rechunk(tuple(c[0] for c in arr.chunks))
+
+
+def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
+    """The CF-1.8 dataset written to Zarr and netCDF (still lazy, integer-coded)."""
+    names = json.loads(pred.attrs["class_names"])
+    colors = json.loads(pred.attrs["class_colors"])
+    cls = _uniform_chunks(da.asarray(pred["class"].data))
+    variables: dict[str, xr.DataArray] = {
+        "class": xr.DataArray(
+            cls,
+            dims=("y", "x"),
+            attrs={
+                "long_name": "class",
+                "flag_values": np.arange(len(names), dtype=np.uint8),
+                # CF: blank-separated words, so blanks inside a name become "_"
+                "flag_meanings": " ".join("_".join(str(n).split()) for n in names),
+                "flag_colors": " ".join("#{:02x}{:02x}{:02x}".format(*c) for c in colors),
+                "class_names": json.dumps(names),
+            },
+        )
+    }
+    if probabilities:
+        probs = _uniform_chunks(da.asarray(pred["probability"].data))
+        variables["probability"] = xr.DataArray(
+            da.map_blocks(_probability_percent, probs, dtype=np.uint8),
+            dims=("class_name", "y", "x"),
+            # Already packed as percent: scale_factor is an attribute (decoders apply
+            # it), not an encoding (xarray would divide by it again).
+            attrs={
+                "long_name": "class probability",
+                "units": "1",
+                "scale_factor": np.float32(0.01),
+            },
+        )
+    coords = {str(k): v for k, v in pred.coords.items() if k in ("x", "y", "spatial_ref")}
+    if probabilities:
+        coords["class_name"] = pred.coords["class_name"]
+    attrs = {k: pred.attrs[k] for k in _CF_ATTRS if k in pred.attrs}
+    ds = xr.Dataset(variables, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})
+    if "spatial_ref" in ds.coords:
+        ds = ds.rio.write_grid_mapping("spatial_ref")
+    return ds
+
+
+_CF_ATTRS = (
+    "class_names",
+    "class_colors",
+    "model_arch",
+    "model_checksum",
+    "stride",
+    "patch_size",
+    "source",
+)
+
+
+def _write_cf(
+    pred: xr.Dataset, out: Path, fmt: Literal["zarr", "netcdf"], *, probabilities: bool
+) -> Path:
+    """Zarr folder or netCDF file, streamed block by block under a temporary name, then renamed."""
+    ds = _cf_dataset(pred, probabilities=probabilities)
+    # An ``encoding`` argument replaces each variable's encoding: keep grid_mapping.
+    encoding: dict[str, dict[str, Any]] = {
+        str(name): {**var.encoding, "_FillValue": np.uint8(255), "dtype": "uint8"}
+        for name, var in ds.data_vars.items()
+    }
+    if fmt == "zarr":
+        for enc in encoding.values():
+            # Zarr's own fill value too: a chunk never written then reads as "no
+            # prediction", not as class 0.
+            enc["fill_value"] = 255
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial.zarr", dir=out.parent))
+    else:
+        for enc in encoding.values():
+            enc.update(zlib=True, complevel=4)
+        if "probability" in ds:  # netCDF keeps the type: float32 scale, float32 values
+            ds["probability"].attrs["scale_factor"] = np.float32(0.01)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{out.name}.", suffix=".partial.nc", dir=out.parent
+        )
+        os.close(fd)
+        tmp = Path(tmp_name)
+    try:
+        try:
+            if fmt == "zarr":
+                with warnings.catch_warnings():
+                    # Consolidated metadata lets xarray open the store in one read and
+                    # without a fallback warning; zarr flags it as not (yet) in the v3 spec.
+                    warnings.filterwarnings(
+                        "ignore", "Consolidated metadata is currently not part", UserWarning
+                    )
+                    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+            else:
+                ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
+        except RasterioError as exc:
+            raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
+        if tmp.is_dir():  # mkdtemp makes it 0700; a new folder gets 0777 less the umask
+            umask = os.umask(0)
+            os.umask(umask)
+            tmp.chmod(0o777 & ~umask)
+        else:
+            _chmod_like_new_file(tmp)
+        _replace(tmp, out)
+    except BaseException:
+        _remove(tmp)
+        raise
+    log.info("wrote %s (%s, %d x %d)", out, fmt, ds.sizes["y"], ds.sizes["x"])
+    return out
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing folder is first renamed away, then deleted.
+
+    ``os.replace`` cannot replace a non-empty folder, so an old Zarr store is moved
+    to a hidden name first and put back if the new one cannot be renamed in: at no
+    moment is there a partial store under ``out``.
+    """
+    if not (out.is_dir() and not out.is_symlink()) and not tmp.is_dir():
+        os.replace(tmp, out)
+        return
+    old: Path | None = None
+    if out.exists() or out.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        old.rmdir()
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        _remove(old)
 
 
 def _write_pam(path: Path, names: list[str], colors: list[list[int]]) -> None:

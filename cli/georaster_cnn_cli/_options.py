@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -11,7 +12,9 @@ __all__ = [
     "DEVICES",
     "BandList",
     "NameList",
+    "SelectItem",
     "bands_option",
+    "dataset_options",
     "batch_size_option",
     "device_option",
     "min_valid_option",
@@ -139,3 +142,80 @@ def min_valid_option() -> Callable[[F], F]:
         help="Least fraction of valid (not nodata) pixels a window needs to be classified; "
         "cells below it become nodata. [default: the model's]",
     )
+
+
+class SelectItem(click.ParamType):
+    """``time=2020-01-01`` -> ``("time", "2020-01-01")``; the reader converts the value."""
+
+    name = "DIM=VALUE"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> tuple[str, str]:
+        if isinstance(value, tuple):
+            return value
+        dim, sep, label = str(value).partition("=")
+        if not sep or not dim.strip() or not label.strip():
+            self.fail(
+                f"{value!r} is not DIM=VALUE; e.g. --select time=2020-01-01 --select level=850",
+                param,
+                ctx,
+            )
+        return dim.strip(), label.strip()
+
+
+def dataset_options() -> Callable[[F], F]:
+    """``--variables``, ``--select`` (repeatable) and ``--stack`` for netCDF and Zarr inputs.
+
+    The command receives them as one ``open_options`` keyword: a dict holding only
+    the options given, ready to pass on as ``open_raster(path, **open_options)``
+    (the reader rejects them for GDAL rasters with a clear message).
+    """
+
+    def decorator(f: F) -> F:
+        @functools.wraps(f)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            variables = kwargs.pop("variables", None)
+            select: tuple[tuple[str, str], ...] = kwargs.pop("select", ())
+            stack = kwargs.pop("stack", None)
+            chosen: dict[str, str] = {}
+            for dim, label in select:
+                if dim in chosen:
+                    raise click.BadParameter(
+                        f"dimension {dim!r} is selected twice ({chosen[dim]}, {label})",
+                        param_hint="'--select'",
+                    )
+                chosen[dim] = label
+            opts: dict[str, Any] = {}
+            if variables is not None:
+                opts["variables"] = list(variables)
+            if chosen:
+                opts["select"] = chosen
+            if stack is not None:
+                opts["stack"] = stack
+            return f(*args, open_options=opts, **kwargs)
+
+        wrapper = click.option(
+            "--stack",
+            metavar="DIM",
+            default=None,
+            help="netCDF/Zarr: make each step of dimension DIM (e.g. time) a band, "
+            "named VARIABLE@STEP.",
+        )(wrapper)
+        wrapper = click.option(
+            "--select",
+            type=SelectItem(),
+            multiple=True,
+            help="netCDF/Zarr: keep one value of an extra dimension, e.g. time=2020-01-01 "
+            "(nearest date) or level=850 (exact); repeatable.",
+        )(wrapper)
+        wrapper = click.option(
+            "--variables",
+            type=NameList(),
+            default=None,
+            help="netCDF/Zarr: data variables to use as bands, in order, e.g. t2m,tp. "
+            "[default: all on the grid]",
+        )(wrapper)
+        return wrapper  # type: ignore[return-value]
+
+    return decorator

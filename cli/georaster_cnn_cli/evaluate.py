@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -23,11 +23,12 @@ from georaster_cnn_cli._common import (
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
+    dataset_options,
     device_option,
     min_valid_option,
     overwrite_option,
 )
-from georaster_cnn_cli.train import pair_labels, read_labels
+from georaster_cnn_cli.train import chip_inputs, merge_chips, pair_labels, read_labels
 
 if TYPE_CHECKING:
     from georaster_cnn import EvaluationReport
@@ -47,17 +48,16 @@ _REASONS = {
 @click.command("evaluate", short_help="Accuracy of a model against label rasters; writes a report.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
-    metavar="INPUT...",
+    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
 )  # fmt: skip
 @click.option(
     "--labels",
     multiple=True,
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="LABELS",
     help="Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "
-    "unlabelled); once per INPUT, in the same order.",
+    "unlabelled); once per INPUT, in the same order. Not for chip datasets, which hold "
+    "their labels.",
 )
 @click.option(
     "--label-column",
@@ -83,6 +83,7 @@ _REASONS = {
 @batch_size_option(default=256)
 @device_option()
 @bands_option()
+@dataset_options()
 @min_valid_option()
 @overwrite_option("Replace a report that exists in REPORT_DIR.")
 @click.pass_context
@@ -97,6 +98,7 @@ def evaluate(
     batch_size: int,
     device: str,
     bands: list[int | str] | None,
+    open_options: dict[str, Any],
     min_valid: float | None,
     overwrite: bool,
 ) -> None:
@@ -109,15 +111,26 @@ def evaluate(
     metrics.json, per_class.csv, confusion_matrix.csv and confusion_matrix.png
     in REPORT_DIR. The stride defaults to the one the model was trained with.
 
+    INPUTs may instead be labelled chips (as for `train`, without --labels):
+    every chip is classified whole and compared with its label; class
+    folders are matched to the model's classes by name.
+
     Evaluate on data the model was not trained on: scores on training data
     are optimistic.
 
     \b
-    Example:
+    Examples:
       georaster-cnn evaluate landcover.safetensors test.tif --labels test_labels.tif -o report/
+      georaster-cnn evaluate chips.safetensors test_chips/ -o report/
     """
     state = get_state(ctx)
-    pairs = pair_labels(inputs, labels, column=label_column)
+    chips_given = chip_inputs(inputs, labels)
+    if chips_given and (stride is not None or bands or label_column is not None):
+        given = "--stride" if stride is not None else "--bands" if bands else "--label-column"
+        raise click.UsageError(
+            f"{given} applies to rasters; chips are classified whole and hold their labels"
+        )
+    pairs = [] if chips_given else pair_labels(inputs, labels, column=label_column)
     if label_column is not None:
         rasters = [str(src.path) for _, src in pairs if not src.is_vector]
         if rasters:
@@ -139,6 +152,16 @@ def evaluate(
         gc.resolve_device(device)
     except gc.GeorasterCNNError as exc:
         fail(f"--device {device}: {error_message(exc)}")
+    if chips_given:
+        with report_warnings(state), make_progress(state) as progress:
+            chipset = merge_chips([gc.load_chips(p) for p in inputs])
+            task = progress.add_task(f"evaluating {plural(len(chipset), 'chip')}", total=None)
+            report = gc.evaluate_chips(
+                geo_model, chipset, batch_size=batch_size, device=device, min_valid=min_valid
+            )
+            progress.update(task, completed=1, total=1)
+        _write_and_print(state, report, output_dir, overwrite=overwrite)
+        return
     if stride is not None and stride > geo_model.patch_size:
         fail(
             f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
@@ -148,7 +171,7 @@ def evaluate(
     with report_warnings(state), make_progress(state) as progress:
         datas, labs = [], []
         for data_path, label_source in pairs:
-            data = gc.open_raster(data_path, bands=bands)
+            data = gc.open_raster(data_path, bands=bands, **open_options)
             datas.append(data)
             labs.append(read_labels(label_source, like=data))
         task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
@@ -162,6 +185,12 @@ def evaluate(
                 device=device,
                 min_valid=min_valid,
             )
+    _write_and_print(state, report, output_dir, overwrite=overwrite)
+
+
+def _write_and_print(
+    state: CLIState, report: EvaluationReport, output_dir: Path, *, overwrite: bool
+) -> None:
     with report_warnings(state):
         report.write(output_dir, overwrite=overwrite)
     if not state.quiet:
@@ -211,10 +240,12 @@ def print_report(state: CLIState, report: EvaluationReport) -> None:
     excluded = ", ".join(
         f"{n:,} {_REASONS.get(reason, reason)}" for reason, n in report.n_excluded.items() if n
     )
+    unit = getattr(report, "unit", "cells")
+    where = f" (stride {report.stride} px)" if unit == "cells" else ""
     state.out.print(
         f"accuracy {report.accuracy:.3f}, macro F1 {report.macro_f1:.3f}, "
-        f"weighted F1 {report.weighted_f1:.3f} over {report.n_evaluated:,} cells "
-        f"(stride {report.stride} px); excluded: {excluded or 'none'}",
+        f"weighted F1 {report.weighted_f1:.3f} over {report.n_evaluated:,} {unit}"
+        f"{where}; excluded: {excluded or 'none'}",
         highlight=False,
         soft_wrap=True,
     )

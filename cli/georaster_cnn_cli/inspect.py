@@ -21,6 +21,7 @@ from georaster_cnn_cli._common import (
     report_error,
     report_warnings,
 )
+from georaster_cnn_cli._options import dataset_options
 
 __all__ = ["LagList", "inspect_cmd"]
 
@@ -63,9 +64,15 @@ class LagList(click.ParamType):
     help="Larger rasters are measured on a seeded sample of 512 x 512 windows.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as a JSON list.")
+@dataset_options()
 @click.pass_context
 def inspect_cmd(
-    ctx: click.Context, inputs: tuple[str, ...], lags: list[int], max_pixels: int, as_json: bool
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    lags: list[int],
+    max_pixels: int,
+    as_json: bool,
+    open_options: dict[str, Any],
 ) -> None:
     """Describe each INPUT raster and measure its spatial structure.
 
@@ -94,7 +101,9 @@ def inspect_cmd(
             continue
         try:
             with report_warnings(state, context=str(item)):
-                report = inspect_raster(item, lags=lags, max_pixels=max_pixels)
+                # netCDF/Zarr options: open here (inspect_raster opens paths without them)
+                source = gc.open_raster(item, **open_options) if open_options else item
+                report = inspect_raster(source, lags=lags, max_pixels=max_pixels)
         except (gc.GeorasterCNNError, OSError) as exc:
             report_error(state, exc, context=item)
             failed = True

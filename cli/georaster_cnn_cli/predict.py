@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import click
 from rich.table import Table
@@ -33,6 +33,7 @@ from georaster_cnn_cli._common import (
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
+    dataset_options,
     device_option,
     min_valid_option,
     overwrite_option,
@@ -48,8 +49,9 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from georaster_cnn import GeoModel
+    from georaster_cnn.writer import OutputFormat
 
-__all__ = ["TileResult", "plan_outputs", "predict"]
+__all__ = ["TileResult", "output_format_for", "plan_outputs", "predict"]
 
 Status = Literal["written", "skipped", "failed"]
 _STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
@@ -70,6 +72,7 @@ class TileResult:
 class _Job:
     source: Path
     output: Path
+    format: OutputFormat = "cog"
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,24 @@ def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
     return extras
 
 
-def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileResult]:
-    """Pair each input file with ``output_dir/<stem>.tif``, in input order.
+_NETCDF_INPUTS = frozenset({".nc", ".nc4"})
+_OUTPUT_SUFFIX = {"cog": ".tif", "gtiff": ".tif", "zarr": ".zarr", "netcdf": ".nc"}
+
+
+def output_format_for(source: Path, format: str | None) -> OutputFormat:
+    """``format``, or when None the input's family: netCDF for .nc/.nc4 inputs, else COG."""
+    if format is not None:
+        return cast("OutputFormat", format)
+    return "netcdf" if source.suffix.lower() in _NETCDF_INPUTS else "cog"
+
+
+def plan_outputs(
+    found: ExpandedInputs, output_dir: Path, *, format: str | None = "cog"
+) -> list[_Job | TileResult]:
+    """Pair each input file with ``output_dir/<stem>.<suffix>``, in input order.
+
+    ``format`` picks the suffix (``.tif`` for cog/gtiff, ``.zarr``, ``.nc``); None
+    follows each input's family (see :func:`output_format_for`).
 
     Returns a job per input to run, and in its place a failed :class:`TileResult`
     for an argument that matched nothing, an input whose output name an earlier
@@ -137,7 +156,7 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
         if isinstance(item, InputProblem):
             plan.append(TileResult(item.spec, "failed", message=item.message))
             continue
-        out = output_dir / f"{item.stem}.tif"
+        out = output_dir / (item.stem + _OUTPUT_SUFFIX[output_format_for(item, format)])
         # casefold: on macOS/Windows scene.tif and Scene.tif are the same file
         key = out.name.casefold()
         if key in taken:
@@ -151,7 +170,7 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
             plan.append(TileResult(str(item), "failed", out, message=message))
         else:
             taken[key] = item
-            plan.append(_Job(item, out))
+            plan.append(_Job(item, out, output_format_for(item, format)))
     return plan
 
 
@@ -163,7 +182,8 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
     "--output-dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for the class maps (created if missing); INPUT a/b/scene.nc -> OUTDIR/scene.tif.",
+    help="Folder for the class maps (created if missing); INPUT a/b/scene.tif -> OUTDIR/scene.tif, "
+    "a/b/scene.nc -> OUTDIR/scene.nc (see --format).",
     metavar="OUTDIR",
 )
 @stride_option(default=64)
@@ -173,6 +193,7 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
     "--probabilities", is_flag=True, help="Also write one probability band (percent) per class."
 )
 @bands_option()
+@dataset_options()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
@@ -187,6 +208,15 @@ def plan_outputs(found: ExpandedInputs, output_dir: Path) -> list[_Job | TileRes
     is_flag=True,
     help="Also write a PNG preview OUTDIR/<stem>.png with a legend (at most 1024 px).",
 )
+@click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["cog", "gtiff", "zarr", "netcdf"], case_sensitive=False),
+    default=None,
+    help="Class map format: cog, gtiff (plain tiled GeoTIFF), zarr (OUTDIR/<stem>.zarr) or "
+    "netcdf (OUTDIR/<stem>.nc, CF-1.8). [default: netcdf for .nc/.nc4 inputs, cog for others; "
+    "cog for all with --vector/--qml/--quicklook]",
+)
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -198,19 +228,24 @@ def predict(
     device: str,
     probabilities: bool,
     bands: list[int | str] | None,
+    open_options: dict[str, Any],
     overwrite: bool,
     min_valid: float | None,
     vector: str | None,
     qml: bool,
     quicklook: bool,
+    output_format: str | None,
 ) -> None:
-    """Classify rasters with MODEL and write one class map (COG) per INPUT.
+    """Classify rasters with MODEL and write one class map per INPUT.
 
     INPUT is a raster file, a folder (its .tif/.tiff/.vrt/.img/.jp2/.nc/.nc4
     files, not recursive) or a quoted glob pattern such as 'tiles/*.tif'
     ('**' recurses). Outputs that exist are skipped unless --overwrite. A tile
     that fails is reported and the others go on; the exit status is 1 if any
     tile failed, 2 if nothing was tried (unusable model or option).
+
+    The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
+    for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
 
     With --vector SUFFIX each class map is also vectorised into
     OUTDIR/<stem>.SUFFIX (as 'vectorize' does); --qml adds a QGIS style
@@ -238,10 +273,22 @@ def predict(
     if vector is not None:
         check_vector_suffix(vector, f"--vector {vector}")
     extras = _extras(vector, qml, quicklook)
+    if output_format is not None:
+        output_format = output_format.lower()
+    if extras and output_format in ("zarr", "netcdf"):
+        flags = [
+            f for f, on in (("--vector", vector), ("--qml", qml), ("--quicklook", quicklook)) if on
+        ]
+        fail(
+            f"{', '.join(flags)} need(s) a GeoTIFF class map; found --format {output_format}. "
+            "Use --format cog or gtiff, or leave these flags out"
+        )
+    if extras and output_format is None:
+        output_format = "cog"  # the extras are made from a GeoTIFF class map
 
     started = time.perf_counter()
     found = expand_inputs(inputs)
-    plan = plan_outputs(found, output_dir)
+    plan = plan_outputs(found, output_dir, format=output_format)
     jobs = [j for j in plan if isinstance(j, _Job)]
     for r in plan:
         if isinstance(r, TileResult):
@@ -272,6 +319,7 @@ def predict(
                 device=device,
                 probabilities=probabilities,
                 bands=bands,
+                open_options=open_options,
                 overwrite=overwrite,
                 min_valid=min_valid,
                 extras=extras,
@@ -301,6 +349,7 @@ def _predict_one(
     overwrite: bool,
     min_valid: float | None,
     extras: Sequence[_Extra] = (),
+    open_options: dict[str, Any] | None = None,
 ) -> TileResult:
     """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
     import georaster_cnn as gc
@@ -312,7 +361,7 @@ def _predict_one(
     t0 = time.perf_counter()
     try:
         with report_warnings(state, context=name):
-            data = gc.open_raster(job.source, bands=bands)
+            data = gc.open_raster(job.source, bands=bands, **(open_options or {}))
             pred = gc.predict(
                 data,
                 model,
@@ -323,7 +372,11 @@ def _predict_one(
             )
             with DaskProgress(progress, task):
                 written = gc.write_prediction(
-                    pred, job.output, probabilities=probabilities, overwrite=overwrite
+                    pred,
+                    job.output,
+                    format=job.format,
+                    probabilities=probabilities,
+                    overwrite=overwrite,
                 )
     except Exception as exc:  # one bad tile must not stop the batch
         report_error(state, exc, context=name)

@@ -25,6 +25,7 @@ from georaster_cnn_cli._options import (
     NameList,
     bands_option,
     batch_size_option,
+    dataset_options,
     device_option,
     overwrite_option,
     stride_option,
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
     from georaster_cnn import GeoModel
 
-__all__ = ["LabelSource", "pair_labels", "read_labels", "train"]
+__all__ = ["LabelSource", "chip_inputs", "pair_labels", "read_labels", "train"]
 
 #: Label files that need rasterising onto the data grid (not supported yet).
 VECTOR_SUFFIXES = frozenset(
@@ -80,6 +81,71 @@ def pair_labels(
             "once per INPUT, in the same order"
         )
     return [(i, LabelSource(lab, column)) for i, lab in zip(inputs, labels, strict=True)]
+
+
+def chip_inputs(inputs: Sequence[Path], labels: Sequence[Path]) -> bool:
+    """Whether the INPUTs are labelled chips (folders of class folders, .npz / netCDF chips).
+
+    Chips carry their labels; rasters need ``--labels``. Mixing is refused.
+
+    Raises
+    ------
+    click.UsageError
+        Chips with ``--labels``, chips mixed with rasters, or rasters without ``--labels``.
+    """
+    import georaster_cnn as gc
+
+    chips = [p for p in inputs if gc.is_chip_dataset(p)]
+    if chips and labels:
+        raise click.UsageError(
+            f"{chips[0]} is a chip dataset, which holds its own labels (class sub-folders, or "
+            "a 'labels' array); drop --labels, or give rasters as INPUTs"
+        )
+    if chips and len(chips) != len(inputs):
+        rasters = [str(p) for p in inputs if p not in chips]
+        raise click.UsageError(
+            f"INPUTs mix chip datasets ({', '.join(map(str, chips))}) and rasters "
+            f"({', '.join(rasters)}); give either chips or rasters with --labels"
+        )
+    if not chips and not labels:
+        raise click.UsageError(
+            "Missing option '--labels': give a label raster once per INPUT raster, or give "
+            "chip datasets (a folder with one sub-folder per class, or an .npz / netCDF file "
+            "with 'chips' and 'labels') as INPUTs"
+        )
+    return bool(chips)
+
+
+def merge_chips(sets: Sequence[Any]) -> Any:
+    """One ChipSet of several; their classes, bands and chip shapes must be equal."""
+    import numpy as np
+
+    import georaster_cnn as gc
+
+    first = sets[0]
+    for other in sets[1:]:
+        if other.class_names != first.class_names:
+            fail(
+                f"{other.source} has classes {', '.join(other.class_names)} but {first.source} "
+                f"has {', '.join(first.class_names)}; give --class-names to fix one order"
+            )
+        if other.shape != first.shape or other.band_names != first.band_names:
+            fail(
+                f"{other.source} holds chips of shape {other.shape} (bands "
+                f"{', '.join(other.band_names)}) but {first.source} {first.shape} (bands "
+                f"{', '.join(first.band_names)}); all chips must match"
+            )
+    if len(sets) == 1:
+        return first
+    dtypes = {s.source_dtype for s in sets}
+    return gc.ChipSet(
+        chips=np.concatenate([s.chips for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]),
+        class_names=first.class_names,
+        band_names=first.band_names,
+        source=", ".join(s.source for s in sets),
+        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+    )
 
 
 def read_labels(source: LabelSource, *, like: xr.DataArray) -> xr.DataArray:
@@ -139,19 +205,17 @@ class _EpochReporter:
             self.state.err.print(f"epoch {epoch}/{epochs} {text}", highlight=False, soft_wrap=True)
 
 
-@click.command("train", short_help="Train a model on rasters and aligned label rasters.")
+@click.command("train", short_help="Train a model on rasters with label rasters, or on chips.")
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path),
-    metavar="INPUT...",
+    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
 )  # fmt: skip
 @click.option(
     "--labels",
     multiple=True,
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="LABELS",
     help="Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled); "
-    "once per INPUT, in the same order.",
+    "once per INPUT, in the same order. Not for chip datasets, which hold their labels.",
 )
 @click.option(
     "-o",
@@ -172,6 +236,7 @@ class _EpochReporter:
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
 )
 @bands_option()
+@dataset_options()
 @click.option(
     "--class-names",
     type=NameList(),
@@ -193,23 +258,37 @@ def train(
     device: str,
     seed: int,
     bands: list[int | str] | None,
+    open_options: dict[str, Any],
     class_names: tuple[str, ...] | None,
     overwrite: bool,
 ) -> None:
     """Train a model on INPUT rasters and their class labels, and save it to MODEL.
 
-    Each INPUT needs a label raster on exactly its grid (--labels, once per
-    INPUT, same order). A spatially blocked part of the windows is held out
+    Each INPUT raster needs a label raster on exactly its grid (--labels, once
+    per INPUT, same order). A spatially blocked part of the windows is held out
     for validation; the weights of the epoch with the lowest validation loss
     are kept.
 
+    INPUTs may instead be labelled chips without georeferencing, given without
+    --labels: a folder with one sub-folder per class (.npy, .npz or GeoTIFF
+    chips), or an .npz / netCDF file with 'chips' (n, channel, y, x) and
+    'labels' (n). The chip size is the patch size; a stratified random part
+    of every class is held out for validation.
+
     \b
-    Example:
+    Examples:
       georaster-cnn train a.tif b.tif --labels a_labels.tif --labels b_labels.tif \\
           --class-names water,forest,urban --epochs 20 -o landcover.safetensors
+      georaster-cnn train chips/ --epochs 20 -o chips.safetensors
     """
     state = get_state(ctx)
-    pairs = pair_labels(inputs, labels)
+    chips_given = chip_inputs(inputs, labels)
+    if chips_given and (stride is not None or bands):
+        raise click.UsageError(
+            f"{'--stride' if stride is not None else '--bands'} applies to rasters; chips are "
+            "used whole, with all their channels"
+        )
+    pairs = [] if chips_given else pair_labels(inputs, labels)
     if output.exists() and not overwrite:
         fail(f"{output} exists; pass --overwrite to replace it")
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
@@ -225,25 +304,42 @@ def train(
     live = shows_progress(state)
     metrics_column = TextColumn("{task.fields[metrics]}")
     with report_warnings(state), make_progress(state, extra=[metrics_column]) as progress:
-        task = progress.add_task("preparing", total=None, metrics="reading training windows")
+        task = progress.add_task(
+            "preparing",
+            total=None,
+            metrics="reading chips" if chips_given else "reading training windows",
+        )
+        reporter = _EpochReporter(state, progress, task, live=live)
+        if chips_given:
+            names = list(class_names) if class_names else None
+            chipset = merge_chips([gc.load_chips(p, class_names=names) for p in inputs])
+            model = gc.train_chips(
+                chipset,
+                arch=arch,
+                epochs=epochs,
+                batch_size=batch_size,
+                device=device,
+                seed=seed,
+                progress=reporter,
+            )
         datas, labs = [], []
         for data_path, label_source in pairs:
-            data = gc.open_raster(data_path, bands=bands)
+            data = gc.open_raster(data_path, bands=bands, **open_options)
             datas.append(data)
             labs.append(read_labels(label_source, like=data))
-        reporter = _EpochReporter(state, progress, task, live=live)
-        model = gc.train(
-            datas,
-            labs,
-            class_names=list(class_names) if class_names else None,
-            arch=arch,
-            epochs=epochs,
-            batch_size=batch_size,
-            stride=stride,
-            device=device,
-            seed=seed,
-            progress=reporter,
-        )
+        if not chips_given:
+            model = gc.train(
+                datas,
+                labs,
+                class_names=list(class_names) if class_names else None,
+                arch=arch,
+                epochs=epochs,
+                batch_size=batch_size,
+                stride=stride,
+                device=device,
+                seed=seed,
+                progress=reporter,
+            )
     with report_warnings(state):
         saved = gc.save_model(model, output, overwrite=overwrite)
     _print_result(state, model, saved, reporter.last)

@@ -1,0 +1,305 @@
+"""write: Zarr, netCDF and plain GeoTIFF outputs reopen with the exact grid, values and metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+from affine import Affine
+from click.testing import CliRunner
+
+from georaster_cnn import (
+    GeoModel,
+    InputError,
+    OutputExistsError,
+    ReadError,
+    open_raster,
+    predict,
+    save_model,
+    write_prediction,
+)
+
+MakeRaster = Callable[..., Path]
+MakeModel = Callable[..., GeoModel]
+
+NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
+ROTATED = (
+    Affine.translation(500_000.0, 4_600_000.0)
+    @ Affine.rotation(30.0)
+    @ Affine.shear(5.0, 0.0)
+    @ Affine.scale(30.0, -30.0)
+)
+CLASSES = ("water", "forest", "urban")
+CF = ["zarr", "netcdf"]
+SUFFIX = {"zarr": ".zarr", "netcdf": ".nc"}
+
+
+def _open(path: Path, **kw: object) -> xr.Dataset:
+    if path.suffix == ".zarr":
+        return xr.open_zarr(path, decode_coords="all", **kw)  # type: ignore[arg-type]
+    return xr.open_dataset(path, decode_coords="all", **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def prediction(
+    tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel
+) -> tuple[xr.Dataset, GeoModel]:
+    path = make_raster(
+        tmp_path / "in", "scene.tif", height=150, width=130, count=2, nan_holes=True,
+        transform=NORTH_UP,
+    )  # fmt: skip
+    return predict(open_raster(path), make_model(2, CLASSES), stride=8), make_model(2, CLASSES)
+
+
+@pytest.mark.parametrize("fmt", CF)
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_cf_round_trip(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], fmt: str, probabilities: bool
+) -> None:
+    pred, model = prediction
+    out = tmp_path / "out" / f"map{SUFFIX[fmt]}"
+    assert write_prediction(pred, out, probabilities=probabilities) == out
+    assert sorted(p.name for p in out.parent.iterdir()) == [out.name]  # no temporaries left
+    ref = pred.compute()
+    with _open(out) as ds:
+        assert ds.rio.crs == rasterio.crs.CRS.from_epsg(32633)
+        assert ds.rio.transform() == NORTH_UP @ Affine.scale(8)
+        assert ds["class"].shape == ref["class"].shape == (19, 17)
+        np.testing.assert_array_equal(ds["x"].values, ref["x"].values)
+        np.testing.assert_array_equal(ds["y"].values, ref["y"].values)
+        assert ds.attrs["Conventions"] == "CF-1.8"
+        assert json.loads(ds.attrs["class_names"]) == list(CLASSES)
+        assert json.loads(ds.attrs["class_colors"]) == [list(c) for c in model.class_colors]
+        assert ds.attrs["model_checksum"] == model.checksum
+        assert int(ds.attrs["stride"]) == 8 and int(ds.attrs["patch_size"]) == 64
+        assert ds.attrs["source"] == pred.attrs["source"]
+        assert ds["class"].attrs["flag_meanings"] == "water forest urban"
+        assert list(ds["class"].attrs["flag_values"]) == [0, 1, 2]
+        # decoded: no-prediction cells are NaN, the rest the classes
+        cls = ds["class"].values
+        np.testing.assert_array_equal(np.isnan(cls), ref["class"].values == 255)
+        assert ("probability" in ds) == probabilities
+        if probabilities:
+            assert list(ds["class_name"].values) == list(CLASSES)
+            np.testing.assert_allclose(
+                ds["probability"].values, ref["probability"].values, atol=0.0051
+            )
+    with _open(out, mask_and_scale=False) as raw:  # stored: uint8, 255 = no prediction
+        assert raw["class"].dtype == np.uint8
+        np.testing.assert_array_equal(raw["class"].values, ref["class"].values)
+        if probabilities:
+            assert raw["probability"].dtype == np.uint8
+            assert raw["probability"].attrs["scale_factor"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("fmt", CF)
+def test_rotated_grid(
+    tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel, fmt: str
+) -> None:
+    path = make_raster(tmp_path, "rot.tif", height=60, width=45, transform=ROTATED)
+    pred = predict(open_raster(path), make_model(1), stride=16)
+    out = write_prediction(pred, tmp_path / f"rot{SUFFIX[fmt]}")
+    with _open(out) as ds:
+        assert "x" not in ds.coords and "y" not in ds.coords
+        gt = [float(v) for v in ds["spatial_ref"].attrs["GeoTransform"].split()]
+        assert Affine.from_gdal(*gt) == ROTATED @ Affine.scale(16)
+        assert ds.rio.transform() == ROTATED @ Affine.scale(16)
+        assert ds.rio.crs == rasterio.crs.CRS.from_epsg(32633)
+
+
+@pytest.mark.parametrize("fmt", CF)
+def test_no_crs(tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel, fmt: str) -> None:
+    path = make_raster(tmp_path, "nocrs.tif", height=40, width=40, crs=None, transform=NORTH_UP)
+    pred = predict(open_raster(path), make_model(1), stride=16)
+    out = write_prediction(pred, tmp_path / f"o{SUFFIX[fmt]}")
+    with _open(out) as ds:
+        assert ds.rio.crs is None
+        assert ds.rio.transform() == NORTH_UP @ Affine.scale(16)
+        assert ds["class"].shape == (3, 3)
+
+
+def test_gtiff_is_plain_tiled_geotiff(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel]
+) -> None:
+    pred, _ = prediction
+    out = write_prediction(pred, tmp_path / "g.tif", format="gtiff", probabilities=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.tif", "g.tif.aux.xml", "in"]
+    ref = pred.compute()
+    with rasterio.open(out) as src:
+        assert src.overviews(1) == []
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"
+        assert src.transform == NORTH_UP @ Affine.scale(8)
+        assert src.crs == rasterio.crs.CRS.from_epsg(32633)
+        assert src.count == 4
+        np.testing.assert_array_equal(src.read(1), ref["class"].values)
+        assert json.loads(src.tags()["CLASS_NAMES"]) == list(CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "kind"),
+    [("a.tif", "cog", "file"), ("a.TIFF", "cog", "file"), ("a.zarr", "zarr", "dir"),
+     ("a.nc", "netcdf", "file")],
+)  # fmt: skip
+def test_suffix_inference(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], name: str, fmt: str, kind: str
+) -> None:
+    from georaster_cnn.writer import _format_for_path
+
+    assert _format_for_path(name) == fmt
+    out = write_prediction(prediction[0], tmp_path / name)
+    assert out.is_dir() if kind == "dir" else out.is_file()
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("a.png", None), ("a", None), ("a.tif", "jpeg"), ("a.tif", "zarr"),
+                      ("a.nc", "cog")],
+)  # fmt: skip
+def test_unknown_or_contradicting_format(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], name: str, fmt: str | None
+) -> None:
+    with pytest.raises(InputError):
+        write_prediction(prediction[0], tmp_path / name, format=fmt)  # type: ignore[arg-type]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
+@pytest.mark.parametrize("fmt", CF)
+def test_overwrite_refused_then_replaced(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], fmt: str
+) -> None:
+    pred, _ = prediction
+    out = tmp_path / f"o{SUFFIX[fmt]}"
+    write_prediction(pred, out)
+    before = sorted(p.relative_to(out) for p in out.rglob("*")) if out.is_dir() else None
+    with pytest.raises(OutputExistsError):
+        write_prediction(pred, out)
+    if before is not None:
+        assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    write_prediction(pred, out, overwrite=True, probabilities=True)
+    with _open(out) as ds:
+        assert "probability" in ds
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", out.name]
+
+
+@pytest.mark.parametrize("fmt", CF)
+@pytest.mark.parametrize("existing", [False, True])
+def test_failure_during_compute_leaves_nothing(
+    tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel, fmt: str, existing: bool
+) -> None:
+    path = make_raster(
+        tmp_path / "in", "bad.tif", height=256, width=256, blocksize=64, compress="deflate"
+    )
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+    pred = predict(open_raster(path, chunks=64), make_model(1), stride=32, check=False)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / f"bad{SUFFIX[fmt]}"
+    if existing:
+        good = make_raster(tmp_path / "in", "good.tif", height=64, width=64)
+        write_prediction(predict(open_raster(good), make_model(1), stride=32), out)
+        before = _open(out).load()
+    with pytest.raises(ReadError, match=r"bad\.tif"):
+        write_prediction(pred, out, overwrite=True)
+    assert sorted(p.name for p in out_dir.iterdir()) == ([out.name] if existing else [])
+    if existing:
+        with _open(out) as after:
+            xr.testing.assert_identical(after.load(), before)
+
+
+def test_zarr_replace_failure_restores_old_store(
+    tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old store is renamed away before the new one is renamed in, and put back on failure."""
+    import georaster_cnn.writer as writer
+
+    pred, _ = prediction
+    out = tmp_path / "o.zarr"
+    write_prediction(pred, out)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    real_rename = os.rename
+
+    def rename(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
+        if ".partial.zarr" in str(src):
+            raise OSError("disk gone")
+        real_rename(src, dst)
+
+    monkeypatch.setattr(writer.os, "rename", rename)
+    with pytest.raises(OSError, match="disk gone"):
+        write_prediction(pred, out, overwrite=True, probabilities=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "o.zarr"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _netcdf_input(path: Path, make_raster: MakeRaster) -> Path:
+    tif = make_raster(path.parent, "src.tif", height=64, width=64, count=1)
+    da = open_raster(tif).load().rename("value").isel(band=0, drop=True)
+    da.attrs = {}
+    da.to_dataset().to_netcdf(path, engine="netcdf4")
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path: Path, make_model: MakeModel) -> Path:
+    return save_model(make_model(1, ("a", "b")), tmp_path / "m.safetensors")
+
+
+def _cli(args: list[object]) -> object:
+    from georaster_cnn_cli.main import cli
+
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_cli_format_option_and_default_by_family(
+    tmp_path: Path, make_raster: MakeRaster, model_file: Path
+) -> None:
+    tif = make_raster(tmp_path / "in", "scene.tif", height=64, width=64)
+    nc = _netcdf_input(tmp_path / "in" / "cube.nc", make_raster)
+    out = tmp_path / "out"
+    res = _cli(["-q", "predict", model_file, tif, nc, "-o", out, "--stride", "32"])
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert sorted(p.name for p in out.iterdir()) == ["cube.nc", "scene.tif", "scene.tif.aux.xml"]
+    with _open(out / "cube.nc") as ds:
+        assert ds.rio.crs == rasterio.crs.CRS.from_epsg(32633)
+        assert ds.rio.transform() == NORTH_UP @ Affine.scale(32)
+    res = _cli(["-q", "predict", model_file, tif, "-o", out, "--format", "zarr", "--stride", "32"])
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert (out / "scene.zarr").is_dir()
+    mtime = (out / "scene.zarr" / "zarr.json").stat().st_mtime_ns
+    res = _cli(["predict", model_file, tif, "-o", out, "--format", "zarr", "--stride", "32"])
+    assert res.exit_code == 0
+    assert "1 skipped" in res.output  # type: ignore[attr-defined]
+    assert (out / "scene.zarr" / "zarr.json").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("flag", ["--qml", "--quicklook"])
+def test_cli_extras_need_geotiff(
+    tmp_path: Path, make_raster: MakeRaster, model_file: Path, flag: str
+) -> None:
+    tif = make_raster(tmp_path / "in", "scene.tif", height=64, width=64)
+    res = _cli(["predict", model_file, tif, "-o", tmp_path / "out", "--format", "netcdf", flag])
+    assert res.exit_code == 2
+    assert "GeoTIFF" in res.output  # type: ignore[attr-defined]
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_extras_make_netcdf_input_default_to_cog(
+    tmp_path: Path, make_raster: MakeRaster, model_file: Path
+) -> None:
+    nc = _netcdf_input(tmp_path / "in" / "cube.nc", make_raster)
+    out = tmp_path / "out"
+    res = _cli(["-q", "predict", model_file, nc, "-o", out, "--qml", "--stride", "32"])
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    assert {"cube.tif", "cube.qml"} <= {p.name for p in out.iterdir()}
