@@ -44,7 +44,7 @@ from rasterio.windows import Window
 
 from georaster_cnn.errors import InputError, ReadError
 
-__all__ = ["NETCDF_SUFFIXES", "open_raster", "valid_mask"]
+__all__ = ["NETCDF_SUFFIXES", "is_zarr_store", "open_raster", "valid_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def open_raster(
     p = Path(path)  # type: ignore[arg-type]
     if not p.exists():
         raise ReadError(f"{p}: no such file")
-    if _is_zarr(p):
+    if is_zarr_store(p):
         return _from_dataset(_open_zarr(p), p, bands=bands, chunks=chunks, **opts)
     if p.suffix.lower() in NETCDF_SUFFIXES:
         return _from_dataset(_open_dataset_file(p), p, bands=bands, chunks=chunks, **opts)
@@ -336,7 +336,7 @@ _ISO_DATE = re.compile(
 _OPTIONS_HINT = "--select DIM=VALUE / select={DIM: VALUE}, or --stack DIM / stack=DIM"
 
 
-def _is_zarr(p: Path) -> bool:
+def is_zarr_store(p: Path) -> bool:
     """A Zarr store: a ``*.zarr`` folder or any folder with Zarr v2/v3 group metadata."""
     if not p.is_dir():
         return False

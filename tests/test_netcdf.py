@@ -361,3 +361,25 @@ def test_cli_options_parse_and_reach_the_reader(tmp_path: Path, projected_nc: Pa
     result = _run(["inspect", projected_nc, "--select", "time=1", "--select", "time=2"])
     assert result.exit_code == 2  # type: ignore[attr-defined]
     assert "selected twice" in result.stderr  # type: ignore[attr-defined]
+
+
+def test_cli_takes_zarr_stores_as_inputs(
+    tmp_path: Path, make_model: Callable[..., GeoModel]
+) -> None:
+    """A Zarr store is a folder but one input: given directly, inside a folder, or by glob."""
+    ds = _projected(TIMES[:1], level=False)
+    stores = tmp_path / "stores"
+    stores.mkdir()
+    ds.to_zarr(stores / "a.zarr", zarr_format=3, consolidated=False)
+    ds.to_zarr(stores / "b.zarr", zarr_format=2, consolidated=True)
+    model = tmp_path / "m.safetensors"
+    save_model(make_model(2, band_names=("tas", "pr"), patch_size=8), model)
+    for i, spec in enumerate([stores / "a.zarr", stores, str(stores / "*.zarr")]):
+        out = tmp_path / f"maps{i}"
+        result = _run(["predict", model, spec, "-o", out, "--stride", "4", "--device", "cpu"])
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        expected = {"a.tif"} if i == 0 else {"a.tif", "b.tif"}
+        assert {p.name for p in out.glob("*.tif")} == expected
+        with rasterio.open(out / "a.tif") as src:
+            assert src.crs == rasterio.crs.CRS.from_epsg(32633)
+            assert src.transform.almost_equals(UTM * Affine.scale(4), precision=1e-6)

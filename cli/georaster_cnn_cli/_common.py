@@ -148,8 +148,9 @@ def expand_inputs(
 ) -> ExpandedInputs:
     """Turn INPUT arguments (files, folders, glob patterns) into a list of files.
 
-    An existing file is taken as given, whatever its suffix. A folder contributes
-    the files directly inside it whose suffix is in ``suffixes`` (not recursive).
+    An existing file is taken as given, whatever its suffix, and so is a Zarr store
+    (a folder). A folder contributes the files directly inside it whose suffix is
+    in ``suffixes``, and the Zarr stores in it (not recursive).
     Anything else containing ``*``, ``?`` or ``[`` is a glob pattern (``**``
     recurses), expanded here because quoted patterns reach us unexpanded; its
     matches are filtered like a folder's. Files reached twice (by any route) are
@@ -172,21 +173,29 @@ def expand_inputs(
     --------
     >>> expand_inputs(["tiles/", "extra/*.tif", "scene.nc"])  # doctest: +SKIP
     """
+    from georaster_cnn.reader import is_zarr_store  # a Zarr store is a folder but one input
+
+    def is_input(c: Path) -> bool:
+        return (c.is_file() and _is_raster_name(c, suffixes)) or (
+            is_zarr_store(c) and not c.name.startswith(".")
+        )
+
     seen: set[Path] = set()
     items: list[Path | InputProblem] = []
     listed = ", ".join(sorted(suffixes))
     for spec in specs:
         p = Path(spec).expanduser()
-        if p.is_dir():
-            found = sorted(c for c in p.iterdir() if c.is_file() and _is_raster_name(c, suffixes))
+        if is_zarr_store(p):
+            found = [p]
+        elif p.is_dir():
+            found = sorted(c for c in p.iterdir() if is_input(c))
             if not found:
                 items.append(InputProblem(spec, f"folder holds no raster files ({listed})"))
         elif p.exists():
             found = [p]
         elif _GLOB_CHARS & set(spec):
             matches = [Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True)]
-            files = [m for m in matches if m.is_file()]
-            found = sorted(m for m in files if _is_raster_name(m, suffixes))
+            found = sorted(m for m in matches if is_input(m))
             if not matches:
                 items.append(InputProblem(spec, "pattern matches nothing"))
             elif not found:
