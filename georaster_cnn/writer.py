@@ -75,6 +75,25 @@ _SUFFIX_FORMATS: dict[str, OutputFormat] = {
 _FAMILY = {"cog": "GeoTIFF", "gtiff": "GeoTIFF", "zarr": "Zarr", "netcdf": "netCDF"}
 
 
+def _overview_levels(height: int, width: int, smallest: int = 64) -> int:
+    """Halvings until the coarsest overview fits in ``smallest`` pixels.
+
+    At least one level unless the map is a single pixel. GDAL's default stops at the
+    512-pixel block size, so class maps smaller than a block (most maps at stride 64)
+    would get no overview at all.
+    """
+    levels, side = 0, max(height, width)
+    while side > smallest:
+        side = (side + 1) // 2
+        levels += 1
+    return max(levels, 1 if max(height, width) >= 2 else 0)
+
+
+def _overview_options(height: int, width: int) -> dict[str, str]:
+    levels = _overview_levels(height, width)
+    return {"OVERVIEW_COUNT": str(levels)} if levels else {"OVERVIEWS": "NONE"}
+
+
 class _BandWriter:
     """``__setitem__`` target for :func:`dask.array.store` writing bands of an open dataset."""
 
@@ -248,6 +267,7 @@ def _write_tiff(
             rasterio.shutil.copy(
                 staging, tmp, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
                 OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
+                **_overview_options(height, width),
             )  # fmt: skip
         # Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both go
         # to a GDAL PAM sidecar, which GDAL, QGIS and rasterio read with the file.

@@ -164,6 +164,26 @@ def test_overviews_use_nearest(
             assert set(np.unique(ov)) <= {0, 2}
 
 
+@pytest.mark.parametrize(
+    ("height", "width", "factors"), [(5, 4, [2]), (100, 70, [2]), (300, 90, [2, 4, 8])]
+)
+def test_small_maps_get_overviews(
+    tmp_path: Path,
+    make_raster: MakeRaster,
+    make_model: MakeModel,
+    height: int,
+    width: int,
+    factors: list[int],
+) -> None:
+    """Maps smaller than a 512-px block still get overviews, down to <= 64 px."""
+    path = make_raster(tmp_path, "in.tif", height=height, width=width)
+    pred = predict(open_raster(path), make_model(1, patch_size=1), stride=1)
+    out = write_prediction(pred, tmp_path / "o.tif")
+    _assert_valid_cog(out)
+    with rasterio.open(out) as src:
+        assert src.overviews(1) == factors
+
+
 def test_refuses_to_overwrite(tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel]) -> None:
     pred, _ = prediction
     out = tmp_path / "o.tif"
