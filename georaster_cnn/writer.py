@@ -331,6 +331,10 @@ def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
     ds = xr.Dataset(variables, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})
     if "spatial_ref" in ds.coords:
         ds = ds.rio.write_grid_mapping("spatial_ref")
+        if "x" in ds.coords and pred.rio.crs is not None:
+            # CF axis attributes (standard_name, units) so CF tools know longitude/latitude
+            # or projection_x/y_coordinate.
+            ds = ds.rio.write_crs(pred.rio.crs).rio.write_coordinate_system()
     return ds
 
 

@@ -75,6 +75,9 @@ def test_cf_round_trip(
         np.testing.assert_array_equal(ds["x"].values, ref["x"].values)
         np.testing.assert_array_equal(ds["y"].values, ref["y"].values)
         assert ds.attrs["Conventions"] == "CF-1.8"
+        assert ds["x"].attrs["standard_name"] == "projection_x_coordinate"
+        assert ds["y"].attrs["standard_name"] == "projection_y_coordinate"
+        assert ds["x"].attrs["units"] == "metre"
         assert json.loads(ds.attrs["class_names"]) == list(CLASSES)
         assert json.loads(ds.attrs["class_colors"]) == [list(c) for c in model.class_colors]
         assert ds.attrs["model_checksum"] == model.checksum
