@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import rasterio.shutil
 import xarray as xr
 from affine import Affine
 from rasterio.errors import NotGeoreferencedWarning
@@ -454,3 +455,22 @@ def test_corrupt_netcdf_raises_read_error(tmp_path: Path) -> None:
     path.write_bytes(os.urandom(256))
     with pytest.raises(ReadError, match=r"bad\.nc"):
         open_raster(path)
+
+
+@pytest.mark.parametrize(("driver", "suffix"), [("ENVI", ".bin"), ("HFA", ".img"), ("VRT", ".vrt")])
+def test_other_gdal_formats(
+    tmp_path: Path, make_raster: MakeRaster, driver: str, suffix: str
+) -> None:
+    """Any raster GDAL opens: the same pixels, CRS and transform as the source GeoTIFF."""
+    src = make_raster(
+        tmp_path, "src.tif", height=70, width=45, count=3, nodata=-9999.0, transform=NORTH_UP
+    )
+    with rasterio.Env() as env:
+        if driver not in env.drivers():
+            pytest.skip(f"GDAL driver {driver} not available")
+    other = tmp_path / f"copy{suffix}"
+    rasterio.shutil.copy(src, other, driver=driver)
+    ref, arr = open_raster(src), open_raster(other)
+    assert arr.rio.crs == ref.rio.crs
+    assert arr.rio.transform() == ref.rio.transform()
+    np.testing.assert_array_equal(arr.values, ref.values)
