@@ -26,9 +26,8 @@ import json
 import logging
 import math
 import os
-import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from georaster_cnn._atomic import atomic_write
 from georaster_cnn.chipdata import ChipSet, chip_valid_fraction, normalize_chips
 from georaster_cnn.errors import BandMismatchError, InputError, OutputExistsError
 from georaster_cnn.geometry import PatchGrid
@@ -289,12 +289,12 @@ class EvaluationReport:
         out.mkdir(parents=True, exist_ok=True)
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         written = [
-            _atomic_write(out / "metrics.json", lambda f: f.write(text.encode())),
-            _atomic_write(out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode())),
-            _atomic_write(
+            atomic_write(out / "metrics.json", lambda f: f.write(text.encode())),
+            atomic_write(out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode())),
+            atomic_write(
                 out / "confusion_matrix.csv", lambda f: f.write(self._confusion_csv().encode())
             ),
-            _atomic_write(out / "confusion_matrix.png", self._plot),
+            atomic_write(out / "confusion_matrix.png", self._plot),
         ]
         log.info("evaluation report written to %s", out)
         return written
@@ -355,22 +355,6 @@ class EvaluationReport:
                     color="white" if norm[i, j] > 0.5 else "black",
                 )  # fmt: skip
         fig.savefig(f, format="png")
-
-
-def _atomic_write(path: Path, write: Callable[[Any], Any]) -> Path:
-    """Call ``write(binary file)`` on a temporary file next to ``path``, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open would give
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # --------------------------------------------------------------------------- computation

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from georaster_cnn._atomic import atomic_write
 from georaster_cnn.errors import ModelFileError, OutputExistsError
 from georaster_cnn.models import build_model
 from georaster_cnn.stats import ChannelStats
@@ -212,23 +212,8 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
         raise OutputExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
     p.parent.mkdir(parents=True, exist_ok=True)
     raw = model.to_bytes()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".partial", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(raw)
-        _chmod_like_new_file(Path(tmp))
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(p, lambda f: f.write(raw))
     return p
-
-
-def _chmod_like_new_file(path: Path) -> None:
-    """Give a ``mkstemp`` file (mode 0600) the mode a plain ``open`` would have (umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def load_model(path: str | os.PathLike[str]) -> GeoModel:

@@ -27,8 +27,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
+from georaster_cnn._atomic import atomic_write
 from georaster_cnn.errors import InputError, OutputExistsError, ReadError
-from georaster_cnn.evaluate import _atomic_write
 from georaster_cnn.modelfile import default_colors
 from georaster_cnn.vectorize import _names
 
@@ -139,7 +139,7 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     except RasterioError as exc:
         raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
     text = _qml(meta)
-    _atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
     log.info("wrote %s (%d classes)", out, len(meta.names))
     return out
 
@@ -243,7 +243,7 @@ def write_quicklook(
     except RasterioError as exc:
         raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
+    atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
     log.info("wrote %s (%d x %d cells shown)", out, *classes.shape)
     return out
 

@@ -51,8 +51,8 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from georaster_cnn._atomic import chmod_like_new
 from georaster_cnn.errors import InputError, OutputExistsError, ReadError
-from georaster_cnn.modelfile import _chmod_like_new_file
 
 __all__ = ["OutputFormat", "write_prediction"]
 
@@ -272,7 +272,7 @@ def _write_tiff(
         # Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both go
         # to a GDAL PAM sidecar, which GDAL, QGIS and rasterio read with the file.
         _write_pam(Path(str(out) + ".aux.xml"), names, colors)
-        _chmod_like_new_file(tmp)
+        chmod_like_new(tmp)
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -389,12 +389,7 @@ def _write_cf(
                 ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
         except RasterioError as exc:
             raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
-        if tmp.is_dir():  # mkdtemp makes it 0700; a new folder gets 0777 less the umask
-            umask = os.umask(0)
-            os.umask(umask)
-            tmp.chmod(0o777 & ~umask)
-        else:
-            _chmod_like_new_file(tmp)
+        chmod_like_new(tmp)
         _replace(tmp, out)
     except BaseException:
         _remove(tmp)
