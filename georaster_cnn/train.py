@@ -1,11 +1,13 @@
-"""Minimal training from a class-label raster aligned to the input.
+"""Training from class-label rasters aligned to the input, or from chip sets.
 
-Windows are cut by the same blockwise machinery as prediction
+Raster windows are cut by the same blockwise machinery as prediction
 (:mod:`georaster_cnn.chips`); a window's label is the class of its centre pixel.
 Validation is spatially blocked: output cells are grouped into square blocks of
 ``val_block`` pixels and whole blocks go to validation, so neighbouring,
-overlapping windows rarely straddle the split. (Full training - vector labels,
-chip folders, early stopping - is its own module later.)
+overlapping windows rarely straddle the split. Chip sets (:mod:`georaster_cnn.chipdata`)
+use a stratified random split. Both share one loop (:func:`_fit`): flips and 90-degree
+rotations, class-weighted loss, batch-norm recalibration, early stopping on the
+validation loss, and the weights of the best epoch. Vector labels are not supported yet.
 """
 
 from __future__ import annotations
@@ -249,6 +251,7 @@ def train(
     val_block: int = 128,
     min_valid: float = 0.5,
     augment: bool = True,
+    patience: int | None = 5,
     hparams: dict[str, Any] | None = None,
     max_chip_bytes: int = 2 * 1024**3,
     progress: ProgressFn | None = None,
@@ -279,6 +282,11 @@ def train(
         Fraction of ``val_block``-pixel square blocks held out for validation.
     min_valid
         Minimum valid fraction of a training window; stored as the model's default.
+    augment
+        Random flips and 90-degree rotations of training batches.
+    patience
+        Stop when the validation loss has not improved for this many epochs
+        (``None`` or 0: run all epochs). Needs validation windows.
     max_chip_bytes
         Memory cap for the training windows held in memory (all rasters together);
         beyond it a seeded random subset of the labelled windows is used.
@@ -385,6 +393,7 @@ def train(
         device=device,
         seed=seed,
         augment=augment,
+        patience=patience,
         min_valid=min_valid,
         class_colors=_class_colors(labs[0].attrs.get("class_colors"), n_classes),
         source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
@@ -412,6 +421,7 @@ def _fit(
     seed: int,
     augment: bool,
     min_valid: float,
+    patience: int | None = None,
     class_colors: tuple[tuple[int, int, int], ...] | None = None,
     source_dtype: str = "float32",
     provenance: dict[str, Any] | None = None,
@@ -444,6 +454,7 @@ def _fit(
     log.info(
         "training %s on %d %s (%d validation), %d classes", arch, len(yt), unit, len(yv), n_classes
     )
+    best_at, stopped_at, stop_ref = 0, None, float("inf")
     for epoch in range(1, epochs + 1):
         module.train()
         order = torch.randperm(len(xt), generator=gen)
@@ -478,8 +489,16 @@ def _fit(
         score = metrics.get("val_loss", metrics["loss"])
         if best is None or score < best[0]:
             best = (score, {k: v.detach().cpu().clone() for k, v in module.state_dict().items()})
+        # Patience counts from the last *meaningful* improvement (relative 1e-4): the
+        # loss also wobbles by tiny amounts when nothing is learned.
+        if epoch == 1 or score < stop_ref - 1e-4 * abs(stop_ref):
+            stop_ref, best_at = score, epoch
         if progress is not None:
             progress(epoch, epochs, metrics)
+        if patience and len(xv) and epoch - best_at >= patience and epoch < epochs:
+            stopped_at = epoch
+            log.info("early stop after epoch %d: no better validation loss for %d", epoch, patience)
+            break
     if best is None:  # unreachable: epochs >= 1 was checked above
         raise TrainingError("no epoch completed")
     module.load_state_dict(best[1])
@@ -489,6 +508,8 @@ def _fit(
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **(provenance or {}),
         "epochs": epochs,
+        "epochs_run": len(history),
+        "early_stopping": {"patience": patience or 0, "stopped_after": stopped_at},
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "seed": seed,
@@ -545,6 +566,7 @@ def train_chips(
     val_fraction: float = 0.2,
     min_valid: float = 0.5,
     augment: bool = True,
+    patience: int | None = 5,
     hparams: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> GeoModel:
@@ -561,7 +583,7 @@ def train_chips(
     ----------
     chips
         From :func:`~georaster_cnn.load_chips`.
-    arch, epochs, batch_size, learning_rate, device, augment, hparams, progress
+    arch, epochs, batch_size, learning_rate, device, augment, patience, hparams, progress
         As for :func:`train`.
     seed
         Seeds the split, shuffling, augmentation and weights: a run is reproducible.
@@ -642,6 +664,7 @@ def train_chips(
         device=device,
         seed=seed,
         augment=augment,
+        patience=patience,
         min_valid=min_valid,
         class_colors=default_colors(n_classes),
         source_dtype=chips.source_dtype,

@@ -25,6 +25,8 @@ from georaster_cnn_cli._options import BandList
 from georaster_cnn_cli.main import cli
 from georaster_cnn_cli.predict import TileResult, plan_outputs
 
+from georaster_cnn import load_model
+
 HEIGHT, WIDTH = 100, 90
 TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)
 CLASSES = ("water", "forest", "urban")
@@ -252,6 +254,19 @@ def test_train_refuses_to_overwrite(model_path: Path, data_dir: Path) -> None:
     assert result.exit_code == 2
     assert error_lines(result) == [f"error: {model_path} exists; pass --overwrite to replace it"]
     assert model_path.read_bytes() == before
+
+
+def test_train_patience_and_augment_reach_the_model(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    result = run(
+        ["train", data_dir / "scene.tif", "--labels", data_dir / "labels.tif", "-o", out,
+         "--epochs", "2", "--stride", "32", "--device", "cpu", "--patience", "0", "--no-augment"]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    prov = load_model(out).provenance
+    assert prov["augment"] is False
+    assert prov["early_stopping"] == {"patience": 0, "stopped_after": None}
+    assert len(prov["history"]) == 2
 
 
 def test_train_label_count_mismatch(data_dir: Path, tmp_path: Path) -> None:

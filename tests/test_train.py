@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -385,3 +386,20 @@ def test_model_takes_label_colours(scene_files: tuple[Path, Path]) -> None:
     model = train(open_raster(data_path), labels, epochs=1, **FAST)
     assert model.class_colors == ((10, 20, 30), (200, 100, 50))
     assert plain.class_colors != model.class_colors  # without a table: the default palette
+
+
+def test_early_stopping_on_validation_loss(
+    scene_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A validation loss that never improves stops training after ``patience`` epochs."""
+    train_module = importlib.import_module("georaster_cnn.train")
+    monkeypatch.setattr(train_module, "_evaluate", lambda *a, **k: (1.0, 0.5))
+    data_path, lab_path = scene_files
+    data, labels = open_raster(data_path), open_labels(lab_path)
+    stopped = train(data, labels, patience=2, **{**FAST, "epochs": 10})
+    assert len(stopped.provenance["history"]) == 3
+    assert stopped.provenance["early_stopping"] == {"patience": 2, "stopped_after": 3}
+    assert stopped.provenance["epochs_run"] == 3
+    full = train(data, labels, patience=0, **{**FAST, "epochs": 4})
+    assert len(full.provenance["history"]) == 4
+    assert full.provenance["early_stopping"]["stopped_after"] is None

@@ -231,6 +231,20 @@ class _EpochReporter:
 @batch_size_option(default=64)
 @stride_option(default=None)
 @click.option("--arch", default="cnn", show_default=True, help="Network architecture.")
+@click.option(
+    "--patience",
+    type=click.IntRange(min=0),
+    default=5,
+    show_default=True,
+    help="Stop when the validation loss has not improved for this many epochs; 0 runs all.",
+)
+@click.option(
+    "--augment/--no-augment",
+    default=True,
+    show_default=True,
+    help="Random flips and 90-degree rotations of training batches. Turn off when classes "
+    "depend on orientation (e.g. east-west versus north-south streaks).",
+)
 @device_option()
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
@@ -255,6 +269,8 @@ def train(
     batch_size: int,
     stride: int | None,
     arch: str,
+    patience: int,
+    augment: bool,
     device: str,
     seed: int,
     bands: list[int | str] | None,
@@ -320,6 +336,8 @@ def train(
                 batch_size=batch_size,
                 device=device,
                 seed=seed,
+                patience=patience,
+                augment=augment,
                 progress=reporter,
             )
         datas, labs = [], []
@@ -338,6 +356,8 @@ def train(
                 stride=stride,
                 device=device,
                 seed=seed,
+                patience=patience,
+                augment=augment,
                 progress=reporter,
             )
     with report_warnings(state):
