@@ -16,11 +16,11 @@ CRS and transform from the coordinates); docs/netcdf-zarr.md describes the rules
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import threading
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ class _WindowReader:
         x0, x1, _ = xsl.indices(self.shape[2])
         window = Window(x0, y0, x1 - x0, y1 - y0)
         try:
-            with _quiet_if(not self.georeferenced), rasterio.open(self.path) as src:
+            with _open(self.path, quiet=not self.georeferenced) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
                 out[np.isinf(out)] = np.nan  # +-inf is invalid, like NaN
                 if self.use_masks:
@@ -194,24 +194,29 @@ class _WindowReader:
         return out
 
 
-@contextlib.contextmanager
-def _quiet_if(condition: bool) -> Iterator[None]:
-    """Silence rasterio's NotGeoreferencedWarning when ``condition``.
+# warnings.catch_warnings() swaps process-wide filters and is not thread-safe: two
+# Dask threads entering and leaving it concurrently can leave a warning unfiltered.
+# The lock serialises every such swap, and only the open itself (where rasterio emits
+# NotGeoreferencedWarning) runs inside it.
+_QUIET_OPEN_LOCK = threading.Lock()
 
-    A file without a geotransform is supported (its output is in pixel coordinates);
-    the reader logs that once at open instead of warning on every block read.
+
+def _open(path: str | Path, *, quiet: bool) -> Any:
+    """``rasterio.open(path)``; with ``quiet``, without rasterio's NotGeoreferencedWarning.
+
+    A file without a geotransform is supported (its output is in pixel
+    coordinates); the reader logs that once instead of warning on every block read.
     """
-    if not condition:
-        yield
-        return
-    with warnings.catch_warnings():
+    if not quiet:
+        return rasterio.open(path)
+    with _QUIET_OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        yield
+        return rasterio.open(path)
 
 
 def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArray:
     try:
-        with _quiet_if(True), rasterio.open(path) as src:
+        with _open(path, quiet=True) as src:
             names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
             if len(set(names)) != len(names):  # duplicate descriptions: fall back to numbers
                 names = [f"band_{i + 1}" for i in range(src.count)]
