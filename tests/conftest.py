@@ -19,6 +19,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from geo import NORTH_UP
 from hypothesis import HealthCheck, settings
 from torch import nn
 
@@ -38,7 +39,6 @@ settings.register_profile("thorough", parent=settings.get_profile("georaster"), 
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "georaster"))
 
 #: A north-up UTM transform with 30 m pixels (not the identity, so no georeferencing warnings).
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
 
 TEST_ARCH = "test_window_mean"
 

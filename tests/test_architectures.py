@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from affine import Affine
+from geo import NORTH_UP
 
 from georaster_cnn import (
     ARCHITECTURES,
@@ -25,7 +25,6 @@ from georaster_cnn import (
 from georaster_cnn.models import MLP, ResNet
 
 MakeRaster = Callable[..., Path]
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
 
 #: Small networks so a training run takes a second or two.
 TINY = {"resnet": {"widths": [4, 8], "blocks": 1}, "mlp": {"hidden": 16}}

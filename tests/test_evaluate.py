@@ -25,6 +25,7 @@ import pytest
 import xarray as xr
 from affine import Affine
 from click.testing import CliRunner, Result
+from geo import NORTH_UP
 from georaster_cnn_cli.main import cli
 
 from georaster_cnn import (
@@ -43,7 +44,6 @@ from georaster_cnn.evaluate import REPORT_FILES
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
 
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)  # conftest's default
 H, W, PATCH, STRIDE = 26, 16, 8, 4
 ENV: dict[str, str | None] = {
     "COLUMNS": "250",

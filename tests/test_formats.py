@@ -14,6 +14,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from affine import Affine
 from click.testing import CliRunner
+from geo import NORTH_UP, ROTATED
 
 from georaster_cnn import (
     GeoModel,
@@ -29,13 +30,6 @@ from georaster_cnn import (
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
 
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
-ROTATED = (
-    Affine.translation(500_000.0, 4_600_000.0)
-    @ Affine.rotation(30.0)
-    @ Affine.shear(5.0, 0.0)
-    @ Affine.scale(30.0, -30.0)
-)
 CLASSES = ("water", "forest", "urban")
 CF = ["zarr", "netcdf"]
 SUFFIX = {"zarr": ".zarr", "netcdf": ".nc"}

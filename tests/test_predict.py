@@ -18,6 +18,7 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
+from geo import NORTH_UP, ROTATED
 
 from georaster_cnn import (
     CLASS_NODATA,
@@ -33,14 +34,6 @@ from georaster_cnn.reader import _WindowReader
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
-
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
-ROTATED = (
-    Affine.translation(500_000.0, 4_600_000.0)
-    @ Affine.rotation(30.0)
-    @ Affine.shear(5.0, 0.0)
-    @ Affine.scale(30.0, -30.0)
-)
 
 
 def _holey_ints(

@@ -15,19 +15,12 @@ import rasterio
 import rasterio.shutil
 import xarray as xr
 from affine import Affine
+from geo import NORTH_UP, ROTATED
 from rasterio.errors import NotGeoreferencedWarning
 
 from georaster_cnn import InputError, ReadError, open_raster, valid_mask
 
 MakeRaster = Callable[..., Path]
-
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
-ROTATED = (
-    Affine.translation(500_000.0, 4_600_000.0)
-    @ Affine.rotation(30.0)
-    @ Affine.shear(5.0, 0.0)
-    @ Affine.scale(30.0, -30.0)
-)
 
 
 def _file_values(path: Path) -> np.ndarray:

@@ -13,13 +13,13 @@ import pytest
 import xarray as xr
 from affine import Affine
 from click.testing import CliRunner
+from geo import NORTH_UP
 from georaster_cnn_cli.main import cli
 
 from georaster_cnn import InputError, inspect_raster, morans_i, open_raster
 from georaster_cnn.spatial import structure_verdict
 
 MakeRaster = Callable[..., Path]
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
 LAGS = (1, 2, 4, 8, 16)
 
 

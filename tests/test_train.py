@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import xarray as xr
 from affine import Affine
+from geo import NORTH_UP
 
 from georaster_cnn import (
     GeoModel,
@@ -30,7 +31,6 @@ from georaster_cnn.train import _extract
 
 MakeRaster = Callable[..., Path]
 
-NORTH_UP = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
 FAST = {
     "patch_size": 16,
     "stride": 8,
