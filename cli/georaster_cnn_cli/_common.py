@@ -33,6 +33,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
@@ -493,3 +494,14 @@ def plural(n: int, word: str) -> str:
     if n == 1:
         return f"{n} {word}"
     return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+
+
+def kv_table(title: str) -> Table:
+    """A two-column key/value grid with a bold, left-aligned title (model cards, reports)."""
+    table = Table.grid(padding=(0, 2))
+    table.title = title
+    table.title_justify = "left"
+    table.title_style = "bold"
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    return table

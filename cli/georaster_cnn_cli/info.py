@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from georaster_cnn_cli._common import CLIState, get_state, load_model_or_exit, plural
+from georaster_cnn_cli._common import CLIState, get_state, kv_table, load_model_or_exit, plural
 from georaster_cnn_cli.train import format_metrics
 
 if TYPE_CHECKING:
@@ -56,16 +56,6 @@ def info(ctx: click.Context, model: Path, as_json: bool) -> None:
     _print_card(state, model, geo_model)
 
 
-def _kv_table(title: str) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.title = title
-    table.title_justify = "left"
-    table.title_style = "bold"
-    table.add_column(style="dim", no_wrap=True)
-    table.add_column(overflow="fold")
-    return table
-
-
 def _num(x: float) -> str:
     return f"{x:.4g}"
 
@@ -83,7 +73,7 @@ def _compact(value: Any) -> str:
 
 def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     out = state.out
-    overview = _kv_table(f"Model {path}")
+    overview = kv_table(f"Model {path}")
     hp = _compact(model.hparams) if model.hparams else "defaults"
     overview.add_row("architecture", Text(f"{model.arch} ({hp})"))
     overview.add_row("patch size", f"{model.patch_size} x {model.patch_size} pixels")
@@ -133,7 +123,7 @@ def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
 
 def _provenance_table(model: GeoModel) -> Table:
     prov = dict(model.provenance or {})
-    table = _kv_table("Training provenance")
+    table = kv_table("Training provenance")
     if not prov:
         table.add_row("", "none recorded")
         return table

@@ -17,6 +17,7 @@ from georaster_cnn_cli._common import (
     InputProblem,
     expand_inputs,
     get_state,
+    kv_table,
     plural,
     report_error,
     report_warnings,
@@ -125,16 +126,6 @@ def _num(x: float | None) -> str:
     return f"{x:.4g}"
 
 
-def _kv_table(title: str) -> Table:
-    table = Table.grid(padding=(0, 2))
-    table.title = title
-    table.title_justify = "left"
-    table.title_style = "bold"
-    table.add_column(style="dim", no_wrap=True)
-    table.add_column(overflow="fold")
-    return table
-
-
 def _resolution(report: Mapping[str, Any]) -> str:
     xres, yres = report["resolution"]
     units = f" {report['crs_units']}" if report.get("crs_units") else ""
@@ -151,7 +142,7 @@ def _print_report(state: CLIState, report: Mapping[str, Any]) -> None:
     out = state.out
     names = report["bands"]
     nb, h, w = report["shape"]
-    overview = _kv_table(f"Raster {report['path']}")
+    overview = kv_table(f"Raster {report['path']}")
     overview.add_row("format", Text(str(report.get("driver") or "unknown")))
     overview.add_row("size", f"{plural(nb, 'band')}, {h} x {w} pixels (rows x columns)")
     overview.add_row("dtype", Text(str(report["dtype"])))
@@ -205,7 +196,7 @@ def _print_report(state: CLIState, report: Mapping[str, Any]) -> None:
     out.print(moran)
     out.print()
 
-    verdict = _kv_table("Verdict")
+    verdict = kv_table("Verdict")
     for name in names:
         verdict.add_row(Text(name), Text(report["verdict"]["bands"][name]))
     verdict.add_row("overall", Text(report["verdict"]["overall"], style="bold"))
