@@ -30,6 +30,7 @@ from georaster_cnn.spatial import inspect_raster, morans_i
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
 from georaster_cnn.styles import write_qml, write_quicklook
 from georaster_cnn.train import open_labels, train, train_chips
+from georaster_cnn.vector_labels import is_vector_file, read_vector_labels
 from georaster_cnn.vectorize import vectorize, write_vectors
 from georaster_cnn.writer import write_prediction
 
@@ -64,6 +65,7 @@ __all__ = [
     "evaluate_chips",
     "inspect_raster",
     "is_chip_dataset",
+    "is_vector_file",
     "load_chips",
     "load_model",
     "morans_i",
@@ -72,6 +74,7 @@ __all__ = [
     "open_raster",
     "output_transform",
     "predict",
+    "read_vector_labels",
     "register_architecture",
     "resolve_device",
     "save_model",

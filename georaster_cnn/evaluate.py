@@ -34,6 +34,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import geopandas as gpd
 import numpy as np
 import torch
 import xarray as xr
@@ -44,8 +45,15 @@ from georaster_cnn.errors import BandMismatchError, InputError, OutputExistsErro
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.models import resolve_device
-from georaster_cnn.predict import CLASS_NODATA, predict
-from georaster_cnn.train import _check_aligned
+from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
+from georaster_cnn.stats import normalize
+from georaster_cnn.train import LabelsArg, resolve_labels
+from georaster_cnn.vector_labels import (
+    VectorLabels,
+    point_windows,
+    rasterize_polygons,
+    to_raster_crs,
+)
 
 __all__ = ["REPORT_FILES", "EvaluationReport", "confusion_matrix", "evaluate", "evaluate_chips"]
 
@@ -60,6 +68,9 @@ EXCLUSION_REASONS = ("centre_outside_raster", "unlabelled", "no_prediction")
 #: How predictions meet labels, by :attr:`EvaluationReport.unit`.
 MATCHING = {
     "cells": "each output cell vs. the label of its window's centre pixel",
+    "points": "the window centred on each point vs. the point's class",
+    "cells+points": "output cells vs. their centre pixel's label (label rasters, polygons); "
+    "the window centred on each point vs. the point's class",
     "chips": "each chip's predicted class vs. the chip's label",
 }
 
@@ -341,7 +352,7 @@ class EvaluationReport:
         ax.set_title(
             f"accuracy {self.accuracy:.3f}, macro F1 {self.macro_f1:.3f}\n"
             f"{self.n_evaluated:,} {self.unit}"
-            + (f", stride {self.stride} px" if self.unit == "cells" else ""),
+            + (f", stride {self.stride} px" if "cells" in self.unit else ""),
             fontsize=10,
         )
         small = 9 if k <= 8 else 7
@@ -427,7 +438,13 @@ def _counts(
 ) -> da.Array:
     """Lazy count vector (see :func:`_block_counts`) of one raster, plus centre-outside cells."""
     cls = predict(
-        data, model, stride=grid.stride, batch_size=batch_size, device=device, min_valid=min_valid
+        data,
+        model,
+        stride=grid.stride,
+        batch_size=batch_size,
+        device=device,
+        min_valid=min_valid,
+        check=False,  # evaluate() has checked the inputs
     )["class"].data
     ny, nx = centres.shape
     cls = cls[:ny, :nx]
@@ -446,11 +463,62 @@ def _counts(
     return per_block.sum(axis=(0, 1))
 
 
+#: Points classified per pass in :func:`_point_counts` (bounds memory with many points).
+POINT_BATCH = 8192
+
+
+def _classify(
+    module: torch.nn.Module, x: np.ndarray, dev: torch.device, batch_size: int
+) -> np.ndarray:
+    """Class ids of normalised ``(n, band, p, p)`` samples (NaN already 0)."""
+    preds = np.empty(len(x), dtype=np.int64)
+    with torch.inference_mode():
+        for i in range(0, len(x), batch_size):
+            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(dev)
+            with torch.autocast(
+                device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
+            ):
+                logits = module(xb)
+            preds[i : i + batch_size] = logits.float().argmax(1).cpu().numpy()
+    return preds
+
+
+def _point_counts(
+    model: GeoModel,
+    data: xr.DataArray,
+    vl: VectorLabels,
+    *,
+    batch_size: int,
+    device: str,
+    min_valid: float,
+    seen: np.ndarray,
+) -> np.ndarray:
+    """Count vector (see :func:`_block_counts`) of the point windows on one raster."""
+    k = model.n_classes
+    counts = np.zeros(k * k + 2, dtype=np.int64)
+    pts = to_raster_crs(vl.points, data, vl.source)
+    norm = normalize(data, model.stats).data
+    dev = resolve_device(device)
+    module = model.module if dev.type == "cpu" else copy.deepcopy(model.module).to(dev)
+    module.eval()
+    for start in range(0, len(pts), POINT_BATCH):
+        part = pts.iloc[start : start + POINT_BATCH]
+        pw = point_windows(
+            norm, data.rio.transform(), part, patch=model.patch_size, min_valid=min_valid
+        )
+        seen[start : start + len(part)] |= pw.inside
+        pred = _classify(module, pw.chips, dev, batch_size)
+        counts[: k * k] += confusion_matrix(pw.ids, pred, k).ravel()
+        counts[-1] += pw.n_invalid
+    return counts
+
+
 def evaluate(
     model: GeoModel,
     data: xr.DataArray | Sequence[xr.DataArray],
-    labels: xr.DataArray | Sequence[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
     *,
+    label_column: str | None = None,
     stride: int | None = None,
     batch_size: int = 256,
     device: str = "auto",
@@ -458,9 +526,11 @@ def evaluate(
 ) -> EvaluationReport:
     """Compare a model's predictions with reference labels: confusion matrix and metrics.
 
-    Every output cell of :func:`~georaster_cnn.predict` at ``stride`` is compared
-    with the label of its window's centre pixel. Several rasters add up into one
-    report.
+    Label rasters and polygons: every output cell of :func:`~georaster_cnn.predict`
+    at ``stride`` is compared with the label of its window's centre pixel (for
+    polygons: the class of the polygon holding that pixel). Points: the window
+    centred on each point is classified and compared with the point's class.
+    Several rasters add up into one report.
 
     Parameters
     ----------
@@ -469,9 +539,13 @@ def evaluate(
     data
         One or more canonical ``(band, y, x)`` arrays (:func:`~georaster_cnn.open_raster`).
     labels
-        Matching ``(y, x)`` label arrays on exactly the same grids
-        (:func:`~georaster_cnn.open_labels`): class ids ``0..K-1`` of the model,
-        NaN = unlabelled.
+        Per raster, either a ``(y, x)`` label raster on exactly its grid
+        (:func:`~georaster_cnn.open_labels`: class ids ``0..K-1`` of the model,
+        NaN = unlabelled) or a :class:`geopandas.GeoDataFrame` of points and/or
+        polygons in any CRS; one GeoDataFrame alone serves all rasters.
+    label_column
+        Vector labels: the column holding the class, as the model's class names or
+        ids; default: the only non-geometry column.
     stride
         Spacing of the evaluated windows in pixels; default: the stride the model
         was trained with (its provenance), else ``patch_size // 4``.
@@ -481,7 +555,8 @@ def evaluate(
     Returns
     -------
     EvaluationReport
-        Confusion matrix, metrics and the counts of excluded cells.
+        Confusion matrix, metrics and the counts of excluded cells (points on no
+        raster count as ``centre_outside_raster``).
 
     Raises
     ------
@@ -497,41 +572,64 @@ def evaluate(
     >>> report = evaluate(model, open_raster("scene.tif"), open_labels("labels.tif"))  # doctest: +SKIP
     >>> report.accuracy, report.n_excluded  # doctest: +SKIP
     >>> report.write("report/")  # doctest: +SKIP
+    >>> points = geopandas.read_file("checks.gpkg")  # doctest: +SKIP
+    >>> evaluate(model, open_raster("scene.tif"), points, label_column="class")  # doctest: +SKIP
     """
     datas = [data] if isinstance(data, xr.DataArray) else list(data)
-    labs = [labels] if isinstance(labels, xr.DataArray) else list(labels)
-    if not datas or len(datas) != len(labs):
-        raise InputError(
-            f"need one label array per input raster; got {len(datas)} raster(s) and "
-            f"{len(labs)} label array(s)"
-        )
+    if not datas:
+        raise InputError("no raster to evaluate on")
     if stride is None:
         stride = int(model.provenance.get("stride") or max(1, model.patch_size // 4))
-    for lab in labs:
-        if set(lab.dims) != {"y", "x"}:
-            raise InputError(
-                f"labels {lab.attrs.get('source', '')} must have dims (y, x); found {lab.dims}. "
-                "Open label rasters with open_labels."
-            )
-    grids, centres = [], []
-    for d, lab in zip(datas, labs, strict=True):
-        _check_aligned(d, lab)
-        _warn_on_class_names(model, lab)
+    for lab in [labels] if isinstance(labels, xr.DataArray) else []:
+        _check_label_dims(lab)
+    if not isinstance(labels, (xr.DataArray, gpd.GeoDataFrame)):
+        for lab in labels:
+            if isinstance(lab, xr.DataArray):
+                _check_label_dims(lab)
+    items, _ = resolve_labels(
+        datas, labels, label_column=label_column, class_names=list(model.class_names)
+    )
+    for d in datas:  # band count (BandMismatchError) and data-range warnings, once per raster
+        check_inputs(d, model)
+    grids, centres, cell_pairs = [], [], []
+    for d, it in zip(datas, items, strict=True):
         grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=model.patch_size, stride=stride)
+        if isinstance(it, VectorLabels):
+            if not len(it.polygons):
+                continue
+            lab = rasterize_polygons(to_raster_crs(it.polygons, d, it.source), d, source=it.source)
+        else:
+            _warn_on_class_names(model, it)
+            lab = it
         grids.append(grid)
         centres.append(_centre_labels(lab.transpose("y", "x"), grid))
+        cell_pairs.append((d, lab))
     # Labels are checked for all rasters before the model runs on any: fail fast.
-    for lab in labs:
+    for _, lab in cell_pairs:
         _check_labels(model, lab)
     k = model.n_classes
     lazy = [
         _counts(model, d, cen, g, batch_size=batch_size, device=device, min_valid=min_valid)
-        for d, cen, g in zip(datas, centres, grids, strict=True)
+        for (d, _), cen, g in zip(cell_pairs, centres, grids, strict=True)
     ]
-    totals = np.sum(dask.compute(*lazy), axis=0)
+    totals = np.sum([np.zeros(k * k + 2, np.int64), *dask.compute(*lazy)], axis=0)
     outside = sum(
         math.prod(g.out_shape) - math.prod(c.shape) for g, c in zip(grids, centres, strict=True)
     )
+    threshold = model.min_valid if min_valid is None else min_valid
+    seen: dict[int, np.ndarray] = {}
+    n_points = 0
+    for d, it in zip(datas, items, strict=True):
+        if isinstance(it, VectorLabels) and len(it.points):
+            mask = seen.setdefault(id(it), np.zeros(len(it.points), bool))
+            totals = totals + _point_counts(
+                model, d, it, batch_size=batch_size, device=device, min_valid=threshold,
+                seen=mask,
+            )  # fmt: skip
+    for mask in seen.values():
+        outside += int((~mask).sum())
+        n_points += len(mask)
+    unit = "cells+points" if cell_pairs and n_points else "points" if n_points else "cells"
     report = EvaluationReport(
         class_names=model.class_names,
         confusion=totals[: k * k].reshape(k, k),
@@ -543,25 +641,40 @@ def evaluate(
         stride=stride,
         patch_size=model.patch_size,
         sources=tuple(
-            (str(d.attrs.get("source", "<in-memory>")), str(lab.attrs.get("source", "<in-memory>")))
-            for d, lab in zip(datas, labs, strict=True)
+            (
+                str(d.attrs.get("source", "<in-memory>")),
+                it.source
+                if isinstance(it, VectorLabels)
+                else str(it.attrs.get("source", "<in-memory>")),
+            )
+            for d, it in zip(datas, items, strict=True)
         ),
         model_checksum=model.checksum,
+        unit=unit,
     )
     if report.n_evaluated == 0:
         raise InputError(
-            "no cell to evaluate: every output cell's window centre is unlabelled, outside the "
-            f"raster, or without a prediction ({report.n_excluded}); check that the labels "
-            "cover the data and that their nodata value is right"
+            f"nothing to evaluate: every {'point' if unit == 'points' else 'output cell'} is "
+            f"unlabelled, outside the rasters, or without a prediction ({report.n_excluded}); "
+            "check that the labels cover the data (and their CRS, or their nodata value)"
         )
     log.info(
-        "evaluated %d cells: accuracy %.4f, macro F1 %.4f; excluded %s",
+        "evaluated %d %s: accuracy %.4f, macro F1 %.4f; excluded %s",
         report.n_evaluated,
+        unit,
         report.accuracy,
         report.macro_f1,
         report.n_excluded,
     )
     return report
+
+
+def _check_label_dims(lab: xr.DataArray) -> None:
+    if set(lab.dims) != {"y", "x"}:
+        raise InputError(
+            f"labels {lab.attrs.get('source', '')} must have dims (y, x); found {lab.dims}. "
+            "Open label rasters with open_labels."
+        )
 
 
 def _warn_on_class_names(model: GeoModel, labels: xr.DataArray) -> None:
@@ -662,14 +775,10 @@ def evaluate_chips(
     module.eval()
     idx = np.flatnonzero(ok)
     preds = np.empty(idx.size, dtype=np.int64)
-    with torch.inference_mode():
-        for i in range(0, idx.size, batch_size):
-            x = normalize_chips(chips.chips[idx[i : i + batch_size]], model.stats)
-            with torch.autocast(
-                device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
-            ):
-                logits = module(torch.from_numpy(x).to(dev))
-            preds[i : i + batch_size] = logits.float().argmax(1).cpu().numpy()
+    step = max(batch_size, POINT_BATCH)  # normalise a slice at a time, not all chips at once
+    for i in range(0, idx.size, step):
+        x = normalize_chips(chips.chips[idx[i : i + step]], model.stats)
+        preds[i : i + step] = _classify(module, x, dev, batch_size)
     report = EvaluationReport(
         class_names=model.class_names,
         confusion=confusion_matrix(y_true[idx], preds, model.n_classes),

@@ -1,13 +1,16 @@
-"""Training from class-label rasters aligned to the input, or from chip sets.
+"""Training from label rasters, vector labels (points, polygons) or chip sets.
 
 Raster windows are cut by the same blockwise machinery as prediction
 (:mod:`georaster_cnn.chips`); a window's label is the class of its centre pixel.
-Validation is spatially blocked: output cells are grouped into square blocks of
-``val_block`` pixels and whole blocks go to validation, so neighbouring,
-overlapping windows rarely straddle the split. Chip sets (:mod:`georaster_cnn.chipdata`)
+Vector labels (:mod:`georaster_cnn.vector_labels`) are reprojected to each raster's
+CRS: points give the window centred on each point, polygons are rasterised onto the
+raster's grid and give the windows inside them. Validation is spatially blocked
+(:func:`blocked_split`): square blocks of ``val_block`` pixels go to validation
+whole, and training windows within a patch of them are dropped, so that no
+validation window overlaps a training window. Chip sets (:mod:`georaster_cnn.chipdata`)
 use a stratified random split. Both share one loop (:func:`_fit`): flips and 90-degree
 rotations, class-weighted loss, batch-norm recalibration, early stopping on the
-validation loss, and the weights of the best epoch. Vector labels are not supported yet.
+validation loss, and the weights of the best epoch.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import dask
 import dask.array as da
+import geopandas as gpd
 import numpy as np
 import rasterio
 import torch
@@ -38,8 +42,18 @@ from georaster_cnn.modelfile import GeoModel, default_colors
 from georaster_cnn.models import ARCHITECTURES, build_model, resolve_device
 from georaster_cnn.reader import NETCDF_SUFFIXES, open_raster
 from georaster_cnn.stats import ChannelStats, compute_stats, normalize
+from georaster_cnn.vector_labels import (
+    VectorLabels,
+    point_windows,
+    prepare_vector_labels,
+    rasterize_polygons,
+    to_raster_crs,
+)
 
-__all__ = ["open_labels", "train", "train_chips"]
+__all__ = ["DEFAULT_VAL_BLOCK", "blocked_split", "open_labels", "train", "train_chips"]
+
+#: Side of the validation blocks in pixels (see :func:`blocked_split`).
+DEFAULT_VAL_BLOCK = 256
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +124,12 @@ def _block_chips(
     min_valid: float,
     keep: float,
     seed: tuple[int, ...],
+    min_cover: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Chips, labels and cell positions of one overlapped block (last band = labels).
 
+    A window is labelled with its centre pixel's class; with ``min_cover > 0`` it also
+    needs that share of its pixels labelled with the same class (polygon labels).
     With ``keep < 1`` a seeded random fraction of the block's windows is kept.
     """
     data, labels = block[:-1], block[-1]
@@ -121,7 +138,12 @@ def _block_chips(
     frac = valid_fraction(~np.isnan(data).any(axis=0), patch, stride, (ny, nx))
     c = patch // 2  # a window's centre pixel within the block: s*i + patch//2
     centre = labels[c : c + (ny - 1) * stride + 1 : stride, c : c + (nx - 1) * stride + 1 : stride]
-    rows, cols = np.nonzero((frac >= min_valid) & np.isfinite(centre))
+    usable = (frac >= min_valid) & np.isfinite(centre)
+    if min_cover > 0:
+        for k in np.unique(centre[usable]):
+            cover = valid_fraction(labels == k, patch, stride, (ny, nx))
+            usable &= (centre != k) | (cover >= min_cover)
+    rows, cols = np.nonzero(usable)
     if keep < 1.0:
         pick = np.random.default_rng(seed).random(rows.size) < keep
         rows, cols = rows[pick], cols[pick]
@@ -147,7 +169,9 @@ def _extract(
     *,
     max_windows: int,
     seed: int,
+    min_cover: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labelled windows of one raster on the stride grid: chips, labels, cell ``(i, j)``."""
     norm = normalize(data, model_stats).data
     lab = labels.data if isinstance(labels.data, da.Array) else da.from_array(labels.values)
     n_labelled = _count_labelled(lab, grid)
@@ -169,6 +193,7 @@ def _extract(
             dask.delayed(_block_chips)(
                 blk, patch=grid.patch, stride=grid.stride, halo=grid.halo_before,
                 min_valid=min_valid, keep=keep, seed=(seed, int(by), int(bx)),
+                min_cover=min_cover,
             ),
             starts_y[by], starts_x[bx],
         ))  # fmt: skip
@@ -234,10 +259,183 @@ def _evaluate(
     return tot_loss / max(1, len(x)), correct / max(1, len(x))
 
 
+LabelsArg: TypeAlias = xr.DataArray | gpd.GeoDataFrame
+"""One raster's labels: a label raster, or vector labels (points/polygons) in any CRS."""
+
+
+def _label_items(
+    datas: list[xr.DataArray], labels: LabelsArg | Sequence[LabelsArg]
+) -> list[LabelsArg]:
+    """One labels object per raster; one GeoDataFrame may serve all rasters."""
+    if isinstance(labels, gpd.GeoDataFrame):
+        return [labels] * len(datas)
+    labs = [labels] if isinstance(labels, xr.DataArray) else list(labels)
+    if len(labs) == 1 and isinstance(labs[0], gpd.GeoDataFrame):
+        return labs * len(datas)
+    if not datas or len(datas) != len(labs):
+        raise InputError(
+            f"need one label raster per input raster (or one set of vector labels for all); "
+            f"got {len(datas)} raster(s) and {len(labs)} label object(s)"
+        )
+    for lab in labs:
+        if not isinstance(lab, (xr.DataArray, gpd.GeoDataFrame)):
+            raise InputError(
+                f"labels must be label rasters (xarray.DataArray) or vector labels "
+                f"(geopandas.GeoDataFrame); found {type(lab).__name__}"
+            )
+    return labs
+
+
+def resolve_labels(
+    datas: list[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
+    *,
+    label_column: str | None,
+    class_names: Sequence[str] | None,
+) -> tuple[list[xr.DataArray | VectorLabels], list[str] | None]:
+    """Per raster: its label raster (checked to be on the raster's grid) or its VectorLabels.
+
+    Also returns the class names the vector labels define (``None`` without vector labels).
+    """
+    items = _label_items(datas, labels)
+    frames: dict[int, gpd.GeoDataFrame] = {}
+    for it in items:
+        if isinstance(it, gpd.GeoDataFrame):
+            frames.setdefault(id(it), it)
+    if not frames and label_column is not None:
+        raise InputError(
+            "label_column names the class attribute of vector labels; label rasters hold "
+            "class ids as pixel values"
+        )
+    prepared = dict(
+        zip(
+            frames,
+            prepare_vector_labels(
+                list(frames.values()), label_column=label_column, class_names=class_names
+            )
+            if frames
+            else [],
+            strict=True,
+        )
+    )
+    out: list[xr.DataArray | VectorLabels] = []
+    for d, it in zip(datas, items, strict=True):
+        if isinstance(it, gpd.GeoDataFrame):
+            out.append(prepared[id(it)])
+        else:
+            _check_aligned(d, it)
+            out.append(it)
+    names = list(next(iter(prepared.values())).class_names) if prepared else None
+    return out, names
+
+
+def blocked_split(
+    centres: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    patch: int,
+    block: int,
+    fraction: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Spatially blocked validation split of windows with a buffer.
+
+    The raster is divided into ``block`` x ``block`` pixel squares and a seeded random
+    ``fraction`` of them (at least one of two or more; none of a single square) is
+    held out for validation; a window belongs to the square of its centre pixel. Two ``patch``-pixel windows overlap exactly when their
+    centres are less than ``patch`` pixels apart along both axes, so every
+    training window whose centre is within ``patch - 1`` pixels of a held-out
+    square is dropped: no validation window overlaps a training window.
+
+    Parameters
+    ----------
+    centres
+        ``(n, 2)`` centre pixels ``(row, col)`` of the windows.
+    shape
+        ``(height, width)`` of the raster.
+
+    Returns
+    -------
+    val, drop
+        Boolean masks: validation windows, and training windows inside the buffer.
+    """
+    nby = max(1, math.ceil(shape[0] / block))
+    nbx = max(1, math.ceil(shape[1] / block))
+    # Exactly round(fraction * blocks) blocks (at least one when there are two or more),
+    # not a coin toss per block: the validation share then varies little between seeds.
+    n_blocks = nby * nbx
+    n_held = min(n_blocks - 1, max(1, round(fraction * n_blocks))) if fraction > 0 else 0
+    flat = np.zeros(n_blocks, dtype=bool)
+    flat[rng.choice(n_blocks, n_held, replace=False)] = True
+    held = flat.reshape(nby, nbx)
+    if len(centres) == 0:
+        return np.zeros(0, bool), np.zeros(0, bool)
+    r, c = centres[:, 0], centres[:, 1]
+    val = held[np.clip(r // block, 0, nby - 1), np.clip(c // block, 0, nbx - 1)]
+    sat = np.zeros((nby + 1, nbx + 1), dtype=np.int64)
+    sat[1:, 1:] = held.cumsum(0).cumsum(1)
+    d = patch - 1
+    r0, r1 = np.clip((r - d) // block, 0, nby - 1), np.clip((r + d) // block, 0, nby - 1) + 1
+    c0, c1 = np.clip((c - d) // block, 0, nbx - 1), np.clip((c + d) // block, 0, nbx - 1) + 1
+    near = sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]
+    return val, ~val & (near > 0)
+
+
+def _vector_windows(
+    d: xr.DataArray,
+    vl: VectorLabels,
+    stats: ChannelStats,
+    grid: PatchGrid,
+    *,
+    min_valid: float,
+    min_cover: float,
+    max_windows: int,
+    seed: int,
+    points_seen: dict[int, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Windows of one raster from vector labels: chips, class ids, centre pixels."""
+    xs, ys, cs = [], [], []
+    if len(vl.points):
+        pts = to_raster_crs(vl.points, d, vl.source)
+        if len(pts) > max_windows:
+            keep = np.sort(np.random.default_rng(seed).choice(len(pts), max_windows, False))
+            pts = pts.iloc[keep]
+            log.info(
+                "%s: using a random %d of %d points (memory cap)",
+                vl.source,
+                max_windows,
+                len(vl.points),
+            )
+        pw = point_windows(
+            normalize(d, stats).data, d.rio.transform(), pts, patch=grid.patch, min_valid=min_valid
+        )
+        seen = points_seen.setdefault(id(vl), np.zeros(len(vl.points), bool))
+        seen[pts.index.to_numpy()[pw.inside]] = True
+        if pw.n_invalid:
+            log.warning(
+                "%s: %d point window(s) on %s have less than %.0f %% valid pixels; left out",
+                vl.source, pw.n_invalid, d.attrs.get("source", "the raster"), 100 * min_valid,
+            )  # fmt: skip
+        xs.append(pw.chips)
+        ys.append(pw.ids.astype(np.float64))
+        cs.append(pw.centres)
+    if len(vl.polygons):
+        polys = to_raster_crs(vl.polygons, d, vl.source)
+        lab = rasterize_polygons(polys, d, source=vl.source)
+        x, y, pos = _extract(
+            d, lab, stats, grid, min_valid, max_windows=max_windows, seed=seed, min_cover=min_cover
+        )
+        xs.append(x)
+        ys.append(y)
+        cs.append(pos * grid.stride + grid.center_offset)
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs)
+
+
 def train(
     data: xr.DataArray | Sequence[xr.DataArray],
-    labels: xr.DataArray | Sequence[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
     *,
+    label_column: str | None = None,
     class_names: Sequence[str] | None = None,
     arch: str = "cnn",
     epochs: int = 10,
@@ -248,40 +446,56 @@ def train(
     device: str = "auto",
     seed: int = 0,
     val_fraction: float = 0.2,
-    val_block: int = 128,
+    val_block: int = DEFAULT_VAL_BLOCK,
     min_valid: float = 0.5,
+    min_cover: float = 0.5,
     augment: bool = True,
     patience: int | None = 5,
     hparams: dict[str, Any] | None = None,
     max_chip_bytes: int = 2 * 1024**3,
     progress: ProgressFn | None = None,
 ) -> GeoModel:
-    """Train a classifier from rasters and aligned class-label rasters.
+    """Train a classifier from rasters and their labels: label rasters or vector labels.
 
     Parameters
     ----------
     data
-        One or more canonical ``(band, y, x)`` arrays with the same bands.
+        One or more canonical ``(band, y, x)`` arrays with the same bands; they may
+        differ in CRS, resolution and size.
     labels
-        Matching ``(y, x)`` label arrays (see :func:`open_labels`): class ids
-        ``0..K-1``, NaN = unlabelled.
+        Per raster, in order, either a ``(y, x)`` label raster on exactly its grid
+        (see :func:`open_labels`: class ids ``0..K-1``, NaN = unlabelled) or a
+        :class:`geopandas.GeoDataFrame` of points and/or polygons in any CRS
+        (reprojected to the raster's). One GeoDataFrame alone serves all rasters.
+        Points give the window centred on each point; polygons the stride-grid
+        windows whose centre lies inside and that have at least ``min_cover`` of
+        their pixels inside polygons of that class.
+    label_column
+        Vector labels: the column holding each feature's class, as names or as ids
+        ``0..K-1``; default: the only non-geometry column.
     class_names
-        Names of the ``K`` classes; default: the labels' ``class_names`` attribute,
-        else ``class_0 ... class_{K-1}``.
+        Names of the ``K`` classes in id order; default: for label rasters their
+        ``class_names`` attribute, else ``class_0 ...``; for vector labels with a
+        column of names, the names sorted.
     arch
         Registered architecture name.
     epochs, batch_size, learning_rate
         Optimiser settings (Adam, class-weighted cross-entropy).
     stride
-        Spacing of training windows; default ``patch_size // 4``.
+        Spacing of training windows on the grid; default ``patch_size // 4``.
     device
         ``auto``, ``cpu``, ``cuda`` or ``mps``; mixed precision on CUDA.
     seed
         Seeds the split, shuffling, augmentation and weights: a run is reproducible.
     val_fraction, val_block
-        Fraction of ``val_block``-pixel square blocks held out for validation.
+        Share of ``val_block``-pixel squares held out for validation (per raster).
+        Training windows within ``patch_size - 1`` pixels of a held-out square are
+        dropped, so no validation window overlaps a training window
+        (see :func:`blocked_split`).
     min_valid
         Minimum valid fraction of a training window; stored as the model's default.
+    min_cover
+        Polygon labels: minimum share of a window inside polygons of its class.
     augment
         Random flips and 90-degree rotations of training batches.
     patience
@@ -301,40 +515,70 @@ def train(
     Raises
     ------
     InputError
-        Misaligned or inconsistent inputs.
+        Misaligned or inconsistent inputs, unreadable vector labels, or labels
+        and rasters without a CRS to relate them.
     TrainingError
         No labelled window, or fewer than two classes.
+
+    Examples
+    --------
+    >>> import geopandas as gpd  # doctest: +SKIP
+    >>> points = gpd.read_file("field_points.gpkg")  # EPSG:4326, column "landcover"
+    >>> rasters = [open_raster("utm32.tif"), open_raster("utm33.tif")]  # doctest: +SKIP
+    >>> model = train(rasters, points, label_column="landcover", epochs=20)  # doctest: +SKIP
     """
     datas = [data] if isinstance(data, xr.DataArray) else list(data)
-    labs = [labels] if isinstance(labels, xr.DataArray) else list(labels)
-    if not datas or len(datas) != len(labs):
-        raise InputError(
-            f"need one label raster per input raster; got {len(datas)} and {len(labs)}"
-        )
+    if not datas:
+        raise InputError("no raster to train on")
     if epochs < 1:
         raise InputError(f"epochs must be >= 1; found {epochs}")
     if arch not in ARCHITECTURES:
         raise InputError(
             f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
         )
+    if val_block < 1:
+        raise InputError(f"val_block must be >= 1 pixel; found {val_block}")
+    if not 0.0 <= min_cover <= 1.0:
+        raise InputError(f"min_cover must be in [0, 1]; found {min_cover}")
     stride = stride or max(1, patch_size // 4)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    for d, lab in zip(datas, labs, strict=True):
-        _check_aligned(d, lab)
+    items, vector_names = resolve_labels(
+        datas, labels, label_column=label_column, class_names=class_names
+    )
     stats = compute_stats(datas)
     chip_bytes = datas[0].sizes["band"] * patch_size * patch_size * 4
     max_windows = max(1, max_chip_bytes // chip_bytes // len(datas))
     xs, ys, is_val = [], [], []
-    for d, lab in zip(datas, labs, strict=True):
+    points_seen: dict[int, np.ndarray] = {}
+    n_buffer = 0
+    for d, item in zip(datas, items, strict=True):
         grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=patch_size, stride=stride)
-        x, y, pos = _extract(d, lab, stats, grid, min_valid, max_windows=max_windows, seed=seed)
-        blocks = (pos * stride) // val_block
-        nby, nbx = math.ceil(d.sizes["y"] / val_block), math.ceil(d.sizes["x"] / val_block)
-        held = rng.random((nby + 1, nbx + 1)) < val_fraction
-        xs.append(x)
-        ys.append(y)
-        is_val.append(held[blocks[:, 0], blocks[:, 1]])
+        if isinstance(item, VectorLabels):
+            x, y, centres = _vector_windows(
+                d, item, stats, grid, min_valid=min_valid, min_cover=min_cover,
+                max_windows=max_windows, seed=seed, points_seen=points_seen,
+            )  # fmt: skip
+        else:
+            x, y, pos = _extract(
+                d, item, stats, grid, min_valid, max_windows=max_windows, seed=seed
+            )
+            centres = pos * stride + grid.center_offset
+        val, drop = blocked_split(
+            centres, (d.sizes["y"], d.sizes["x"]), patch=patch_size, block=val_block,
+            fraction=val_fraction, rng=rng,
+        )  # fmt: skip
+        n_buffer += int(drop.sum())
+        xs.append(x[~drop])
+        ys.append(y[~drop])
+        is_val.append(val[~drop])
+    for vl in {id(it): it for it in items if isinstance(it, VectorLabels)}.values():
+        seen = points_seen.get(id(vl))
+        if seen is not None and not seen.all():
+            log.warning(
+                "%s: %d of %d point(s) lie on none of the rasters; left out",
+                vl.source, int((~seen).sum()), len(seen),
+            )  # fmt: skip
     x_all, y_raw, val = np.concatenate(xs), np.concatenate(ys), np.concatenate(is_val)
     if (y_raw != np.round(y_raw)).any():
         raise InputError(
@@ -344,8 +588,11 @@ def train(
     y_all = y_raw.astype(np.int64)
     if len(y_all) == 0:
         raise TrainingError(
-            "no labelled window found: labels are all nodata or windows all invalid"
-        )
+            "no labelled window found: labels are all nodata, lie outside the rasters, or "
+            "their windows are all invalid"
+            + (f" or less than {100 * min_cover:.0f} % inside their polygons (min_cover)"
+               if vector_names is not None else "")
+        )  # fmt: skip
     if (y_all < 0).any() or (y_all >= 255).any():
         bad = int(y_all.min()) if (y_all < 0).any() else int(y_all.max())
         raise InputError(
@@ -353,8 +600,13 @@ def train(
             "Set the label raster's nodata value for unlabelled pixels, or relabel."
         )
     n_classes = int(y_all.max()) + 1
+    first_raster = next((it for it in items if isinstance(it, xr.DataArray)), None)
     if class_names is None:
-        class_names = labs[0].attrs.get("class_names") or [f"class_{i}" for i in range(n_classes)]
+        class_names = (
+            vector_names
+            or (first_raster.attrs.get("class_names") if first_raster is not None else None)
+            or [f"class_{i}" for i in range(n_classes)]
+        )
     class_names = list(class_names)
     if len(class_names) < n_classes:
         raise InputError(
@@ -364,19 +616,40 @@ def train(
     n_classes = len(class_names)
     if len(np.unique(y_all)) < 2:
         raise TrainingError(f"labels hold a single class ({class_names[int(y_all[0])]}); need >= 2")
+    split: dict[str, Any] = {
+        "kind": "spatial_blocks",
+        "block_px": val_block,
+        "val_fraction": val_fraction,
+        "buffer_px": patch_size - 1,
+        "n_dropped_in_buffer": n_buffer,
+    }
     if (val.all() or not val.any()) and val_fraction > 0 and len(y_all) >= 5:
         # Too few blocks to split spatially (a small raster): hold out a random share.
         n_val = max(1, round(val_fraction * len(y_all)))
         val = np.zeros(len(y_all), dtype=bool)
         val[rng.choice(len(y_all), n_val, replace=False)] = True
-        log.warning("raster too small for a spatially blocked split; validating on random windows")
+        split = {"kind": "random_windows", "val_fraction": val_fraction}
+        log.warning(
+            "too few %d-px blocks for a spatially blocked split; validating on random windows, "
+            "which overlap training windows (the validation accuracy is optimistic). "
+            "A smaller val_block (--val-block) may allow a blocked split",
+            val_block,
+        )
     provenance = {
         "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
-        "labels": [str(lab.attrs.get("source", "<in-memory>")) for lab in labs],
+        "labels": [
+            it.source
+            if isinstance(it, VectorLabels)
+            else str(it.attrs.get("source", "<in-memory>"))
+            for it in items
+        ],
         "stride": stride,
-        "split": {"kind": "spatial_blocks", "block_px": val_block, "val_fraction": val_fraction},
+        "split": split,
     }
+    if vector_names is not None:
+        provenance["min_cover"] = min_cover
     dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
+    colors = first_raster.attrs.get("class_colors") if first_raster is not None else None
     return _fit(
         x_all,
         y_all,
@@ -395,7 +668,7 @@ def train(
         augment=augment,
         patience=patience,
         min_valid=min_valid,
-        class_colors=_class_colors(labs[0].attrs.get("class_colors"), n_classes),
+        class_colors=_class_colors(colors, n_classes),
         source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
         provenance=provenance,
         progress=progress,

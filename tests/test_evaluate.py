@@ -228,12 +228,12 @@ def test_misaligned_labels(
 
 def test_bad_inputs(model: GeoModel, case: tuple[Path, Path]) -> None:
     data, labels = open_raster(case[0]), open_labels(case[1])
-    with pytest.raises(InputError, match="one label array per input"):
+    with pytest.raises(InputError, match="one label raster per input raster"):
         evaluate(model, [data, data], [labels])
     with pytest.raises(InputError, match=r"dims \(y, x\)"):
         evaluate(model, data, labels.expand_dims("band"))
     none = xr.full_like(labels, np.nan)
-    with pytest.raises(InputError, match="no cell to evaluate"):
+    with pytest.raises(InputError, match="nothing to evaluate"):
         evaluate(model, data, none, device="cpu")
 
 
@@ -309,7 +309,7 @@ def test_cli_failures(tmp_path: Path, model: GeoModel, case: tuple[Path, Path]) 
     res = run([*base, "--labels", labels, "--label-column", "cls"])
     assert res.exit_code == 2 and "drop --label-column" in res.stderr
     res = run([*base, "--labels", tmp_path / "labels.gpkg", "--label-column", "cls"])
-    assert res.exit_code == 1 and "vector labels are not supported yet" in res.stderr
+    assert res.exit_code == 1 and "labels.gpkg: no such vector label file" in res.stderr
     res = run([*base, "--labels", labels, "--stride", "9"])
     assert res.exit_code == 2 and "patch size 8" in res.stderr
     (tmp_path / "junk.safetensors").write_bytes(b"not a model")

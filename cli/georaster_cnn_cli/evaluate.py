@@ -1,4 +1,4 @@
-"""``georaster-cnn evaluate``: accuracy of a model against reference label rasters."""
+"""``georaster-cnn evaluate``: accuracy of a model against reference labels."""
 
 from __future__ import annotations
 
@@ -45,7 +45,10 @@ _REASONS = {
 }
 
 
-@click.command("evaluate", short_help="Accuracy of a model against label rasters; writes a report.")
+@click.command(
+    "evaluate",
+    short_help="Accuracy of a model against labels (rasters, vectors, chips); writes a report.",
+)
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
@@ -56,14 +59,15 @@ _REASONS = {
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="LABELS",
     help="Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "
-    "unlabelled); once per INPUT, in the same order. Not for chip datasets, which hold "
-    "their labels.",
+    "unlabelled), once per INPUT in the same order; or a vector file of points or polygons "
+    "in any CRS, once for all INPUTs. Not for chip datasets, which hold their labels.",
 )
 @click.option(
     "--label-column",
     default=None,
     metavar="COLUMN",
-    help="Attribute holding the class of each feature, for vector labels (a later version).",
+    help="Vector labels: the attribute holding each feature's class, as the model's class "
+    "names or ids. [default: the only attribute]",
 )
 @click.option(
     "-o",
@@ -105,9 +109,11 @@ def evaluate(
     """Compare MODEL's classes on INPUT rasters with reference labels.
 
     Every output cell (one per --stride pixels, as `predict` makes them) is
-    compared with the label of its window's centre pixel; cells whose centre
-    is unlabelled or outside the raster, or that get no prediction, are left
-    out and counted. All INPUTs add up into one report: a table on screen and
+    compared with the label of its window's centre pixel (a label raster's
+    pixel, or the polygon holding it); cells whose centre is unlabelled or
+    outside the raster, or that get no prediction, are left out and counted.
+    Point labels: the window centred on each point is compared with the
+    point's class. All INPUTs add up into one report: a table on screen and
     metrics.json, per_class.csv, confusion_matrix.csv and confusion_matrix.png
     in REPORT_DIR. The stride defaults to the one the model was trained with.
 
@@ -121,6 +127,8 @@ def evaluate(
     \b
     Examples:
       georaster-cnn evaluate landcover.safetensors test.tif --labels test_labels.tif -o report/
+      georaster-cnn evaluate landcover.safetensors a.tif b.tif --labels checks.gpkg \\
+          --label-column landcover -o report/
       georaster-cnn evaluate chips.safetensors test_chips/ -o report/
     """
     state = get_state(ctx)
@@ -131,14 +139,6 @@ def evaluate(
             f"{given} applies to rasters; chips are classified whole and hold their labels"
         )
     pairs = [] if chips_given else pair_labels(inputs, labels, column=label_column)
-    if label_column is not None:
-        rasters = [str(src.path) for _, src in pairs if not src.is_vector]
-        if rasters:
-            fail(
-                f"--label-column names the class attribute of vector labels, but "
-                f"{', '.join(rasters)} {'is a raster' if len(rasters) == 1 else 'are rasters'} "
-                "whose pixel values are the class ids; drop --label-column"
-            )
     existing = [f for f in REPORT_FILES if (output_dir / f).exists()]
     if existing and not overwrite:
         fail(
@@ -170,16 +170,18 @@ def evaluate(
 
     with report_warnings(state), make_progress(state) as progress:
         datas, labs = [], []
+        cache: dict[Path, Any] = {}
         for data_path, label_source in pairs:
             data = gc.open_raster(data_path, bands=bands, **open_options)
             datas.append(data)
-            labs.append(read_labels(label_source, like=data))
+            labs.append(read_labels(label_source, like=data, cache=cache))
         task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
         with DaskProgress(progress, task):
             report = gc.evaluate(
                 geo_model,
                 datas,
                 labs,
+                label_column=label_column,
                 stride=stride,
                 batch_size=batch_size,
                 device=device,

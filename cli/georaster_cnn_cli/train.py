@@ -1,4 +1,4 @@
-"""``georaster-cnn train``: fit a model on rasters with aligned class labels."""
+"""``georaster-cnn train``: fit a model on rasters with label rasters or vector labels, or on chips."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LabelSource", "chip_inputs", "pair_labels", "read_labels", "train"]
 
-#: Label files that need rasterising onto the data grid (not supported yet).
+#: Label files read as vector labels (as georaster_cnn.VECTOR_SUFFIXES; kept here so that
+#: --help and argument checks need no torch import).
 VECTOR_SUFFIXES = frozenset(
     {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
 )
@@ -52,7 +53,7 @@ class LabelSource:
     Attributes
     ----------
     path
-        A class-id raster on the INPUT's grid (or, later, a vector file).
+        A class-id raster on the INPUT's grid, or a vector file (points/polygons).
     column
         Attribute holding the class of each feature, for vector labels.
     """
@@ -62,25 +63,35 @@ class LabelSource:
 
     @property
     def is_vector(self) -> bool:
-        return self.path.suffix.lower() in VECTOR_SUFFIXES
+        name = self.path.name.lower()
+        return Path(name).suffix in VECTOR_SUFFIXES or name.endswith(".shp.zip")
 
 
 def pair_labels(
     inputs: Sequence[Path], labels: Sequence[Path], *, column: str | None = None
 ) -> list[tuple[Path, LabelSource]]:
-    """Match ``--labels`` to INPUTs: one per INPUT, in order.
+    """Match ``--labels`` to INPUTs: one per INPUT, in order; or one vector file for all.
 
     Raises
     ------
     click.UsageError
-        The counts differ.
+        The counts differ (and the single ``--labels`` is not a vector file), or
+        ``--label-column`` is given with label rasters only.
     """
-    if len(labels) != len(inputs):
+    sources = [LabelSource(lab, column) for lab in labels]
+    if len(sources) == 1 and sources[0].is_vector:
+        sources = sources * len(inputs)
+    if len(sources) != len(inputs):
         raise click.UsageError(
             f"got {plural(len(inputs), 'INPUT')} and {len(labels)} --labels; give --labels "
-            "once per INPUT, in the same order"
+            "once per INPUT, in the same order, or one vector file (points/polygons) for all"
         )
-    return [(i, LabelSource(lab, column)) for i, lab in zip(inputs, labels, strict=True)]
+    if column is not None and not any(src.is_vector for src in sources):
+        raise click.UsageError(
+            "--label-column names the class attribute of vector labels, but the --labels "
+            "are rasters whose pixel values are the class ids; drop --label-column"
+        )
+    return list(zip(inputs, sources, strict=True))
 
 
 def chip_inputs(inputs: Sequence[Path], labels: Sequence[Path]) -> bool:
@@ -148,19 +159,22 @@ def merge_chips(sets: Sequence[Any]) -> Any:
     )
 
 
-def read_labels(source: LabelSource, *, like: xr.DataArray) -> xr.DataArray:
-    """Labels for the raster ``like``, as ``(y, x)`` float32 class ids with NaN = unlabelled.
+def read_labels(
+    source: LabelSource, *, like: xr.DataArray, cache: dict[Path, Any] | None = None
+) -> Any:
+    """Labels for the raster ``like``: a label raster, or a GeoDataFrame for vector files.
 
-    ``like`` is the opened INPUT: vector labels will be rasterised onto its grid.
+    A vector file is read once per ``cache`` (the same GeoDataFrame then serves every
+    INPUT, which the library treats as one set of labels).
     """
     import georaster_cnn as gc
 
-    if source.is_vector:
-        raise gc.InputError(
-            f"{source.path}: vector labels are not supported yet; rasterise them onto the "
-            "INPUT's grid first (e.g. gdal_rasterize -a <column> -te/-tr/-a_srs of the INPUT)"
-        )
-    return gc.open_labels(source.path)
+    if not source.is_vector:
+        return gc.open_labels(source.path)
+    cache = {} if cache is None else cache
+    if source.path not in cache:
+        cache[source.path] = gc.read_vector_labels(source.path)
+    return cache[source.path]
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -205,7 +219,9 @@ class _EpochReporter:
             self.state.err.print(f"epoch {epoch}/{epochs} {text}", highlight=False, soft_wrap=True)
 
 
-@click.command("train", short_help="Train a model on rasters with label rasters, or on chips.")
+@click.command(
+    "train", short_help="Train a model on rasters with label rasters or vector labels, or on chips."
+)
 @click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
 )  # fmt: skip
@@ -214,8 +230,42 @@ class _EpochReporter:
     multiple=True,
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="LABELS",
-    help="Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled); "
-    "once per INPUT, in the same order. Not for chip datasets, which hold their labels.",
+    help="Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled), once per INPUT "
+    "in the same order; or a vector file (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, "
+    "GeoParquet) of points or polygons in any CRS, once for all INPUTs. Not for chip "
+    "datasets, which hold their labels.",
+)
+@click.option(
+    "--label-column",
+    default=None,
+    metavar="COLUMN",
+    help="Vector labels: the attribute holding each feature's class, as names or ids 0..K-1. "
+    "[default: the only attribute]",
+)
+@click.option(
+    "--min-cover",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Polygon labels: minimum share of a window inside polygons of its class "
+    "(1 = wholly inside).",
+)
+@click.option(
+    "--val-block",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    metavar="PIXELS",
+    help="Side of the square blocks of the spatially blocked validation split. Training "
+    "windows within a patch of a validation block are dropped, so none overlaps a "
+    "validation window.",
+)
+@click.option(
+    "--val-fraction",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=0.2,
+    show_default=True,
+    help="Share of blocks (rasters) or of every class's chips (chips) held out for validation.",
 )
 @click.option(
     "-o",
@@ -264,6 +314,10 @@ def train(
     ctx: click.Context,
     inputs: tuple[Path, ...],
     labels: tuple[Path, ...],
+    label_column: str | None,
+    min_cover: float,
+    val_block: int,
+    val_fraction: float,
     output: Path,
     epochs: int,
     batch_size: int,
@@ -280,10 +334,14 @@ def train(
 ) -> None:
     """Train a model on INPUT rasters and their class labels, and save it to MODEL.
 
-    Each INPUT raster needs a label raster on exactly its grid (--labels, once
-    per INPUT, same order). A spatially blocked part of the windows is held out
-    for validation; the weights of the epoch with the lowest validation loss
-    are kept.
+    Labels are either a label raster on exactly each INPUT's grid (--labels,
+    once per INPUT, same order), or one vector file of points or polygons with
+    a class attribute (--label-column) in any CRS for all INPUTs, which may
+    differ in CRS and resolution: each point gives the window centred on it,
+    polygons the windows inside them (--min-cover). Square blocks of
+    --val-block pixels are held out for validation, with a buffer so that no
+    validation window overlaps a training window; the weights of the epoch
+    with the lowest validation loss are kept.
 
     INPUTs may instead be labelled chips without georeferencing, given without
     --labels: a folder with one sub-folder per class (.npy, .npz or GeoTIFF
@@ -295,16 +353,19 @@ def train(
     Examples:
       georaster-cnn train a.tif b.tif --labels a_labels.tif --labels b_labels.tif \\
           --class-names water,forest,urban --epochs 20 -o landcover.safetensors
+      georaster-cnn train utm32.tif utm33.tif --labels field_points.gpkg \\
+          --label-column landcover --epochs 20 -o landcover.safetensors
       georaster-cnn train chips/ --epochs 20 -o chips.safetensors
     """
     state = get_state(ctx)
     chips_given = chip_inputs(inputs, labels)
-    if chips_given and (stride is not None or bands):
+    if chips_given and (stride is not None or bands or label_column is not None):
+        given = "--stride" if stride is not None else "--bands" if bands else "--label-column"
         raise click.UsageError(
-            f"{'--stride' if stride is not None else '--bands'} applies to rasters; chips are "
-            "used whole, with all their channels"
+            f"{given} applies to rasters; chips are used whole, with all their channels and "
+            "their own labels"
         )
-    pairs = [] if chips_given else pair_labels(inputs, labels)
+    pairs = [] if chips_given else pair_labels(inputs, labels, column=label_column)
     if output.exists() and not overwrite:
         fail(f"{output} exists; pass --overwrite to replace it")
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
@@ -336,19 +397,25 @@ def train(
                 batch_size=batch_size,
                 device=device,
                 seed=seed,
+                val_fraction=val_fraction,
                 patience=patience,
                 augment=augment,
                 progress=reporter,
             )
         datas, labs = [], []
+        cache: dict[Path, Any] = {}
         for data_path, label_source in pairs:
             data = gc.open_raster(data_path, bands=bands, **open_options)
             datas.append(data)
-            labs.append(read_labels(label_source, like=data))
+            labs.append(read_labels(label_source, like=data, cache=cache))
         if not chips_given:
             model = gc.train(
                 datas,
                 labs,
+                label_column=label_column,
+                min_cover=min_cover,
+                val_block=val_block,
+                val_fraction=val_fraction,
                 class_names=list(class_names) if class_names else None,
                 arch=arch,
                 epochs=epochs,
