@@ -138,13 +138,19 @@ def compute_stats(data: xr.DataArray | Sequence[xr.DataArray]) -> ChannelStats:
     if not arrays:
         raise InputError("compute_stats needs at least one raster")
     names = tuple(str(b) for b in arrays[0]["band"].values)
+    generic = tuple(f"band_{i + 1}" for i in range(len(names)))
+    for arr in arrays:
+        other = tuple(str(b) for b in arr["band"].values)
+        # Unnamed bands (band_1, band_2, ...) match any names of the same count.
+        if other != names and not (len(other) == len(names) and generic in (names, other)):
+            raise InputError(
+                f"all rasters must have the same bands; found {names} and {other}"
+                + (f" ({arr.attrs['source']})" if "source" in arr.attrs else "")
+            )
+        if names == generic:
+            names = other
     parts = []
     for arr in arrays:
-        if tuple(str(b) for b in arr["band"].values) != names:
-            raise InputError(
-                f"all rasters must have the same bands; found {names} and "
-                f"{tuple(str(b) for b in arr['band'].values)}"
-            )
         d = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.values)
         d = d.rechunk({0: -1})
         for block in d.to_delayed().ravel():

@@ -655,7 +655,7 @@ def train(
         y_all,
         val,
         class_names=class_names,
-        band_names=tuple(str(b) for b in datas[0]["band"].values),
+        band_names=stats.names,
         stats=stats,
         patch_size=patch_size,
         arch=arch,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,11 @@ import xarray as xr
 from affine import Affine
 from rasterio import features
 from rasterio.enums import MergeAlg
+from rasterio.errors import NotGeoreferencedWarning
 
 from georaster_cnn.chipdata import chip_valid_fraction
 from georaster_cnn.errors import InputError
+from georaster_cnn.reader import _QUIET_OPEN_LOCK
 
 __all__ = [
     "VECTOR_SUFFIXES",
@@ -405,9 +408,13 @@ def _rasterize_block(
             merge_alg=MergeAlg.add,
         )
 
-    n = burn(np.ones_like(v))
-    s1 = burn(v)
-    s2 = burn(v * v)
+    # rasterio's in-memory dataset can emit NotGeoreferencedWarning from inside its own
+    # catch_warnings, which is not thread-safe (see reader._QUIET_OPEN_LOCK): serialise.
+    with _QUIET_OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        n = burn(np.ones_like(v))
+        s1 = burn(v)
+        s2 = burn(v * v)
     # All overlapping features share one class exactly when n * sum(v^2) == sum(v)^2.
     agree = (n > 0) & np.isclose(n * s2, s1 * s1, rtol=0, atol=0.5)
     out[agree] = (s1[agree] / n[agree] - 1.0).astype(np.float32)

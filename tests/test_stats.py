@@ -155,6 +155,11 @@ def test_mismatched_bands_raise(holey: np.ndarray) -> None:
     other = _canonical(holey).assign_coords(band=["x", "y", "z"])
     with pytest.raises(InputError, match="same bands"):
         compute_stats([_canonical(holey), other])
+    # Unnamed bands (band_1 ...) match named ones of the same count; the names are kept.
+    unnamed = _canonical(holey).assign_coords(band=["band_1", "band_2", "band_3"])
+    assert compute_stats([unnamed, other]).names == ("x", "y", "z")
+    with pytest.raises(InputError, match="same bands"):
+        compute_stats([unnamed.isel(band=[0, 1]), other])
     with pytest.raises(InputError):
         compute_stats([])
 
