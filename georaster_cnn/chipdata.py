@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 CHIP_FILE_SUFFIXES = frozenset({".npy", ".npz", ".tif", ".tiff"})
 #: Suffixes of a single file holding all chips.
 CHIPSET_FILE_SUFFIXES = frozenset({".npz", ".nc", ".nc4", ".cdf", ".netcdf"})
+
+#: Files whose presence at a folder's top level means "a folder of rasters", not chips.
+_RASTER_LIKE = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc", ".nc4", ".zarr"})
 #: Files GDAL or the OS put next to chips; not chips themselves.
 _SIDECARS = (".aux.xml", ".ovr", ".msk")
 
@@ -196,7 +199,8 @@ def is_chip_dataset(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if p.is_dir():
         entries = [e for e in p.iterdir() if _visible(e)]
-        return any(e.is_dir() for e in entries)
+        rasters = [e for e in entries if e.is_file() and e.suffix.lower() in _RASTER_LIKE]
+        return any(e.is_dir() for e in entries) and not rasters
     suffix = p.suffix.lower()
     if suffix == ".npz":
         return p.is_file()
@@ -310,6 +314,16 @@ def _load_folder(root: Path, class_names: Sequence[str] | None) -> ChipSet:
             else []
         )
         files = [f for f in files if not _is_sidecar(f)]
+        nested = (
+            sorted(e.name for e in folder.iterdir() if e.is_dir() and _visible(e))
+            if folder is not None
+            else []
+        )
+        if nested:
+            raise InputError(
+                f"{folder}: holds sub-folder(s) {', '.join(nested[:5])}; chips must be files "
+                "directly in their class folder (move them up, or out of the chip set)"
+            )
         bad = [f.name for f in files if f.suffix.lower() not in CHIP_FILE_SUFFIXES]
         if bad:
             raise InputError(

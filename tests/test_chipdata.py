@@ -125,6 +125,20 @@ def test_formats_load_equal(tmp_path: Path, data: tuple[np.ndarray, np.ndarray])
         assert is_chip_dataset(tmp_path / p)
 
 
+def test_nested_folders_and_raster_folders(tmp_path: Path, npy_folder: Path) -> None:
+    """A sub-folder inside a class folder is an error, not silently skipped; a folder with
+    rasters at its top level is not a chip set even when it has a sub-folder."""
+    (npy_folder / "white" / "more").mkdir()
+    with pytest.raises(InputError, match=r"holds sub-folder\(s\) more"):
+        load_chips(npy_folder)
+    rasters = tmp_path / "rasters"
+    (rasters / "sub").mkdir(parents=True)
+    (rasters / "scene.tif").write_bytes(b"")
+    assert not is_chip_dataset(rasters)
+    (rasters / "scene.tif").unlink()
+    assert is_chip_dataset(rasters)
+
+
 def test_class_names_order_folder(npy_folder: Path) -> None:
     cs = load_chips(npy_folder, class_names=["white", "smooth"])
     assert cs.class_names == ("white", "smooth")
