@@ -217,12 +217,14 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _recalibrate_bn(
-    module: nn.Module, x: torch.Tensor, dev: torch.device, batch: int, max_batches: int = 50
+    module: nn.Module, x: torch.Tensor, dev: torch.device, batch: int, max_batches: int = 10
 ) -> None:
     """Re-estimate batch-norm running statistics as exact averages over training batches.
 
     With few updates the exponential running averages are still far from the data's
-    statistics, and the model in ``eval`` mode then predicts nonsense.
+    statistics, and the model in ``eval`` mode then predicts nonsense. Ten batches (640
+    windows at the default batch size) estimate per-channel means and variances well; at
+    50 batches this pass was 27 % of an epoch (benchmarks/bench_train_throughput.py).
     """
     bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -755,7 +757,12 @@ def _fit(
         metrics = {"epoch": epoch, "loss": tot_loss / len(xt), "accuracy": correct / len(xt)}
         if len(xv):
             metrics["val_loss"], metrics["val_accuracy"] = _evaluate(
-                module, xv, yv, dev, loss_fn, batch_size * 4
+                module,
+                xv,
+                yv,
+                dev,
+                loss_fn,
+                batch_size,  # larger batches were slower on CPU
             )
         history.append(metrics)
         log.info("epoch %d/%d %s", epoch, epochs, metrics)
