@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 import xarray as xr
 from affine import Affine
 from geo import NORTH_UP
@@ -403,3 +404,34 @@ def test_early_stopping_on_validation_loss(
     full = train(data, labels, patience=0, **{**FAST, "epochs": 4})
     assert len(full.provenance["history"]) == 4
     assert full.provenance["early_stopping"]["stopped_after"] is None
+
+
+@pytest.mark.parametrize(("batch_size", "expected"), [(8, 10), (64, 3)])
+def test_batchnorm_statistics_from_the_last_batches(batch_size: int, expected: int) -> None:
+    """Running statistics are exact averages over the epoch's last ``BN_STAT_BATCHES``.
+
+    160 training chips: 20 batches of 8 (the last 10 count) or 64 + 64 + 32 (all three);
+    the batch-norm momentum is back at its default afterwards.
+    """
+    from georaster_cnn import ChipSet, train_chips
+
+    train_module = importlib.import_module("georaster_cnn.train")
+    assert train_module.BN_STAT_BATCHES == 10
+    rng = np.random.default_rng(0)
+    chips = ChipSet(
+        chips=rng.normal(size=(200, 1, 16, 16)).astype(np.float32),
+        labels=np.repeat([0, 1], 100),
+        class_names=("a", "b"),
+        band_names=("v",),
+    )
+    model = train_chips(
+        chips, epochs=2, batch_size=batch_size, val_fraction=0.2, device="cpu",
+        hparams={"widths": [4, 8]},
+    )  # fmt: skip
+    assert model.provenance["n_train"] == 160
+    bns = [m for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    for bn in bns:
+        assert int(bn.num_batches_tracked) == expected
+        assert bn.momentum == 0.1
+        assert torch.isfinite(bn.running_var).all() and (bn.running_var > 0).all()
