@@ -3,8 +3,8 @@
 
 The pipeline is ``georaster_cnn.train`` end to end, from files: ``open_raster`` /
 ``open_labels``, per-channel statistics and window extraction with Dask, then every
-epoch the shuffled minibatch loop with augmentation (flips, 90-degree rotations;
-batch-norm statistics accumulate over its last batches) and validation. Its throughput is the training windows
+epoch the shuffled minibatch loop with augmentation (flips, 90-degree rotations),
+batch-norm recalibration and validation. Its throughput is the training windows
 it processed (provenance ``n_train`` x ``epochs_run``) per second of wall time.
 
 The bare loop trains the same architecture (``build_model("cnn", ...)``, library
@@ -28,12 +28,12 @@ bands, DEFLATE GeoTIFF with nodata holes, 4 classes, aligned uint8 label raster)
 ``--size`` pixels a side, or your own pair with ``--scene`` and ``--labels``.
 
 The breakdown of the pipeline's time comes from wrapping a few private functions of
-``georaster_cnn.train`` (``compute_stats``, ``_extract``, ``_fit``, ``_evaluate``,
-``_augment``) with timers; epochs end at the ``progress`` callback. The
+``georaster_cnn.train`` (``compute_stats``, ``_extract``, ``_fit``, ``_recalibrate_bn``,
+``_evaluate``, ``_augment``) with timers; epochs end at the ``progress`` callback. The
 wrappers cost microseconds per call. If the library renames one, its column shows "n/a".
 
 Diagnosis options change what ``train()`` runs through the same wrappers, to measure a
-proposed change without editing the library: ``--bn-batches``, ``--val-batch``,
+proposed change without editing the library: ``--recal-batches``, ``--val-batch``,
 ``--no-augment`` (and ``--bare-augment`` for the bare loop).
 
 Run ``python benchmarks/bench_train_throughput.py --quick`` (512 x 512, 2 epochs) or
@@ -79,13 +79,16 @@ THRESHOLD = 0.8
 #: Rounds where other processes used more CPU cores than this in an epoch are left out.
 MAX_OTHERS = 0.05
 #: Functions of ``georaster_cnn.train`` whose time the breakdown reports.
-TIMED = ("compute_stats", "_extract", "_fit", "_evaluate", "_augment")
+TIMED = ("compute_stats", "_extract", "_fit", "_recalibrate_bn", "_evaluate", "_augment")
+#: Functions of ``georaster_cnn.train`` that diagnosis options may replace (not timed).
+REPLACEABLE = ("_bn_batches",)
 LEGEND = """\
 chips/s: training windows x epochs / seconds. pipeline: train() from files to the returned
-model (open, stats, extraction, epochs with augmentation, validation, best weights); bare: only the epochs of a plain loop on random in-memory tensors (model and data
+model (open, stats, extraction, epochs with augmentation, BN recalibration, validation, best
+weights); bare: only the epochs of a plain loop on random in-memory tensors (model and data
 creation not timed). CPU s: process CPU time of the same span (all threads). Paired: one bare
 epoch runs after each train() epoch (in its progress callback, time taken off train()'s).
-loop: the minibatch loop with augmentation and batch-norm statistics (epoch minus validation);
+loop: the minibatch loop with augmentation (epoch minus BN recalibration and validation);
 _augment: time inside its calls; others: mean CPU cores used by other processes meanwhile
 (/proc/stat busy time minus this process's CPU time, per second)."""
 
@@ -323,6 +326,8 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         return original_fit(*a, **kw)
 
     overrides: dict[str, Callable[..., Any]] = {"_fit": fit_capturing_sizes}
+    if args.recal_batches is not None:
+        overrides["_bn_batches"] = lambda n_batches: args.recal_batches
     if args.val_batch is not None:
         original_evaluate = _train_mod._evaluate
 
@@ -343,9 +348,9 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         resumes.append(Clock())
 
     timer = PhaseTimer(TIMED, overrides)
-    saved_bn_batches = _train_mod.BN_STAT_BATCHES
-    if args.bn_batches is not None:
-        _train_mod.BN_STAT_BATCHES = args.bn_batches
+    replaced = {n: getattr(_train_mod, n) for n in REPLACEABLE if n in overrides}
+    for n in replaced:
+        setattr(_train_mod, n, overrides[n])
     try:
         start = Clock()
         data = gc.open_raster(scene)
@@ -366,7 +371,8 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         stop = Clock()
     finally:
         timer.restore()
-        _train_mod.BN_STAT_BATCHES = saved_bn_batches
+        for n, fn in replaced.items():
+            setattr(_train_mod, n, fn)
     prov = model.provenance
     n_train, epochs_run = int(prov["n_train"]), int(prov["epochs_run"])
     if not bare.n_train:
@@ -381,13 +387,15 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
     epochs = []
     for k, ((a_clock, _), b_clock) in enumerate(zip(spans, ends, strict=False), start=1):
         a, b = (fit_start if k == 1 else a_clock.wall), b_clock.wall
+        recal = timer.total("_recalibrate_bn", a, b)
         val = timer.total("_evaluate", a, b)
         epochs.append({
             "epoch": k,
             "seconds": b - a,
+            "recalibrate_bn": recal,
             "validation": val,
             "augment_calls": timer.total("_augment", a, b),
-            "train_loop": (b - a) - (val or 0.0),
+            "train_loop": (b - a) - (recal or 0.0) - (val or 0.0),
             "others": _others([(a_clock, b_clock)]),
         })  # fmt: skip
     pipe = {
@@ -453,13 +461,13 @@ def _format_round(r: dict[str, Any]) -> str:
         "checks, split)",
         f"  after last epoch   {_fmt(pipe['after_last_epoch'], '.2f'):>6}  (best weights, "
         "provenance)",
-        f"  {'epoch':>5} {'total':>7} {'= loop':>7} {'+ valid.':>8}"
+        f"  {'epoch':>5} {'total':>7} {'= loop':>7} {'+ BN recal':>10} {'+ valid.':>8}"
         f"  {'(_augment)':>10} {'others':>6} | {'bare':>6} {'others':>6} {'loop/bare':>9}",
     ]
     for e, b in zip(pipe["epochs"], bare["epochs"], strict=False):
         lines.append(
             f"  {e['epoch']:>5} {e['seconds']:>7.1f} {e['train_loop']:>7.1f} "
-            f"{_fmt(e['validation']):>8}  "
+            f"{_fmt(e['recalibrate_bn']):>10} {_fmt(e['validation']):>8}  "
             f"{_fmt(e['augment_calls'], '.2f'):>10} {_fmt(e['others'], '.2f'):>6} | "
             f"{b['seconds']:>6.1f} {_fmt(b['others'], '.2f'):>6} "
             f"{e['train_loop'] / b['seconds']:>9.2f}"
@@ -469,6 +477,7 @@ def _format_round(r: dict[str, Any]) -> str:
         (name, _mean([e[key] for e in ep]))
         for name, key in (
             ("minibatch loop", "train_loop"),
+            ("BN recalibration", "recalibrate_bn"),
             ("validation", "validation"),
         )
     ]
@@ -547,13 +556,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="diagnosis: the bare loop also applies the library's _augment to every batch",
     )
     p.add_argument(
-        "--bn-batches",
+        "--recal-batches",
         type=int,
         default=None,
         help=(
-            "diagnosis: run train() with batch-norm statistics averaged over the last N "
-            "batches of each epoch (BN_STAT_BATCHES) instead of its default; the verdict is "
-            "then not the library's as shipped"
+            "diagnosis: recalibrate batch norm over N batches after each epoch (_bn_batches) "
+            "instead of the library's choice; the verdict is then not the library's as shipped"
         ),
     )
     p.add_argument(
@@ -603,8 +611,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         diag.append("augment=False")
     if args.bare_augment:
         diag.append("bare loop with _augment")
-    if args.bn_batches is not None:
-        diag.append(f"BN_STAT_BATCHES={args.bn_batches}")
+    if args.recal_batches is not None:
+        diag.append(f"BN recalibration over {args.recal_batches} batches")
     if args.val_batch is not None:
         diag.append(f"validation batch {args.val_batch}")
     print(

@@ -9,8 +9,8 @@ raster's grid and give the windows inside them. Validation is spatially blocked
 whole, and training windows within a patch of them are dropped, so that no
 validation window overlaps a training window. Chip sets (:mod:`georaster_cnn.chipdata`)
 use a stratified random split. Both share one loop (:func:`_fit`): flips and 90-degree
-rotations, class-weighted loss, batch-norm statistics averaged over the last batches of
-each epoch, early stopping on the validation loss, and the weights of the best epoch.
+rotations, class-weighted loss, batch-norm recalibration after each epoch, early stopping
+on the validation loss, and the weights of the best epoch.
 """
 
 from __future__ import annotations
@@ -216,31 +216,42 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x
 
 
-#: Batch-norm running statistics are exact averages over this many last training batches
-#: of each epoch (see ``_accumulate_bn_stats``).
-BN_STAT_BATCHES = 10
+def _bn_batches(n_batches: int) -> int:
+    """Batches of the batch-norm recalibration after an epoch of ``n_batches``.
+
+    About an eighth of the epoch, at least 2 and at most 10: the statistics are averages
+    over whole batches and spatial positions, so a few batches estimate them well
+    (benchmarks/results/diag_bn_statistics.txt: 2 to 10 batches give the same validation
+    loss within noise, 1 is noisier), while the pass stays a small share of an epoch
+    (benchmarks/bench_train_throughput.py; at 50 batches it was 27 %).
+    """
+    return min(10, max(2, -(-n_batches // 8)))
 
 
-def _batchnorms(module: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-
-def _accumulate_bn_stats(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> list[float | None]:
-    """Restart the running statistics of ``bns`` as cumulative (exact) averages.
+def _recalibrate_bn(module: nn.Module, x: torch.Tensor, dev: torch.device, batch: int) -> None:
+    """Re-estimate batch-norm running statistics as exact averages over ``x``.
 
     With few updates the exponential running averages are still far from the data's
-    statistics, and the model in ``eval`` mode then predicts nonsense. The training loop
-    calls this before the last ``BN_STAT_BATCHES`` batches of each epoch, so the statistics
-    used for validation and prediction are averages over those batches (640 windows at
-    the default batch size) at no extra cost. A separate forward pass over 50 batches
-    after each epoch was 27 % of an epoch, over 10 batches about 8 %
-    (benchmarks/bench_train_throughput.py). Returns the momenta to restore.
+    statistics, and the model in ``eval`` mode then predicts nonsense. ``x`` holds
+    un-augmented training samples; the forward passes run with the epoch's final weights.
+    (Accumulating the statistics during the last training batches instead costs nothing
+    but mixes weights that still move: on a 512-px scene with 10 batches per epoch the
+    validation accuracy after epoch 2 fell from 97 % to 33 %.)
     """
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
     saved = [bn.momentum for bn in bns]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative moving average
-    return saved
+    module.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            if len(x[i : i + batch]) > 1:
+                module(x[i : i + batch].to(dev))
+    for bn, mom in zip(bns, saved, strict=True):
+        bn.momentum = mom
 
 
 def _evaluate(
@@ -731,18 +742,14 @@ def _fit(
         "training %s on %d %s (%d validation), %d classes", arch, len(yt), unit, len(yv), n_classes
     )
     best_at, stopped_at, stop_ref = 0, None, float("inf")
-    bns = _batchnorms(module)
     for epoch in range(1, epochs + 1):
         module.train()
         order = torch.randperm(len(xt), generator=gen)
         tot_loss, correct = 0.0, 0
-        starts = [i for i in range(0, len(order), batch_size) if len(order) - i >= 2]
-        bn_from = starts[max(0, len(starts) - BN_STAT_BATCHES)] if starts else 0
-        saved_momenta: list[float | None] | None = None
-        for i in starts:  # a last batch of one sample is skipped: batch-norm needs two
+        for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            if i == bn_from and bns:
-                saved_momenta = _accumulate_bn_stats(bns)
+            if len(idx) < 2:
+                continue  # batch-norm needs more than one sample
             xb = xt[idx]
             if augment:
                 xb = _augment(xb, gen)
@@ -758,9 +765,8 @@ def _fit(
             scaler.update()
             tot_loss += float(loss.detach()) * len(idx)
             correct += int((out.argmax(1) == yb).sum())
-        if saved_momenta is not None:
-            for bn, mom in zip(bns, saved_momenta, strict=True):
-                bn.momentum = mom
+        n_recal = _bn_batches(-(-len(order) // batch_size)) * batch_size
+        _recalibrate_bn(module, xt[order[:n_recal]], dev, batch_size)
         metrics = {"epoch": epoch, "loss": tot_loss / len(xt), "accuracy": correct / len(xt)}
         if len(xv):
             metrics["val_loss"], metrics["val_accuracy"] = _evaluate(
@@ -863,8 +869,8 @@ def train_chips(
     (NaN ignored); chips are normalised with them and NaN becomes 0. A stratified
     random split (seeded) holds out about ``val_fraction`` of every class; the
     training loop is the one of :func:`train` (flips and rotations, class-weighted
-    loss, batch-norm statistics from the last batches of each epoch, weights of the
-    epoch with the lowest validation loss).
+    loss, batch-norm recalibration, weights of the epoch with the lowest validation
+    loss).
 
     Parameters
     ----------

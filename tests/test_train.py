@@ -406,17 +406,17 @@ def test_early_stopping_on_validation_loss(
     assert full.provenance["early_stopping"]["stopped_after"] is None
 
 
-@pytest.mark.parametrize(("batch_size", "expected"), [(8, 10), (64, 3)])
-def test_batchnorm_statistics_from_the_last_batches(batch_size: int, expected: int) -> None:
-    """Running statistics are exact averages over the epoch's last ``BN_STAT_BATCHES``.
+@pytest.mark.parametrize(("batch_size", "expected"), [(8, 3), (64, 2)])
+def test_batchnorm_recalibrated_after_each_epoch(batch_size: int, expected: int) -> None:
+    """Running statistics are exact averages over a few batches after the epoch.
 
-    160 training chips: 20 batches of 8 (the last 10 count) or 64 + 64 + 32 (all three);
-    the batch-norm momentum is back at its default afterwards.
+    160 training chips: 20 batches of 8 (an eighth, rounded up: 3) or 64 + 64 + 32
+    (at least 2); the batch-norm momentum is back at its default afterwards.
     """
     from georaster_cnn import ChipSet, train_chips
 
     train_module = importlib.import_module("georaster_cnn.train")
-    assert train_module.BN_STAT_BATCHES == 10
+    assert [train_module._bn_batches(n) for n in (1, 16, 17, 80, 81, 1000)] == [2, 2, 3, 10, 10, 10]
     rng = np.random.default_rng(0)
     chips = ChipSet(
         chips=rng.normal(size=(200, 1, 16, 16)).astype(np.float32),
