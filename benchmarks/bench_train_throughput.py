@@ -80,7 +80,8 @@ THRESHOLD = 0.8
 MAX_OTHERS = 0.05
 #: Functions of ``georaster_cnn.train`` whose time the breakdown reports.
 TIMED = ("compute_stats", "_extract", "_fit", "_recalibrate_bn", "_evaluate", "_augment")
-#: Functions of ``georaster_cnn.train`` that diagnosis options may replace (not timed).
+#: Further functions of ``georaster_cnn.train`` that diagnosis options may replace (their
+#: timers are not reported).
 REPLACEABLE = ("_bn_batches",)
 LEGEND = """\
 chips/s: training windows x epochs / seconds. pipeline: train() from files to the returned
@@ -347,10 +348,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
             bare.run_epoch()
         resumes.append(Clock())
 
-    timer = PhaseTimer(TIMED, overrides)
-    replaced = {n: getattr(_train_mod, n) for n in REPLACEABLE if n in overrides}
-    for n in replaced:
-        setattr(_train_mod, n, overrides[n])
+    timer = PhaseTimer((*TIMED, *REPLACEABLE), overrides)
     try:
         start = Clock()
         data = gc.open_raster(scene)
@@ -371,8 +369,6 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         stop = Clock()
     finally:
         timer.restore()
-        for n, fn in replaced.items():
-            setattr(_train_mod, n, fn)
     prov = model.provenance
     n_train, epochs_run = int(prov["n_train"]), int(prov["epochs_run"])
     if not bare.n_train:
