@@ -15,6 +15,7 @@ import xarray as xr
 from affine import Affine
 
 from georaster_cnn.errors import InputError
+from georaster_cnn.geometry import RasterGrid
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +99,16 @@ def _canonical(
 ) -> xr.DataArray:
     """Wrap a ``(band, y, x)`` Dask array with coordinates, CRS and transform."""
     _, h, w = data.shape
-    coords: dict[str, Any] = {"band": np.array(names, dtype=object)}
-    if transform.b == 0 and transform.d == 0:
-        # Pixel-centre coordinates, as rioxarray writes them for north-up grids.
-        coords["x"] = transform.c + transform.a * (np.arange(w) + 0.5)
-        coords["y"] = transform.f + transform.e * (np.arange(h) + 0.5)
+    if not math.isfinite(transform.a) or transform.determinant == 0:
+        raise InputError(f"{attrs['source']}: degenerate geotransform {tuple(transform)[:6]}")
+    coords: dict[str, Any] = {
+        "band": np.array(names, dtype=object),
+        **RasterGrid(h, w, transform, crs).centre_coords(),
+    }
     out = xr.DataArray(data, dims=("band", "y", "x"), coords=coords, attrs=dict(attrs), name="data")
     out = out.rio.write_transform(transform)
     if crs is not None:
         out = out.rio.write_crs(crs)
     out = out.rio.write_nodata(np.nan, encoded=False)
     out.attrs.pop("_FillValue", None)
-    if not math.isfinite(transform.a) or transform.determinant == 0:
-        raise InputError(f"{attrs['source']}: degenerate geotransform {tuple(transform)[:6]}")
     return out

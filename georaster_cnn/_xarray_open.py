@@ -40,8 +40,6 @@ from georaster_cnn.errors import InputError, ReadError
 
 log = logging.getLogger(__name__)
 
-NETCDF_SUFFIXES = frozenset({".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5"})
-
 _Y_NAMES = ("y", "lat", "latitude", "rlat", "northing")
 _X_NAMES = ("x", "lon", "longitude", "rlon", "easting")
 _LAT_NAMES = frozenset({"lat", "latitude", "nav_lat", "xlat", "lat_rho"})
@@ -49,16 +47,7 @@ _LON_NAMES = frozenset({"lon", "longitude", "nav_lon", "xlong", "lon_rho"})
 _ISO_DATE = re.compile(
     r"^\s*(-?\d{1,4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?\s*$"
 )
-_OPTIONS_HINT = "--select DIM=VALUE / select={DIM: VALUE}, or --stack DIM / stack=DIM"
-
-
-def is_zarr_store(p: Path) -> bool:
-    """A Zarr store: a ``*.zarr`` folder or any folder with Zarr v2/v3 group metadata."""
-    if not p.is_dir():
-        return False
-    return p.suffix.lower() == ".zarr" or any(
-        (p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")
-    )
+_OPTIONS_HINT = "select={DIM: VALUE}, or stack=DIM"
 
 
 def _is_multi(path: object) -> bool:
@@ -430,8 +419,8 @@ def _band_layers(
             d = left[0]
             raise InputError(
                 f"{path}: variable {n!r} has an extra dimension {d!r} of length {ds.sizes[d]}; "
-                f"choose one value with --select {d}=VALUE (select={{{d!r}: VALUE}}) or make "
-                f"each step a band with --stack {d} (stack={d!r}); {d} values: "
+                f"choose one value with select={{{d!r}: VALUE}} or make "
+                f"each step a band with stack={d!r}; {d} values: "
                 f"{_preview(ds[d].values) if d in ds.coords else f'0..{ds.sizes[d] - 1}'}"
             )
         if stack is not None and stack in var.dims:

@@ -1,4 +1,9 @@
-"""The output grid of a prediction: where each window sits and what it maps to.
+"""Grids: where a raster lies (:class:`RasterGrid`) and where each window sits (:class:`PatchGrid`).
+
+A :class:`RasterGrid` is the georeferencing of a raster: its size, affine transform
+and CRS, with pixel <-> world conversions, cell-centre coordinates and sub-grids.
+Readers, label alignment, vector-label placement and prediction outputs all use it.
+A :class:`PatchGrid` is the window geometry of a prediction:
 
 Let ``p`` be the patch size and ``s`` the stride (``1 <= s <= p``). The output grid
 starts at the input's origin and has cells of ``s x s`` input pixels:
@@ -14,14 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 from affine import Affine
 
 from georaster_cnn.errors import InputError
+from georaster_cnn.options import DEFAULT_PATCH, check_stride
 
-__all__ = ["DEFAULT_PATCH", "PatchGrid", "output_transform"]
-
-DEFAULT_PATCH = 64
+__all__ = ["DEFAULT_PATCH", "PatchGrid", "RasterGrid", "output_transform"]
 
 
 def output_transform(transform: Affine, stride: int) -> Affine:
@@ -76,11 +82,7 @@ class PatchGrid:
             )
         if self.patch < 1:
             raise InputError(f"patch size must be >= 1; found {self.patch}")
-        if not 1 <= self.stride <= self.patch:
-            raise InputError(
-                f"stride must be between 1 and the patch size {self.patch}; found {self.stride}. "
-                f"Pick a stride such as {self.patch}, {self.patch // 2} or {self.patch // 4}."
-            )
+        check_stride(self.stride, self.patch)
 
     @property
     def out_shape(self) -> tuple[int, int]:
@@ -114,3 +116,101 @@ class PatchGrid:
     def out_transform(self, transform: Affine) -> Affine:
         """Output transform for an input with ``transform``."""
         return output_transform(transform, self.stride)
+
+
+@dataclass(frozen=True)
+class RasterGrid:
+    """Where a raster lies: ``height x width`` pixels, affine ``transform``, ``crs``.
+
+    Parameters
+    ----------
+    height, width
+        Size in pixels (``y``, ``x``).
+    transform
+        Pixel ``(col, row)`` -> world ``(x, y)`` of the pixel's top-left corner;
+        may be rotated or sheared.
+    crs
+        Anything rasterio/pyproj understands, or ``None`` (pixel coordinates).
+
+    Examples
+    --------
+    >>> g = RasterGrid(100, 130, Affine(10, 0, 500000, 0, -10, 4600000), "EPSG:32633")
+    >>> g.xy(0, 0)
+    (500005.0, 4599995.0)
+    >>> g.output(stride=32).shape
+    (4, 5)
+    """
+
+    height: int
+    width: int
+    transform: Affine
+    crs: Any = None
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise InputError(
+                f"raster must have at least one pixel; found {self.height} x {self.width}"
+            )
+
+    @classmethod
+    def of(cls, data: Any) -> RasterGrid:
+        """The grid of a georeferenced xarray object (``y``/``x`` sizes, ``.rio`` transform/CRS)."""
+        return cls(int(data.sizes["y"]), int(data.sizes["x"]), data.rio.transform(), data.rio.crs)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return (self.height, self.width)
+
+    @property
+    def north_up(self) -> bool:
+        """No rotation or shear: x depends on columns only, y on rows only."""
+        return self.transform.b == 0 and self.transform.d == 0
+
+    def xy(self, row: Any, col: Any, *, corner: bool = False) -> tuple[Any, Any]:
+        """World ``(x, y)`` of pixel ``(row, col)``: its centre, or its top-left ``corner``."""
+        off = 0.0 if corner else 0.5
+        return self.transform * (np.asarray(col) + off, np.asarray(row) + off)  # type: ignore[no-any-return]
+
+    def rowcol(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Integer pixel ``(rows, cols)`` containing world points (may fall outside the grid)."""
+        inv = ~self.transform
+        cols, rows = inv * (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        return np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
+
+    def centre_coords(self) -> dict[str, np.ndarray]:
+        """Pixel-centre ``x``/``y`` coordinate vectors (as rioxarray writes them); ``{}`` if rotated."""
+        if not self.north_up:
+            return {}
+        t = self.transform
+        return {
+            "x": t.c + t.a * (np.arange(self.width) + 0.5),
+            "y": t.f + t.e * (np.arange(self.height) + 0.5),
+        }
+
+    def window(self, row: int, col: int, height: int, width: int) -> RasterGrid:
+        """The sub-grid of ``height x width`` pixels whose top-left pixel is ``(row, col)``."""
+        return RasterGrid(height, width, self.transform @ Affine.translation(col, row), self.crs)
+
+    def output(self, *, stride: int) -> RasterGrid:
+        """The class-map grid at ``stride``: same origin and CRS, cells of ``stride`` pixels."""
+        return RasterGrid(
+            math.ceil(self.height / stride),
+            math.ceil(self.width / stride),
+            output_transform(self.transform, stride),
+            self.crs,
+        )
+
+    def same_as(self, other: RasterGrid, *, precision: float = 1e-6) -> bool:
+        """Same size, (almost) the same transform and the same CRS."""
+        return (
+            self.shape == other.shape
+            and self.transform.almost_equals(other.transform, precision=precision)
+            and _same_crs(self.crs, other.crs)
+        )
+
+
+def _same_crs(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return bool(a == b)

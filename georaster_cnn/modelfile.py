@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,13 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from georaster_cnn._atomic import atomic_write
+from georaster_cnn._staging import atomic_write
+from georaster_cnn.classmap import default_colors  # noqa: F401  (TODO remove once train imports classmap)
 from georaster_cnn.errors import ModelFileError, OutputExistsError
 from georaster_cnn.models import build_model
 from georaster_cnn.stats import ChannelStats
 
 __all__ = [
-    "DEFAULT_COLORS",
     "FORMAT",
     "FORMAT_VERSION",
     "GeoModel",
@@ -39,23 +40,6 @@ __all__ = [
 
 FORMAT = "georaster-cnn-model"
 FORMAT_VERSION = 1
-
-#: Distinct, colour-blind-friendly defaults (Okabe-Ito, then Tableau).
-DEFAULT_COLORS: tuple[tuple[int, int, int], ...] = (
-    (0, 114, 178), (230, 159, 0), (0, 158, 115), (204, 121, 167), (86, 180, 233),
-    (213, 94, 0), (240, 228, 66), (0, 0, 0), (148, 103, 189), (140, 86, 75),
-    (127, 127, 127), (188, 189, 34), (23, 190, 207), (255, 152, 150), (197, 176, 213),
-)  # fmt: skip
-
-
-def default_colors(n: int) -> tuple[tuple[int, int, int], ...]:
-    """``n`` class colours, cycling the default palette with slight shifts past its end."""
-    out = []
-    for i in range(n):
-        r, g, b = DEFAULT_COLORS[i % len(DEFAULT_COLORS)]
-        k = (i // len(DEFAULT_COLORS)) * 37
-        out.append(((r + k) % 256, (g + k) % 256, (b + k) % 256))
-    return tuple(out)
 
 
 @dataclass
@@ -105,9 +89,13 @@ class GeoModel:
     def n_classes(self) -> int:
         return len(self.class_names)
 
-    @property
+    @cached_property
     def checksum(self) -> str:
-        """SHA-256 of the weights and card (first 16 hex digits): identifies the model."""
+        """SHA-256 of the weights and card (first 16 hex digits): identifies the model.
+
+        Computed once per model object: a :class:`GeoModel` holds trained weights,
+        which nothing changes after it is made.
+        """
         # Hash the card and the tensors in key order: the file's header order is not stable.
         h = hashlib.sha256(json.dumps(self.card(), sort_keys=True).encode())
         for k, v in sorted(self.module.state_dict().items()):

@@ -1,4 +1,4 @@
-"""classify: CNN architectures behind a tiny registry, and device selection.
+"""classify: CNN architectures behind a tiny registry.
 
 Registered architectures (``build_model(name, in_channels, n_classes, patch_size, **hparams)``):
 
@@ -15,7 +15,7 @@ Registered architectures (``build_model(name, in_channels, n_classes, patch_size
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,15 +25,12 @@ from georaster_cnn.errors import InputError
 __all__ = [
     "ARCHITECTURES",
     "MLP",
-    "Device",
     "ResNet",
     "SmallCNN",
     "build_model",
     "register_architecture",
-    "resolve_device",
 ]
 
-Device = Literal["auto", "cpu", "cuda", "mps"]
 
 #: name -> constructor ``(in_channels, n_classes, patch_size, **hparams) -> nn.Module``
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
@@ -277,37 +274,3 @@ class MLP(nn.Module):
                 f"{x.shape[-2]} x {x.shape[-1]}. Use the model's patch size."
             )
         return self.net(x)
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """Map ``auto|cpu|cuda|mps`` (or ``cuda:N``) to an available :class:`torch.device`.
-
-    Raises
-    ------
-    InputError
-        The device was asked for explicitly but is not available.
-    """
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(
-                f"device {device!r} asked for, but this torch build sees no CUDA GPU; "
-                "use --device cpu or auto"
-            )
-        return torch.device(device)
-    if device == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InputError(
-                "device 'mps' asked for, but Apple MPS is not available; use cpu or auto"
-            )
-        return torch.device("mps")
-    raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")

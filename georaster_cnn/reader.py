@@ -43,17 +43,16 @@ from georaster_cnn._canonical import (
     _select,
 )
 from georaster_cnn._xarray_open import (
-    NETCDF_SUFFIXES,
     _from_dataset,
     _is_multi,
     _open_dataset_file,
     _open_multi,
     _open_zarr,
-    is_zarr_store,
 )
 from georaster_cnn.errors import InputError, ReadError
+from georaster_cnn.formats import input_family
 
-__all__ = ["NETCDF_SUFFIXES", "is_zarr_store", "open_raster", "valid_mask"]
+__all__ = ["open_raster", "valid_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -127,16 +126,17 @@ def open_raster(
     p = Path(path)  # type: ignore[arg-type]
     if not p.exists():
         raise ReadError(f"{p}: no such file")
-    if is_zarr_store(p):
+    family = input_family(p)
+    if family == "zarr":
         return _from_dataset(_open_zarr(p), p, bands=bands, chunks=chunks, **opts)
-    if p.suffix.lower() in NETCDF_SUFFIXES:
+    if family == "netcdf":
         return _from_dataset(_open_dataset_file(p), p, bands=bands, chunks=chunks, **opts)
     given = [k for k, v in opts.items() if v is not None and v != {}]
     if given:
-        flags = ", ".join(f"--{k} / {k}=" for k in given)
+        flags = ", ".join(f"{k}=" for k in given)
         raise InputError(
             f"{p}: {flags} apply only to netCDF and Zarr inputs; this is a GDAL raster "
-            "(choose its bands with --bands / bands=)"
+            "(choose its bands with bands=)"
         )
     return _open_gdal(p, bands=bands, chunks=chunks)
 

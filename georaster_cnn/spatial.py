@@ -42,7 +42,8 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from georaster_cnn.errors import InputError
-from georaster_cnn.reader import NETCDF_SUFFIXES, open_raster
+from georaster_cnn.formats import NETCDF_SUFFIXES
+from georaster_cnn.reader import open_raster
 from georaster_cnn.stats import ChannelStats, compute_stats
 
 __all__ = [

@@ -27,7 +27,7 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.errors import RasterioError
 
-from georaster_cnn._atomic import atomic_write
+from georaster_cnn._staging import atomic_write
 from georaster_cnn.errors import InputError, OutputExistsError, ReadError
 from georaster_cnn.modelfile import default_colors
 from georaster_cnn.vectorize import _names

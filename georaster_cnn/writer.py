@@ -35,12 +35,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import dask.array as da
 import numpy as np
@@ -51,28 +49,23 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from georaster_cnn._atomic import chmod_like_new
-from georaster_cnn.errors import InputError, OutputExistsError, ReadError
+from georaster_cnn._staging import staged
+from georaster_cnn.classmap import (
+    CLASS_NODATA,
+    PREDICTION_ATTRS,
+    cf_class_attrs,
+    colormap,
+    pam_xml,
+    tiff_tags,
+)
+from georaster_cnn.errors import OutputExistsError, ReadError
+from georaster_cnn.formats import OUTPUT_FORMATS, OutputFormat, resolve_output_format
 
 __all__ = ["OutputFormat", "write_prediction"]
 
 log = logging.getLogger(__name__)
 
 _BLOCK = 512
-
-OutputFormat = Literal["cog", "gtiff", "zarr", "netcdf"]
-
-#: Output formats, with the file suffix each is written under.
-_OUTPUT_FORMATS: dict[str, str] = {"cog": ".tif", "gtiff": ".tif", "zarr": ".zarr", "netcdf": ".nc"}
-
-_SUFFIX_FORMATS: dict[str, OutputFormat] = {
-    ".tif": "cog",
-    ".tiff": "cog",
-    ".zarr": "zarr",
-    ".nc": "netcdf",
-    ".nc4": "netcdf",
-}
-_FAMILY = {"cog": "GeoTIFF", "gtiff": "GeoTIFF", "zarr": "Zarr", "netcdf": "netCDF"}
 
 
 def _overview_levels(height: int, width: int, smallest: int = 64) -> int:
@@ -118,44 +111,8 @@ class _BandWriter:
 
 
 def _probability_percent(p: np.ndarray) -> np.ndarray:
-    out = np.where(np.isnan(p), 255, np.rint(np.nan_to_num(p) * 100))
+    out = np.where(np.isnan(p), CLASS_NODATA, np.rint(np.nan_to_num(p) * 100))
     return out.astype(np.uint8)
-
-
-def _format_for_path(path: str | os.PathLike[str]) -> OutputFormat:
-    """The output format a file name implies: ``.tif``/``.tiff`` COG, ``.zarr``, ``.nc``/``.nc4``.
-
-    Raises
-    ------
-    InputError
-        The suffix is none of these.
-    """
-    suffix = Path(path).suffix.lower()
-    fmt = _SUFFIX_FORMATS.get(suffix)
-    if fmt is None:
-        raise InputError(
-            f"cannot tell the output format from {Path(path).name!r} (suffix {suffix or 'none'}); "
-            "use .tif/.tiff (COG), .zarr or .nc, or pass format= "
-            f"({', '.join(_OUTPUT_FORMATS)})"
-        )
-    return fmt
-
-
-def _resolve_format(path: Path, format: str | None) -> OutputFormat:
-    if format is None:
-        return _format_for_path(path)
-    if format not in _OUTPUT_FORMATS:
-        raise InputError(
-            f"unknown output format {format!r}; expected one of {', '.join(_OUTPUT_FORMATS)}"
-        )
-    fmt = cast(OutputFormat, format)
-    implied = _SUFFIX_FORMATS.get(path.suffix.lower())
-    if implied is not None and _FAMILY[implied] != _FAMILY[fmt]:
-        raise InputError(
-            f"format {fmt!r} writes {_FAMILY[fmt]}, but {path.name} has the suffix of "
-            f"{_FAMILY[implied]}; name the output *{_OUTPUT_FORMATS[fmt]} or pick another format"
-        )
-    return fmt
 
 
 def write_prediction(
@@ -210,9 +167,9 @@ def write_prediction(
     >>> write_prediction(pred, "maps/scene.zarr", probabilities=True)  # doctest: +SKIP
     """
     out = Path(path)
-    fmt = _resolve_format(out, format)
+    fmt = resolve_output_format(out, format)
     if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("zarr", "netcdf"):
         return _write_cf(pred, out, fmt, probabilities=probabilities)
@@ -232,15 +189,12 @@ def _write_tiff(
     crs = pred.rio.crs
     transform = pred.rio.transform()
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial.tif", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    # The COG is a copy of a staging GeoTIFF; a plain GeoTIFF is the staging file itself.
-    staging = tmp.with_suffix(".staging.tif") if cog else tmp
-    try:
+    with staged(out, suffix=".tif") as st:
+        # The COG is a copy of a staging GeoTIFF; a plain GeoTIFF is the staging file itself.
+        staging = st.scratch(".staging.tif") if cog else st.path
         profile: dict[str, Any] = {
             "driver": "GTiff", "height": height, "width": width, "count": count,
-            "dtype": "uint8", "nodata": 255, "transform": transform, "crs": crs,
+            "dtype": "uint8", "nodata": CLASS_NODATA, "transform": transform, "crs": crs,
             "tiled": True, "blockxsize": _BLOCK, "blockysize": _BLOCK,
             "compress": "DEFLATE" if cog else compress, "BIGTIFF": "IF_SAFER",
             # Not RGB(A): with 3-4 uint8 bands GTiff would call probability bands
@@ -265,22 +219,13 @@ def _write_tiff(
             _describe(dst, names, colors, pred.attrs, probabilities)
         if cog:
             rasterio.shutil.copy(
-                staging, tmp, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
+                staging, st.path, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
                 OVERVIEW_RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
                 **_overview_options(height, width),
             )  # fmt: skip
-        # Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both go
-        # to a GDAL PAM sidecar, which GDAL, QGIS and rasterio read with the file.
-        _write_pam(Path(str(out) + ".aux.xml"), names, colors)
-        chmod_like_new(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    finally:
-        if cog:
-            staging.unlink(missing_ok=True)
-        Path(str(staging) + ".aux.xml").unlink(missing_ok=True)
+        # GDAL may have written PAM for the staged file; the sidecar is ours, staged
+        # with the raster and renamed in after it.
+        st.sidecar(".aux.xml").write_text(pam_xml(names, colors), encoding="utf-8")
     log.info(
         "wrote %s (%s, %d x %d, %d band(s))", out, "COG" if cog else "GeoTIFF", height, width, count
     )
@@ -298,18 +243,7 @@ def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
     colors = json.loads(pred.attrs["class_colors"])
     cls = _uniform_chunks(da.asarray(pred["class"].data))
     variables: dict[str, xr.DataArray] = {
-        "class": xr.DataArray(
-            cls,
-            dims=("y", "x"),
-            attrs={
-                "long_name": "class",
-                "flag_values": np.arange(len(names), dtype=np.uint8),
-                # CF: blank-separated words, so blanks inside a name become "_"
-                "flag_meanings": " ".join("_".join(str(n).split()) for n in names),
-                "flag_colors": " ".join("#{:02x}{:02x}{:02x}".format(*c) for c in colors),
-                "class_names": json.dumps(names),
-            },
-        )
+        "class": xr.DataArray(cls, dims=("y", "x"), attrs=cf_class_attrs(names, colors))
     }
     if probabilities:
         probs = _uniform_chunks(da.asarray(pred["probability"].data))
@@ -327,7 +261,7 @@ def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
     coords = {str(k): v for k, v in pred.coords.items() if k in ("x", "y", "spatial_ref")}
     if probabilities:
         coords["class_name"] = pred.coords["class_name"]
-    attrs = {k: pred.attrs[k] for k in _CF_ATTRS if k in pred.attrs}
+    attrs = {k: pred.attrs[k] for k in PREDICTION_ATTRS if k in pred.attrs}
     ds = xr.Dataset(variables, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})
     if "spatial_ref" in ds.coords:
         ds = ds.rio.write_grid_mapping("spatial_ref")
@@ -338,17 +272,6 @@ def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
     return ds
 
 
-_CF_ATTRS = (
-    "class_names",
-    "class_colors",
-    "model_arch",
-    "model_checksum",
-    "stride",
-    "patch_size",
-    "source",
-)
-
-
 def _write_cf(
     pred: xr.Dataset, out: Path, fmt: Literal["zarr", "netcdf"], *, probabilities: bool
 ) -> Path:
@@ -356,26 +279,20 @@ def _write_cf(
     ds = _cf_dataset(pred, probabilities=probabilities)
     # An ``encoding`` argument replaces each variable's encoding: keep grid_mapping.
     encoding: dict[str, dict[str, Any]] = {
-        str(name): {**var.encoding, "_FillValue": np.uint8(255), "dtype": "uint8"}
+        str(name): {**var.encoding, "_FillValue": np.uint8(CLASS_NODATA), "dtype": "uint8"}
         for name, var in ds.data_vars.items()
     }
     if fmt == "zarr":
         for enc in encoding.values():
             # Zarr's own fill value too: a chunk never written then reads as "no
             # prediction", not as class 0.
-            enc["fill_value"] = 255
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial.zarr", dir=out.parent))
+            enc["fill_value"] = CLASS_NODATA
     else:
         for enc in encoding.values():
             enc.update(zlib=True, complevel=4)
         if "probability" in ds:  # netCDF keeps the type: float32 scale, float32 values
             ds["probability"].attrs["scale_factor"] = np.float32(0.01)
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{out.name}.", suffix=".partial.nc", dir=out.parent
-        )
-        os.close(fd)
-        tmp = Path(tmp_name)
-    try:
+    with staged(out, folder=fmt == "zarr", suffix=OUTPUT_FORMATS[fmt].suffix) as st:
         try:
             if fmt == "zarr":
                 with warnings.catch_warnings():
@@ -384,100 +301,30 @@ def _write_cf(
                     warnings.filterwarnings(
                         "ignore", "Consolidated metadata is currently not part", UserWarning
                     )
-                    ds.to_zarr(tmp, mode="w", zarr_format=3, consolidated=True, encoding=encoding)
+                    ds.to_zarr(
+                        st.path, mode="w", zarr_format=3, consolidated=True, encoding=encoding
+                    )
             else:
-                ds.to_netcdf(tmp, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
+                ds.to_netcdf(
+                    st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding
+                )
         except RasterioError as exc:
             raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
-        chmod_like_new(tmp)
-        _replace(tmp, out)
-    except BaseException:
-        _remove(tmp)
-        raise
     log.info("wrote %s (%s, %d x %d)", out, fmt, ds.sizes["y"], ds.sizes["x"])
     return out
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing folder is first renamed away, then deleted.
-
-    ``os.replace`` cannot replace a non-empty folder, so an old Zarr store is moved
-    to a hidden name first and put back if the new one cannot be renamed in: at no
-    moment is there a partial store under ``out``.
-    """
-    if not (out.is_dir() and not out.is_symlink()) and not tmp.is_dir():
-        os.replace(tmp, out)
-        return
-    old: Path | None = None
-    if out.exists() or out.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-        old.rmdir()
-        os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        _remove(old)
-
-
-def _write_pam(path: Path, names: list[str], colors: list[list[int]]) -> None:
-    """Write band 1's category names and colour table as a GDAL PAM ``.aux.xml``, atomically."""
-    from xml.sax.saxutils import escape
-
-    cats = "".join(
-        f"<Category>{escape(names[i]) if i < len(names) else ''}</Category>"
-        for i in range(len(names))
-    )
-    entries = []
-    for i in range(256):
-        r, g, b = colors[i] if i < len(colors) else (0, 0, 0)
-        a = 255 if i < len(colors) else 0
-        entries.append(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>')
-    xml = (
-        '<PAMDataset>\n  <PAMRasterBand band="1">\n'
-        f"    <Description>class</Description>\n    <CategoryNames>{cats}</CategoryNames>\n"
-        f"    <ColorTable>{''.join(entries)}</ColorTable>\n"
-        f'    <Metadata><MDI key="CLASS_NAMES">{escape(json.dumps(names))}</MDI></Metadata>\n'
-        "  </PAMRasterBand>\n</PAMDataset>\n"
-    )
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(xml, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _describe(
     dst: Any, names: list[str], colors: list[list[int]], attrs: dict[str, Any], probabilities: bool
 ) -> None:
     """Colour table, band descriptions, scales and metadata tags."""
-    cmap = {i: (*map(int, c), 255) for i, c in enumerate(colors)}
-    cmap[255] = (0, 0, 0, 0)
-    dst.write_colormap(1, cmap)
+    dst.write_colormap(1, colormap(colors))
     if probabilities:
         dst.colorinterp = [ColorInterp.palette] + [ColorInterp.undefined] * len(names)
     dst.set_band_description(1, "class")
-    tags = {
-        "CLASS_NAMES": json.dumps(names),
-        "CLASS_COLORS": json.dumps(colors),
-        "MODEL_ARCH": str(attrs.get("model_arch", "")),
-        "MODEL_CHECKSUM": str(attrs.get("model_checksum", "")),
-        "STRIDE": str(attrs.get("stride", "")),
-        "PATCH_SIZE": str(attrs.get("patch_size", "")),
-        "SOURCE": str(attrs.get("source", "")),
-        "NODATA_CLASS": "255",
-    }
-    tags.update({f"CLASS_{i}": n for i, n in enumerate(names)})
+    tags, band_tags = tiff_tags(names, colors, attrs)
     dst.update_tags(**tags)
-    dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})
+    dst.update_tags(1, **band_tags)
     if probabilities:
         scales = [1.0] + [0.01] * len(names)
         dst.scales = tuple(scales)

@@ -23,7 +23,8 @@ from geo import NORTH_UP
 from hypothesis import HealthCheck, settings
 from torch import nn
 
-from georaster_cnn.modelfile import GeoModel, default_colors
+from georaster_cnn.classmap import default_colors
+from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.models import build_model, register_architecture
 from georaster_cnn.stats import ChannelStats
 

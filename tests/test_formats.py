@@ -147,9 +147,9 @@ def test_gtiff_is_plain_tiled_geotiff(
 def test_suffix_inference(
     tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], name: str, fmt: str, kind: str
 ) -> None:
-    from georaster_cnn.writer import _format_for_path
+    from georaster_cnn.formats import output_format_for_path
 
-    assert _format_for_path(name) == fmt
+    assert output_format_for_path(name) == fmt
     out = write_prediction(prediction[0], tmp_path / name)
     assert out.is_dir() if kind == "dir" else out.is_file()
 
@@ -300,3 +300,51 @@ def test_cli_extras_make_netcdf_input_default_to_cog(
     res = _cli(["-q", "predict", model_file, nc, "-o", out, "--qml", "--stride", "32"])
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
     assert {"cube.tif", "cube.qml"} <= {p.name for p in out.iterdir()}
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_input_suffix_has_a_reader_and_a_writable_default_output(tmp_path: Path) -> None:
+    from georaster_cnn.formats import (
+        INPUT_SUFFIXES,
+        NETCDF_SUFFIXES,
+        OUTPUT_FORMATS,
+        default_output_format,
+        input_family,
+        output_format_for_path,
+        output_path,
+    )
+
+    for suffix, spec in INPUT_SUFFIXES.items():
+        src = tmp_path / f"scene{suffix}"
+        if spec.family == "zarr":
+            src.mkdir(exist_ok=True)
+        out, fmt = output_path(src, tmp_path / "out")
+        assert fmt == default_output_format(src) == spec.default_output
+        assert input_family(src) == spec.family
+        # the default output's name implies its own format back (writer and planner agree)
+        assert out.name == "scene" + OUTPUT_FORMATS[fmt].suffix
+        assert OUTPUT_FORMATS[output_format_for_path(out)].family == OUTPUT_FORMATS[fmt].family
+        expected = "netcdf" if suffix in NETCDF_SUFFIXES else "cog"
+        assert fmt == expected, suffix
+
+
+def test_unknown_suffix_is_read_by_gdal_and_mapped_to_cog(tmp_path: Path) -> None:
+    from georaster_cnn.formats import default_output_format, input_family, output_path
+
+    assert input_family(tmp_path / "scene.dem") == "gdal"
+    assert default_output_format(tmp_path / "scene.dem") == "cog"
+    assert output_path("a/scene.nc", "o", "zarr") == (Path("o/scene.zarr"), "zarr")
+    with pytest.raises(InputError, match="unknown output format"):
+        output_path("a/scene.nc", "o", "png")
+
+
+def test_zarr_store_without_suffix_is_a_zarr_input(tmp_path: Path) -> None:
+    from georaster_cnn.formats import input_family, is_zarr_store
+
+    store = tmp_path / "store"
+    store.mkdir()
+    assert not is_zarr_store(store)
+    (store / "zarr.json").write_text("{}")
+    assert is_zarr_store(store) and input_family(store) == "zarr"

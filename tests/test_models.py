@@ -16,7 +16,6 @@ from georaster_cnn import (
     build_model,
     open_raster,
     predict,
-    resolve_device,
 )
 from georaster_cnn.models import SmallCNN
 

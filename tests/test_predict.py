@@ -344,7 +344,7 @@ def test_dtype_differing_from_training_warns(
         ({"stride": 0}, "stride"),
         ({"stride": 65}, "stride"),
         ({"stride": -4}, "stride"),
-        ({"batch_size": 0}, "batch size"),
+        ({"batch_size": 0}, "batch_size"),
         ({"min_valid": 0.0}, "min_valid"),
         ({"min_valid": 1.5}, "min_valid"),
         ({"min_valid": -0.1}, "min_valid"),

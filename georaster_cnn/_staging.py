@@ -1,0 +1,187 @@
+"""Staged outputs: everything the library writes appears whole or not at all.
+
+An output is written under a hidden temporary name in its own folder
+(``.NAME.gcnn-<pid>-<random>.partial<suffix>``), optionally validated, then renamed
+into place; on any failure the temporaries are removed. Sidecars (``.aux.xml``)
+are staged with their raster and renamed after it, so a sidecar never appears
+before its raster. Folders (Zarr stores) replace an existing folder through a
+rename-away, so at no moment is a partial store under the final name.
+
+Used for COG/GeoTIFF class maps and their sidecars, Zarr and netCDF outputs,
+model files, evaluation reports, QGIS styles, quicklooks and vector files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = ["Staged", "atomic_write", "staged"]
+
+#: Marks every temporary name the library makes, so strays are recognisable.
+TEMP_TAG = "gcnn"
+
+
+def _temp_name(path: Path, suffix: str) -> Path:
+    token = f"{TEMP_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    return path.with_name(f".{path.name}.{token}.partial{suffix}")
+
+
+def _mode_like_new(path: Path) -> None:
+    """The mode a plain ``open``/``mkdir`` would give under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class Staged:
+    """Temporary names for one output (and its sidecars); see :func:`staged`.
+
+    Attributes
+    ----------
+    final
+        Where the output will be.
+    path
+        The temporary file or folder to write.
+    """
+
+    def __init__(self, final: Path, *, folder: bool, suffix: str) -> None:
+        self.final = final
+        self.folder = folder
+        self.path = _temp_name(final, suffix)
+        self._sidecars: dict[str, Path] = {}
+        self._scratch: list[Path] = []
+        if folder:
+            self.path.mkdir()
+        else:
+            # Exclusive creation: two writers never share a temporary file.
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+    def sidecar(self, ext: str) -> Path:
+        """The staged name of ``<final><ext>`` (e.g. ``.aux.xml``), renamed in after the output."""
+        if ext not in self._sidecars:
+            self._sidecars[ext] = Path(str(self.path) + ext)
+        return self._sidecars[ext]
+
+    def scratch(self, suffix: str) -> Path:
+        """A temporary name beside the output, removed at the end whatever happens."""
+        p = _temp_name(self.final, suffix)
+        self._scratch.append(p)
+        return p
+
+    def _commit(self) -> None:
+        _mode_like_new(self.path)
+        _replace(self.path, self.final)
+        for ext, tmp in self._sidecars.items():
+            if tmp.exists():
+                _mode_like_new(tmp)
+                os.replace(tmp, Path(str(self.final) + ext))
+
+    def _cleanup(self, *, failed: bool) -> None:
+        leftovers = [*self._scratch, *(Path(str(s) + ".aux.xml") for s in self._scratch)]
+        if failed:
+            leftovers += [self.path, Path(str(self.path) + ".aux.xml"), *self._sidecars.values()]
+        for p in leftovers:
+            if p.exists() or p.is_symlink():
+                _remove(p)
+
+
+@contextmanager
+def staged(
+    path: str | os.PathLike[str],
+    *,
+    folder: bool = False,
+    suffix: str = "",
+    validate: Callable[[Path], None] | None = None,
+) -> Iterator[Staged]:
+    """Write an output under a temporary name, then rename it (and its sidecars) into place.
+
+    Parameters
+    ----------
+    path
+        The final file or folder; its parent folder must exist.
+    folder
+        Stage a folder (a Zarr store) instead of a file.
+    suffix
+        Suffix of the temporary name, for writers that choose a format by it
+        (``.tif``, ``.nc``, ``.zarr``).
+    validate
+        Called on the finished temporary output before the rename; raising
+        aborts the write.
+
+    Yields
+    ------
+    Staged
+        ``.path`` to write to, ``.sidecar(ext)`` and ``.scratch(suffix)`` for more names.
+
+    Examples
+    --------
+    >>> with staged(Path("map.tif"), suffix=".tif") as st:  # doctest: +SKIP
+    ...     write_tiff(st.path)
+    ...     write_pam(st.sidecar(".aux.xml"))
+    """
+    st = Staged(Path(path), folder=folder, suffix=suffix)
+    try:
+        yield st
+        if validate is not None:
+            validate(st.path)
+        st._commit()
+    except BaseException:
+        st._cleanup(failed=True)
+        raise
+    st._cleanup(failed=False)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(binary file)`` on a staged file, then rename it to ``path``.
+
+    Parameters
+    ----------
+    path
+        Final file; its folder must exist.
+    write
+        Writes the content to the open binary file it is given.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    with staged(path) as st, open(st.path, "wb") as f:
+        write(f)
+    return Path(path)
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing folder is first renamed away, then deleted.
+
+    ``os.replace`` cannot replace a non-empty folder, so an old Zarr store is moved
+    to a hidden name first and put back if the new one cannot be renamed in.
+    """
+    if not (out.is_dir() and not out.is_symlink()) and not tmp.is_dir():
+        os.replace(tmp, out)
+        return
+    old: Path | None = None
+    if out.exists() or out.is_symlink():
+        old = _temp_name(out, ".old")
+        os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.rename(old, out)
+        raise
+    if old is not None:
+        _remove(old)

@@ -1,0 +1,189 @@
+"""Formats: which reader a file goes to, and which class-map format comes out.
+
+One table of input suffixes and one of output formats; the reader, the writer,
+the CLI's input expansion and output planning, and the docs all read these.
+Importing this module imports neither torch nor GDAL.
+
+=================================================  ===========  =====================
+input suffix                                       reader       default class map
+=================================================  ===========  =====================
+``.tif .tiff .vrt .img .jp2`` (any GDAL raster)    GDAL         COG ``.tif``
+``.nc .nc4 .netcdf .cdf .h5 .hdf5``                netCDF       netCDF ``.nc``
+``.zarr`` (or any folder with Zarr metadata)       Zarr         COG ``.tif``
+=================================================  ===========  =====================
+
+A file named explicitly is read whatever its suffix (GDAL decides); folders and
+glob patterns contribute only the suffixes above.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, cast
+
+from georaster_cnn.errors import InputError
+
+__all__ = [
+    "INPUT_SUFFIXES",
+    "NETCDF_SUFFIXES",
+    "OUTPUT_FORMATS",
+    "InputFamily",
+    "InputFormat",
+    "OutputFormat",
+    "OutputSpec",
+    "default_output_format",
+    "input_family",
+    "is_zarr_store",
+    "output_format_for_path",
+    "output_path",
+    "resolve_output_format",
+]
+
+InputFamily = Literal["gdal", "netcdf", "zarr"]
+OutputFormat = Literal["cog", "gtiff", "zarr", "netcdf"]
+
+
+@dataclass(frozen=True)
+class InputFormat:
+    """How files with one suffix are read, and what their class map defaults to."""
+
+    family: InputFamily
+    default_output: OutputFormat
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """One class-map format: the suffix it is written under and the family it belongs to."""
+
+    name: OutputFormat
+    suffix: str
+    family: str
+    description: str
+
+
+#: Lower-case suffix -> how it is read. Folders and glob patterns take these suffixes.
+INPUT_SUFFIXES: dict[str, InputFormat] = {
+    **{s: InputFormat("gdal", "cog") for s in (".tif", ".tiff", ".vrt", ".img", ".jp2")},
+    **{
+        s: InputFormat("netcdf", "netcdf")
+        for s in (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
+    },
+    ".zarr": InputFormat("zarr", "cog"),
+}
+
+#: Suffixes read as netCDF (with xarray), not through GDAL.
+NETCDF_SUFFIXES = frozenset(s for s, f in INPUT_SUFFIXES.items() if f.family == "netcdf")
+
+#: Output format name -> its suffix and family.
+OUTPUT_FORMATS: dict[OutputFormat, OutputSpec] = {
+    "cog": OutputSpec("cog", ".tif", "GeoTIFF", "Cloud Optimized GeoTIFF with overviews"),
+    "gtiff": OutputSpec("gtiff", ".tif", "GeoTIFF", "plain tiled GeoTIFF"),
+    "zarr": OutputSpec("zarr", ".zarr", "Zarr", "CF-1.8 Zarr v3 store (a folder)"),
+    "netcdf": OutputSpec("netcdf", ".nc", "netCDF", "CF-1.8 netCDF-4 file"),
+}
+
+#: Output file suffix -> the format it implies when none is named.
+_OUTPUT_SUFFIXES: dict[str, OutputFormat] = {
+    ".tif": "cog",
+    ".tiff": "cog",
+    ".zarr": "zarr",
+    **{s: "netcdf" for s in NETCDF_SUFFIXES},
+}
+
+
+def is_zarr_store(path: str | os.PathLike[str]) -> bool:
+    """A Zarr store: a ``*.zarr`` folder or any folder with Zarr v2/v3 group metadata."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return p.suffix.lower() == ".zarr" or any(
+        (p / n).exists() for n in ("zarr.json", ".zgroup", ".zattrs")
+    )
+
+
+def input_family(path: str | os.PathLike[str]) -> InputFamily:
+    """Which reader opens ``path``: ``zarr`` (a store), ``netcdf`` (by suffix) or ``gdal``."""
+    if is_zarr_store(path):
+        return "zarr"
+    fmt = INPUT_SUFFIXES.get(Path(path).suffix.lower())
+    return "gdal" if fmt is None or fmt.family == "zarr" else fmt.family
+
+
+def default_output_format(path: str | os.PathLike[str]) -> OutputFormat:
+    """The class-map format for an input: netCDF for netCDF inputs, else COG."""
+    if is_zarr_store(path):
+        return INPUT_SUFFIXES[".zarr"].default_output
+    fmt = INPUT_SUFFIXES.get(Path(path).suffix.lower())
+    return "cog" if fmt is None else fmt.default_output
+
+
+def output_path(
+    source: str | os.PathLike[str],
+    output_dir: str | os.PathLike[str],
+    format: str | None = None,
+) -> tuple[Path, OutputFormat]:
+    """``(output_dir/<stem><suffix>, format)`` of the class map of ``source``.
+
+    ``format`` None follows the input (:func:`default_output_format`).
+
+    Raises
+    ------
+    InputError
+        Unknown ``format``.
+    """
+    fmt = _check_format(format) if format is not None else default_output_format(source)
+    return Path(output_dir) / (Path(source).stem + OUTPUT_FORMATS[fmt].suffix), fmt
+
+
+def output_format_for_path(path: str | os.PathLike[str]) -> OutputFormat:
+    """The output format a file name implies: ``.tif``/``.tiff`` COG, ``.zarr``, ``.nc`` (etc.).
+
+    Raises
+    ------
+    InputError
+        The suffix implies no output format.
+    """
+    suffix = Path(path).suffix.lower()
+    fmt = _OUTPUT_SUFFIXES.get(suffix)
+    if fmt is None:
+        raise InputError(
+            f"cannot tell the output format from {Path(path).name!r} (suffix {suffix or 'none'}); "
+            "use .tif/.tiff (COG), .zarr or .nc, or pass format= "
+            f"({', '.join(OUTPUT_FORMATS)})"
+        )
+    return fmt
+
+
+def resolve_output_format(path: str | os.PathLike[str], format: str | None) -> OutputFormat:
+    """``format``, checked against the suffix of ``path``; the suffix's format when None.
+
+    Raises
+    ------
+    InputError
+        Unknown format, no format implied by the suffix, or a format of another
+        family than the suffix (e.g. ``zarr`` for ``map.tif``).
+    """
+    if format is None:
+        return output_format_for_path(path)
+    fmt = _check_format(format)
+    p = Path(path)
+    implied = _OUTPUT_SUFFIXES.get(p.suffix.lower())
+    spec = OUTPUT_FORMATS[fmt]
+    if implied is not None and OUTPUT_FORMATS[implied].family != spec.family:
+        raise InputError(
+            f"format {fmt!r} writes {spec.family}, but {p.name} has the suffix of "
+            f"{OUTPUT_FORMATS[implied].family}; name the output *{spec.suffix} or pick another "
+            "format"
+        )
+    return fmt
+
+
+def _check_format(format: str) -> OutputFormat:
+    name = format.lower()
+    if name not in OUTPUT_FORMATS:
+        raise InputError(
+            f"unknown output format {format!r}; expected one of {', '.join(OUTPUT_FORMATS)}"
+        )
+    return cast(OutputFormat, name)

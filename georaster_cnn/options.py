@@ -1,0 +1,173 @@
+"""Options: every default and range check of the public functions, in one place.
+
+The API validates here, once; the CLI passes its flags through unchanged and only
+rewords the library's messages at its edge (library messages name the Python
+keywords, ``stride=``, never a command-line flag). Importing this module does not
+import torch; resolving a device does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from georaster_cnn.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+
+    from georaster_cnn.modelfile import GeoModel
+
+__all__ = [
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MIN_VALID",
+    "DEFAULT_PATCH",
+    "InferenceOptions",
+    "check_batch_size",
+    "check_epochs",
+    "check_fraction",
+    "check_min_valid",
+    "check_positive",
+    "check_stride",
+    "evaluation_stride",
+    "training_stride",
+]
+
+#: Window side of new models, in pixels.
+DEFAULT_PATCH = 64
+#: Windows per model call.
+DEFAULT_BATCH_SIZE = 256
+#: Minimum valid fraction of a window for it to get a class (models store their own).
+DEFAULT_MIN_VALID = 0.5
+
+
+def check_positive(name: str, value: Any, *, unit: str = "") -> int:
+    """``value`` as an ``int >= 1``, or an :class:`InputError` naming ``name=``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{name}= must be a whole number >= 1{unit}; found {value!r}")
+    return int(value)
+
+
+def check_stride(stride: Any, patch: int) -> int:
+    """A stride between 1 and the patch size (windows farther apart would skip pixels)."""
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= patch:
+        raise InputError(
+            f"stride= must be between 1 and the patch size {patch}; found {stride!r}. "
+            f"Pick a stride such as {patch}, {max(1, patch // 2)} or {max(1, patch // 4)} "
+            "(windows farther apart than the patch size would skip pixels)."
+        )
+    return int(stride)
+
+
+def check_batch_size(batch_size: Any) -> int:
+    """Windows per model call, ``>= 1``."""
+    return check_positive("batch_size", batch_size)
+
+
+def check_epochs(epochs: Any) -> int:
+    """Training epochs, ``>= 1``."""
+    return check_positive("epochs", epochs)
+
+
+def check_fraction(
+    name: str, value: Any, *, low_open: bool = False, high_open: bool = False
+) -> float:
+    """``value`` as a float in ``[0, 1]`` (ends open as asked), or an :class:`InputError`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    ok = (v > 0.0 if low_open else v >= 0.0) and (v < 1.0 if high_open else v <= 1.0)
+    if isinstance(value, bool) or not ok:
+        interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+        raise InputError(f"{name}= must be in {interval}; found {value!r}")
+    return v
+
+
+def check_min_valid(min_valid: Any) -> float:
+    """Minimum valid fraction of a window, in ``(0, 1]``."""
+    return check_fraction("min_valid", min_valid, low_open=True)
+
+
+def training_stride(patch: int, stride: int | None = None) -> int:
+    """Window spacing when cutting training windows: ``patch // 4`` unless given."""
+    return check_stride(max(1, patch // 4) if stride is None else stride, patch)
+
+
+def evaluation_stride(model: GeoModel, stride: int | None = None) -> int:
+    """Cell size of an evaluation: the model's training stride unless given.
+
+    Evaluation compares every labelled cell, so it defaults to the finer grid the
+    model was trained on, not to the patch size that :func:`predict` uses.
+    """
+    if stride is None:
+        provenance: Mapping[str, Any] = model.provenance
+        stride = int(provenance.get("stride") or max(1, model.patch_size // 4))
+    return check_stride(stride, model.patch_size)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Validated options of one :func:`predict` or :func:`evaluate` call.
+
+    Build with :meth:`resolve`; the device is resolved there, once per call.
+
+    Attributes
+    ----------
+    stride
+        Output cell size in input pixels, ``1 <= stride <= patch size``.
+    batch_size
+        Windows per model call.
+    min_valid
+        Minimum valid fraction of a window for it to get a class.
+    device
+        The :class:`torch.device` the model runs on.
+    """
+
+    stride: int
+    batch_size: int
+    min_valid: float
+    device: torch.device
+
+    @classmethod
+    def resolve(
+        cls,
+        model: GeoModel,
+        *,
+        stride: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        min_valid: float | None = None,
+        device: str | torch.device = "auto",
+        default_stride: int | None = None,
+    ) -> InferenceOptions:
+        """Apply the defaults and checks.
+
+        Parameters
+        ----------
+        model
+            The model the options are for (its patch size bounds the stride, its
+            ``min_valid`` is the default).
+        stride
+            Default: ``default_stride``, else the model's patch size (windows tile
+            the raster).
+        batch_size, min_valid, device
+            As for :func:`~georaster_cnn.predict`.
+        default_stride
+            The caller's default when ``stride`` is None.
+
+        Raises
+        ------
+        InputError
+            A value out of range, or a device that is unknown or not available.
+        """
+        from georaster_cnn._inference import resolve_device
+
+        if stride is None:
+            stride = model.patch_size if default_stride is None else default_stride
+        return cls(
+            stride=check_stride(stride, model.patch_size),
+            batch_size=check_batch_size(batch_size),
+            min_valid=check_min_valid(model.min_valid if min_valid is None else min_valid),
+            device=resolve_device(device),
+        )
