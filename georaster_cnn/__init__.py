@@ -67,6 +67,7 @@ _LAZY: dict[str, str] = {
 }
 
 if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
+    from georaster_cnn._inference import resolve_device
     from georaster_cnn.chipdata import ChipSet, is_chip_dataset, load_chips
     from georaster_cnn.errors import (
         BandMismatchError,
@@ -81,7 +82,6 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.evaluate import EvaluationReport, evaluate, evaluate_chips
     from georaster_cnn.geometry import PatchGrid, output_transform
     from georaster_cnn.modelfile import GeoModel, load_model, save_model
-    from georaster_cnn._inference import resolve_device
     from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
     from georaster_cnn.reader import open_raster, valid_mask
