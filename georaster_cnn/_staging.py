@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["Staged", "atomic_write", "staged"]
+__all__ = ["Staged", "atomic_write", "staged", "staging_folder"]
 
 #: Marks every temporary name the library makes, so strays are recognisable.
 TEMP_TAG = "gcnn"
@@ -142,6 +142,22 @@ def staged(
         st._cleanup(failed=True)
         raise
     st._cleanup(failed=False)
+
+
+@contextmanager
+def staging_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A private temporary folder beside ``path``, removed at the end whatever happens.
+
+    For outputs made of several files named after the output (a Shapefile and its
+    sidecars, a GeoPackage whose layer takes the file's name): write them inside,
+    under their final names, then move them into place.
+    """
+    tmp = _temp_name(Path(path), "")
+    tmp.mkdir()
+    try:
+        yield tmp
+    finally:
+        _remove(tmp)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:

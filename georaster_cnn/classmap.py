@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from affine import Affine
 
-from georaster_cnn.errors import InputError, ReadError
+from georaster_cnn.errors import GeorasterCNNError, InputError, ReadError
 from georaster_cnn.formats import input_family
 
 __all__ = [
@@ -239,7 +239,7 @@ class ClassMap:
                 from rasterio.enums import Resampling
 
                 with rasterio.open(self.path) as src:
-                    return src.read(1, out_shape=(h, w), resampling=Resampling.nearest)  # type: ignore[no-any-return]
+                    return src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
             with _open_cf(self.path, self.family) as ds:
                 var = ds["class"].transpose("y", "x")
                 if (h, w) != (self.height, self.width):
@@ -279,6 +279,7 @@ def _nearest(n: int, m: int) -> np.ndarray:
 
 
 def _open_cf(path: Path, family: str) -> Any:
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
     if family == "zarr":
@@ -319,6 +320,8 @@ def open_class_map(path: str | os.PathLike[str], *, what: str = "Use") -> ClassM
     try:
         with _open_cf(p, family) as ds:
             return _from_cf(ds, p, family, what)
+    except GeorasterCNNError:
+        raise
     except (OSError, RuntimeError, ValueError) as exc:
         raise ReadError(f"{p}: cannot read the class map ({exc})") from exc
 
@@ -403,12 +406,12 @@ def read_class_info(
                 except ValueError:  # no colour table
                     cmap = {}
             names = parse_names(tag, p) if tag else None
-            colors = (
-                tuple(tuple(cmap[i][:3]) for i in range(max(cmap) + 1) if i in cmap)
+            colors: tuple[RGB, ...] | None = (
+                tuple((int(c[0]), int(c[1]), int(c[2])) for i, c in sorted(cmap.items()))
                 if cmap
                 else None
             )
-            return names, colors  # type: ignore[return-value]
+            return names, colors
         with _open_cf(p, family) as ds:
             var_attrs = ds["class"].attrs if "class" in ds else {}
             text = ds.attrs.get("class_names") or var_attrs.get("class_names")

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import Literal
 
 from georaster_cnn.errors import InputError
 
@@ -186,4 +186,4 @@ def _check_format(format: str) -> OutputFormat:
         raise InputError(
             f"unknown output format {format!r}; expected one of {', '.join(OUTPUT_FORMATS)}"
         )
-    return cast(OutputFormat, name)
+    return name

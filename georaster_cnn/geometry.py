@@ -170,12 +170,16 @@ class RasterGrid:
     def xy(self, row: Any, col: Any, *, corner: bool = False) -> tuple[Any, Any]:
         """World ``(x, y)`` of pixel ``(row, col)``: its centre, or its top-left ``corner``."""
         off = 0.0 if corner else 0.5
-        return self.transform * (np.asarray(col) + off, np.asarray(row) + off)  # type: ignore[no-any-return]
+        t = self.transform
+        c, r = np.asarray(col) + off, np.asarray(row) + off
+        return t.a * c + t.b * r + t.c, t.d * c + t.e * r + t.f
 
     def rowcol(self, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
         """Integer pixel ``(rows, cols)`` containing world points (may fall outside the grid)."""
         inv = ~self.transform
-        cols, rows = inv * (np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+        xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        cols = inv.a * xs + inv.b * ys + inv.c
+        rows = inv.d * xs + inv.e * ys + inv.f
         return np.floor(rows).astype(np.int64), np.floor(cols).astype(np.int64)
 
     def centre_coords(self) -> dict[str, np.ndarray]:

@@ -1,8 +1,8 @@
 """styles: a QGIS layer style and a PNG quicklook for a class map.
 
-Both read a class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`
-(band 1: class index, ``uint8``, nodata 255; tags ``CLASS_NAMES`` and
-``CLASS_COLORS``, JSON lists) and write one file beside it, atomically:
+Both read a class map written by :func:`~georaster_cnn.write_prediction` (COG,
+GeoTIFF, Zarr or netCDF; :mod:`georaster_cnn.classmap` reads its names and
+colours) and write one file beside it, atomically:
 
 * :func:`write_qml`: ``<map>.qml``, a QGIS 3 style with the *paletted* renderer on
   band 1, one entry per class (its colour and name), nodata transparent. QGIS
@@ -14,78 +14,31 @@ Both read a class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
 import numpy as np
-import rasterio
-from rasterio.enums import Resampling
-from rasterio.errors import RasterioError
 
 from georaster_cnn._staging import atomic_write
-from georaster_cnn.errors import InputError, OutputExistsError, ReadError
-from georaster_cnn.modelfile import default_colors
-from georaster_cnn.vectorize import _names
+from georaster_cnn.classmap import ClassMap, open_class_map
+from georaster_cnn.errors import InputError, OutputExistsError
 
 __all__ = ["write_qml", "write_quicklook"]
 
 log = logging.getLogger(__name__)
 
-_NODATA = 255
 #: Nodata cells in the quicklook: light grey, so they stand apart from every class.
 _NODATA_RGB = (224, 224, 224)
 #: Maps smaller than this (longer side, cells) are enlarged by a whole factor in the quicklook.
 _MIN_PREVIEW = 256
 
 
-@dataclass(frozen=True)
-class _Meta:
-    """What a class map says about itself (from its tags)."""
-
-    names: tuple[str, ...]
-    colors: tuple[tuple[int, int, int], ...]
-    tags: dict[str, str]
-    height: int
-    width: int
-
-
-def _read_meta(src: Any, path: Path) -> _Meta:
-    tags = src.tags()
-    if "CLASS_NAMES" not in tags or src.dtypes[0] != "uint8":
-        raise InputError(
-            f"{path}: not a class map written by georaster-cnn (expected a uint8 band 1 "
-            f"and a CLASS_NAMES tag; found {src.dtypes[0]}, tags {sorted(tags)[:6]}). "
-            "Style the output of georaster-cnn predict."
-        )
-    names = _names(tags["CLASS_NAMES"], path)
-    return _Meta(names, _colors(tags.get("CLASS_COLORS"), len(names)), tags, src.height, src.width)
-
-
-def _colors(text: str | None, n: int) -> tuple[tuple[int, int, int], ...]:
-    """``CLASS_COLORS`` as RGB triples; the default palette where it is missing or unusable."""
-    fallback = default_colors(n)
-    try:
-        colors = json.loads(text) if text else []
-    except json.JSONDecodeError:
-        colors = []
-    out: list[tuple[int, int, int]] = []
-    for i in range(n):
-        c = colors[i] if isinstance(colors, list) and i < len(colors) else None
-        if isinstance(c, list) and len(c) == 3 and all(isinstance(v, int) for v in c):
-            out.append((c[0] % 256, c[1] % 256, c[2] % 256))
-        else:
-            out.append(fallback[i])
-    return tuple(out)
-
-
 def _check_output(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -107,7 +60,7 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     Parameters
     ----------
     prediction_path
-        Class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`.
+        Class map written by :func:`~georaster_cnn.write_prediction`.
     overwrite
         Replace an existing ``.qml``.
 
@@ -121,7 +74,7 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     OutputExistsError
         The ``.qml`` exists and ``overwrite`` is false.
     InputError
-        The file is not a class map (no ``CLASS_NAMES`` tag, band 1 not ``uint8``).
+        The file is not a class map (no class names, class band not ``uint8``).
     ReadError
         The file cannot be opened.
 
@@ -133,18 +86,14 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     path = Path(prediction_path)
     out = path.with_suffix(".qml")
     _check_output(out, overwrite)
-    try:
-        with rasterio.open(path) as src:
-            meta = _read_meta(src, path)
-    except RasterioError as exc:
-        raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
+    meta = open_class_map(path, what="Style")
     text = _qml(meta)
     atomic_write(out, lambda f: f.write(text.encode("utf-8")))
     log.info("wrote %s (%d classes)", out, len(meta.names))
     return out
 
 
-def _qml(meta: _Meta) -> str:
+def _qml(meta: ClassMap) -> str:
     """QGIS 3 style document: paletted renderer on band 1, nodata left transparent."""
     entries = "\n".join(
         f"        <paletteEntry value={quoteattr(str(i))} color={quoteattr(_hex(rgb))} "
@@ -203,7 +152,7 @@ def write_quicklook(
     Parameters
     ----------
     prediction_path
-        Class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`.
+        Class map written by :func:`~georaster_cnn.write_prediction`.
     png_path
         Output PNG. [default: ``<prediction stem>.png`` beside the class map]
     max_size
@@ -235,13 +184,8 @@ def write_quicklook(
     path = Path(prediction_path)
     out = path.with_suffix(".png") if png_path is None else Path(png_path)
     _check_output(out, overwrite)
-    try:
-        with rasterio.open(path) as src:
-            meta = _read_meta(src, path)
-            shape = _preview_shape(meta.height, meta.width, max_size)
-            classes = src.read(1, out_shape=shape, resampling=Resampling.nearest)
-    except RasterioError as exc:
-        raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
+    meta = open_class_map(path, what="Preview")
+    classes = meta.read_classes(_preview_shape(meta.height, meta.width, max_size))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
     log.info("wrote %s (%d x %d cells shown)", out, *classes.shape)
@@ -256,7 +200,7 @@ def _preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
     return max(1, round(height / factor)), max(1, round(width / factor))
 
 
-def _plot(f: Any, classes: np.ndarray, meta: _Meta, name: str, max_size: int) -> None:
+def _plot(f: Any, classes: np.ndarray, meta: ClassMap, name: str, max_size: int) -> None:
     """Render the preview into the binary file ``f`` as PNG, map area pixel for cell."""
     # Object-oriented API with an explicit Agg canvas: no pyplot state, no GUI backend.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -295,10 +239,10 @@ def _plot(f: Any, classes: np.ndarray, meta: _Meta, name: str, max_size: int) ->
     ax.set_axis_off()
 
     details = []
-    if meta.tags.get("MODEL_ARCH"):
-        details.append(f"model {meta.tags['MODEL_ARCH']}")
-    if meta.tags.get("STRIDE"):
-        details.append(f"stride {meta.tags['STRIDE']} px")
+    if meta.attrs.get("model_arch"):
+        details.append(f"model {meta.attrs['model_arch']}")
+    if meta.attrs.get("stride"):
+        details.append(f"stride {meta.attrs['stride']} px")
     details.append(f"{meta.height} x {meta.width} cells")
     if (h, w) != (meta.height, meta.width):
         details.append(f"shown at 1/{max(meta.height, meta.width) / max(h, w):.2g}")

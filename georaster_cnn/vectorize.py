@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import glob
 import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,13 +39,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import rasterio.features
 import shapely
 import xarray as xr
 from affine import Affine
-from rasterio.errors import RasterioError
 
-from georaster_cnn.errors import InputError, OutputExistsError, ReadError
+from georaster_cnn._staging import staging_folder
+from georaster_cnn.classmap import CLASS_NODATA, ClassMap, open_class_map, parse_names
+from georaster_cnn.errors import InputError, OutputExistsError
 
 __all__ = ["VECTOR_FORMATS", "vectorize", "write_vectors"]
 
@@ -68,13 +67,12 @@ VECTOR_FORMATS: dict[str, str] = {
 #: (GDAL would otherwise truncate them with a warning).
 SHAPEFILE_COLUMNS: dict[str, str] = {"mean_probability": "mean_prob"}
 
-_NODATA = 255
 _SHP_SIDECARS = frozenset({".shx", ".dbf", ".prj", ".cpg", ".qix", ".sbn", ".sbx", ".qmd"})
 _COLUMNS = ("class_id", "class_name", "area", "cells")
 
 
 @dataclass(frozen=True)
-class _ClassMap:
+class _Cells:
     """What vectorising needs from a prediction, whatever its form."""
 
     classes: np.ndarray  # (y, x) uint8, 255 = nodata
@@ -82,7 +80,7 @@ class _ClassMap:
     crs: Any  # rasterio CRS or None
     names: tuple[str, ...]
     source: str
-    path: Path | None = None  # GeoTIFF whose probability bands are read block by block
+    stored: ClassMap | None = None  # class map on disk, probabilities read block by block
     own_probability: np.ndarray | None = None  # (y, x) probability of each cell's class
 
 
@@ -98,9 +96,9 @@ def vectorize(
     Parameters
     ----------
     prediction
-        A class-map GeoTIFF written by :func:`~georaster_cnn.write_prediction`
-        (band 1 the class, optional probability bands in percent), or the
-        Dataset returned by :func:`~georaster_cnn.predict` (computed here).
+        A class map written by :func:`~georaster_cnn.write_prediction` (COG,
+        GeoTIFF, Zarr or netCDF, with or without probabilities), or the Dataset
+        returned by :func:`~georaster_cnn.predict` (computed here).
     min_area
         Drop polygons whose area is below this, in CRS units squared. Their cells
         are simply not in the output (the neighbouring polygons do not grow).
@@ -146,13 +144,16 @@ def vectorize(
         cmap = _from_dataset(prediction, probabilities)
     else:
         cmap = _from_file(Path(prediction))
-    want_probs = probabilities and (cmap.path is not None or cmap.own_probability is not None)
+    want_probs = probabilities and (
+        (cmap.stored is not None and cmap.stored.has_probabilities)
+        or cmap.own_probability is not None
+    )
 
     cls = cmap.classes
     # Pixel-space polygons: integer vertices, so burning them back is exact.
     geoms: list[Any] = []
     values: list[int] = []
-    for geom, value in rasterio.features.shapes(cls, mask=cls != _NODATA, connectivity=4):
+    for geom, value in rasterio.features.shapes(cls, mask=cls != CLASS_NODATA, connectivity=4):
         geoms.append(shapely.geometry.shape(geom))
         values.append(int(value))
     n = len(geoms)
@@ -256,22 +257,19 @@ def write_vectors(
             "pip install pyarrow, or choose .gpkg, .geojson or .shp"
         )
     if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "ESRI Shapefile":
         gdf = gdf.rename(columns=SHAPEFILE_COLUMNS)
     # A private folder keeps the final base name: GeoPackage layers and Shapefile
     # sidecars are named after it, and sidecars move along with the .shp.
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+    with staging_folder(out) as tmpdir:
         staged = tmpdir / out.name
         if fmt == "Parquet":
             gdf.to_parquet(staged, index=False)
         else:
             _write_ogr(gdf, staged, fmt)
         _move_into_place(tmpdir, out, fmt)
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
     log.info("wrote %s (%d feature(s), %s)", out, len(gdf), fmt)
     return out
 
@@ -279,58 +277,27 @@ def write_vectors(
 # --------------------------------------------------------------------------- reading
 
 
-def _from_file(path: Path) -> _ClassMap:
-    """Class band and description of a class-map GeoTIFF; probabilities stay on disk."""
-    try:
-        with rasterio.open(path) as src:
-            tags = src.tags()
-            if "CLASS_NAMES" not in tags or src.dtypes[0] != "uint8":
-                raise InputError(
-                    f"{path}: not a class map written by georaster-cnn (expected a uint8 band 1 "
-                    f"and a CLASS_NAMES tag; found {src.dtypes[0]}, tags {sorted(tags)[:6]}). "
-                    "Vectorise the output of georaster-cnn predict."
-                )
-            names = _names(tags["CLASS_NAMES"], path)
-            if src.count not in (1, 1 + len(names)):
-                raise InputError(
-                    f"{path}: expected 1 band (classes) or {1 + len(names)} (classes and one "
-                    f"probability band per class), found {src.count}. "
-                    "Vectorise the output of georaster-cnn predict as written."
-                )
-            classes = src.read(1)
-            return _ClassMap(
-                classes=classes,
-                transform=src.transform,
-                crs=src.crs,
-                names=names,
-                source=str(path),
-                path=path if src.count > 1 else None,
-            )
-    except RasterioError as exc:
-        raise ReadError(f"{path}: cannot read the class map ({exc})") from exc
+def _from_file(path: Path) -> _Cells:
+    """Class band and description of a class map on disk; probabilities stay there."""
+    stored = open_class_map(path, what="Vectorise")
+    return _Cells(
+        classes=stored.read_classes(),
+        transform=stored.transform,
+        crs=stored.crs,
+        names=stored.names,
+        source=str(path),
+        stored=stored,
+    )
 
 
-def _names(text: str, source: object) -> tuple[str, ...]:
-    try:
-        names = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"{source}: class names are not valid JSON ({exc}); expected a list of strings "
-            "as written by georaster-cnn predict"
-        ) from exc
-    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise InputError(f"{source}: class names must be a JSON list of strings; found {text!r}")
-    return tuple(names)
-
-
-def _from_dataset(pred: xr.Dataset, probabilities: bool) -> _ClassMap:
+def _from_dataset(pred: xr.Dataset, probabilities: bool) -> _Cells:
     """Compute the class band (and each cell's own-class probability) in one pass."""
     if "class" not in pred or "class_names" not in pred.attrs:
         raise InputError(
             "expected the Dataset returned by georaster_cnn.predict (a 'class' variable and a "
             f"'class_names' attribute); found variables {sorted(map(str, pred.data_vars))}"
         )
-    names = _names(pred.attrs["class_names"], "prediction")
+    names = parse_names(pred.attrs["class_names"], "prediction")
     cls = da.asarray(pred["class"].transpose("y", "x").data)
     own = None
     if probabilities and "probability" in pred:
@@ -341,7 +308,7 @@ def _from_dataset(pred: xr.Dataset, probabilities: bool) -> _ClassMap:
     else:
         (classes,) = dask.compute(cls)
         own_np = None
-    return _ClassMap(
+    return _Cells(
         classes=np.asarray(classes, dtype=np.uint8),
         transform=pred.rio.transform(),
         crs=pred.rio.crs,
@@ -353,9 +320,9 @@ def _from_dataset(pred: xr.Dataset, probabilities: bool) -> _ClassMap:
 
 def _own_class(cls: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """Probability of each cell's own class (NaN at nodata)."""
-    idx = np.where(cls == _NODATA, 0, cls).astype(np.intp)
+    idx = np.where(cls == CLASS_NODATA, 0, cls).astype(np.intp)
     own = np.take_along_axis(np.asarray(probs, dtype=np.float32), idx[None], axis=0)[0]
-    return np.where(cls == _NODATA, np.float32(np.nan), own)
+    return np.where(cls == CLASS_NODATA, np.float32(np.nan), own)
 
 
 # --------------------------------------------------------------------------- zonal
@@ -374,7 +341,7 @@ def _burn_ids(geoms: list[Any], shape: tuple[int, ...]) -> np.ndarray:
     )
 
 
-def _zonal_mean(cmap: _ClassMap, ids: np.ndarray, n: int) -> np.ndarray:
+def _zonal_mean(cmap: _Cells, ids: np.ndarray, n: int) -> np.ndarray:
     """Mean own-class probability per region (0-1), over cells where it is known."""
     total = np.zeros(n + 1)
     count = np.zeros(n + 1)
@@ -388,26 +355,18 @@ def _zonal_mean(cmap: _ClassMap, ids: np.ndarray, n: int) -> np.ndarray:
 
 
 def _own_probability_blocks(
-    cmap: _ClassMap, ids: np.ndarray
+    cmap: _Cells, ids: np.ndarray
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(ids, own-class probability 0-1 or NaN) per block; a file is read block by block."""
     if cmap.own_probability is not None:
         yield ids, cmap.own_probability.astype(np.float64)
         return
-    if cmap.path is None:
+    if cmap.stored is None:
         return
-    k = len(cmap.names)
-    try:
-        with rasterio.open(cmap.path) as src:
-            for _, window in src.block_windows(1):
-                rows, cols = window.toslices()
-                cls = cmap.classes[rows, cols]
-                percent = src.read(list(range(2, k + 2)), window=window)
-                own = _own_class(cls, percent.astype(np.float32))
-                own[own == _NODATA] = np.nan
-                yield ids[rows, cols], own.astype(np.float64) / 100.0
-    except RasterioError as exc:
-        raise ReadError(f"{cmap.path}: cannot read the probability bands ({exc})") from exc
+    for rows, percent in cmap.stored.probability_blocks():
+        own = _own_class(cmap.classes[rows], percent.astype(np.float32))
+        own[own == CLASS_NODATA] = np.nan
+        yield ids[rows], own.astype(np.float64) / 100.0
 
 
 # --------------------------------------------------------------------------- geometry
