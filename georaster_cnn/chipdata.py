@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.formats import INPUT_SUFFIXES, NETCDF_SUFFIXES
 from georaster_cnn.stats import ChannelStats
 
 __all__ = [
@@ -46,11 +47,11 @@ log = logging.getLogger(__name__)
 
 #: Suffixes of one-chip files inside a class sub-folder.
 CHIP_FILE_SUFFIXES = frozenset({".npy", ".npz", ".tif", ".tiff"})
-#: Suffixes of a single file holding all chips.
-CHIPSET_FILE_SUFFIXES = frozenset({".npz", ".nc", ".nc4", ".cdf", ".netcdf"})
+#: Suffixes of a single file holding all chips: NumPy archives and the netCDF family.
+CHIPSET_FILE_SUFFIXES = frozenset({".npz", *NETCDF_SUFFIXES})
 
 #: Files whose presence at a folder's top level means "a folder of rasters", not chips.
-_RASTER_LIKE = frozenset({".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc", ".nc4", ".zarr"})
+_RASTER_LIKE = frozenset(INPUT_SUFFIXES)
 #: Files GDAL or the OS put next to chips; not chips themselves.
 _SIDECARS = (".aux.xml", ".ovr", ".msk")
 

@@ -46,6 +46,7 @@ from rasterio.errors import NotGeoreferencedWarning
 
 from georaster_cnn.chipdata import chip_valid_fraction
 from georaster_cnn.errors import InputError
+from georaster_cnn.geometry import RasterGrid
 from georaster_cnn.reader import _QUIET_OPEN_LOCK
 
 __all__ = [
@@ -310,14 +311,6 @@ def to_raster_crs(frame: gpd.GeoDataFrame, data: xr.DataArray, source: str) -> g
     return frame.to_crs(dcrs)
 
 
-def _pixel_of(transform: Affine, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Integer ``(row, col)`` of the pixels holding map coordinates ``(x, y)``."""
-    inv = ~transform
-    col = inv.a * x + inv.b * y + inv.c
-    row = inv.d * x + inv.e * y + inv.f
-    return np.floor(row).astype(np.int64), np.floor(col).astype(np.int64)
-
-
 def _cut_windows(box: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch: int) -> np.ndarray:
     """Windows ``(n, band, p, p)`` with top-left ``(rows, cols)`` inside ``box``."""
     out = np.empty((rows.size, box.shape[0], patch, patch), dtype=np.float32)
@@ -352,7 +345,8 @@ def point_windows(
     prediction windows; windows with less than ``min_valid`` valid pixels are left out.
     """
     _, height, width = norm.shape
-    rows, cols = _pixel_of(transform, points.geometry.x.to_numpy(), points.geometry.y.to_numpy())
+    grid = RasterGrid(height, width, transform)
+    rows, cols = grid.rowcol(points.geometry.x.to_numpy(), points.geometry.y.to_numpy())
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     rows, cols = rows[inside], cols[inside]
     ids = points["id"].to_numpy(dtype=np.int64)[inside]
@@ -432,7 +426,7 @@ def rasterize_polygons(
     polygons that reach its block (spatial index), so the label raster is never
     held whole.
     """
-    transform = like.rio.transform()
+    grid = RasterGrid.of(like)
     data = like.data if isinstance(like.data, da.Array) else da.from_array(np.asarray(like.data))
     chunks_y, chunks_x = data.chunks[-2], data.chunks[-1]
     geoms = polygons.geometry.to_numpy()
@@ -444,10 +438,11 @@ def rasterize_polygons(
         row = []
         x0 = 0
         for w in chunks_x:
-            t = transform @ Affine.translation(x0, y0)
-            corners = [t @ (cx, cy) for cx in (0, w) for cy in (0, h)]
-            xs, ys = zip(*corners, strict=True)
-            idx = tree.query(shapely.box(min(xs), min(ys), max(xs), max(ys)))
+            t = grid.window(y0, x0, h, w).transform
+            xs, ys = grid.xy(
+                np.array([y0, y0, y0 + h, y0 + h]), np.array([x0, x0 + w, x0, x0 + w]), corner=True
+            )
+            idx = tree.query(shapely.box(xs.min(), ys.min(), xs.max(), ys.max()))
             idx = np.sort(idx)
             block = dask.delayed(_rasterize_block)(list(geoms[idx]), values[idx], (h, w), t)
             row.append(da.from_delayed(block, shape=(h, w), dtype=np.float32))
