@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 __all__ = ["Classifier", "resolve_device"]
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
+def resolve_device(device: str = "auto") -> torch.device:
     """Map ``auto|cpu|cuda|mps`` (or ``cuda:N``) to an available :class:`torch.device`.
 
     ``auto`` picks CUDA, then MPS, then the CPU.
@@ -37,8 +37,6 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     InputError
         The device was asked for explicitly but is not available, or is unknown.
     """
-    if isinstance(device, torch.device):
-        return device
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -93,7 +91,8 @@ class Classifier:
 
     def __init__(self, model: GeoModel, device: str | torch.device = "auto") -> None:
         self.model = model
-        self.device = resolve_device(device)
+        # A torch.device was resolved by the caller (once per call, in InferenceOptions).
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.key = (model.checksum, str(self.device))
 
     def __dask_tokenize__(self) -> tuple[str, str]:

@@ -28,6 +28,7 @@ __all__ = [
     "check_epochs",
     "check_fraction",
     "check_min_valid",
+    "check_non_negative",
     "check_positive",
     "check_stride",
     "evaluation_stride",
@@ -47,6 +48,18 @@ def check_positive(name: str, value: Any, *, unit: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InputError(f"{name}= must be a whole number >= 1{unit}; found {value!r}")
     return int(value)
+
+
+def check_non_negative(name: str, value: Any, *, unit: str = "") -> float:
+    """``value`` as a float ``>= 0`` (NaN refused), or an :class:`InputError` naming ``name=``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(value, bool) or not v >= 0:
+        detail = f" ({unit})" if unit else ""
+        raise InputError(f"{name}= must be >= 0{detail}; found {value!r}")
+    return v
 
 
 def check_stride(stride: Any, patch: int) -> int:
@@ -169,5 +182,5 @@ class InferenceOptions:
             stride=check_stride(stride, model.patch_size),
             batch_size=check_batch_size(batch_size),
             min_valid=check_min_valid(model.min_valid if min_valid is None else min_valid),
-            device=resolve_device(device),
+            device=device if not isinstance(device, str) else resolve_device(device),
         )

@@ -39,8 +39,8 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
-import rioxarray  # noqa: F401  (registers the .rio accessor)
 import rasterio.features
+import rioxarray  # noqa: F401  (registers the .rio accessor)
 import shapely
 import xarray as xr
 from affine import Affine
@@ -48,6 +48,7 @@ from affine import Affine
 from georaster_cnn._staging import staging_folder
 from georaster_cnn.classmap import CLASS_NODATA, ClassMap, open_class_map, parse_names
 from georaster_cnn.errors import InputError, OutputExistsError
+from georaster_cnn.options import check_non_negative
 
 __all__ = ["VECTOR_FORMATS", "vectorize", "write_vectors"]
 
@@ -134,12 +135,8 @@ def vectorize(
     >>> gdf = gc.vectorize("maps/scene.tif", min_area=900.0)  # doctest: +SKIP
     >>> gdf.groupby("class_name")["area"].sum()  # doctest: +SKIP
     """
-    for name, value, unit in (
-        ("min_area", min_area, "an area in CRS units squared"),
-        ("simplify", simplify, "a tolerance in CRS units"),
-    ):
-        if not value >= 0:  # also refuses NaN
-            raise InputError(f"{name} must be >= 0 ({unit}, 0 = off); found {value}")
+    check_non_negative("min_area", min_area, unit="an area in CRS units squared, 0 = off")
+    check_non_negative("simplify", simplify, unit="a tolerance in CRS units, 0 = off")
     if isinstance(prediction, xr.Dataset):
         cmap = _from_dataset(prediction, probabilities)
     else:
@@ -149,30 +146,16 @@ def vectorize(
         or cmap.own_probability is not None
     )
 
-    cls = cmap.classes
-    # Pixel-space polygons: integer vertices, so burning them back is exact.
-    geoms: list[Any] = []
-    values: list[int] = []
-    for geom, value in rasterio.features.shapes(cls, mask=cls != CLASS_NODATA, connectivity=4):
-        geoms.append(shapely.geometry.shape(geom))
-        values.append(int(value))
+    geoms, class_id = _pixel_polygons(cmap)
     n = len(geoms)
-    class_id = np.asarray(values, dtype=np.int32)
-    unknown = sorted(set(np.unique(class_id).tolist()) - set(range(len(cmap.names))))
-    if unknown:
-        raise InputError(
-            f"{cmap.source}: class values {unknown} have no name; the class map has "
-            f"{len(cmap.names)} class names (ids 0..{len(cmap.names) - 1}, 255 = nodata). "
-            "Vectorise a class map written by georaster-cnn predict."
-        )
-    ids = _burn_ids(geoms, cls.shape)
+    ids = _burn_ids(geoms, cmap.classes.shape)
     cells = np.bincount(ids.ravel(), minlength=n + 1)[1:].astype(np.int64)
     cell_area = abs(cmap.transform.determinant)
     area = cells * cell_area
 
     columns: dict[str, Any] = {
         "class_id": class_id,
-        "class_name": pd.Series([cmap.names[v] for v in values], dtype=object),
+        "class_name": pd.Series([cmap.names[v] for v in class_id], dtype=object),
         "area": area.astype(np.float64),
         "cells": cells,
     }
@@ -203,6 +186,28 @@ def vectorize(
         f", {dropped} below min_area dropped" if dropped else "",
     )
     return gdf
+
+
+def _pixel_polygons(cmap: _Cells) -> tuple[list[Any], np.ndarray]:
+    """Polygons of connected same-class cells in pixel space, and their class ids.
+
+    Integer vertices, so burning them back (:func:`_burn_ids`) is exact.
+    """
+    cls = cmap.classes
+    geoms: list[Any] = []
+    values: list[int] = []
+    for geom, value in rasterio.features.shapes(cls, mask=cls != CLASS_NODATA, connectivity=4):
+        geoms.append(shapely.geometry.shape(geom))
+        values.append(int(value))
+    class_id = np.asarray(values, dtype=np.int32)
+    unknown = sorted(set(np.unique(class_id).tolist()) - set(range(len(cmap.names))))
+    if unknown:
+        raise InputError(
+            f"{cmap.source}: class values {unknown} have no name; the class map has "
+            f"{len(cmap.names)} class names (ids 0..{len(cmap.names) - 1}, "
+            f"{CLASS_NODATA} = nodata). Vectorise a class map written by georaster-cnn predict."
+        )
+    return geoms, class_id
 
 
 def write_vectors(

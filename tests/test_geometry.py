@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+import rioxarray
 from affine import Affine
+from geo import NORTH_UP, ROTATED
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from georaster_cnn import InputError, PatchGrid, output_transform
+
+MakeRaster = Callable[..., Path]
 
 
 @st.composite
@@ -161,3 +168,50 @@ def test_grid_is_immutable() -> None:
     g = PatchGrid(10, 10)
     with pytest.raises(AttributeError):
         g.stride = 3  # type: ignore[misc]
+
+
+# --------------------------------------------------------------------------- RasterGrid
+
+
+@given(
+    h=st.integers(1, 300),
+    w=st.integers(1, 300),
+    stride=st.integers(1, 64),
+    rotated=st.booleans(),
+)
+def test_raster_grid_round_trips_pixels_and_places_outputs(
+    h: int, w: int, stride: int, rotated: bool
+) -> None:
+    from georaster_cnn.geometry import RasterGrid
+
+    t = ROTATED if rotated else NORTH_UP
+    grid = RasterGrid(h, w, t, "EPSG:32633")
+    rows = np.array([0, h - 1, h // 2])
+    cols = np.array([0, w - 1, w // 3])
+    x, y = grid.xy(rows, cols)
+    back_r, back_c = grid.rowcol(x, y)
+    np.testing.assert_array_equal(back_r, rows)
+    np.testing.assert_array_equal(back_c, cols)
+    out = grid.output(stride=stride)
+    assert out.shape == (-(-h // stride), -(-w // stride))
+    assert out.transform == t * Affine.scale(stride)
+    assert out.xy(0, 0, corner=True) == grid.xy(0, 0, corner=True)  # same origin
+    sub = grid.window(rows[2], cols[2], 1, 1)
+    np.testing.assert_allclose(sub.xy(0, 0), grid.xy(rows[2], cols[2]), rtol=0, atol=1e-6)
+    assert grid.same_as(RasterGrid(h, w, t, "EPSG:32633"))
+    assert not grid.same_as(RasterGrid(h, w, t, None))
+    assert bool(grid.centre_coords()) is not rotated
+
+
+def test_raster_grid_centre_coords_match_rioxarray(tmp_path: Path, make_raster: MakeRaster) -> None:
+    from georaster_cnn import open_raster
+    from georaster_cnn.geometry import RasterGrid
+
+    path = make_raster(tmp_path, "s.tif", height=7, width=5, count=1)
+    data = open_raster(path)
+    grid = RasterGrid.of(data)
+    ref = rioxarray.open_rasterio(path)
+    np.testing.assert_allclose(grid.centre_coords()["x"], ref.x.values)
+    np.testing.assert_allclose(grid.centre_coords()["y"], ref.y.values)
+    with rasterio.open(path) as src:  # GDAL's own reading of the file
+        assert grid.transform == src.transform and grid.crs == src.crs
