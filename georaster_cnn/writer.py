@@ -136,7 +136,8 @@ def write_prediction(
     format
         ``cog`` (Cloud Optimized GeoTIFF), ``gtiff`` (plain tiled GeoTIFF), ``zarr``
         or ``netcdf``; default: from the suffix of ``path`` (``.tif``/``.tiff`` ->
-        ``cog``, ``.zarr`` -> ``zarr``, ``.nc``/``.nc4`` -> ``netcdf``).
+        ``cog``, ``.zarr`` -> ``zarr``, ``.nc`` and the other netCDF suffixes -> ``netcdf``;
+        :mod:`georaster_cnn.formats` has the table).
     probabilities
         Also write the per-class probabilities in percent (``uint8``, scale 0.01):
         one band per class in a GeoTIFF, a ``probability`` variable in Zarr/netCDF.
