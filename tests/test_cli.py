@@ -8,10 +8,11 @@ one with the wrong band count, globs, folders and inputs that match nothing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,14 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner, Result
 from georaster_cnn_cli import __version__
-from georaster_cnn_cli._common import expand_inputs
+from georaster_cnn_cli._common import flag_wording
+from georaster_cnn_cli._inputs import TileResult, expand_inputs, plan_outputs
 from georaster_cnn_cli._options import BandList
 from georaster_cnn_cli.main import cli
-from georaster_cnn_cli.predict import TileResult, plan_outputs
 
+import georaster_cnn as gc
 from georaster_cnn import load_model
+from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
 
 HEIGHT, WIDTH = 100, 90
 TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)
@@ -240,7 +243,10 @@ def test_plan_outputs_names_and_clashes(tmp_path: Path) -> None:
     assert isinstance(plan[1], TileResult) and plan[1].status == "failed"
     assert str(one) in plan[1].message
     assert not isinstance(plan[2], TileResult)
-    assert plan[2].output == tmp_path / "out" / "other.tif"
+    assert plan[2].output == tmp_path / "out" / "other.nc"  # netCDF in, netCDF out
+    forced = plan_outputs(expand_inputs([str(nc)]), tmp_path / "out", format="cog")
+    assert not isinstance(forced[0], TileResult)
+    assert forced[0].output == tmp_path / "out" / "other.tif"
 
 
 # --------------------------------------------------------------------------- train
@@ -367,6 +373,7 @@ def test_predict_batch_with_bad_tiles(model_path: Path, tiles: list[Path], tmp_p
     assert errors[0].startswith(f"error: {truncated}: ")
     assert errors[1].startswith(f"error: {two_band}: ")
     assert "3 band" in errors[1] and "has 2" in errors[1]
+    assert "--bands" in errors[1] and "bands=" not in errors[1]  # the CLI's words
     assert sorted(p.name for p in outdir.glob("*.tif")) == [t.name for t in tiles]
     assert leftovers(outdir) == []
     assert "3 written, 0 skipped, 2 failed" in result.stdout
@@ -459,7 +466,11 @@ def test_predict_unavailable_device_stops_once(
         ["predict", model_path, *map(str, tiles), "-o", tmp_path / "out", "--device", "cuda"]
     )
     assert result.exit_code == 2
-    assert len(error_lines(result)) == 1 and "--device cuda" in result.stderr
+    assert error_lines(result) == [
+        "error: --device cuda asked for, but this torch build sees no CUDA GPU; "
+        "use --device cpu or auto"
+    ]
+    assert not (tmp_path / "out").exists()
 
 
 def test_predict_library_warnings_become_lines(model_path: Path, tmp_path: Path) -> None:
@@ -471,3 +482,198 @@ def test_predict_library_warnings_become_lines(model_path: Path, tmp_path: Path)
     assert all(line.startswith(f"warning: {odd}: band ") for line in warnings), warnings
     assert len(set(warnings)) == len(warnings)
     assert (tmp_path / "out" / "odd.tif").is_file()
+
+
+def test_band_mismatch_names_the_keyword_in_the_api(model_path: Path, tmp_path: Path) -> None:
+    two_band = gc.open_raster(write_scene(tmp_path / "two_band.tif", count=2))
+    with pytest.raises(gc.BandMismatchError, match=r"bands=\[") as info:
+        gc.predict(two_band, load_model(model_path), device="cpu")
+    assert "--bands" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- options, once
+
+
+@pytest.mark.parametrize("patch", [16, 32])
+def test_predict_defaults_fit_the_models_patch(
+    patch: int, tmp_path: Path, make_model: Callable[..., gc.GeoModel]
+) -> None:
+    """A model trained on small chips predicts with the CLI's defaults: stride = its patch."""
+    model = gc.save_model(make_model(3, patch_size=patch), tmp_path / "m.safetensors")
+    scene = write_scene(tmp_path / "scene.tif")
+    result = run(["predict", model, scene, "-o", tmp_path / "out", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "out" / "scene.tif") as src:
+        assert src.transform == TRANSFORM @ Affine.scale(patch)
+        assert (src.height, src.width) == (-(-HEIGHT // patch), -(-WIDTH // patch))
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "flag"),
+    [
+        ("--stride", "65", "--stride"),
+        ("--stride", "0", "--stride"),
+        ("--batch-size", "0", "--batch-size"),
+        ("--min-valid", "0", "--min-valid"),
+        ("--min-valid", "1.5", "--min-valid"),
+        ("--device", "tpu", "--device"),
+    ],
+)
+def test_predict_bad_option_fails_once_before_any_tile(
+    model_path: Path, tiles: list[Path], tmp_path: Path, option: str, value: str, flag: str
+) -> None:
+    result = run(["predict", model_path, *map(str, tiles), "-o", tmp_path / "out", option, value])
+    assert result.exit_code == 2, result.output
+    errors = error_lines(result)
+    assert len(errors) == 1 and flag in errors[0], result.stderr
+    assert not re.search(r"\b[a-z_]+=", errors[0])  # no Python keyword such as stride=
+    assert not (tmp_path / "out").exists()
+
+
+def test_stride_larger_than_patch_says_the_library_message(
+    model_path: Path, tmp_path: Path
+) -> None:
+    result = run(["predict", model_path, "x.tif", "-o", tmp_path / "out", "--stride", "65"])
+    assert error_lines(result) == [
+        "error: --stride must be between 1 and the patch size 64; found 65. Pick a stride such "
+        "as 64, 32 or 16 (windows farther apart than the patch size would skip pixels)."
+    ]
+
+
+def test_predict_resolves_the_device_once(
+    model_path: Path, tiles: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import georaster_cnn._inference as inference
+
+    names: list[object] = []
+    resolve = inference.resolve_device
+
+    def counting(device: object = "auto") -> object:
+        if isinstance(device, str):  # a torch.device passed on is not resolved again
+            names.append(device)
+        return resolve(device)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(inference, "resolve_device", counting)
+    result = run(predict_args(model_path, [str(t) for t in tiles], tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "3 written" in result.stdout
+    assert names == ["cpu"]
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (["--epochs", "0"], "--epochs"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--stride", "65"], "--stride"),
+        (["--val-fraction", "1"], "--val-fraction"),
+        (["--val-block", "0"], "--val-block"),
+        (["--min-cover", "2"], "--min-cover"),
+        (["--device", "tpu"], "--device"),
+    ],
+)
+def test_train_bad_option_fails_before_reading(
+    data_dir: Path, tmp_path: Path, args: list[str], flag: str
+) -> None:
+    out = tmp_path / "m.safetensors"
+    result = run(
+        ["train", data_dir / "scene.tif", "--labels", data_dir / "labels.tif", "-o", out, *args]
+    )
+    assert result.exit_code == 2, result.output
+    errors = error_lines(result)
+    assert len(errors) == 1 and flag in errors[0], result.stderr
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def _input_named(folder: Path, suffix: str) -> Path:
+    path = folder / f"scene_{suffix.lstrip('.')}{suffix}"
+    if suffix == ".zarr":
+        path.mkdir(parents=True)
+        (path / "zarr.json").write_text("{}")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    return path
+
+
+@pytest.mark.parametrize("suffix", sorted(INPUT_SUFFIXES))
+@pytest.mark.parametrize("format", [None, *OUTPUT_FORMATS])
+def test_cli_plans_the_libraries_output_for_every_suffix(
+    tmp_path: Path, suffix: str, format: str | None
+) -> None:
+    source = _input_named(tmp_path / "in", suffix)
+    assert expand_inputs([str(tmp_path / "in")]).paths == (source,)  # folders find it
+    plan = plan_outputs(expand_inputs([str(source)]), tmp_path / "out", format=format)
+    assert not isinstance(plan[0], TileResult)
+    assert (plan[0].output, plan[0].format) == gc.formats.output_path(
+        source, tmp_path / "out", format
+    )
+
+
+def test_format_choices_are_the_libraries() -> None:
+    help_text = run(["predict", "--help"]).stdout
+    assert f"[{'|'.join(OUTPUT_FORMATS)}]" in help_text
+    for suffix in INPUT_SUFFIXES:
+        assert suffix in help_text
+
+
+@pytest.mark.parametrize("args", [["--help"], ["predict", "--help"], ["train", "--help"]])
+def test_help_does_not_import_torch(args: list[str]) -> None:
+    code = (
+        "import sys\n"
+        "from georaster_cnn_cli.main import cli\n"
+        "try:\n"
+        f"    cli({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------- library words
+
+
+@pytest.mark.parametrize(
+    ("library", "cli_words"),
+    [
+        ("Select bands with bands=[...].", "Select bands with --bands."),
+        ("select them with bands=[red, nir]", "select them with --bands red,nir"),
+        (
+            "x.tif exists; pass overwrite=True to replace it",
+            "x.tif exists; pass --overwrite to replace it",
+        ),
+        ("pass overwrite=True (--overwrite) to replace it", "pass --overwrite to replace it"),
+        ("min_valid= must be in (0, 1]; found 0", "--min-valid must be in (0, 1]; found 0"),
+        ("stride= must be between 1 and 64", "--stride must be between 1 and 64"),
+        ("batch_size= must be a whole number", "--batch-size must be a whole number"),
+        ("use device='cpu' or 'auto'", "use --device cpu or auto"),
+        ("unknown device 'tpu'; choose auto or cpu", "unknown --device tpu; choose auto or cpu"),
+        (
+            "choose one with select={'time': VALUE} or stack='time'",
+            "choose one with --select time=VALUE or --stack time",
+        ),
+        ("select={DIM: VALUE}, or stack=DIM", "--select DIM=VALUE, or --stack DIM"),
+        ("blocks of val_block= pixels", "blocks of --val-block pixels"),
+        ("say which column (label_column / --label-column)", "say which column (--label-column)"),
+        ("val_block must be >= 1 pixel", "--val-block must be >= 1 pixel"),
+        ("augment=False", "--no-augment"),
+        ("pass format= (cog, zarr)", "pass --format (cog, zarr)"),
+        # not an option of the CLI, inside paths, or already a flag: as it was
+        ("set crs= on the labels", "set crs= on the labels"),
+        ("/data/min_valid/scene.tif: bad", "/data/min_valid/scene.tif: bad"),
+        ("min_valid.tif: bad", "min_valid.tif: bad"),
+        ("use --min-valid 0.3", "use --min-valid 0.3"),
+        ("class_names attribute", "class_names attribute"),
+    ],
+)
+def test_flag_wording(library: str, cli_words: str) -> None:
+    assert flag_wording(library) == cli_words
+    assert flag_wording(cli_words) == cli_words  # said once, stays said

@@ -348,6 +348,7 @@ def test_cli_predict_netcdf_with_select(
         if line.startswith("error:")
     ]
     assert len(errors) == 1 and "--stack time" in errors[0], errors
+    assert "--select time=VALUE" in errors[0] and "select=" not in errors[0]  # the CLI's words
     assert "Traceback" not in result.output  # type: ignore[attr-defined]
 
 

@@ -289,8 +289,12 @@ def test_cli_inspect_folder(tiny_tif: Path) -> None:
     assert [r["lags"] for r in json.loads(result.stdout)] == [[1]]
 
 
-@pytest.mark.parametrize("lags", ["0", "1,x", "1,,2"])
-def test_cli_inspect_bad_lags(tiny_tif: Path, lags: str) -> None:
+@pytest.mark.parametrize(
+    ("lags", "says"),
+    [("0", "--lags must be a whole number >= 1"), ("1,x", "positive whole numbers"),
+     ("1,,2", "positive whole numbers")],
+)  # fmt: skip
+def test_cli_inspect_bad_lags(tiny_tif: Path, lags: str, says: str) -> None:
     result = CliRunner().invoke(cli, ["inspect", str(tiny_tif), "--lags", lags])
     assert result.exit_code == 2
-    assert "positive whole numbers" in result.output
+    assert says in result.output

@@ -166,7 +166,10 @@ def test_quicklook_decimates_large_maps(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_cli_predict_qml_and_quicklook(
-    tmp_path: Path, make_model: Callable[..., Any], make_raster: Callable[..., Path]
+    tmp_path: Path,
+    make_model: Callable[..., Any],
+    make_raster: Callable[..., Path],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = gc.save_model(make_model(1), tmp_path / "model.safetensors")
     scene = make_raster(tmp_path, "in/scene.tif", height=64, width=48, seed=4)
@@ -201,9 +204,10 @@ def test_cli_predict_qml_and_quicklook(
     ET.parse(qml)
 
     # An extra that cannot be written fails the tile; the class map and the other extra stay.
-    png.unlink()
-    png.mkdir()
-    (png / "keep").write_text("x")
+    def no_room(*args: Any, **kwargs: Any) -> Path:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gc, "write_quicklook", no_room)
     qml.unlink()
     failed = run([*args, "--qml", "--quicklook", "--overwrite"])
     assert failed.exit_code == 1

@@ -27,8 +27,8 @@ import shapely
 import xarray as xr
 from affine import Affine
 from click.testing import CliRunner, Result
+from georaster_cnn_cli._vectors import VECTOR_SUFFIXES
 from georaster_cnn_cli.main import cli
-from georaster_cnn_cli.vectorize import VECTOR_SUFFIXES
 
 import georaster_cnn as gc
 

@@ -1,4 +1,4 @@
-"""Plumbing shared by the commands: state, input expansion, errors, logging, progress.
+"""Plumbing shared by the commands: state, errors in the CLI's words, warnings, small helpers.
 
 Nothing here imports the library at module level, so ``--help`` stays fast; the
 library's exception classes are looked up only when an exception is being
@@ -7,32 +7,21 @@ classified (by which time the library has been imported by whoever raised it).
 
 from __future__ import annotations
 
-import glob
-import logging
+import math
 import os
+import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from dask.callbacks import Callback
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 from rich.text import Text
 
@@ -42,39 +31,31 @@ if TYPE_CHECKING:
 __all__ = [
     "EXIT_FAILED",
     "EXIT_USAGE",
-    "RASTER_SUFFIXES",
     "CLIError",
     "CLIState",
-    "DaskProgress",
-    "ExpandedInputs",
-    "InputProblem",
-    "configure_logging",
     "error_message",
     "escape",
-    "expand_inputs",
+    "exit_status",
     "fail",
+    "flag_wording",
+    "format_metrics",
+    "format_number",
     "get_state",
     "is_reportable",
+    "kv_table",
     "load_model_or_exit",
-    "make_progress",
     "plural",
+    "refuse_existing",
     "report_error",
     "report_warnings",
-    "shows_progress",
     "strip_path",
+    "usage_errors",
 ]
 
 #: Some of the work failed (e.g. one tile of a batch); the rest was done.
 EXIT_FAILED = 1
 #: Nothing was done: bad usage, an unusable model, a refused overwrite.
 EXIT_USAGE = 2
-
-#: Files taken from folders and glob matches. Files named explicitly are always tried.
-RASTER_SUFFIXES: frozenset[str] = frozenset(
-    {".tif", ".tiff", ".vrt", ".img", ".jp2", ".nc", ".nc4"}
-)
-
-_GLOB_CHARS = frozenset("*?[")
 
 
 # --------------------------------------------------------------------------- state
@@ -110,111 +91,109 @@ def get_state(ctx: click.Context) -> CLIState:
     return state
 
 
-# --------------------------------------------------------------------------- inputs
+# --------------------------------------------------------------------------- library words -> flags
+
+#: Library keywords that a command-line option sets under the same name
+#: (``min_valid`` -> ``--min-valid``). Library messages name these keywords.
+_KEYWORDS = (
+    "arch",
+    "augment",
+    "bands",
+    "batch_size",
+    "class_names",
+    "device",
+    "epochs",
+    "format",
+    "label_column",
+    "lags",
+    "max_pixels",
+    "min_area",
+    "min_cover",
+    "min_valid",
+    "overwrite",
+    "patience",
+    "probabilities",
+    "seed",
+    "select",
+    "simplify",
+    "stack",
+    "stride",
+    "val_block",
+    "val_fraction",
+    "variables",
+)
+#: Keywords recognisable without ``=`` too: no English word or attribute name looks like them.
+_BARE_KEYWORDS = tuple(k for k in _KEYWORDS if "_" in k and k != "class_names")
+
+_NAMES = "|".join(sorted(_KEYWORDS, key=len, reverse=True))
+_BARE_NAMES = "|".join(sorted(_BARE_KEYWORDS, key=len, reverse=True))
+# Not inside a path, a longer name or a flag: min_valid, not /data/min_valid or --min-valid.
+_START = r"(?<![\w./-])"
+_KEYWORD = re.compile(
+    _START + rf"(?P<name>{_NAMES})="
+    r"(?:(?P<boolean>True|False)\b"  # flags: overwrite=True
+    r"|\[(?P<items>[^\]]*)\]"  # lists: bands=[1, 2] or bands=[...]
+    r"|\{(?P<mapping>[^}]*)\}"  # mappings: select={'time': VALUE}
+    r"|(?P<q>['\"])(?P<quoted>[^'\"]*)(?P=q)"  # strings: device='cpu' ...
+    r"(?:(?P<more>\s+or\s+)(?P<q2>['\"])(?P<other>[^'\"]*)(?P=q2))?"  # ... or 'auto'
+    r"|(?P<plain>[\w.:-]*\w))?"  # plain values: stride=64, stack=DIM; or nothing: stride=
+)
+# The library names a device as "device 'cuda'".
+_DEVICE = re.compile(_START + r"device '([\w:]+)'")
+_BARE = re.compile(_START + rf"({_BARE_NAMES})(?![\w=]|\.\w|/)")
+# "--overwrite (--overwrite)" and "--label-column / --label-column" say it twice.
+_TWICE = re.compile(r"(--[\w-]+)(?: \(\1\)| / \1)")
 
 
-@dataclass(frozen=True)
-class InputProblem:
-    """An INPUT argument that yielded no file, and why."""
-
-    spec: str
-    message: str
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
-@dataclass(frozen=True)
-class ExpandedInputs:
-    """Files found for a list of INPUT arguments, in order and without duplicates.
-
-    ``items`` keeps argument order: each entry is a file found, or an
-    :class:`InputProblem` for an argument that yielded no file.
-    """
-
-    items: tuple[Path | InputProblem, ...]
-
-    @property
-    def paths(self) -> tuple[Path, ...]:
-        return tuple(i for i in self.items if isinstance(i, Path))
-
-    @property
-    def problems(self) -> tuple[InputProblem, ...]:
-        return tuple(i for i in self.items if isinstance(i, InputProblem))
+def _unquote(text: str) -> str:
+    return text.strip().strip("'\"")
 
 
-def _is_raster_name(path: Path, suffixes: frozenset[str]) -> bool:
-    return path.suffix.lower() in suffixes and not path.name.startswith(".")
+def _keyword_as_flag(m: re.Match[str]) -> str:
+    boolean, items, mapping, quoted, plain = m.group(
+        "boolean", "items", "mapping", "quoted", "plain"
+    )
+    flag = _flag(m["name"])
+    if boolean is not None:
+        return flag if boolean == "True" else f"--no-{flag[2:]}"
+    if items is not None:
+        values = [_unquote(v) for v in items.split(",") if _unquote(v)]
+        return flag if values in ([], ["..."]) else f"{flag} {','.join(values)}"
+    if mapping is not None:
+        pairs = [p.split(":", 1) for p in mapping.split(",") if ":" in p]
+        return " ".join(f"{flag} {_unquote(k)}={_unquote(v)}" for k, v in pairs) or flag
+    if quoted is not None:
+        return f"{flag} {quoted}" + (f"{m['more']}{m['other']}" if m["more"] else "")
+    return f"{flag} {plain}" if plain else flag
 
 
-def expand_inputs(
-    specs: Iterable[str], *, suffixes: frozenset[str] = RASTER_SUFFIXES
-) -> ExpandedInputs:
-    """Turn INPUT arguments (files, folders, glob patterns) into a list of files.
+def flag_wording(message: str) -> str:
+    """A library message in the CLI's words: Python keywords become the options that set them.
 
-    An existing file is taken as given, whatever its suffix, and so is a Zarr store
-    (a folder). A folder contributes the files directly inside it whose suffix is
-    in ``suffixes``, and the Zarr stores in it (not recursive).
-    Anything else containing ``*``, ``?`` or ``[`` is a glob pattern (``**``
-    recurses), expanded here because quoted patterns reach us unexpanded; its
-    matches are filtered like a folder's. Files reached twice (by any route) are
-    kept once, at their first position. Hidden files are ignored in folders and
-    patterns.
-
-    Parameters
-    ----------
-    specs
-        The INPUT arguments as typed.
-    suffixes
-        Lower-case suffixes (with the dot) that count as raster files.
-
-    Returns
-    -------
-    ExpandedInputs
-        The files, and an :class:`InputProblem` for each argument that yielded none.
+    The library names its keywords (``bands=[...]``, ``overwrite=True``,
+    ``device='cpu'``, ``device 'cuda'``, ``select={DIM: VALUE}``, ``stride=``,
+    ``min_valid``); a command-line user knows the options (``--bands``,
+    ``--overwrite``, ``--device cpu``, ``--device cuda``, ``--select DIM=VALUE``,
+    ``--stride``, ``--min-valid``).
+    Keywords without an option of the same name (``crs=``) are left as they are.
 
     Examples
     --------
-    >>> expand_inputs(["tiles/", "extra/*.tif", "scene.nc"])  # doctest: +SKIP
+    >>> flag_wording("Select bands with bands=[...].")
+    'Select bands with --bands.'
+    >>> flag_wording("pass overwrite=True to replace it; or use device='cpu' or 'auto'")
+    'pass --overwrite to replace it; or use --device cpu or auto'
+    >>> flag_wording("choose one with select={'time': VALUE} or stack='time'")
+    'choose one with --select time=VALUE or --stack time'
     """
-    from georaster_cnn.reader import is_zarr_store  # a Zarr store is a folder but one input
-
-    def is_input(c: Path) -> bool:
-        return (c.is_file() and _is_raster_name(c, suffixes)) or (
-            is_zarr_store(c) and not c.name.startswith(".")
-        )
-
-    seen: set[Path] = set()
-    items: list[Path | InputProblem] = []
-    listed = ", ".join(sorted(suffixes))
-    for spec in specs:
-        p = Path(spec).expanduser()
-        if is_zarr_store(p):
-            found = [p]
-        elif p.is_dir():
-            found = sorted(c for c in p.iterdir() if is_input(c))
-            if not found:
-                items.append(InputProblem(spec, f"folder holds no raster files ({listed})"))
-        elif p.exists():
-            found = [p]
-        elif _GLOB_CHARS & set(spec):
-            matches = [Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True)]
-            found = sorted(m for m in matches if is_input(m))
-            if not matches:
-                items.append(InputProblem(spec, "pattern matches nothing"))
-            elif not found:
-                items.append(
-                    InputProblem(
-                        spec,
-                        f"pattern matches {len(matches)} path(s) but no raster files ({listed})",
-                    )
-                )
-        else:
-            items.append(InputProblem(spec, "no such file or folder"))
-            found = []
-        for f in found:
-            key = f.resolve()
-            if key not in seen:
-                seen.add(key)
-                items.append(f)
-    return ExpandedInputs(tuple(items))
+    text = _KEYWORD.sub(_keyword_as_flag, message)
+    text = _DEVICE.sub(r"--device \1", text)
+    text = _BARE.sub(lambda m: _flag(m.group(1)), text)
+    return _TWICE.sub(r"\1", text)
 
 
 # --------------------------------------------------------------------------- errors
@@ -234,15 +213,28 @@ class CLIError(click.ClickException):
         click.echo(f"error: {self.format_message()}", file=file, err=True)
 
 
+def _library_error(name: str) -> type[BaseException] | None:
+    errors = sys.modules.get("georaster_cnn.errors")
+    found = getattr(errors, name, None)
+    return found if isinstance(found, type) else None
+
+
+def _is_library_error(exc: BaseException) -> bool:
+    root = _library_error("GeorasterCNNError")
+    return root is not None and isinstance(exc, root)
+
+
 def is_reportable(exc: BaseException) -> bool:
     """Whether ``exc`` is an expected failure (library error or OSError), not a bug."""
     if isinstance(exc, BrokenPipeError):
         return False  # click's own handling of a closed pipe is right
-    if isinstance(exc, OSError):
-        return True
-    errors = sys.modules.get("georaster_cnn.errors")
-    root = getattr(errors, "GeorasterCNNError", None)
-    return root is not None and isinstance(exc, root)
+    return isinstance(exc, OSError) or _is_library_error(exc)
+
+
+def exit_status(exc: BaseException) -> int:
+    """2 for a refused overwrite (nothing was written), else 1."""
+    refused = _library_error("OutputExistsError")
+    return EXIT_USAGE if refused is not None and isinstance(exc, refused) else EXIT_FAILED
 
 
 def strip_path(message: str, path: str | os.PathLike[str] | None) -> str:
@@ -262,8 +254,13 @@ def strip_path(message: str, path: str | os.PathLike[str] | None) -> str:
 
 
 def error_message(exc: BaseException, path: str | os.PathLike[str] | None = None) -> str:
-    """One line describing ``exc`` (see :func:`strip_path`); unexpected errors name their type."""
+    """One line describing ``exc``, in the CLI's words (see :func:`strip_path`, :func:`flag_wording`).
+
+    Unexpected errors name their type.
+    """
     msg = strip_path(str(exc), path) or type(exc).__name__
+    if _is_library_error(exc):
+        return flag_wording(msg)
     if not is_reportable(exc) and not isinstance(exc, click.ClickException):
         msg = f"{type(exc).__name__}: {msg}"  # an unexpected error: say what kind
     return msg
@@ -288,6 +285,37 @@ def fail(message: str) -> NoReturn:
     raise CLIError(message)
 
 
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """Options checked by the library inside the block: a refusal stops with exit status 2.
+
+    Commands check every option once, up front, by calling the library's own checks
+    (:mod:`georaster_cnn.options`), so a bad value fails once instead of on every tile.
+    """
+    import georaster_cnn as gc
+
+    try:
+        yield
+    except gc.InputError as exc:
+        raise CLIError(error_message(exc)) from exc
+
+
+def refuse_existing(paths: Iterable[Path], *, holder: str | None = None) -> None:
+    """Stop with exit status 2 if any of ``paths`` exists: fail before the work, not after it.
+
+    For outputs that the library refuses to replace only when it writes them, at the
+    end (a model after training, a report after evaluating). ``holder`` says what
+    the existing files are, e.g. ``"report/ already holds a report"``.
+    """
+    existing = [p for p in paths if p.exists()]
+    if not existing:
+        return
+    if holder is None:
+        fail(f"{existing[0]} exists; pass --overwrite to replace it")
+    names = ", ".join(p.name for p in existing)
+    fail(f"{holder} ({names}); pass --overwrite to replace it, or choose another folder")
+
+
 def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:
     """Load MODEL; any failure ends the command with one line and exit status 2."""
     import georaster_cnn as gc  # deferred: importing torch takes seconds
@@ -304,8 +332,9 @@ def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[
     """Show each distinct Python warning raised inside the block as one ``warning:`` line.
 
     Warnings are printed as they happen (above any progress bar) rather than
-    turned into errors or lost, whatever the process-wide filters say.
-    Deprecation warnings are hidden unless ``-vv``; everything is hidden under ``-q``.
+    turned into errors or lost, whatever the process-wide filters say, in the
+    CLI's words (:func:`flag_wording`). Deprecation warnings are hidden unless
+    ``-vv``; everything is hidden under ``-q``.
     """
     seen: set[tuple[type[Warning], str]] = set()
     prefix = f"{context}: " if context else ""
@@ -318,7 +347,7 @@ def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[
         file: Any = None,
         line: str | None = None,
     ) -> None:
-        text = strip_path(str(message), context)
+        text = flag_wording(strip_path(str(message), context))
         if (category, text) in seen:
             return  # the same warning from every Dask chunk is said once
         seen.add((category, text))
@@ -342,151 +371,7 @@ def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[
         yield
 
 
-# --------------------------------------------------------------------------- logging
-
-
-class _ConsoleHandler(logging.Handler):
-    """Logging handler printing through a rich console, so records and progress bars mix."""
-
-    def __init__(self, console: Console, *, show_names: bool) -> None:
-        super().__init__()
-        self.console = console
-        self.show_names = show_names
-
-    def format(self, record: logging.LogRecord) -> str:
-        head = record.levelname.lower()
-        if self.show_names:
-            head = f"{head}: {record.name}"
-        text = f"{head}: {record.getMessage()}"
-        if record.exc_info:
-            text += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
-        return text
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            style = "yellow" if record.levelno == logging.WARNING else None
-            if record.levelno >= logging.ERROR:
-                style = "red"
-            self.console.print(Text(self.format(record), style=style or ""), soft_wrap=True)
-        except Exception:
-            self.handleError(record)
-
-
-_OUR_LOGGERS = ("georaster_cnn", "georaster_cnn_cli")
-
-
-def configure_logging(verbosity: int, console: Console) -> Callable[[], None]:
-    """Route log records to ``console`` at a level set by ``-v``/``-q``.
-
-    ====================  =============================  ==================
-    flags                 georaster_cnn loggers          other libraries
-    ====================  =============================  ==================
-    ``-q``                ERROR                          ERROR
-    (none)                WARNING                        WARNING
-    ``-v``                INFO                           WARNING
-    ``-vv``               DEBUG (with logger names)      WARNING
-    ``-vvv``              DEBUG                          DEBUG
-    ====================  =============================  ==================
-
-    Returns
-    -------
-    callable
-        Restores the previous logging configuration (the CLI calls it on exit,
-        which keeps repeated in-process invocations, e.g. in tests, independent).
-    """
-    levels = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}
-    ours = levels.get(max(verbosity, -1), logging.DEBUG)
-    if verbosity < 0:
-        others = logging.ERROR
-    elif verbosity >= 3:
-        others = logging.DEBUG
-    else:
-        others = logging.WARNING
-    root = logging.getLogger()
-    handler = _ConsoleHandler(console, show_names=verbosity >= 2)
-    saved: Mapping[str, int] = {name: logging.getLogger(name).level for name in _OUR_LOGGERS}
-    saved_root = root.level
-    root.addHandler(handler)
-    root.setLevel(others)
-    for name in _OUR_LOGGERS:
-        logging.getLogger(name).setLevel(ours)
-
-    def restore() -> None:
-        root.removeHandler(handler)
-        root.setLevel(saved_root)
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
-
-    return restore
-
-
-# --------------------------------------------------------------------------- progress
-
-
-def shows_progress(state: CLIState) -> bool:
-    """Whether progress bars are drawn: not under ``-q``, and only on a terminal."""
-    return not state.quiet and state.err.is_terminal
-
-
-def make_progress(
-    state: CLIState, *, extra: Sequence[ProgressColumn] = (), transient: bool = False
-) -> Progress:
-    """A rich progress display on stderr; silent under ``-q`` or when stderr is no terminal.
-
-    ``extra`` columns go after the standard ones (spinner, description, bar,
-    done/total, elapsed time).
-    """
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        *extra,
-        console=state.err,
-        disable=not shows_progress(state),
-        transient=transient,
-    )
-
-
-class DaskProgress(Callback):
-    """Advance a rich progress task as the local Dask scheduler finishes tasks.
-
-    Use as a context manager around a call that computes (e.g.
-    ``write_prediction``). Several computations inside one block add up into
-    one bar. Only local schedulers (threads, processes, synchronous) report
-    progress; a ``distributed`` cluster does not call these hooks.
-
-    Parameters
-    ----------
-    progress
-        The rich :class:`~rich.progress.Progress` display.
-    task
-        The task to drive; its total is set from the Dask graphs.
-    """
-
-    def __init__(self, progress: Progress, task: TaskID) -> None:
-        super().__init__()
-        self._progress = progress
-        self._task = task
-        self._total = 0
-        self._done = 0
-
-    def _start_state(self, dsk: Mapping[Any, Any], state: Mapping[str, Any]) -> None:
-        pending = sum(len(state.get(k, ())) for k in ("ready", "waiting", "running"))
-        self._total += pending
-        self._progress.update(self._task, total=self._total, completed=self._done)
-
-    def _posttask(
-        self,
-        key: Any,
-        result: Any,
-        dsk: Mapping[Any, Any],
-        state: Mapping[str, Any],
-        worker_id: Any,
-    ) -> None:
-        self._done += 1
-        self._progress.update(self._task, completed=min(self._done, self._total))
+# --------------------------------------------------------------------------- text
 
 
 def plural(n: int, word: str) -> str:
@@ -494,6 +379,26 @@ def plural(n: int, word: str) -> str:
     if n == 1:
         return f"{n} {word}"
     return f"{n} {word}es" if word.endswith("s") else f"{n} {word}s"
+
+
+def format_number(value: Any, digits: int = 3) -> str:
+    """``0.812`` for a finite number, ``n/a`` for anything else."""
+    if isinstance(value, (int, float)) and math.isfinite(value):
+        return f"{value:.{digits}f}"
+    return "n/a"
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+    """``loss 0.512 acc 0.801 val_loss 0.601 val_acc 0.774`` (missing ones left out)."""
+    names = (
+        ("loss", "loss"),
+        ("accuracy", "acc"),
+        ("val_loss", "val_loss"),
+        ("val_accuracy", "val_acc"),
+    )
+    return " ".join(
+        f"{short} {format_number(metrics[key])}" for key, short in names if key in metrics
+    )
 
 
 def kv_table(title: str) -> Table:

@@ -8,8 +8,9 @@ from typing import Any, TypeVar
 
 import click
 
+from georaster_cnn.options import DEFAULT_BATCH_SIZE
+
 __all__ = [
-    "DEVICES",
     "BandList",
     "NameList",
     "SelectItem",
@@ -17,14 +18,14 @@ __all__ = [
     "dataset_options",
     "batch_size_option",
     "device_option",
+    "inference_options",
+    "input_options",
     "min_valid_option",
     "overwrite_option",
     "stride_option",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class BandList(click.ParamType):
@@ -80,18 +81,10 @@ class NameList(click.ParamType):
         return items
 
 
-def stride_option(default: int | None) -> Callable[[F], F]:
-    """``--stride``: window spacing in input pixels."""
-    if default is None:
-        text = "Spacing of windows in pixels. [default: patch size / 4]"
-    else:
-        text = "Spacing of windows in input pixels; one output cell per stride x stride pixels."
+def stride_option(text: str, default_text: str) -> Callable[[F], F]:
+    """``--stride``: window spacing in input pixels; the library checks it (1..patch size)."""
     return click.option(
-        "--stride",
-        type=click.IntRange(min=1),
-        default=default,
-        show_default=default is not None,
-        help=text,
+        "--stride", type=int, default=None, help=f"{text} [default: {default_text}]"
     )
 
 
@@ -99,21 +92,27 @@ def batch_size_option(default: int) -> Callable[[F], F]:
     """``--batch-size``: windows per forward pass."""
     return click.option(
         "--batch-size",
-        type=click.IntRange(min=1),
+        type=int,
         default=default,
         show_default=True,
-        help="Windows per batch on the device; lower it if memory runs out.",
+        help="Windows per batch on the device (>= 1); lower it if memory runs out.",
     )
 
 
+def _lower(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    return value.lower()
+
+
 def device_option() -> Callable[[F], F]:
-    """``--device auto|cpu|cuda|mps``."""
+    """``--device auto|cpu|cuda[:N]|mps``; the library checks that it exists."""
     return click.option(
         "--device",
-        type=click.Choice(DEVICES, case_sensitive=False),
         default="auto",
         show_default=True,
-        help="Where the network runs; auto picks cuda, then mps, then cpu.",
+        metavar="DEVICE",
+        callback=_lower,
+        help="Where the network runs: auto, cpu, cuda, cuda:N or mps; auto picks cuda, then "
+        "mps, then cpu.",
     )
 
 
@@ -134,13 +133,13 @@ def overwrite_option(text: str) -> Callable[[F], F]:
 
 
 def min_valid_option() -> Callable[[F], F]:
-    """``--min-valid``: nodata policy override."""
+    """``--min-valid``: nodata policy override; the library checks the range."""
     return click.option(
         "--min-valid",
-        type=click.FloatRange(0.0, 1.0, min_open=True),
+        type=float,
         default=None,
-        help="Least fraction of valid (not nodata) pixels a window needs to be classified; "
-        "cells below it become nodata. [default: the model's]",
+        help="Least fraction of valid (not nodata) pixels a window needs to be classified, "
+        "in (0, 1]; cells below it become nodata. [default: the model's]",
     )
 
 
@@ -219,3 +218,32 @@ def dataset_options() -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorator
+
+
+def _stacked(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """Several option decorators as one; options show in ``--help`` in the order given."""
+
+    def decorator(f: F) -> F:
+        for d in reversed(decorators):
+            f = d(f)
+        return f
+
+    return decorator
+
+
+def input_options() -> Callable[[F], F]:
+    """How INPUT rasters are read: ``--bands``, and ``--variables/--select/--stack``."""
+    return _stacked(bands_option(), dataset_options())
+
+
+def inference_options(stride_text: str, stride_default: str) -> Callable[[F], F]:
+    """How a model is applied: ``--stride``, ``--batch-size``, ``--device``, ``--min-valid``.
+
+    The library checks them all (:class:`georaster_cnn.options.InferenceOptions`).
+    """
+    return _stacked(
+        stride_option(stride_text, stride_default),
+        batch_size_option(DEFAULT_BATCH_SIZE),
+        device_option(),
+        min_valid_option(),
+    )

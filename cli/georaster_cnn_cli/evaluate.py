@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -9,40 +10,102 @@ import click
 from rich.table import Table
 from rich.text import Text
 
+from georaster_cnn.options import InferenceOptions, evaluation_stride
 from georaster_cnn_cli._common import (
     CLIState,
-    DaskProgress,
-    error_message,
-    fail,
     get_state,
     load_model_or_exit,
-    make_progress,
     plural,
+    refuse_existing,
     report_warnings,
+    usage_errors,
 )
-from georaster_cnn_cli._options import (
-    bands_option,
-    batch_size_option,
-    dataset_options,
-    device_option,
-    min_valid_option,
-    overwrite_option,
+from georaster_cnn_cli._labels import (
+    LabelSource,
+    labelled_inputs,
+    labels_options,
+    merge_chips,
+    open_labelled,
 )
-from georaster_cnn_cli.train import chip_inputs, merge_chips, pair_labels, read_labels
+from georaster_cnn_cli._options import inference_options, input_options, overwrite_option
+from georaster_cnn_cli._progress import DaskProgress, make_progress
 
 if TYPE_CHECKING:
-    from georaster_cnn import EvaluationReport
+    from georaster_cnn import EvaluationReport, GeoModel
 
 __all__ = ["evaluate", "print_report"]
-
-#: Written by EvaluationReport.write (kept here so --help and the overwrite check need no torch).
-REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
 
 _REASONS = {
     "centre_outside_raster": "centre outside the raster",
     "unlabelled": "unlabelled",
     "no_prediction": "no prediction",
 }
+
+
+def _options(
+    model: GeoModel,
+    *,
+    chips: bool,
+    stride: int | None,
+    batch_size: int,
+    min_valid: float | None,
+    device: str,
+) -> InferenceOptions:
+    """Every option checked once, up front, by the library; the device resolved once."""
+    with usage_errors():
+        return InferenceOptions.resolve(
+            model,
+            stride=None if chips else evaluation_stride(model, stride),
+            batch_size=batch_size,
+            min_valid=min_valid,
+            device=device,
+        )
+
+
+def _evaluate_chips(
+    state: CLIState, model: GeoModel, inputs: Sequence[Path], opts: InferenceOptions
+) -> EvaluationReport:
+    import georaster_cnn as gc
+
+    with report_warnings(state), make_progress(state) as progress:
+        chipset = merge_chips([gc.load_chips(p) for p in inputs])
+        task = progress.add_task(f"evaluating {plural(len(chipset), 'chip')}", total=None)
+        report = gc.evaluate_chips(
+            chips=chipset,
+            model=model,
+            batch_size=opts.batch_size,
+            device=str(opts.device),  # resolved once; the name of that device
+            min_valid=opts.min_valid,
+        )
+        progress.update(task, completed=1, total=1)
+    return report
+
+
+def _evaluate_rasters(
+    state: CLIState,
+    model: GeoModel,
+    pairs: Sequence[tuple[Path, LabelSource]],
+    opts: InferenceOptions,
+    *,
+    label_column: str | None,
+    read: dict[str, Any],
+) -> EvaluationReport:
+    import georaster_cnn as gc
+
+    with report_warnings(state), make_progress(state) as progress:
+        datas, labs = open_labelled(pairs, **read)
+        task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
+        with DaskProgress(progress, task):
+            return gc.evaluate(
+                data=datas,
+                model=model,
+                labels=labs,
+                label_column=label_column,
+                stride=opts.stride,
+                batch_size=opts.batch_size,
+                device=str(opts.device),  # resolved once; the name of that device
+                min_valid=opts.min_valid,
+            )
 
 
 @click.command(
@@ -53,20 +116,11 @@ _REASONS = {
 @click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
 )  # fmt: skip
-@click.option(
-    "--labels",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="LABELS",
-    help="Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "
+@labels_options(
+    "Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "
     "unlabelled), once per INPUT in the same order; or a vector file of points or polygons "
     "in any CRS, once for all INPUTs. Not for chip datasets, which hold their labels.",
-)
-@click.option(
-    "--label-column",
-    default=None,
-    metavar="COLUMN",
-    help="Vector labels: the attribute holding each feature's class, as the model's class "
+    "Vector labels: the attribute holding each feature's class, as the model's class "
     "names or ids. [default: the only attribute]",
 )
 @click.option(
@@ -77,18 +131,12 @@ _REASONS = {
     metavar="REPORT_DIR",
     help="Folder for metrics.json, per_class.csv, confusion_matrix.csv/.png (created if missing).",
 )
-@click.option(
-    "--stride",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Spacing of the evaluated windows in pixels (one cell per stride x stride pixels). "
-    "[default: the model's training stride, else patch size / 4]",
+@inference_options(
+    "Spacing of the evaluated windows in pixels (one cell per stride x stride pixels), "
+    "1..patch size.",
+    "the model's training stride, else patch size / 4",
 )
-@batch_size_option(default=256)
-@device_option()
-@bands_option()
-@dataset_options()
-@min_valid_option()
+@input_options()
 @overwrite_option("Replace a report that exists in REPORT_DIR.")
 @click.pass_context
 def evaluate(
@@ -132,61 +180,28 @@ def evaluate(
       georaster-cnn evaluate chips.safetensors test_chips/ -o report/
     """
     state = get_state(ctx)
-    chips_given = chip_inputs(inputs, labels)
-    if chips_given and (stride is not None or bands or label_column is not None):
-        given = "--stride" if stride is not None else "--bands" if bands else "--label-column"
-        raise click.UsageError(
-            f"{given} applies to rasters; chips are classified whole and hold their labels"
-        )
-    pairs = [] if chips_given else pair_labels(inputs, labels, column=label_column)
-    existing = [f for f in REPORT_FILES if (output_dir / f).exists()]
-    if existing and not overwrite:
-        fail(
-            f"{output_dir} already holds a report ({', '.join(existing)}); pass --overwrite to "
-            "replace it, or choose another -o folder"
-        )
-    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+    found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
+    from georaster_cnn.evaluate import REPORT_FILES
 
+    if not overwrite:  # the library refuses only when it writes, after evaluating
+        holder = f"{output_dir} already holds a report"
+        refuse_existing([output_dir / f for f in REPORT_FILES], holder=holder)
     geo_model = load_model_or_exit(state, model)
-    try:
-        gc.resolve_device(device)
-    except gc.GeorasterCNNError as exc:
-        fail(f"--device {device}: {error_message(exc)}")
-    if chips_given:
-        with report_warnings(state), make_progress(state) as progress:
-            chipset = merge_chips([gc.load_chips(p) for p in inputs])
-            task = progress.add_task(f"evaluating {plural(len(chipset), 'chip')}", total=None)
-            report = gc.evaluate_chips(
-                geo_model, chipset, batch_size=batch_size, device=device, min_valid=min_valid
-            )
-            progress.update(task, completed=1, total=1)
-        _write_and_print(state, report, output_dir, overwrite=overwrite)
-        return
-    if stride is not None and stride > geo_model.patch_size:
-        fail(
-            f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
-            f"use 1..{geo_model.patch_size} (windows would skip pixels)"
+    opts = _options(
+        geo_model,
+        chips=bool(found.chips),
+        stride=stride,
+        batch_size=batch_size,
+        min_valid=min_valid,
+        device=device,
+    )
+    if found.chips:
+        report = _evaluate_chips(state, geo_model, found.chips, opts)
+    else:
+        read = {"bands": bands, "open_options": open_options}
+        report = _evaluate_rasters(
+            state, geo_model, found.pairs, opts, label_column=label_column, read=read
         )
-
-    with report_warnings(state), make_progress(state) as progress:
-        datas, labs = [], []
-        cache: dict[Path, Any] = {}
-        for data_path, label_source in pairs:
-            data = gc.open_raster(data_path, bands=bands, **open_options)
-            datas.append(data)
-            labs.append(read_labels(label_source, like=data, cache=cache))
-        task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
-        with DaskProgress(progress, task):
-            report = gc.evaluate(
-                geo_model,
-                datas,
-                labs,
-                label_column=label_column,
-                stride=stride,
-                batch_size=batch_size,
-                device=device,
-                min_valid=min_valid,
-            )
     _write_and_print(state, report, output_dir, overwrite=overwrite)
 
 

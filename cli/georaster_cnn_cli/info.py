@@ -11,8 +11,14 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from georaster_cnn_cli._common import CLIState, get_state, kv_table, load_model_or_exit, plural
-from georaster_cnn_cli.train import format_metrics
+from georaster_cnn_cli._common import (
+    CLIState,
+    format_metrics,
+    get_state,
+    kv_table,
+    load_model_or_exit,
+    plural,
+)
 
 if TYPE_CHECKING:
     from georaster_cnn import GeoModel

@@ -14,21 +14,21 @@ from rich.text import Text
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
     CLIState,
-    InputProblem,
-    expand_inputs,
     get_state,
     kv_table,
     plural,
     report_error,
     report_warnings,
+    usage_errors,
 )
+from georaster_cnn_cli._inputs import InputProblem, expand_inputs
 from georaster_cnn_cli._options import dataset_options
 
 __all__ = ["LagList", "inspect_cmd"]
 
 
 class LagList(click.ParamType):
-    """``1,2,4,8,16`` -> ``[1, 2, 4, 8, 16]``: positive whole numbers of pixels."""
+    """``1,2,4,8,16`` -> ``[1, 2, 4, 8, 16]``; the library checks that they are positive."""
 
     name = "LAGS"
 
@@ -37,15 +37,25 @@ class LagList(click.ParamType):
     ) -> list[int]:
         if isinstance(value, list):
             return value
-        items = [v.strip() for v in str(value).split(",")]
-        if not all(v.isdigit() and int(v) >= 1 for v in items):
+        try:
+            return [int(v) for v in str(value).split(",")]
+        except ValueError:
             self.fail(
                 f"{value!r}: expected comma-separated positive whole numbers of pixels, "
                 "e.g. 1,2,4,8,16",
                 param,
                 ctx,
             )
-        return sorted({int(v) for v in items})
+
+
+def _check_options(lags: list[int], max_pixels: int) -> None:
+    """Checked once by the library, not once per INPUT."""
+    from georaster_cnn import options
+
+    with usage_errors():
+        for lag in lags:
+            options.check_positive("lags", lag, unit=" pixel")
+        options.check_positive("max_pixels", max_pixels)
 
 
 @click.command("inspect", short_help="Describe rasters and how image-like they are.")
@@ -59,7 +69,7 @@ class LagList(click.ParamType):
 )
 @click.option(
     "--max-pixels",
-    type=click.IntRange(min=1),
+    type=int,
     default=2_000_000,
     show_default=True,
     help="Larger rasters are measured on a seeded sample of 512 x 512 windows.",
@@ -89,9 +99,9 @@ def inspect_cmd(
       georaster-cnn inspect 'tiles/*.tif' --lags 1,4,16 --json
     """
     state = get_state(ctx)
+    _check_options(lags, max_pixels)
     expanded = expand_inputs(inputs)
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
-    from georaster_cnn.spatial import inspect_raster
 
     failed = False
     reports: list[dict[str, Any]] = []
@@ -104,7 +114,7 @@ def inspect_cmd(
             with report_warnings(state, context=str(item)):
                 # netCDF/Zarr options: open here (inspect_raster opens paths without them)
                 source = gc.open_raster(item, **open_options) if open_options else item
-                report = inspect_raster(source, lags=lags, max_pixels=max_pixels)
+                report = gc.inspect_raster(source, lags=lags, max_pixels=max_pixels)
         except (gc.GeorasterCNNError, OSError) as exc:
             report_error(state, exc, context=item)
             failed = True

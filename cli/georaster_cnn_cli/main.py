@@ -8,14 +8,14 @@ import click
 
 from georaster_cnn_cli import __version__
 from georaster_cnn_cli._common import (
-    EXIT_FAILED,
     CLIError,
     CLIState,
-    configure_logging,
+    exit_status,
     get_state,
     is_reportable,
     report_error,
 )
+from georaster_cnn_cli._logging import configure_logging
 from georaster_cnn_cli.evaluate import evaluate
 from georaster_cnn_cli.info import info
 from georaster_cnn_cli.inspect import inspect_cmd
@@ -30,7 +30,9 @@ class _Group(click.Group):
     """A group that turns expected failures into one ``error:`` line and an exit status.
 
     Library errors (:class:`georaster_cnn.GeorasterCNNError`) and ``OSError``
-    exit with status 1, :class:`CLIError` with its own status. The traceback is
+    exit with status 1 (2 for a refused overwrite: nothing was written),
+    :class:`CLIError` with its own status; library messages are reworded to name
+    options, not Python keywords. The traceback is
     printed only under ``-v``; anything else is a bug and keeps its traceback.
     """
 
@@ -44,7 +46,7 @@ class _Group(click.Group):
             if not is_reportable(exc):
                 raise
             report_error(get_state(ctx), exc)
-            ctx.exit(EXIT_FAILED)
+            ctx.exit(exit_status(exc))
 
 
 @click.group(

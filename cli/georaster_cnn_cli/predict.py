@@ -5,31 +5,30 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
 from rich.text import Text
 
+from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
+from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
     CLIState,
-    DaskProgress,
-    ExpandedInputs,
-    InputProblem,
     error_message,
     escape,
-    expand_inputs,
     fail,
     get_state,
     load_model_or_exit,
-    make_progress,
     plural,
     report_error,
     report_warnings,
+    usage_errors,
 )
+from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outputs
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
@@ -39,40 +38,19 @@ from georaster_cnn_cli._options import (
     overwrite_option,
     stride_option,
 )
-from georaster_cnn_cli.vectorize import (
-    check_vector_suffix,
-    vector_option,
-    write_vector_for,
-)
+from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._vectors import check_vector_suffix, vector_option, write_vectors_of
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from georaster_cnn import GeoModel
-    from georaster_cnn.writer import OutputFormat
 
-__all__ = ["TileResult", "output_format_for", "plan_outputs", "predict"]
+__all__ = ["predict"]
 
-Status = Literal["written", "skipped", "failed"]
 _STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
-
-
-@dataclass
-class TileResult:
-    """What happened to one INPUT (a file, or an argument that matched nothing)."""
-
-    input: str
-    status: Status
-    output: Path | None = None
-    seconds: float = 0.0
-    message: str = ""
-
-
-@dataclass(frozen=True)
-class _Job:
-    source: Path
-    output: Path
-    format: OutputFormat = "cog"
+#: Output format -> its family (the extra outputs need a GeoTIFF).
+_FAMILY: dict[str, str] = {name: spec.family for name, spec in OUTPUT_FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -83,95 +61,80 @@ class _Extra:
     ----------
     what
         Names the output in error messages ("vector output", "QGIS style", ...).
-    path
-        Class map -> the extra file beside it.
+    suffix
+        Of the extra file, which lies beside the class map.
     write
         ``write(class map, overwrite)`` -> (file written, short summary or "").
     """
 
     what: str
-    path: Callable[[Path], Path]
+    suffix: str
     write: Callable[[Path, bool], tuple[Path, str]]
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """What every tile of one call shares: checked options and the outputs asked for."""
+
+    options: InferenceOptions
+    probabilities: bool
+    overwrite: bool
+    bands: list[int | str] | None = None
+    open_options: dict[str, Any] = field(default_factory=dict)
+    extras: Sequence[_Extra] = ()
 
 
 def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
     """The extra outputs asked for, in the order they are made."""
     import georaster_cnn as gc
 
-    extras = []
-    if vector is not None:
-        suffix = f".{vector.lower()}"
-        extras.append(
-            _Extra(
-                "vector output",
-                lambda p: p.with_suffix(suffix),
-                lambda p, ow: write_vector_for(p, vector, overwrite=ow),
-            )
-        )
-    if qml:
-        extras.append(
-            _Extra(
-                "QGIS style",
-                lambda p: p.with_suffix(".qml"),
-                lambda p, ow: (gc.write_qml(p, overwrite=ow), ""),
-            )
-        )
-    if quicklook:
-        extras.append(
-            _Extra(
-                "quicklook",
-                lambda p: p.with_suffix(".png"),
-                lambda p, ow: (gc.write_quicklook(p, overwrite=ow), ""),
-            )
-        )
-    return extras
+    def vectors(cmap: Path, overwrite: bool) -> tuple[Path, str]:
+        return write_vectors_of(cmap, cmap.with_suffix(f".{vector}"), overwrite=overwrite)
+
+    def style(cmap: Path, overwrite: bool) -> tuple[Path, str]:
+        return gc.write_qml(cmap, overwrite=overwrite), ""
+
+    def preview(cmap: Path, overwrite: bool) -> tuple[Path, str]:
+        return gc.write_quicklook(cmap, overwrite=overwrite), ""
+
+    asked = [
+        (vector is not None, _Extra("vector output", f".{vector}", vectors)),
+        (qml, _Extra("QGIS style", ".qml", style)),
+        (quicklook, _Extra("quicklook", ".png", preview)),
+    ]
+    return [extra for on, extra in asked if on]
 
 
-_NETCDF_INPUTS = frozenset({".nc", ".nc4"})
-_OUTPUT_SUFFIX = {"cog": ".tif", "gtiff": ".tif", "zarr": ".zarr", "netcdf": ".nc"}
+def _format_help() -> str:
+    """``--format`` help from the library's format tables."""
+    kinds = "; ".join(
+        f"{name}: {spec.description}, OUTDIR/<stem>{spec.suffix}"
+        for name, spec in OUTPUT_FORMATS.items()
+    )
+    by_default: dict[str, list[str]] = {}
+    for suffix, fmt in INPUT_SUFFIXES.items():
+        by_default.setdefault(fmt.default_output, []).append(suffix)
+    defaults = ", ".join(f"{fmt} for {' '.join(s)} inputs" for fmt, s in by_default.items())
+    return (
+        f"Class map format ({kinds}). [default: {defaults}; "
+        "cog for all with --vector/--qml/--quicklook]"
+    )
 
 
-def output_format_for(source: Path, format: str | None) -> OutputFormat:
-    """``format``, or when None the input's family: netCDF for .nc/.nc4 inputs, else COG."""
-    if format is not None:
-        return cast("OutputFormat", format)
-    return "netcdf" if source.suffix.lower() in _NETCDF_INPUTS else "cog"
+def _output_format(output_format: str | None, extras: dict[str, bool]) -> str | None:
+    """The ``--format`` for all inputs; None follows each input.
 
-
-def plan_outputs(
-    found: ExpandedInputs, output_dir: Path, *, format: str | None = "cog"
-) -> list[_Job | TileResult]:
-    """Pair each input file with ``output_dir/<stem>.<suffix>``, in input order.
-
-    ``format`` picks the suffix (``.tif`` for cog/gtiff, ``.zarr``, ``.nc``); None
-    follows each input's family (see :func:`output_format_for`).
-
-    Returns a job per input to run, and in its place a failed :class:`TileResult`
-    for an argument that matched nothing, an input whose output name an earlier
-    input already took, or an input that would be its own output.
+    The extra outputs (``extras``: flag -> given) are made from a GeoTIFF class map.
     """
-    plan: list[_Job | TileResult] = []
-    taken: dict[str, Path] = {}
-    for item in found.items:
-        if isinstance(item, InputProblem):
-            plan.append(TileResult(item.spec, "failed", message=item.message))
-            continue
-        out = output_dir / (item.stem + _OUTPUT_SUFFIX[output_format_for(item, format)])
-        # casefold: on macOS/Windows scene.tif and Scene.tif are the same file
-        key = out.name.casefold()
-        if key in taken:
-            message = (
-                f"output {out} would also be written from {taken[key]}; "
-                "rename one input or predict it into another --output-dir"
-            )
-            plan.append(TileResult(str(item), "failed", out, message=message))
-        elif out.exists() and out.resolve() == item.resolve():
-            message = "the output would replace this input; choose another --output-dir"
-            plan.append(TileResult(str(item), "failed", out, message=message))
-        else:
-            taken[key] = item
-            plan.append(_Job(item, out, output_format_for(item, format)))
-    return plan
+    flags = [flag for flag, on in extras.items() if on]
+    if not flags:
+        return output_format
+    if output_format is not None and _FAMILY[output_format] != "GeoTIFF":
+        fail(
+            f"{', '.join(flags)} need(s) a GeoTIFF class map; found --format {output_format}. "
+            "Use --format cog or gtiff, or leave these flags out"
+        )
+    return output_format or "cog"
 
 
 @click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
@@ -186,8 +149,12 @@ def plan_outputs(
     "a/b/scene.nc -> OUTDIR/scene.nc (see --format).",
     metavar="OUTDIR",
 )
-@stride_option(default=64)
-@batch_size_option(default=256)
+@stride_option(
+    "Output cell size in input pixels: one class per stride x stride pixels, 1..patch size; "
+    "smaller strides overlap the windows for a finer map.",
+    "the model's patch size",
+)
+@batch_size_option(default=DEFAULT_BATCH_SIZE)
 @device_option()
 @click.option(
     "--probabilities", is_flag=True, help="Also write one probability band (percent) per class."
@@ -211,11 +178,9 @@ def plan_outputs(
 @click.option(
     "--format",
     "output_format",
-    type=click.Choice(["cog", "gtiff", "zarr", "netcdf"], case_sensitive=False),
+    type=click.Choice(list(OUTPUT_FORMATS), case_sensitive=False),
     default=None,
-    help="Class map format: cog, gtiff (plain tiled GeoTIFF), zarr (OUTDIR/<stem>.zarr) or "
-    "netcdf (OUTDIR/<stem>.nc, CF-1.8). [default: netcdf for .nc/.nc4 inputs, cog for others; "
-    "cog for all with --vector/--qml/--quicklook]",
+    help=_format_help(),
 )
 @click.pass_context
 def predict(
@@ -223,7 +188,7 @@ def predict(
     model: Path,
     inputs: tuple[str, ...],
     output_dir: Path,
-    stride: int,
+    stride: int | None,
     batch_size: int,
     device: str,
     probabilities: bool,
@@ -238,14 +203,16 @@ def predict(
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
 
-    INPUT is a raster file, a folder (its .tif/.tiff/.vrt/.img/.jp2/.nc/.nc4
-    files, not recursive) or a quoted glob pattern such as 'tiles/*.tif'
-    ('**' recurses). Outputs that exist are skipped unless --overwrite. A tile
-    that fails is reported and the others go on; the exit status is 1 if any
-    tile failed, 2 if nothing was tried (unusable model or option).
+    INPUT is a raster file, a folder (its raster files, by the suffixes listed
+    under --format, and its Zarr stores; not recursive) or a quoted glob
+    pattern such as 'tiles/*.tif' ('**' recurses). Outputs that exist are
+    skipped unless --overwrite. A tile that fails is reported and the others
+    go on; the exit status is 1 if any tile failed, 2 if nothing was tried
+    (unusable model or option).
 
     The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
     for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
+    By default each output cell is one window of the model's patch size.
 
     With --vector SUFFIX each class map is also vectorised into
     OUTDIR/<stem>.SUFFIX (as 'vectorize' does); --qml adds a QGIS style
@@ -258,137 +225,111 @@ def predict(
       georaster-cnn predict landcover.safetensors 'tiles/*.tif' scene.nc -o maps/ --stride 32
     """
     state = get_state(ctx)
-    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
-
+    started = time.perf_counter()
     geo_model = load_model_or_exit(state, model)
-    try:
-        gc.resolve_device(device)
-    except gc.GeorasterCNNError as exc:  # it would fail every tile alike: say it once
-        fail(f"--device {device}: {error_message(exc)}")
-    if stride > geo_model.patch_size:
-        fail(
-            f"--stride {stride} is larger than the model's patch size {geo_model.patch_size}; "
-            f"use 1..{geo_model.patch_size} (windows would skip pixels)"
+    with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
+        options = InferenceOptions.resolve(
+            geo_model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=device
         )
     if vector is not None:
         check_vector_suffix(vector, f"--vector {vector}")
-    extras = _extras(vector, qml, quicklook)
-    if output_format is not None:
-        output_format = output_format.lower()
-    if extras and output_format in ("zarr", "netcdf"):
-        flags = [
-            f for f, on in (("--vector", vector), ("--qml", qml), ("--quicklook", quicklook)) if on
-        ]
-        fail(
-            f"{', '.join(flags)} need(s) a GeoTIFF class map; found --format {output_format}. "
-            "Use --format cog or gtiff, or leave these flags out"
-        )
-    if extras and output_format is None:
-        output_format = "cog"  # the extras are made from a GeoTIFF class map
-
-    started = time.perf_counter()
-    found = expand_inputs(inputs)
-    plan = plan_outputs(found, output_dir, format=output_format)
-    jobs = [j for j in plan if isinstance(j, _Job)]
-    for r in plan:
-        if isinstance(r, TileResult):
-            report_error(state, r.message, context=r.input)
-    if jobs:
-        try:
-            output_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            fail(f"cannot create output folder {output_dir}: {error_message(exc)}")
-
-    results: list[TileResult] = []
-    with make_progress(state) as progress:
-        overall = progress.add_task("tiles", total=len(jobs))
-        chunks = progress.add_task("", total=None, visible=False)
-        for item in plan:
-            if isinstance(item, TileResult):
-                results.append(item)
-                continue
-            progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
-            result = _predict_one(
-                state,
-                item,
-                geo_model,
-                progress=progress,
-                task=chunks,
-                stride=stride,
-                batch_size=batch_size,
-                device=device,
-                probabilities=probabilities,
-                bands=bands,
-                open_options=open_options,
-                overwrite=overwrite,
-                min_valid=min_valid,
-                extras=extras,
-            )
-            results.append(result)
-            progress.advance(overall)
-        progress.update(chunks, visible=False)
-
+    extras = {"--vector": vector is not None, "--qml": qml, "--quicklook": quicklook}
+    fmt = _output_format(output_format, extras)
+    settings = _Settings(
+        options,
+        probabilities=probabilities,
+        overwrite=overwrite,
+        bands=bands,
+        open_options=open_options,
+        extras=_extras(vector, qml, quicklook),
+    )
+    plan = _plan(state, inputs, output_dir, fmt)
+    results = _run(state, plan, geo_model, settings)
     if not state.quiet:
         _print_summary(state, results, time.perf_counter() - started)
     if any(r.status == "failed" for r in results):
         ctx.exit(EXIT_FAILED)
 
 
+def _plan(
+    state: CLIState, inputs: Sequence[str], output_dir: Path, fmt: str | None
+) -> list[Job | TileResult]:
+    """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan."""
+    plan = plan_outputs(expand_inputs(inputs), output_dir, format=fmt)
+    for r in plan:
+        if isinstance(r, TileResult):
+            report_error(state, r.message, context=r.input)
+    if any(isinstance(j, Job) for j in plan):
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fail(f"cannot create output folder {output_dir}: {error_message(exc)}")
+    return plan
+
+
+def _run(
+    state: CLIState, plan: Sequence[Job | TileResult], model: GeoModel, settings: _Settings
+) -> list[TileResult]:
+    """Run the jobs in order under one progress display; the result of every input."""
+    results: list[TileResult] = []
+    with make_progress(state) as progress:
+        overall = progress.add_task("tiles", total=sum(isinstance(j, Job) for j in plan))
+        chunks = progress.add_task("", total=None, visible=False)
+        for item in plan:
+            if isinstance(item, TileResult):
+                results.append(item)
+                continue
+            progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
+            results.append(_predict_one(state, item, model, settings, progress, chunks))
+            progress.advance(overall)
+        progress.update(chunks, visible=False)
+    return results
+
+
 def _predict_one(
     state: CLIState,
-    job: _Job,
+    job: Job,
     model: GeoModel,
-    *,
+    settings: _Settings,
     progress: Progress,
     task: TaskID,
-    stride: int,
-    batch_size: int,
-    device: str,
-    probabilities: bool,
-    bands: list[int | str] | None,
-    overwrite: bool,
-    min_valid: float | None,
-    extras: Sequence[_Extra] = (),
-    open_options: dict[str, Any] | None = None,
 ) -> TileResult:
     """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
     import georaster_cnn as gc
 
     name = str(job.source)
-    if job.output.exists() and not overwrite:
-        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
-        return _add_extras(state, skipped, extras, overwrite=False, t0=time.perf_counter())
     t0 = time.perf_counter()
+    if job.output.exists() and not settings.overwrite:
+        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+        return _add_extras(state, skipped, settings.extras, overwrite=False, t0=t0)
+    opts = settings.options
     try:
         with report_warnings(state, context=name):
-            data = gc.open_raster(job.source, bands=bands, **(open_options or {}))
+            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
             pred = gc.predict(
                 data,
                 model,
-                stride=stride,
-                batch_size=batch_size,
-                device=device,
-                min_valid=min_valid,
+                stride=opts.stride,
+                batch_size=opts.batch_size,
+                # resolved once for all tiles; predict takes the torch.device as it is,
+                # though its annotation still says str
+                device=opts.device,  # type: ignore[arg-type]
+                min_valid=opts.min_valid,
             )
             with DaskProgress(progress, task):
                 written = gc.write_prediction(
                     pred,
                     job.output,
                     format=job.format,
-                    probabilities=probabilities,
-                    overwrite=overwrite,
+                    probabilities=settings.probabilities,
+                    overwrite=settings.overwrite,
                 )
     except Exception as exc:  # one bad tile must not stop the batch
         report_error(state, exc, context=name)
-        return TileResult(
-            name,
-            "failed",
-            job.output,
-            time.perf_counter() - t0,
-            error_message(exc, job.source),
-        )
+        message = error_message(exc, job.source)
+        return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
     done = TileResult(name, "written", written, time.perf_counter() - t0)
-    return _add_extras(state, done, extras, overwrite=overwrite, t0=t0)
+    return _add_extras(state, done, settings.extras, overwrite=settings.overwrite, t0=t0)
 
 
 def _add_extras(
@@ -405,11 +346,11 @@ def _add_extras(
     made even when the class map itself was skipped. Each extra is tried; any
     failure fails the tile (the class map and the other extras stay).
     """
-    if result.output is None:
+    if result.output is None or not extras:
         return result
-    status, notes, failures = result.status, [result.message], []
+    made, notes, failures = False, [result.message], []
     for extra in extras:
-        out = extra.path(result.output)
+        out = result.output.with_suffix(extra.suffix)
         if out.exists() and not overwrite:
             notes.append(f"{out.name} exists (--overwrite)")
             continue
@@ -421,16 +362,14 @@ def _add_extras(
             report_error(state, message, context=result.input)
             failures.append(message)
             continue
-        status = "written"
+        made = True
         notes.append(f"+ {written.name} ({summary})" if summary else f"+ {written.name}")
+    seconds = time.perf_counter() - t0
     if failures:
-        return TileResult(
-            result.input, "failed", result.output, time.perf_counter() - t0, _join(*failures)
-        )
-    if status == result.status and len(notes) == 1:
-        return result
-    seconds = time.perf_counter() - t0 if status == "written" else result.seconds
-    return TileResult(result.input, status, result.output, seconds, _join(*notes))
+        return replace(result, status="failed", seconds=seconds, message=_join(*failures))
+    if not made:
+        return replace(result, message=_join(*notes))
+    return replace(result, status="written", seconds=seconds, message=_join(*notes))
 
 
 def _join(*parts: str) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,183 +13,38 @@ from georaster_cnn_cli._common import (
     CLIState,
     escape,
     fail,
+    format_metrics,
+    format_number,
     get_state,
-    make_progress,
     plural,
+    refuse_existing,
     report_warnings,
-    shows_progress,
+    usage_errors,
+)
+from georaster_cnn_cli._labels import (
+    LabelledInputs,
+    labelled_inputs,
+    labels_options,
+    merge_chips,
+    open_labelled,
 )
 from georaster_cnn_cli._options import (
     NameList,
-    bands_option,
     batch_size_option,
-    dataset_options,
     device_option,
+    input_options,
     overwrite_option,
     stride_option,
 )
+from georaster_cnn_cli._progress import make_progress, shows_progress
 
 if TYPE_CHECKING:
-    import xarray as xr
+    import torch
     from rich.progress import Progress, TaskID
 
     from georaster_cnn import GeoModel
 
-__all__ = ["LabelSource", "chip_inputs", "pair_labels", "read_labels", "train"]
-
-#: Label files read as vector labels (as georaster_cnn.VECTOR_SUFFIXES; kept here so that
-#: --help and argument checks need no torch import).
-VECTOR_SUFFIXES = frozenset(
-    {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
-)
-
-
-@dataclass(frozen=True)
-class LabelSource:
-    """Where the labels of one INPUT come from.
-
-    Attributes
-    ----------
-    path
-        A class-id raster on the INPUT's grid, or a vector file (points/polygons).
-    column
-        Attribute holding the class of each feature, for vector labels.
-    """
-
-    path: Path
-    column: str | None = None
-
-    @property
-    def is_vector(self) -> bool:
-        name = self.path.name.lower()
-        return Path(name).suffix in VECTOR_SUFFIXES or name.endswith(".shp.zip")
-
-
-def pair_labels(
-    inputs: Sequence[Path], labels: Sequence[Path], *, column: str | None = None
-) -> list[tuple[Path, LabelSource]]:
-    """Match ``--labels`` to INPUTs: one per INPUT, in order; or one vector file for all.
-
-    Raises
-    ------
-    click.UsageError
-        The counts differ (and the single ``--labels`` is not a vector file), or
-        ``--label-column`` is given with label rasters only.
-    """
-    sources = [LabelSource(lab, column) for lab in labels]
-    if len(sources) == 1 and sources[0].is_vector:
-        sources = sources * len(inputs)
-    if len(sources) != len(inputs):
-        raise click.UsageError(
-            f"got {plural(len(inputs), 'INPUT')} and {len(labels)} --labels; give --labels "
-            "once per INPUT, in the same order, or one vector file (points/polygons) for all"
-        )
-    if column is not None and not any(src.is_vector for src in sources):
-        raise click.UsageError(
-            "--label-column names the class attribute of vector labels, but the --labels "
-            "are rasters whose pixel values are the class ids; drop --label-column"
-        )
-    return list(zip(inputs, sources, strict=True))
-
-
-def chip_inputs(inputs: Sequence[Path], labels: Sequence[Path]) -> bool:
-    """Whether the INPUTs are labelled chips (folders of class folders, .npz / netCDF chips).
-
-    Chips carry their labels; rasters need ``--labels``. Mixing is refused.
-
-    Raises
-    ------
-    click.UsageError
-        Chips with ``--labels``, chips mixed with rasters, or rasters without ``--labels``.
-    """
-    import georaster_cnn as gc
-
-    chips = [p for p in inputs if gc.is_chip_dataset(p)]
-    if chips and labels:
-        raise click.UsageError(
-            f"{chips[0]} is a chip dataset, which holds its own labels (class sub-folders, or "
-            "a 'labels' array); drop --labels, or give rasters as INPUTs"
-        )
-    if chips and len(chips) != len(inputs):
-        rasters = [str(p) for p in inputs if p not in chips]
-        raise click.UsageError(
-            f"INPUTs mix chip datasets ({', '.join(map(str, chips))}) and rasters "
-            f"({', '.join(rasters)}); give either chips or rasters with --labels"
-        )
-    if not chips and not labels:
-        raise click.UsageError(
-            "Missing option '--labels': give a label raster once per INPUT raster, or give "
-            "chip datasets (a folder with one sub-folder per class, or an .npz / netCDF file "
-            "with 'chips' and 'labels') as INPUTs"
-        )
-    return bool(chips)
-
-
-def merge_chips(sets: Sequence[Any]) -> Any:
-    """One ChipSet of several; their classes, bands and chip shapes must be equal."""
-    import numpy as np
-
-    import georaster_cnn as gc
-
-    first = sets[0]
-    for other in sets[1:]:
-        if other.class_names != first.class_names:
-            fail(
-                f"{other.source} has classes {', '.join(other.class_names)} but {first.source} "
-                f"has {', '.join(first.class_names)}; give --class-names to fix one order"
-            )
-        if other.shape != first.shape or other.band_names != first.band_names:
-            fail(
-                f"{other.source} holds chips of shape {other.shape} (bands "
-                f"{', '.join(other.band_names)}) but {first.source} {first.shape} (bands "
-                f"{', '.join(first.band_names)}); all chips must match"
-            )
-    if len(sets) == 1:
-        return first
-    dtypes = {s.source_dtype for s in sets}
-    return gc.ChipSet(
-        chips=np.concatenate([s.chips for s in sets]),
-        labels=np.concatenate([s.labels for s in sets]),
-        class_names=first.class_names,
-        band_names=first.band_names,
-        source=", ".join(s.source for s in sets),
-        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
-    )
-
-
-def read_labels(
-    source: LabelSource, *, like: xr.DataArray, cache: dict[Path, Any] | None = None
-) -> Any:
-    """Labels for the raster ``like``: a label raster, or a GeoDataFrame for vector files.
-
-    A vector file is read once per ``cache`` (the same GeoDataFrame then serves every
-    INPUT, which the library treats as one set of labels).
-    """
-    import georaster_cnn as gc
-
-    if not source.is_vector:
-        return gc.open_labels(source.path)
-    cache = {} if cache is None else cache
-    if source.path not in cache:
-        cache[source.path] = gc.read_vector_labels(source.path)
-    return cache[source.path]
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if isinstance(value, (int, float)) and math.isfinite(value):
-        return f"{value:.{digits}f}"
-    return "n/a"
-
-
-def format_metrics(metrics: Mapping[str, Any]) -> str:
-    """``loss 0.512 acc 0.801 val_loss 0.601 val_acc 0.774`` (missing ones left out)."""
-    names = (
-        ("loss", "loss"),
-        ("accuracy", "acc"),
-        ("val_loss", "val_loss"),
-        ("val_accuracy", "val_acc"),
-    )
-    return " ".join(f"{short} {_fmt(metrics[key])}" for key, short in names if key in metrics)
+__all__ = ["train"]
 
 
 class _EpochReporter:
@@ -219,40 +72,81 @@ class _EpochReporter:
             self.state.err.print(f"epoch {epoch}/{epochs} {text}", highlight=False, soft_wrap=True)
 
 
+def _checked(common: Mapping[str, Any], rasters: Mapping[str, Any] | None) -> torch.device:
+    """Check the options once, before any data is read, with the library's own checks.
+
+    ``common`` (every training) and ``rasters`` (rasters only; None for chips) are the
+    keyword arguments of :func:`georaster_cnn.train`. Returns the device, resolved once.
+    """
+    import georaster_cnn as gc
+    from georaster_cnn import options
+
+    if common["arch"] not in gc.ARCHITECTURES:  # the library looks only after reading the data
+        known = ", ".join(sorted(gc.ARCHITECTURES))
+        fail(f"--arch {common['arch']}: unknown architecture; choose one of {known}")
+    with usage_errors():
+        options.check_epochs(common["epochs"])
+        options.check_batch_size(common["batch_size"])
+        options.check_fraction("val_fraction", common["val_fraction"], high_open=True)
+        if rasters is not None:
+            options.training_stride(options.DEFAULT_PATCH, rasters["stride"])
+            options.check_positive("val_block", rasters["val_block"], unit=" pixel")
+            options.check_fraction("min_cover", rasters["min_cover"])
+        return gc.resolve_device(common["device"])
+
+
+def _fit(
+    state: CLIState,
+    found: LabelledInputs,
+    *,
+    common: dict[str, Any],
+    rasters: dict[str, Any] | None,
+    class_names: tuple[str, ...] | None,
+    read: dict[str, Any],
+) -> tuple[GeoModel, dict[str, Any]]:
+    """Read the chips or rasters and labels, and train; the model and the last epoch's metrics."""
+    import georaster_cnn as gc
+
+    names = list(class_names) if class_names else None
+    metrics_column = TextColumn("{task.fields[metrics]}")
+    with report_warnings(state), make_progress(state, extra=[metrics_column]) as progress:
+        reading = "reading training windows" if rasters is not None else "reading chips"
+        task = progress.add_task("preparing", total=None, metrics=reading)
+        reporter = _EpochReporter(state, progress, task, live=shows_progress(state))
+        if rasters is None:
+            chipset = merge_chips([gc.load_chips(p, class_names=names) for p in found.chips])
+            model = gc.train_chips(chipset, **common, progress=reporter)
+        else:
+            datas, labs = open_labelled(found.pairs, **read)
+            model = gc.train(datas, labs, **common, **rasters, class_names=names, progress=reporter)
+    return model, reporter.last
+
+
 @click.command(
     "train", short_help="Train a model on rasters with label rasters or vector labels, or on chips."
 )
 @click.argument(
     "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
 )  # fmt: skip
-@click.option(
-    "--labels",
-    multiple=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="LABELS",
-    help="Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled), once per INPUT "
+@labels_options(
+    "Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled), once per INPUT "
     "in the same order; or a vector file (GeoPackage, Shapefile, GeoJSON, FlatGeobuf, "
     "GeoParquet) of points or polygons in any CRS, once for all INPUTs. Not for chip "
     "datasets, which hold their labels.",
-)
-@click.option(
-    "--label-column",
-    default=None,
-    metavar="COLUMN",
-    help="Vector labels: the attribute holding each feature's class, as names or ids 0..K-1. "
+    "Vector labels: the attribute holding each feature's class, as names or ids 0..K-1. "
     "[default: the only attribute]",
 )
 @click.option(
     "--min-cover",
-    type=click.FloatRange(0.0, 1.0),
+    type=float,
     default=0.5,
     show_default=True,
-    help="Polygon labels: minimum share of a window inside polygons of its class "
+    help="Polygon labels: minimum share of a window inside polygons of its class, in [0, 1] "
     "(1 = wholly inside).",
 )
 @click.option(
     "--val-block",
-    type=click.IntRange(min=1),
+    type=int,
     default=256,
     show_default=True,
     metavar="PIXELS",
@@ -262,10 +156,11 @@ class _EpochReporter:
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=float,
     default=0.2,
     show_default=True,
-    help="Share of blocks (rasters) or of every class's chips (chips) held out for validation.",
+    help="Share of blocks (rasters) or of every class's chips (chips) held out for validation, "
+    "in [0, 1).",
 )
 @click.option(
     "-o",
@@ -275,14 +170,13 @@ class _EpochReporter:
     metavar="MODEL",
     help="Model file to write.",
 )
-@click.option(
-    "--epochs", type=click.IntRange(min=1), default=10, show_default=True, help="Training epochs."
-)
+@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
 @batch_size_option(default=64)
-@stride_option(default=None)
+@stride_option("Spacing of training windows in pixels, 1..patch size.", "patch size / 4")
 @click.option("--arch", default="cnn", show_default=True, help="Network architecture.")
 @click.option(
     "--patience",
+    # The library takes any number here; a negative one would stop after one epoch.
     type=click.IntRange(min=0),
     default=5,
     show_default=True,
@@ -299,8 +193,7 @@ class _EpochReporter:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
 )
-@bands_option()
-@dataset_options()
+@input_options()
 @click.option(
     "--class-names",
     type=NameList(),
@@ -358,91 +251,39 @@ def train(
       georaster-cnn train chips/ --epochs 20 -o chips.safetensors
     """
     state = get_state(ctx)
-    chips_given = chip_inputs(inputs, labels)
-    if chips_given and (stride is not None or bands or label_column is not None):
-        given = "--stride" if stride is not None else "--bands" if bands else "--label-column"
-        raise click.UsageError(
-            f"{given} applies to rasters; chips are used whole, with all their channels and "
-            "their own labels"
-        )
-    pairs = [] if chips_given else pair_labels(inputs, labels, column=label_column)
-    if output.exists() and not overwrite:
-        fail(f"{output} exists; pass --overwrite to replace it")
-    import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
+    found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
+    if not overwrite:  # the library refuses only when it saves, after training
+        refuse_existing([output])
+    common: dict[str, Any] = {
+        "arch": arch, "epochs": epochs, "batch_size": batch_size, "device": device,
+        "seed": seed, "val_fraction": val_fraction, "patience": patience, "augment": augment,
+    }  # fmt: skip
+    rasters = None if found.chips else {
+        "label_column": label_column, "min_cover": min_cover, "val_block": val_block,
+        "stride": stride,
+    }  # fmt: skip
+    common["device"] = str(_checked(common, rasters))  # "auto" resolved once, here
+    read = {"bands": bands, "open_options": open_options}
+    model, last = _fit(
+        state, found, common=common, rasters=rasters, class_names=class_names, read=read
+    )
+    import georaster_cnn as gc
 
-    try:
-        gc.resolve_device(device)
-    except gc.GeorasterCNNError as exc:
-        fail(f"--device {device}: {exc}")
-    if arch not in gc.ARCHITECTURES:  # checked now, not after reading all the data
-        known = ", ".join(sorted(gc.ARCHITECTURES))
-        fail(f"--arch {arch}: unknown architecture; choose one of {known}")
-
-    live = shows_progress(state)
-    metrics_column = TextColumn("{task.fields[metrics]}")
-    with report_warnings(state), make_progress(state, extra=[metrics_column]) as progress:
-        task = progress.add_task(
-            "preparing",
-            total=None,
-            metrics="reading chips" if chips_given else "reading training windows",
-        )
-        reporter = _EpochReporter(state, progress, task, live=live)
-        if chips_given:
-            names = list(class_names) if class_names else None
-            chipset = merge_chips([gc.load_chips(p, class_names=names) for p in inputs])
-            model = gc.train_chips(
-                chipset,
-                arch=arch,
-                epochs=epochs,
-                batch_size=batch_size,
-                device=device,
-                seed=seed,
-                val_fraction=val_fraction,
-                patience=patience,
-                augment=augment,
-                progress=reporter,
-            )
-        datas, labs = [], []
-        cache: dict[Path, Any] = {}
-        for data_path, label_source in pairs:
-            data = gc.open_raster(data_path, bands=bands, **open_options)
-            datas.append(data)
-            labs.append(read_labels(label_source, like=data, cache=cache))
-        if not chips_given:
-            model = gc.train(
-                datas,
-                labs,
-                label_column=label_column,
-                min_cover=min_cover,
-                val_block=val_block,
-                val_fraction=val_fraction,
-                class_names=list(class_names) if class_names else None,
-                arch=arch,
-                epochs=epochs,
-                batch_size=batch_size,
-                stride=stride,
-                device=device,
-                seed=seed,
-                patience=patience,
-                augment=augment,
-                progress=reporter,
-            )
     with report_warnings(state):
         saved = gc.save_model(model, output, overwrite=overwrite)
-    _print_result(state, model, saved, reporter.last)
+    if not state.quiet:
+        _print_result(state, model, saved, last)
 
 
 def _print_result(state: CLIState, model: GeoModel, path: Path, last: Mapping[str, Any]) -> None:
     """One line: what was saved and how well it validates."""
     best = model.provenance.get("metrics") or last
     epochs = model.provenance.get("epochs", len(model.provenance.get("history", [])))
-    accuracy = best.get("val_accuracy")
     where = f" (best epoch {best['epoch']})" if "epoch" in best else ""
     summary = (
         f"saved {path}: {model.arch}, {plural(len(model.band_names), 'band')}, "
         f"{plural(len(model.class_names), 'class')} ({', '.join(model.class_names)}), "
-        f"{plural(int(epochs), 'epoch')}; validation accuracy {_fmt(accuracy)}{where}"
+        f"{plural(int(epochs), 'epoch')}; validation accuracy "
+        f"{format_number(best.get('val_accuracy'))}{where}"
     )
-    if state.quiet:
-        return
     state.out.print(summary, highlight=False, soft_wrap=True)

@@ -1,0 +1,234 @@
+"""Labelled inputs for ``train`` and ``evaluate``: rasters with ``--labels``, or chips."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from georaster_cnn_cli._common import fail, plural
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from georaster_cnn import ChipSet
+
+__all__ = [
+    "LabelSource",
+    "LabelledInputs",
+    "chip_inputs",
+    "labelled_inputs",
+    "labels_options",
+    "merge_chips",
+    "open_labelled",
+    "pair_labels",
+    "read_labels",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def labels_options(labels_help: str, column_help: str) -> Callable[[F], F]:
+    """``--labels`` (repeatable) and ``--label-column``, with the command's help texts."""
+
+    def decorator(f: F) -> F:
+        f = click.option("--label-column", default=None, metavar="COLUMN", help=column_help)(f)
+        return click.option(
+            "--labels",
+            multiple=True,
+            type=click.Path(dir_okay=False, path_type=Path),
+            metavar="LABELS",
+            help=labels_help,
+        )(f)
+
+    return decorator
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """Where the labels of one INPUT come from.
+
+    Attributes
+    ----------
+    path
+        A class-id raster on the INPUT's grid, or a vector file (points/polygons).
+    column
+        Attribute holding the class of each feature, for vector labels.
+    """
+
+    path: Path
+    column: str | None = None
+
+    @property
+    def is_vector(self) -> bool:
+        import georaster_cnn as gc
+
+        return gc.is_vector_file(self.path)
+
+
+def pair_labels(
+    inputs: Sequence[Path], labels: Sequence[Path], *, column: str | None = None
+) -> list[tuple[Path, LabelSource]]:
+    """Match ``--labels`` to INPUTs: one per INPUT, in order; or one vector file for all.
+
+    Raises
+    ------
+    click.UsageError
+        The counts differ (and the single ``--labels`` is not a vector file), or
+        ``--label-column`` is given with label rasters only.
+    """
+    sources = [LabelSource(lab, column) for lab in labels]
+    if len(sources) == 1 and sources[0].is_vector:
+        sources = sources * len(inputs)
+    if len(sources) != len(inputs):
+        raise click.UsageError(
+            f"got {plural(len(inputs), 'INPUT')} and {len(labels)} --labels; give --labels "
+            "once per INPUT, in the same order, or one vector file (points/polygons) for all"
+        )
+    if column is not None and not any(src.is_vector for src in sources):
+        raise click.UsageError(
+            "--label-column names the class attribute of vector labels, but the --labels "
+            "are rasters whose pixel values are the class ids; drop --label-column"
+        )
+    return list(zip(inputs, sources, strict=True))
+
+
+def chip_inputs(inputs: Sequence[Path], labels: Sequence[Path]) -> bool:
+    """Whether the INPUTs are labelled chips (folders of class folders, .npz / netCDF chips).
+
+    Chips carry their labels; rasters need ``--labels``. Mixing is refused.
+
+    Raises
+    ------
+    click.UsageError
+        Chips with ``--labels``, chips mixed with rasters, or rasters without ``--labels``.
+    """
+    import georaster_cnn as gc
+
+    chips = [p for p in inputs if gc.is_chip_dataset(p)]
+    if chips and labels:
+        raise click.UsageError(
+            f"{chips[0]} is a chip dataset, which holds its own labels (class sub-folders, or "
+            "a 'labels' array); drop --labels, or give rasters as INPUTs"
+        )
+    if chips and len(chips) != len(inputs):
+        rasters = [str(p) for p in inputs if p not in chips]
+        raise click.UsageError(
+            f"INPUTs mix chip datasets ({', '.join(map(str, chips))}) and rasters "
+            f"({', '.join(rasters)}); give either chips or rasters with --labels"
+        )
+    if not chips and not labels:
+        raise click.UsageError(
+            "Missing option '--labels': give a label raster once per INPUT raster, or give "
+            "chip datasets (a folder with one sub-folder per class, or an .npz / netCDF file "
+            "with 'chips' and 'labels') as INPUTs"
+        )
+    return bool(chips)
+
+
+@dataclass(frozen=True)
+class LabelledInputs:
+    """The INPUTs of ``train``/``evaluate``: chip datasets, or rasters paired with labels."""
+
+    chips: Sequence[Path] = ()
+    pairs: Sequence[tuple[Path, LabelSource]] = ()
+
+
+def labelled_inputs(
+    inputs: Sequence[Path],
+    labels: Sequence[Path],
+    *,
+    column: str | None,
+    stride: int | None = None,
+    bands: Sequence[int | str] | None = None,
+) -> LabelledInputs:
+    """Sort INPUTs into chips or rasters with their ``--labels``; refuse what does not fit.
+
+    ``--label-column``, ``--stride`` and ``--bands`` apply to rasters only.
+
+    Raises
+    ------
+    click.UsageError
+        See :func:`chip_inputs` and :func:`pair_labels`; or an option for rasters with chips.
+    """
+    if not chip_inputs(inputs, labels):
+        return LabelledInputs(pairs=pair_labels(inputs, labels, column=column))
+    for flag, given in (
+        ("--stride", stride is not None),
+        ("--bands", bool(bands)),
+        ("--label-column", column is not None),
+    ):
+        if given:
+            raise click.UsageError(
+                f"{flag} applies to rasters; chips are used whole, with all their channels "
+                "and their own labels"
+            )
+    return LabelledInputs(chips=tuple(inputs))
+
+
+def merge_chips(sets: Sequence[ChipSet]) -> ChipSet:
+    """One ChipSet of several; their classes, bands and chip shapes must be equal."""
+    import numpy as np
+
+    import georaster_cnn as gc
+
+    first = sets[0]
+    for other in sets[1:]:
+        if other.class_names != first.class_names:
+            fail(
+                f"{other.source} has classes {', '.join(other.class_names)} but {first.source} "
+                f"has {', '.join(first.class_names)}; give --class-names to fix one order"
+            )
+        if other.shape != first.shape or other.band_names != first.band_names:
+            fail(
+                f"{other.source} holds chips of shape {other.shape} (bands "
+                f"{', '.join(other.band_names)}) but {first.source} {first.shape} (bands "
+                f"{', '.join(first.band_names)}); all chips must match"
+            )
+    if len(sets) == 1:
+        return first
+    dtypes = {s.source_dtype for s in sets}
+    return gc.ChipSet(
+        chips=np.concatenate([s.chips for s in sets]),
+        labels=np.concatenate([s.labels for s in sets]),
+        class_names=first.class_names,
+        band_names=first.band_names,
+        source=", ".join(s.source for s in sets),
+        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
+    )
+
+
+def read_labels(source: LabelSource, *, cache: dict[Path, Any] | None = None) -> Any:
+    """Labels of one INPUT: a label raster, or a GeoDataFrame for vector files.
+
+    A vector file is read once per ``cache`` (the same GeoDataFrame then serves every
+    INPUT, which the library treats as one set of labels).
+    """
+    import georaster_cnn as gc
+
+    if not source.is_vector:
+        return gc.open_labels(source.path)
+    cache = {} if cache is None else cache
+    if source.path not in cache:
+        cache[source.path] = gc.read_vector_labels(source.path)
+    return cache[source.path]
+
+
+def open_labelled(
+    pairs: Sequence[tuple[Path, LabelSource]],
+    *,
+    bands: list[int | str] | None,
+    open_options: Mapping[str, Any],
+) -> tuple[list[xr.DataArray], list[Any]]:
+    """Open every INPUT raster (lazily) and read its labels, in order."""
+    import georaster_cnn as gc
+
+    datas, labs = [], []
+    cache: dict[Path, Any] = {}
+    for data_path, label_source in pairs:
+        datas.append(gc.open_raster(data_path, bands=bands, **open_options))
+        labs.append(read_labels(label_source, cache=cache))
+    return datas, labs
