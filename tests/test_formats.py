@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -348,3 +349,21 @@ def test_zarr_store_without_suffix_is_a_zarr_input(tmp_path: Path) -> None:
     assert not is_zarr_store(store)
     (store / "zarr.json").write_text("{}")
     assert is_zarr_store(store) and input_family(store) == "zarr"
+
+
+def test_the_cli_guide_table_is_the_registry() -> None:
+    """docs/cli.md's table of inputs lists exactly the registry's suffixes, by family."""
+    from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
+
+    text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
+    rows = [line for line in text.splitlines() if line.lstrip().startswith("| `.")]
+    documented: dict[str, str] = {}
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        for quoted in re.findall(r"`([^`]*)`", cells[0]):
+            for suffix in quoted.split():
+                documented[suffix] = cells[2]
+    gdal_or_nc = {s: f for s, f in INPUT_SUFFIXES.items() if f.family != "zarr"}
+    assert set(documented) == set(gdal_or_nc)
+    for suffix, spec in gdal_or_nc.items():
+        assert OUTPUT_FORMATS[spec.default_output].suffix in documented[suffix], suffix
