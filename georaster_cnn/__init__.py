@@ -41,7 +41,7 @@ _LAZY: dict[str, str] = {
     "compute_stats": "stats",
     "evaluate": "evaluate",
     "evaluate_chips": "evaluate",
-    "inspect_raster": "spatial",
+    "inspect_raster": "inspection",
     "is_chip_dataset": "chipdata",
     "is_vector_file": "vector_labels",
     "load_chips": "chipdata",
@@ -81,11 +81,12 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     )
     from georaster_cnn.evaluate import EvaluationReport, evaluate, evaluate_chips
     from georaster_cnn.geometry import PatchGrid, output_transform
+    from georaster_cnn.inspection import inspect_raster
     from georaster_cnn.modelfile import GeoModel, load_model, save_model
     from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
     from georaster_cnn.reader import open_raster, valid_mask
-    from georaster_cnn.spatial import inspect_raster, morans_i
+    from georaster_cnn.spatial import morans_i
     from georaster_cnn.stats import ChannelStats, compute_stats, normalize
     from georaster_cnn.styles import write_qml, write_quicklook
     from georaster_cnn.train import open_labels, train, train_chips

@@ -1,20 +1,18 @@
 """netCDF, multi-file netCDF and Zarr inputs: one xarray path to the canonical array.
 
-Variables become bands; extra dimensions are selected (nearest for dates) or
-stacked into bands; the CRS comes from the CF grid mapping, CRS attributes or
-lat/lon axes; the transform from regular 1-D coordinates. docs/netcdf-zarr.md
+Opens the dataset and chooses its bands: variables become bands; extra dimensions
+are selected (nearest for dates) or stacked into bands. The grid (CRS and
+transform) is derived in :mod:`georaster_cnn._cf_grid`. docs/netcdf-zarr.md
 describes the rules; :func:`georaster_cnn.open_raster` dispatches here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import logging
 import os
 import re
-import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,7 @@ import cftime
 import dask.array as da
 import numpy as np
 import pandas as pd
-import rasterio
-import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
-from affine import Affine
 
 from georaster_cnn._canonical import (
     BandSelector,
@@ -36,14 +31,12 @@ from georaster_cnn._canonical import (
     _root_message,
     _select,
 )
+from georaster_cnn._cf_grid import _find_grid, _georeference
+from georaster_cnn._netcdf3 import _check_classic_size
 from georaster_cnn.errors import InputError, ReadError
 
 log = logging.getLogger(__name__)
 
-_Y_NAMES = ("y", "lat", "latitude", "rlat", "northing")
-_X_NAMES = ("x", "lon", "longitude", "rlon", "easting")
-_LAT_NAMES = frozenset({"lat", "latitude", "nav_lat", "xlat", "lat_rho"})
-_LON_NAMES = frozenset({"lon", "longitude", "nav_lon", "xlong", "lon_rho"})
 _ISO_DATE = re.compile(
     r"^\s*(-?\d{1,4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?\s*$"
 )
@@ -67,85 +60,6 @@ def _open_dataset_file(path: Path) -> xr.Dataset:
         raise ReadError(f"{path}: not a readable netCDF file ({detail})") from exc
     _check_classic_size(path, ds)
     return ds
-
-
-def _check_classic_size(path: Path, ds: xr.Dataset) -> None:
-    """Reject a truncated netCDF-3 file: the C library reads the missing bytes as zeros."""
-    try:
-        need = _classic_data_end(path)
-    except (OSError, ValueError, struct.error):
-        need = None  # not a header this parser understands: leave it to the library
-    size = path.stat().st_size
-    if need is not None and size < need:
-        ds.close()
-        raise ReadError(
-            f"{path}: not a readable netCDF file (truncated: {size} bytes, its header says "
-            f"the data ends at byte {need})"
-        )
-
-
-_NC_TYPE_SIZE = {1: 1, 2: 1, 3: 2, 4: 4, 5: 4, 6: 8, 7: 1, 8: 2, 9: 4, 10: 8, 11: 8}
-
-
-def _classic_data_end(path: Path) -> int | None:
-    """Where the data of a netCDF-3 (CDF-1/2/5) file ends, from its header; None if not one."""
-    with path.open("rb") as f:
-        head = f.read(1 << 20)
-    if head[:3] != b"CDF" or head[3] not in (1, 2, 5):
-        return None
-    version = head[3]
-    big = version == 5  # CDF-5: 64-bit counts
-    pos = 4
-
-    def take(fmt: str) -> int:
-        nonlocal pos
-        (value,) = struct.unpack_from(fmt, head, pos)
-        pos += struct.calcsize(fmt)
-        return int(value)
-
-    def count() -> int:
-        return take(">Q" if big else ">I")
-
-    def skip_name() -> None:
-        nonlocal pos
-        n = count()
-        pos += (n + 3) // 4 * 4
-
-    def skip_attrs() -> None:
-        nonlocal pos
-        take(">I")  # tag: NC_ATTRIBUTE or ABSENT
-        for _ in range(count()):
-            skip_name()
-            size = _NC_TYPE_SIZE[take(">I")]
-            n = count()  # before `pos +=`: count() moves pos
-            pos += (n * size + 3) // 4 * 4
-
-    numrecs = count()
-    take(">I")  # NC_DIMENSION or ABSENT
-    dims = []
-    for _ in range(count()):
-        skip_name()
-        dims.append(count())
-    skip_attrs()
-    take(">I")  # NC_VARIABLE or ABSENT
-    ends, rec_vars = [], []
-    for _ in range(count()):
-        skip_name()
-        dimids = [count() for _ in range(count())]
-        skip_attrs()
-        take(">I")  # nc_type
-        vsize = count() if big else take(">I")
-        begin = take(">Q" if version in (2, 5) else ">I")
-        if vsize in (0xFFFFFFFF, 0):
-            return None  # > 4 GiB variables: vsize is not exact, skip the check
-        if dimids and dims[dimids[0]] == 0:
-            rec_vars.append((begin, vsize))
-        else:
-            ends.append(begin + vsize)
-    if rec_vars and numrecs not in (0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
-        recsize = sum(v for _, v in rec_vars) if len(rec_vars) > 1 else rec_vars[0][1]
-        ends += [b + (numrecs - 1) * recsize + v for b, v in rec_vars if numrecs > 0]
-    return max(ends, default=None)
 
 
 def _open_zarr(path: Path) -> xr.Dataset:
@@ -218,92 +132,6 @@ def _open_multi(path: object) -> tuple[xr.Dataset, str]:
     except Exception as exc:
         raise ReadError(f"{label}: cannot open the files as one dataset ({exc})") from exc
     return ds, label
-
-
-def _spatial_dims(dims: Sequence[str]) -> tuple[str, str] | None:
-    low = {d.lower(): d for d in dims}
-    y = next((low[n] for n in _Y_NAMES if n in low), None)
-    x = next((low[n] for n in _X_NAMES if n in low), None)
-    return (y, x) if y and x else None
-
-
-def _is_axis(c: xr.DataArray, names: frozenset[str], standard: str, units: str) -> bool:
-    return (
-        str(c.name).lower() in names
-        or c.attrs.get("standard_name") == standard
-        or str(c.attrs.get("units", "")).lower() == units
-    )
-
-
-def _latlon_2d(var: xr.DataArray) -> tuple[xr.DataArray, xr.DataArray] | None:
-    """The 2-D latitude and longitude coordinates of ``var`` (a curvilinear grid), if any."""
-    lat = next(
-        (
-            c
-            for c in var.coords.values()
-            if c.ndim == 2 and _is_axis(c, _LAT_NAMES, "latitude", "degrees_north")
-        ),
-        None,
-    )
-    lon = next(
-        (
-            c
-            for c in var.coords.values()
-            if c.ndim == 2 and _is_axis(c, _LON_NAMES, "longitude", "degrees_east")
-        ),
-        None,
-    )
-    return (lat, lon) if lat is not None and lon is not None else None
-
-
-def _regular_axis(values: np.ndarray, name: str, path: Path | str) -> tuple[float, float]:
-    """(first pixel centre, step) of a regular 1-D axis; fail clearly when irregular."""
-    if values.size < 2:
-        raise InputError(
-            f"{path}: axis {name!r} has {values.size} value(s); need >= 2 to infer pixel size"
-        )
-    steps = np.diff(values.astype("float64"))
-    step = float(np.median(steps))
-    if step == 0 or np.max(np.abs(steps - step)) > 1e-3 * abs(step):
-        raise InputError(
-            f"{path}: axis {name!r} is not regularly spaced (steps from {steps.min():g} to "
-            f"{steps.max():g}); regrid the data to a regular grid first (e.g. xarray interp or cdo)"
-        )
-    return float(values[0]), step
-
-
-def _curvilinear_error(path: Path | str, name: str) -> InputError:
-    return InputError(
-        f"{path}: variable {name!r} is on a curvilinear grid (2-D latitude/longitude "
-        "coordinates, no regular 1-D x/y axes with a grid mapping); regrid it to a regular "
-        "grid first, e.g. with xESMF (xesmf.Regridder) or `cdo remapbil,<grid> in.nc out.nc`"
-    )
-
-
-def _find_grid(ds: xr.Dataset, path: Path | str) -> tuple[tuple[str, str], list[str]]:
-    """The (y, x) grid dims and the numeric data variables on that grid, in file order."""
-    grid: tuple[str, str] | None = None
-    names: list[str] = []
-    for name, var in ds.data_vars.items():
-        if not np.issubdtype(var.dtype, np.number):
-            continue
-        dims = _spatial_dims([str(d) for d in var.dims])
-        if dims is None:
-            ll = _latlon_2d(var)
-            if ll is None:
-                continue
-            dims = (str(ll[0].dims[0]), str(ll[0].dims[1]))
-        if grid is None:
-            grid = dims
-        if dims == grid:
-            names.append(str(name))
-    if grid is None:
-        many = [str(n) for n, v in ds.data_vars.items() if v.ndim >= 2]
-        raise InputError(
-            f"{path}: no 2-D variable on a (y, x) or (lat, lon) grid"
-            + (f"; variables with 2 or more dimensions: {', '.join(many)}" if many else "")
-        )
-    return grid, names
 
 
 def _as_label(coord: xr.DataArray, dim: str, value: Any, path: Path | str) -> Any:
@@ -440,30 +268,6 @@ def _band_layers(
     return out
 
 
-def _dataset_crs(ds: xr.Dataset, var: str, grid: tuple[str, str]) -> Any:
-    """CRS from the CF grid mapping, CRS attributes, or 1-D lat/lon axes (EPSG:4326)."""
-    crs = None
-    with contextlib.suppress(Exception):  # rioxarray raises on malformed grid_mapping attributes
-        crs = ds[var].rio.crs or ds.rio.crs
-    if crs is not None:
-        return crs
-    for attrs in (ds[var].attrs, ds.attrs):
-        for key in ("crs_wkt", "spatial_ref", "crs", "proj:wkt2", "proj:epsg", "epsg"):
-            if attrs.get(key) not in (None, ""):
-                value = attrs[key]
-                with contextlib.suppress(Exception):
-                    if key in ("proj:epsg", "epsg"):
-                        return rasterio.crs.CRS.from_epsg(int(value))
-                    return rasterio.crs.CRS.from_user_input(value)
-    ydim, xdim = grid
-    yc, xc = ds[ydim], ds[xdim]
-    if _is_axis(yc, _LAT_NAMES, "latitude", "degrees_north") and _is_axis(
-        xc, _LON_NAMES, "longitude", "degrees_east"
-    ):
-        return rasterio.crs.CRS.from_epsg(4326)
-    return None
-
-
 def _from_dataset(
     ds: xr.Dataset,
     path: Path | str,
@@ -475,6 +279,34 @@ def _from_dataset(
     stack: str | None,
 ) -> xr.DataArray:
     """The canonical array from an xarray Dataset (netCDF, several netCDF files or Zarr)."""
+    variables = _check_options(path, bands=bands, variables=variables, select=select, stack=stack)
+    grid, names = _chosen_variables(ds, variables, path)
+    if select:
+        ds = _apply_select(ds, select, path)
+    if stack is not None:
+        _check_stack(ds, names, grid, stack, path)
+    layers = _band_layers(ds, names, grid, stack, path)
+    if bands is not None:
+        layers = _pick_bands(layers, names, bands, path)
+    crs, transform = _georeference(ds, grid, layers[0][1], layers[0][2], path)
+    return _canonical(
+        _stack_layers(layers, grid, chunks),
+        names=[b for b, _, _ in layers],
+        transform=transform,
+        crs=crs,
+        attrs=_source_attrs(ds, layers, path),
+    )
+
+
+def _check_options(
+    path: Path | str,
+    *,
+    bands: BandSelector,
+    variables: Sequence[str] | None,
+    select: Mapping[str, Any] | None,
+    stack: str | None,
+) -> Sequence[str] | None:
+    """Refuse conflicting options; a single variable name becomes a list."""
     if variables is not None and bands is not None:
         raise InputError(f"{path}: give variables or bands, not both (they are the same here)")
     if isinstance(variables, str):
@@ -483,57 +315,65 @@ def _from_dataset(
         raise InputError(f"stack takes one dimension name; found {stack!r}")
     if select and stack is not None and stack in select:
         raise InputError(f"{path}: dimension {stack!r} cannot be both selected and stacked")
+    return variables
+
+
+def _chosen_variables(
+    ds: xr.Dataset, variables: Sequence[str] | None, path: Path | str
+) -> tuple[tuple[str, str], list[str]]:
+    """The grid and the variables that become bands: ``variables``, or all on the grid."""
     grid, candidates = _find_grid(ds, path)
-    if variables is not None:
-        if len(variables) == 0:
-            raise InputError(f"{path}: empty variable selection")
-        for v in variables:
-            if v not in candidates:
-                other = [str(n) for n in ds.data_vars if n not in candidates]
-                raise InputError(
-                    f"{path}: no variable {v!r} on the {grid[0]}/{grid[1]} grid; variables are "
-                    f"{', '.join(candidates)}"
-                    + (f" (not on the grid: {', '.join(other)})" if other else "")
-                )
-        names = list(variables)
-    else:
-        names = candidates
-    if select:
-        ds = _apply_select(ds, select, path)
-    if stack is not None and (stack not in ds.dims or not any(stack in ds[n].dims for n in names)):
+    if variables is None:
+        return grid, candidates
+    if len(variables) == 0:
+        raise InputError(f"{path}: empty variable selection")
+    for v in variables:
+        if v not in candidates:
+            other = [str(n) for n in ds.data_vars if n not in candidates]
+            raise InputError(
+                f"{path}: no variable {v!r} on the {grid[0]}/{grid[1]} grid; variables are "
+                f"{', '.join(candidates)}"
+                + (f" (not on the grid: {', '.join(other)})" if other else "")
+            )
+    return grid, list(variables)
+
+
+def _check_stack(
+    ds: xr.Dataset, names: list[str], grid: tuple[str, str], stack: str, path: Path | str
+) -> None:
+    """Refuse to stack a dimension that none of the chosen variables has."""
+    if stack not in ds.dims or not any(stack in ds[n].dims for n in names):
         dims = sorted({str(d) for n in names for d in ds[n].dims if d not in grid})
         raise InputError(
             f"{path}: cannot stack {stack!r}: no such dimension on the chosen variables; "
             f"their extra dimensions are {', '.join(dims) or 'none'}"
         )
-    layers = _band_layers(ds, names, grid, stack, path)
+
+
+def _pick_bands(
+    layers: list[tuple[str, str, xr.DataArray]],
+    names: list[str],
+    bands: Sequence[int | str],
+    path: Path | str,
+) -> list[tuple[str, str, xr.DataArray]]:
+    """The layers ``bands`` selects, in its order."""
     band_names = [b for b, _, _ in layers]
-    if bands is not None:
-        # Variable names pick all of their bands; stacked band names and numbers pick one.
-        wanted: list[int | str] = []
-        seq = [bands] if isinstance(bands, (str, int)) else list(bands)
-        for b in seq:
-            if isinstance(b, str) and b in names and b not in band_names:
-                wanted.extend(band_names[i] for i, (_, v, _) in enumerate(layers) if v == b)
-            else:
-                wanted.append(b)
-        layers = [layers[i] for i in _select(band_names, wanted, path)]
+    # Variable names pick all of their bands; stacked band names and numbers pick one.
+    wanted: list[int | str] = []
+    seq = [bands] if isinstance(bands, (str, int)) else list(bands)
+    for b in seq:
+        if isinstance(b, str) and b in names and b not in band_names:
+            wanted.extend(band_names[i] for i, (_, v, _) in enumerate(layers) if v == b)
+        else:
+            wanted.append(b)
+    return [layers[i] for i in _select(band_names, wanted, path)]
+
+
+def _stack_layers(
+    layers: list[tuple[str, str, xr.DataArray]], grid: tuple[str, str], chunks: Chunks
+) -> da.Array:
+    """The layers as one ``(band, y, x)`` float32 Dask array; +-inf becomes NaN."""
     ydim, xdim = grid
-    first = layers[0][2]
-    if ydim not in ds.coords or xdim not in ds.coords or ds[ydim].ndim != 1 or ds[xdim].ndim != 1:
-        if _latlon_2d(first) is not None:
-            raise _curvilinear_error(path, layers[0][1])
-        raise InputError(
-            f"{path}: the grid has no 1-D {ydim}/{xdim} coordinates (a curvilinear grid?); "
-            "regrid it to a regular grid first"
-        )
-    crs = _dataset_crs(ds, layers[0][1], grid)
-    if crs is None and _latlon_2d(first) is not None:
-        raise _curvilinear_error(path, layers[0][1])
-    x0, dx = _regular_axis(ds[xdim].values, xdim, path)
-    y0, dy = _regular_axis(ds[ydim].values, ydim, path)
-    # Row 0 is the first y value, whichever way the axis runs (north-up or south-up).
-    transform = Affine(dx, 0.0, x0 - dx / 2, 0.0, dy, y0 - dy / 2)
     arrays = []
     for _, _, layer in layers:
         layer = layer.transpose(ydim, xdim)
@@ -544,7 +384,13 @@ def _from_dataset(
     data = da.where(da.isinf(data), np.float32(np.nan), data)  # +-inf is invalid, like NaN
     h, w = data.shape[1:]
     cy, cx = _resolve_chunks(chunks, (h, w), (min(h, 512), min(w, 512)))
-    data = data.rechunk((len(layers), cy, cx))
+    return data.rechunk((len(layers), cy, cx))
+
+
+def _source_attrs(
+    ds: xr.Dataset, layers: list[tuple[str, str, xr.DataArray]], path: Path | str
+) -> dict[str, Any]:
+    """``source``, ``source_dtype`` and ``source_nodata`` of the variables the layers come from."""
     used = list(dict.fromkeys(v for _, v, _ in layers))
     fill = ds[used[0]].encoding.get("_FillValue")
     # CF-packed variables are unpacked by mask_and_scale: report what the values are now.
@@ -554,14 +400,8 @@ def _from_dataset(
         else str(ds[n].encoding.get("dtype", ds[n].dtype))
         for n in used
     }
-    return _canonical(
-        data,
-        names=[b for b, _, _ in layers],
-        transform=transform,
-        crs=crs,
-        attrs={
-            "source": str(path),
-            "source_dtype": src_dtype.pop() if len(src_dtype) == 1 else "mixed",
-            "source_nodata": None if fill is None else float(fill),
-        },
-    )
+    return {
+        "source": str(path),
+        "source_dtype": src_dtype.pop() if len(src_dtype) == 1 else "mixed",
+        "source_nodata": None if fill is None else float(fill),
+    }

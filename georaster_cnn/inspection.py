@@ -1,0 +1,200 @@
+"""The inspection report of one raster: what it is, and how image-like it is.
+
+:func:`inspect_raster` (the ``inspect`` command) describes a raster (driver, bands,
+grid, nodata, per-band statistics) and adds its spatial structure from
+:mod:`georaster_cnn.spatial`: Moran's I per band and lag, the verdict per band,
+and one overall verdict for the raster.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import rasterio
+import xarray as xr
+from rasterio.errors import RasterioError
+
+from georaster_cnn.formats import NETCDF_SUFFIXES
+from georaster_cnn.reader import open_raster
+from georaster_cnn.spatial import (
+    DEFAULT_LAGS,
+    WEAK_I,
+    Structure,
+    _dask_data,
+    _morans_i,
+    _strength,
+    _to_dict,
+    structure_verdict,
+)
+from georaster_cnn.stats import compute_stats
+
+__all__ = ["inspect_raster"]
+
+
+# --------------------------------------------------------------------------- overall verdict
+
+
+_ORDER: dict[Structure, int] = {"strong": 4, "weak": 3, "none": 2, "constant": 1, "undefined": 0}
+
+#: Said with every overall verdict: Moran's I is a summary of the whole grid.
+NOTE = (
+    "Moran's I summarises the grid as a whole: regions with different structure are "
+    "averaged together. A class that differs from the others only in texture (for "
+    "example white noise among smooth fields, I ~ 0 there) is still told apart best "
+    "by a model that sees neighbourhoods; train a CNN and a per-pixel or MLP baseline "
+    "and compare them on a spatially blocked split to be sure."
+)
+
+
+def _overall(kinds: Mapping[str, Structure], values: Mapping[str, Mapping[int, float]]) -> str:
+    n = len(kinds)
+    best = max(kinds.values(), key=lambda k: _ORDER[k])
+    count = sum(k == best for k in kinds.values())
+    which = "the band" if n == 1 else f"{count} of {n} bands"
+    if best in ("strong", "weak"):
+        peak = max((abs(_strength(values[b])[1]), b) for b, k in kinds.items() if k == best)
+        head = (
+            f"{best}ly spatially structured in {which} (largest |I| {peak[0]:.2f}, band {peak[1]})"
+        )
+        if best == "strong":
+            return f"{head}: the grid is image-like; a CNN can exploit local patterns"
+        return f"{head}: only slightly image-like; a CNN may gain little over a per-pixel model"
+    if best == "none":
+        return (
+            f"no spatial structure in {which} (|I| < {WEAK_I} at all lags): as a whole, cells "
+            "behave like unrelated values; a per-pixel model (or an MLP) is likely as good as "
+            "a CNN"
+        )
+    if best == "constant":
+        return "every band is constant: nothing to learn from this raster"
+    return "Moran's I is undefined for every band: the raster is too small or mostly nodata"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _driver(path: Path) -> str | None:
+    if path.suffix.lower() in NETCDF_SUFFIXES:
+        return "netCDF"
+    try:
+        with rasterio.open(path) as src:
+            return str(src.driver)
+    except (RasterioError, OSError):
+        return None
+
+
+def _geometry(data: xr.DataArray) -> dict[str, Any]:
+    t = data.rio.transform()
+    xres, yres = math.hypot(t.a, t.d), math.hypot(t.b, t.e)
+    rotation = math.degrees(math.atan2(t.d, t.a))
+    crs = data.rio.crs
+    units = None
+    if crs is not None:
+        units = "degree" if crs.is_geographic else (crs.linear_units or None)
+    return {
+        "crs": None if crs is None else crs.to_string(),
+        "crs_units": units,
+        "transform": [t.a, t.b, t.c, t.d, t.e, t.f],
+        "resolution": [xres, yres],
+        "rotated": bool(t.b != 0 or t.d != 0),
+        "rotation_deg": rotation if (t.b != 0 or t.d != 0) else 0.0,
+    }
+
+
+def _json_float(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def inspect_raster(
+    source: str | os.PathLike[str] | xr.DataArray,
+    *,
+    lags: Sequence[int] = DEFAULT_LAGS,
+    max_pixels: int = 2_000_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Describe a raster and judge how image-like it is (spatial autocorrelation).
+
+    Parameters
+    ----------
+    source
+        A raster path (anything :func:`~georaster_cnn.open_raster` opens) or a
+        canonical ``(band, y, x)`` array.
+    lags, max_pixels, seed
+        Passed to :func:`morans_i`.
+
+    Returns
+    -------
+    dict
+        JSON-able report (NaN becomes ``None``) with keys ``path``, ``driver``,
+        ``bands``, ``dtype``, ``shape`` (``[band, y, x]``), ``crs``, ``crs_units``,
+        ``transform``, ``resolution`` (``[x, y]`` pixel size in CRS units),
+        ``rotated``, ``rotation_deg``, ``nodata``, ``nodata_fraction``
+        (``{"overall": f, "bands": {name: f}}``; overall = cells where any band is
+        nodata), ``stats`` (``{name: {count, mean, std, min, max}}``), ``lags``,
+        ``morans_i`` (``{name: {lag: I}}``), ``sampling``, ``structure``
+        (``{name: "strong"|"weak"|"none"|"constant"|"undefined"}``), ``verdict``
+        (``{"bands": {name: text}, "overall": text}``) and ``note``.
+
+    Raises
+    ------
+    ReadError
+        The file cannot be opened or read.
+    InputError
+        Bad options, or a band without any valid pixel.
+    """
+    if isinstance(source, xr.DataArray):
+        data = source
+        src = data.attrs.get("source")
+        path = Path(src) if src else None
+    else:
+        path = Path(source)
+        data = open_raster(path)
+    stats = compute_stats(data)
+    names = [str(b) for b in data["band"].values]
+    arr = _dask_data(data)
+    invalid = da.isnan(arr).any(axis=0).sum()
+    values, _, lag_t, details = _morans_i(
+        data, lags=lags, max_pixels=max_pixels, seed=seed, stats=stats, extra={"invalid": invalid}
+    )
+    n_cells = int(data.sizes["y"] * data.sizes["x"])
+    mi = _to_dict(values, names, lag_t)
+    constant = (stats.minimum >= stats.maximum) | ~(stats.std > 0)
+    kinds: dict[str, Structure] = {}
+    verdicts: dict[str, str] = {}
+    for b, n in enumerate(names):
+        kinds[n], verdicts[n] = structure_verdict(mi[n], constant=bool(constant[b]))
+    nodata = data.attrs.get("source_nodata")
+    return {
+        "path": None if path is None else str(path),
+        "driver": None if path is None or not path.exists() else _driver(path),
+        "bands": names,
+        "dtype": str(data.attrs.get("source_dtype", data.dtype)),
+        "shape": [len(names), int(data.sizes["y"]), int(data.sizes["x"])],
+        **_geometry(data),
+        "nodata": None if nodata is None else _json_float(float(nodata)),
+        "nodata_fraction": {
+            "overall": int(details["extra"]["invalid"]) / n_cells,
+            "bands": {n: 1.0 - float(stats.count[b]) / n_cells for b, n in enumerate(names)},
+        },
+        "stats": {
+            n: {
+                "count": int(stats.count[b]),
+                "mean": float(stats.mean[b]),
+                "std": float(stats.std[b]),
+                "min": float(stats.minimum[b]),
+                "max": float(stats.maximum[b]),
+            }
+            for b, n in enumerate(names)
+        },
+        "lags": list(lag_t),
+        "morans_i": {n: {d: _json_float(v) for d, v in mi[n].items()} for n in names},
+        "sampling": {k: details[k] for k in ("subsampled", "windows", "pixels", "max_pixels")},
+        "structure": kinds,
+        "verdict": {"bands": verdicts, "overall": _overall(kinds, mi)},
+        "note": NOTE,
+    }
