@@ -65,6 +65,7 @@ def _options(
 def _evaluate_chips(
     state: CLIState, model: GeoModel, inputs: Sequence[Path], opts: InferenceOptions
 ) -> EvaluationReport:
+    """Every chip classified whole and compared with its label."""
     import georaster_cnn as gc
 
     with report_warnings(state), make_progress(state) as progress:
@@ -90,6 +91,7 @@ def _evaluate_rasters(
     label_column: str | None,
     read: dict[str, Any],
 ) -> EvaluationReport:
+    """The rasters opened and their labels read, then one report over all of them."""
     import georaster_cnn as gc
 
     with report_warnings(state), make_progress(state) as progress:
