@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 _ISO_DATE = re.compile(
     r"^\s*(-?\d{1,4})-(\d{1,2})(?:-(\d{1,2}))?(?:[T ](\d{1,2}):(\d{2})(?::(\d{2}))?)?\s*$"
 )
-_OPTIONS_HINT = "select={DIM: VALUE}, or stack=DIM"
 
 
 def _is_multi(path: object) -> bool:
