@@ -186,8 +186,8 @@ def _replace(tmp: Path, out: Path) -> None:
     ``os.replace`` cannot replace a non-empty folder, so an old Zarr store is moved
     to a hidden name first and put back if the new one cannot be renamed in.
     """
-    if not (out.is_dir() and not out.is_symlink()) and not tmp.is_dir():
-        os.replace(tmp, out)
+    if not tmp.is_dir():
+        os.replace(tmp, out)  # a file never replaces a folder (IsADirectoryError)
         return
     old: Path | None = None
     if out.exists() or out.is_symlink():

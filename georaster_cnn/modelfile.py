@@ -197,7 +197,7 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     """
     p = Path(path)
     if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+        raise OutputExistsError(f"{p} exists; pass overwrite=True to replace it")
     p.parent.mkdir(parents=True, exist_ok=True)
     raw = model.to_bytes()
     atomic_write(p, lambda f: f.write(raw))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask
 import dask.array as da
@@ -32,6 +32,9 @@ from georaster_cnn.geometry import PatchGrid, RasterGrid
 from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
 from georaster_cnn.stats import ChannelStats, normalize
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CLASS_NODATA", "check_inputs", "predict"]
 
@@ -137,7 +140,7 @@ def predict(
     *,
     stride: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     min_valid: float | None = None,
     block_cells: int | None = None,
     check: bool = True,
@@ -156,7 +159,8 @@ def predict(
     batch_size
         Windows per model call.
     device
-        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda`` or ``mps``.
+        ``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:N]`` or ``mps``, or a
+        :class:`torch.device` already resolved.
     min_valid
         Minimum fraction of valid pixels in a window for it to get a class;
         default: the model's (0.5 unless trained otherwise).

@@ -155,7 +155,7 @@ def _pick_column(gdf: gpd.GeoDataFrame, column: str | None) -> str:
     if len(attrs) == 1:
         return str(attrs[0])
     raise InputError(
-        f"{_source(gdf)}: say which column holds the class (label_column / --label-column); "
+        f"{_source(gdf)}: say which column holds the class (label_column=); "
         f"the columns are {', '.join(map(str, attrs)) or '(none)'}"
     )
 

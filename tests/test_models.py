@@ -17,6 +17,7 @@ from georaster_cnn import (
     open_raster,
     predict,
 )
+from georaster_cnn._inference import resolve_device
 from georaster_cnn.models import SmallCNN
 
 HAS_CUDA = torch.cuda.is_available()

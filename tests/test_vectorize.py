@@ -262,7 +262,7 @@ def test_bad_inputs(tmp_path: Path, make_raster: Callable[..., Path]) -> None:
     path = write_pred(tmp_path / "bad.tif", prediction(cls, names=("a", "b")))
     with pytest.raises(gc.InputError, match=r"class values \[5\] have no name"):
         gc.vectorize(path)
-    with pytest.raises(gc.InputError, match="min_area must be >= 0"):
+    with pytest.raises(gc.InputError, match="min_area= must be >= 0"):
         gc.vectorize(path, min_area=-1)
     with pytest.raises(gc.ReadError):
         gc.vectorize(tmp_path / "missing.tif")

@@ -313,7 +313,7 @@ def _predict_one(
                 batch_size=opts.batch_size,
                 # resolved once for all tiles; predict takes the torch.device as it is,
                 # though its annotation still says str
-                device=opts.device,  # type: ignore[arg-type]
+                device=opts.device,
                 min_valid=opts.min_valid,
             )
             with DaskProgress(progress, task):
