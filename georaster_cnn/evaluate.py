@@ -9,45 +9,45 @@ counted, never dropped silently.
 
 Everything is reduced inside the Dask graph: each block of output cells becomes a
 small vector of counts (confusion matrix plus exclusions), so memory does not grow
-with the raster. Labels are class-id rasters (:func:`~georaster_cnn.open_labels`);
-vector labels will plug in where the centre labels are taken (:func:`_centre_labels`).
+with the raster. Labels are class-id rasters (:func:`~georaster_cnn.open_labels`)
+or vector labels: polygons are rasterised onto the raster's grid and compared cell
+by cell; points are compared window by window (the window centred on each point).
 
 Labelled chips without georeferencing (:func:`evaluate_chips`) are classified one
 chip at a time - one label, one prediction each - and build the same report from
-the same confusion matrix (:func:`confusion_matrix`).
+the same confusion matrix. The report itself lives in :mod:`georaster_cnn.report`.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
-import io
-import json
 import logging
 import math
-import os
-import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import dask
 import dask.array as da
-import geopandas as gpd
 import numpy as np
-import torch
 import xarray as xr
 
-from georaster_cnn._atomic import atomic_write
+from georaster_cnn._inference import Classifier
 from georaster_cnn.chipdata import ChipSet, chip_valid_fraction, normalize_chips
-from georaster_cnn.errors import BandMismatchError, InputError, OutputExistsError
+from georaster_cnn.classmap import CLASS_NODATA
+from georaster_cnn.errors import BandMismatchError, InputError
 from georaster_cnn.geometry import PatchGrid
+from georaster_cnn.labels import (
+    LabelsArg,
+    check_label_dims,
+    check_model_ids,
+    label_sources,
+    resolve_labels,
+    warn_on_class_names,
+)
 from georaster_cnn.modelfile import GeoModel
-from georaster_cnn.models import resolve_device
-from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
+from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions, evaluation_stride
+from georaster_cnn.predict import check_inputs, predict
+from georaster_cnn.report import REPORT_FILES, EvaluationReport, confusion_matrix
 from georaster_cnn.stats import normalize
-from georaster_cnn.train import LabelsArg, resolve_labels
 from georaster_cnn.vector_labels import (
     VectorLabels,
     point_windows,
@@ -59,316 +59,21 @@ __all__ = ["REPORT_FILES", "EvaluationReport", "confusion_matrix", "evaluate", "
 
 log = logging.getLogger(__name__)
 
-#: Files :meth:`EvaluationReport.write` puts in the report folder.
-REPORT_FILES = ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png")
-
-#: Why a cell was left out of the metrics, in the order the reasons are checked.
-EXCLUSION_REASONS = ("centre_outside_raster", "unlabelled", "no_prediction")
-
-#: How predictions meet labels, by :attr:`EvaluationReport.unit`.
-MATCHING = {
-    "cells": "each output cell vs. the label of its window's centre pixel",
-    "points": "the window centred on each point vs. the point's class",
-    "cells+points": "output cells vs. their centre pixel's label (label rasters, polygons); "
-    "the window centred on each point vs. the point's class",
-    "chips": "each chip's predicted class vs. the chip's label",
-}
+#: Points (and chips) normalised and classified per pass (bounds memory with many).
+POINT_BATCH = 8192
 
 
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """``(K, K)`` int64 counts of (true, predicted) class-id pairs; rows = true."""
-    t = np.asarray(y_true, dtype=np.int64).ravel()
-    p = np.asarray(y_pred, dtype=np.int64).ravel()
-    return np.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(
-        n_classes, n_classes
-    )
+# --------------------------------------------------------------------------- cells
 
 
-# --------------------------------------------------------------------------- the report
+@dataclass(frozen=True)
+class _Cells:
+    """A raster whose output cells are compared with labels on its grid."""
 
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """``num / den`` element-wise, 0.0 where ``den`` is 0 (no warning)."""
-    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-@dataclass(frozen=True, eq=False)
-class EvaluationReport:
-    """Confusion matrix and the metrics derived from it.
-
-    Attributes
-    ----------
-    class_names
-        The model's classes; index ``k`` is class id ``k``.
-    confusion
-        ``(K, K)`` int64 counts, rows = true (label) class, columns = predicted class.
-        Read-only.
-    n_excluded
-        Cells left out, by reason: ``centre_outside_raster`` (the last row/column of
-        cells when the raster size is not a multiple of the stride), ``unlabelled``
-        (the centre pixel has no label), ``no_prediction`` (labelled, but the window
-        had too few valid pixels; class 255).
-    stride, patch_size
-        Geometry of the cells compared.
-    sources
-        ``(data, labels)`` names of each evaluated pair.
-    model_checksum
-        :attr:`GeoModel.checksum` of the evaluated model.
-    unit
-        What was compared: ``"cells"`` (of rasters) or ``"chips"``.
-
-    Notes
-    -----
-    Precision of a class never predicted, recall of a class absent from the labels,
-    and F1 where precision + recall is 0 are undefined; they are reported as 0.0
-    and listed in :attr:`zero_division`. Macro F1 averages the classes present in
-    the labels or the predictions (a class absent from both says nothing about the
-    model); weighted F1 weights each class by its support.
-    """
-
-    class_names: tuple[str, ...]
-    confusion: np.ndarray
-    n_excluded: Mapping[str, int] = field(default_factory=dict)
-    stride: int = 0
-    patch_size: int = 0
-    sources: tuple[tuple[str, str], ...] = ()
-    model_checksum: str = ""
-    unit: str = "cells"
-
-    def __post_init__(self) -> None:
-        k = len(self.class_names)
-        cm = np.array(self.confusion, dtype=np.int64)
-        if cm.shape != (k, k):
-            raise InputError(
-                f"confusion matrix must be {k} x {k} (one row and column per class); "
-                f"found shape {cm.shape}"
-            )
-        cm.setflags(write=False)
-        object.__setattr__(self, "confusion", cm)
-        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-        excluded = {r: 0 for r in EXCLUSION_REASONS}
-        excluded.update({str(r): int(n) for r, n in self.n_excluded.items()})
-        object.__setattr__(self, "n_excluded", excluded)
-
-    # ----------------------------------------------------------------- metrics
-
-    @property
-    def n_evaluated(self) -> int:
-        """Cells compared (the sum of the confusion matrix)."""
-        return int(self.confusion.sum())
-
-    @property
-    def n_correct(self) -> int:
-        """Cells whose predicted class is the label (the diagonal)."""
-        return int(np.trace(self.confusion))
-
-    @property
-    def accuracy(self) -> float:
-        """Overall accuracy: correct cells / evaluated cells (0.0 when none)."""
-        return self.n_correct / self.n_evaluated if self.n_evaluated else 0.0
-
-    @property
-    def support(self) -> np.ndarray:
-        """Evaluated cells per true class (row sums)."""
-        return self.confusion.sum(axis=1)
-
-    @property
-    def predicted(self) -> np.ndarray:
-        """Evaluated cells per predicted class (column sums)."""
-        return self.confusion.sum(axis=0)
-
-    @property
-    def precision(self) -> np.ndarray:
-        """Per class: cells correctly predicted as it / cells predicted as it."""
-        return _ratio(np.diag(self.confusion), self.predicted)
-
-    @property
-    def recall(self) -> np.ndarray:
-        """Per class: cells correctly predicted as it / cells labelled as it."""
-        return _ratio(np.diag(self.confusion), self.support)
-
-    @property
-    def f1(self) -> np.ndarray:
-        """Per class: harmonic mean of precision and recall."""
-        p, r = self.precision, self.recall
-        return _ratio(2 * p * r, p + r)
-
-    @property
-    def present(self) -> np.ndarray:
-        """Per class: whether it occurs in the labels or the predictions."""
-        return (self.support > 0) | (self.predicted > 0)
-
-    @property
-    def macro_f1(self) -> float:
-        """Unweighted mean F1 over the classes present (see :attr:`present`)."""
-        present = self.present
-        return float(self.f1[present].mean()) if present.any() else 0.0
-
-    @property
-    def weighted_f1(self) -> float:
-        """Mean F1 weighted by support."""
-        n = self.n_evaluated
-        return float((self.f1 * self.support).sum() / n) if n else 0.0
-
-    @property
-    def zero_division(self) -> dict[str, list[str]]:
-        """Classes whose precision, recall or F1 is undefined (reported as 0.0)."""
-        names = np.array(self.class_names, dtype=object)
-        p, r = self.precision, self.recall
-        return {
-            "precision": list(names[self.predicted == 0]),
-            "recall": list(names[self.support == 0]),
-            "f1": list(names[(p + r) == 0]),
-        }
-
-    # ----------------------------------------------------------------- export
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary; ``accuracy`` is a top-level key."""
-        per_class = {
-            name: {
-                "id": k,
-                "precision": float(self.precision[k]),
-                "recall": float(self.recall[k]),
-                "f1": float(self.f1[k]),
-                "support": int(self.support[k]),
-                "predicted": int(self.predicted[k]),
-            }
-            for k, name in enumerate(self.class_names)
-        }
-        return {
-            "accuracy": self.accuracy,
-            "macro_f1": self.macro_f1,
-            "weighted_f1": self.weighted_f1,
-            "n_evaluated": self.n_evaluated,
-            "n_correct": self.n_correct,
-            "n_excluded": dict(self.n_excluded),
-            "class_names": list(self.class_names),
-            "per_class": per_class,
-            "confusion_matrix": self.confusion.tolist(),
-            "confusion_matrix_axes": {"rows": "true", "columns": "predicted"},
-            "zero_division": {
-                "value": 0.0,
-                "note": "undefined ratios (0/0) are reported as 0.0",
-                **self.zero_division,
-            },
-            "macro_f1_classes": [
-                n for n, p in zip(self.class_names, self.present, strict=True) if p
-            ],
-            "matching": MATCHING.get(self.unit, self.unit),
-            "unit": self.unit,
-            "stride": self.stride,
-            "patch_size": self.patch_size,
-            "model_checksum": self.model_checksum,
-            "sources": [{"data": d, "labels": lab} for d, lab in self.sources],
-        }
-
-    def write(self, report_dir: str | os.PathLike[str], *, overwrite: bool = False) -> list[Path]:
-        """Write the report files into ``report_dir`` (created if missing).
-
-        ``metrics.json`` (:meth:`to_dict`), ``per_class.csv``,
-        ``confusion_matrix.csv`` (class names as header row and column) and
-        ``confusion_matrix.png`` (row-normalised, counts annotated). Each file is
-        written under a temporary name and renamed into place.
-
-        Parameters
-        ----------
-        report_dir
-            The folder.
-        overwrite
-            Replace report files that exist.
-
-        Returns
-        -------
-        list of Path
-            The files written.
-
-        Raises
-        ------
-        OutputExistsError
-            A report file exists and ``overwrite`` is false.
-        """
-        out = Path(report_dir)
-        if not overwrite:
-            existing = [f for f in REPORT_FILES if (out / f).exists()]
-            if existing:
-                raise OutputExistsError(
-                    f"{out} already holds a report ({', '.join(existing)}); pass overwrite=True "
-                    "(--overwrite) to replace it, or choose another folder"
-                )
-        out.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), indent=2) + "\n"
-        written = [
-            atomic_write(out / "metrics.json", lambda f: f.write(text.encode())),
-            atomic_write(out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode())),
-            atomic_write(
-                out / "confusion_matrix.csv", lambda f: f.write(self._confusion_csv().encode())
-            ),
-            atomic_write(out / "confusion_matrix.png", self._plot),
-        ]
-        log.info("evaluation report written to %s", out)
-        return written
-
-    def _per_class_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["class_id", "class", "precision", "recall", "f1", "support", "predicted"])
-        for k, name in enumerate(self.class_names):
-            w.writerow([
-                k, name, f"{self.precision[k]:.6f}", f"{self.recall[k]:.6f}",
-                f"{self.f1[k]:.6f}", int(self.support[k]), int(self.predicted[k]),
-            ])  # fmt: skip
-        return buf.getvalue()
-
-    def _confusion_csv(self) -> str:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["true \\ predicted", *self.class_names])
-        for name, row in zip(self.class_names, self.confusion.tolist(), strict=True):
-            w.writerow([name, *row])
-        return buf.getvalue()
-
-    def _plot(self, f: Any) -> None:
-        """Row-normalised confusion matrix with counts, as PNG into the file object ``f``."""
-        # The object-oriented API with an explicit Agg canvas: no pyplot global state,
-        # no GUI backend, safe in threads and on headless machines.
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-
-        k = len(self.class_names)
-        norm = _ratio(self.confusion, self.support[:, None] * np.ones((1, k)))
-        side = max(4.0, 1.0 + 0.9 * k)
-        fig = Figure(figsize=(side + 1.2, side), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-        ticks = np.arange(k)
-        ax.set_xticks(ticks, labels=list(self.class_names), rotation=45, ha="right")
-        ax.set_yticks(ticks, labels=list(self.class_names))
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class (label)")
-        ax.set_title(
-            f"accuracy {self.accuracy:.3f}, macro F1 {self.macro_f1:.3f}\n"
-            f"{self.n_evaluated:,} {self.unit}"
-            + (f", stride {self.stride} px" if "cells" in self.unit else ""),
-            fontsize=10,
-        )
-        small = 9 if k <= 8 else 7
-        for i in range(k):
-            for j in range(k):
-                pct = 100 * norm[i, j]
-                share = "<1 %" if 0 < pct < 0.5 else f"{pct:.0f} %"  # a few cells are not 0 %
-                ax.text(
-                    j, i, f"{self.confusion[i, j]:,}\n{share}",
-                    ha="center", va="center", fontsize=small,
-                    color="white" if norm[i, j] > 0.5 else "black",
-                )  # fmt: skip
-        fig.savefig(f, format="png")
-
-
-# --------------------------------------------------------------------------- computation
+    data: xr.DataArray
+    labels: xr.DataArray
+    grid: PatchGrid
+    centres: da.Array  #: label of each cell's window-centre pixel (see _centre_labels)
 
 
 def _centre_labels(labels: xr.DataArray, grid: PatchGrid) -> da.Array:
@@ -384,13 +89,6 @@ def _centre_labels(labels: xr.DataArray, grid: PatchGrid) -> da.Array:
     return lab[c::s, c::s].astype(np.float32)
 
 
-def _bad_ids(block: np.ndarray, n_classes: int) -> np.ndarray:
-    """Distinct labelled values of ``block`` that are not class ids ``0..n_classes-1``."""
-    v = block[np.isfinite(block)]
-    bad = v[(v < 0) | (v >= n_classes) | (v != np.round(v))]
-    return np.unique(bad)
-
-
 def _block_counts(true: np.ndarray, pred: np.ndarray, *, n_classes: int) -> np.ndarray:
     """Counts of one block: ``K*K`` confusion cells, then unlabelled, no prediction."""
     labelled = np.isfinite(true)
@@ -404,51 +102,46 @@ def _block_counts(true: np.ndarray, pred: np.ndarray, *, n_classes: int) -> np.n
     return counts[None, None, :]
 
 
-def _check_labels(model: GeoModel, labels: xr.DataArray) -> None:
-    """Raise InputError naming label values that are not the model's class ids.
-
-    All labelled pixels are checked, not only window centres: a stray id anywhere
-    means the labels do not use the model's classes, whatever the stride.
-    """
-    lab = labels.data
-    if not isinstance(lab, da.Array):
-        lab = da.from_array(np.asarray(lab))
-    parts = [dask.delayed(_bad_ids)(b, model.n_classes) for b in lab.to_delayed().ravel()]
-    found = np.unique(np.concatenate([np.empty(0, np.float64), *dask.compute(*parts)]))
-    if found.size:
-        shown = ", ".join(f"{v:g}" for v in found[:10]) + (" ..." if found.size > 10 else "")
-        classes = ", ".join(f"{i} {n}" for i, n in enumerate(model.class_names))
-        raise InputError(
-            f"label raster {labels.attrs.get('source', 'labels')} holds value(s) {shown} that "
-            f"are not class ids of the model, which has {model.n_classes} classes "
-            f"({classes}); relabel to 0..{model.n_classes - 1}, or set the raster's nodata "
-            "value for unlabelled pixels"
-        )
-
-
-def _counts(
+def _cell_rasters(
+    datas: Sequence[xr.DataArray],
+    items: Sequence[xr.DataArray | VectorLabels],
     model: GeoModel,
-    data: xr.DataArray,
-    centres: da.Array,
-    grid: PatchGrid,
-    *,
-    batch_size: int,
-    device: str,
-    min_valid: float | None,
-) -> da.Array:
-    """Lazy count vector (see :func:`_block_counts`) of one raster, plus centre-outside cells."""
+    stride: int,
+) -> list[_Cells]:
+    """The rasters with label rasters or polygons, their labels checked against the model.
+
+    Labels are checked for all rasters before the model runs on any: fail fast.
+    """
+    cells = []
+    for d, it in zip(datas, items, strict=True):
+        if isinstance(it, VectorLabels):
+            if not len(it.polygons):
+                continue
+            lab = rasterize_polygons(to_raster_crs(it.polygons, d, it.source), d, source=it.source)
+        else:
+            warn_on_class_names(model, it)
+            lab = it
+        grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=model.patch_size, stride=stride)
+        cells.append(_Cells(d, lab, grid, _centre_labels(lab.transpose("y", "x"), grid)))
+    for c in cells:
+        check_model_ids(model, c.labels)
+    return cells
+
+
+def _cell_counts(model: GeoModel, cells: _Cells, opts: InferenceOptions) -> da.Array:
+    """Lazy count vector (see :func:`_block_counts`) of one raster's cells."""
     cls = predict(
-        data,
+        cells.data,
         model,
-        stride=grid.stride,
-        batch_size=batch_size,
-        device=device,
-        min_valid=min_valid,
+        stride=opts.stride,
+        batch_size=opts.batch_size,
+        device=str(opts.device),
+        min_valid=opts.min_valid,
         check=False,  # evaluate() has checked the inputs
     )["class"].data
-    ny, nx = centres.shape
+    ny, nx = cells.centres.shape
     cls = cls[:ny, :nx]
-    centres = centres.rechunk(cls.chunks)
+    centres = cells.centres.rechunk(cls.chunks)
     k = model.n_classes
     per_block = da.map_blocks(
         _block_counts,
@@ -463,34 +156,26 @@ def _counts(
     return per_block.sum(axis=(0, 1))
 
 
-#: Points classified per pass in :func:`_point_counts` (bounds memory with many points).
-POINT_BATCH = 8192
+def _cell_totals(
+    model: GeoModel, cells: Sequence[_Cells], opts: InferenceOptions
+) -> tuple[np.ndarray, int]:
+    """Count vector of all rasters' cells (one Dask computation), and cells centred outside."""
+    k = model.n_classes
+    lazy = [_cell_counts(model, c, opts) for c in cells]
+    totals = np.sum([np.zeros(k * k + 2, np.int64), *dask.compute(*lazy)], axis=0)
+    outside = sum(math.prod(c.grid.out_shape) - math.prod(c.centres.shape) for c in cells)
+    return totals, outside
 
 
-def _classify(
-    module: torch.nn.Module, x: np.ndarray, dev: torch.device, batch_size: int
-) -> np.ndarray:
-    """Class ids of normalised ``(n, band, p, p)`` samples (NaN already 0)."""
-    preds = np.empty(len(x), dtype=np.int64)
-    with torch.inference_mode():
-        for i in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size])).to(dev)
-            with torch.autocast(
-                device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
-            ):
-                logits = module(xb)
-            preds[i : i + batch_size] = logits.float().argmax(1).cpu().numpy()
-    return preds
+# --------------------------------------------------------------------------- points
 
 
 def _point_counts(
     model: GeoModel,
     data: xr.DataArray,
     vl: VectorLabels,
-    *,
-    batch_size: int,
-    device: str,
-    min_valid: float,
+    classifier: Classifier,
+    opts: InferenceOptions,
     seen: np.ndarray,
 ) -> np.ndarray:
     """Count vector (see :func:`_block_counts`) of the point windows on one raster."""
@@ -498,29 +183,49 @@ def _point_counts(
     counts = np.zeros(k * k + 2, dtype=np.int64)
     pts = to_raster_crs(vl.points, data, vl.source)
     norm = normalize(data, model.stats).data
-    dev = resolve_device(device)
-    module = model.module if dev.type == "cpu" else copy.deepcopy(model.module).to(dev)
-    module.eval()
     for start in range(0, len(pts), POINT_BATCH):
         part = pts.iloc[start : start + POINT_BATCH]
         pw = point_windows(
-            norm, data.rio.transform(), part, patch=model.patch_size, min_valid=min_valid
+            norm, data.rio.transform(), part, patch=model.patch_size, min_valid=opts.min_valid
         )
         seen[start : start + len(part)] |= pw.inside
-        pred = _classify(module, pw.chips, dev, batch_size)
+        pred = classifier.classes(pw.chips, opts.batch_size)
         counts[: k * k] += confusion_matrix(pw.ids, pred, k).ravel()
         counts[-1] += pw.n_invalid
     return counts
 
 
-def evaluate(
+def _point_totals(
     model: GeoModel,
+    datas: Sequence[xr.DataArray],
+    items: Sequence[xr.DataArray | VectorLabels],
+    opts: InferenceOptions,
+) -> tuple[np.ndarray, int, int]:
+    """Count vector of all point windows, the number of points, and points on no raster."""
+    k = model.n_classes
+    totals = np.zeros(k * k + 2, dtype=np.int64)
+    classifier = Classifier(model, opts.device)
+    seen: dict[int, np.ndarray] = {}
+    for d, it in zip(datas, items, strict=True):
+        if isinstance(it, VectorLabels) and len(it.points):
+            mask = seen.setdefault(id(it), np.zeros(len(it.points), bool))
+            totals += _point_counts(model, d, it, classifier, opts, mask)
+    n_points = sum(len(m) for m in seen.values())
+    unseen = sum(int((~m).sum()) for m in seen.values())
+    return totals, n_points, unseen
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
     data: xr.DataArray | Sequence[xr.DataArray],
+    model: GeoModel,
     labels: LabelsArg | Sequence[LabelsArg],
     *,
     label_column: str | None = None,
     stride: int | None = None,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     min_valid: float | None = None,
 ) -> EvaluationReport:
@@ -534,10 +239,10 @@ def evaluate(
 
     Parameters
     ----------
-    model
-        The trained model.
     data
         One or more canonical ``(band, y, x)`` arrays (:func:`~georaster_cnn.open_raster`).
+    model
+        The trained model.
     labels
         Per raster, either a ``(y, x)`` label raster on exactly its grid
         (:func:`~georaster_cnn.open_labels`: class ids ``0..K-1`` of the model,
@@ -561,75 +266,64 @@ def evaluate(
     Raises
     ------
     InputError
-        Unequal numbers of rasters and label arrays, labels not on the data's grid,
-        label values that are not the model's class ids, or no cell to evaluate.
+        Bad options, unequal numbers of rasters and label arrays, labels not on the
+        data's grid, label values that are not the model's class ids, or no cell to
+        evaluate.
     BandMismatchError
         A raster's band count is not the model's.
 
     Examples
     --------
     >>> model = load_model("model.safetensors")  # doctest: +SKIP
-    >>> report = evaluate(model, open_raster("scene.tif"), open_labels("labels.tif"))  # doctest: +SKIP
+    >>> report = evaluate(open_raster("scene.tif"), model, open_labels("labels.tif"))  # doctest: +SKIP
     >>> report.accuracy, report.n_excluded  # doctest: +SKIP
     >>> report.write("report/")  # doctest: +SKIP
     >>> points = geopandas.read_file("checks.gpkg")  # doctest: +SKIP
-    >>> evaluate(model, open_raster("scene.tif"), points, label_column="class")  # doctest: +SKIP
+    >>> evaluate(open_raster("scene.tif"), model, points, label_column="class")  # doctest: +SKIP
     """
     datas = [data] if isinstance(data, xr.DataArray) else list(data)
     if not datas:
         raise InputError("no raster to evaluate on")
-    if stride is None:
-        stride = int(model.provenance.get("stride") or max(1, model.patch_size // 4))
-    for lab in [labels] if isinstance(labels, xr.DataArray) else []:
-        _check_label_dims(lab)
-    if not isinstance(labels, (xr.DataArray, gpd.GeoDataFrame)):
-        for lab in labels:
-            if isinstance(lab, xr.DataArray):
-                _check_label_dims(lab)
+    opts = InferenceOptions.resolve(
+        model,
+        stride=evaluation_stride(model, stride),
+        batch_size=batch_size,
+        min_valid=min_valid,
+        device=device,
+    )
+    check_label_dims(labels)
     items, _ = resolve_labels(
         datas, labels, label_column=label_column, class_names=list(model.class_names)
     )
     for d in datas:  # band count (BandMismatchError) and data-range warnings, once per raster
         check_inputs(d, model)
-    grids, centres, cell_pairs = [], [], []
-    for d, it in zip(datas, items, strict=True):
-        grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=model.patch_size, stride=stride)
-        if isinstance(it, VectorLabels):
-            if not len(it.polygons):
-                continue
-            lab = rasterize_polygons(to_raster_crs(it.polygons, d, it.source), d, source=it.source)
-        else:
-            _warn_on_class_names(model, it)
-            lab = it
-        grids.append(grid)
-        centres.append(_centre_labels(lab.transpose("y", "x"), grid))
-        cell_pairs.append((d, lab))
-    # Labels are checked for all rasters before the model runs on any: fail fast.
-    for _, lab in cell_pairs:
-        _check_labels(model, lab)
-    k = model.n_classes
-    lazy = [
-        _counts(model, d, cen, g, batch_size=batch_size, device=device, min_valid=min_valid)
-        for (d, _), cen, g in zip(cell_pairs, centres, grids, strict=True)
-    ]
-    totals = np.sum([np.zeros(k * k + 2, np.int64), *dask.compute(*lazy)], axis=0)
-    outside = sum(
-        math.prod(g.out_shape) - math.prod(c.shape) for g, c in zip(grids, centres, strict=True)
+    cells = _cell_rasters(datas, items, model, opts.stride)
+    cell_counts, outside = _cell_totals(model, cells, opts)
+    point_counts, n_points, unseen = _point_totals(model, datas, items, opts)
+    unit = "cells+points" if cells and n_points else "points" if n_points else "cells"
+    names = [str(d.attrs.get("source", "<in-memory>")) for d in datas]
+    sources = tuple(zip(names, label_sources(items), strict=True))
+    return _checked_report(
+        model, cell_counts + point_counts, outside + unseen, opts.stride, sources, unit
     )
-    threshold = model.min_valid if min_valid is None else min_valid
-    seen: dict[int, np.ndarray] = {}
-    n_points = 0
-    for d, it in zip(datas, items, strict=True):
-        if isinstance(it, VectorLabels) and len(it.points):
-            mask = seen.setdefault(id(it), np.zeros(len(it.points), bool))
-            totals = totals + _point_counts(
-                model, d, it, batch_size=batch_size, device=device, min_valid=threshold,
-                seen=mask,
-            )  # fmt: skip
-    for mask in seen.values():
-        outside += int((~mask).sum())
-        n_points += len(mask)
-    unit = "cells+points" if cell_pairs and n_points else "points" if n_points else "cells"
+
+
+def _checked_report(
+    model: GeoModel,
+    totals: np.ndarray,
+    outside: int,
+    stride: int,
+    sources: tuple[tuple[str, str], ...],
+    unit: str,
+) -> EvaluationReport:
+    """The report of a count vector (see :func:`_block_counts`); logged.
+
+    Raises
+    ------
+    InputError
+        Nothing was compared.
+    """
+    k = model.n_classes
     report = EvaluationReport(
         class_names=model.class_names,
         confusion=totals[: k * k].reshape(k, k),
@@ -640,15 +334,7 @@ def evaluate(
         },
         stride=stride,
         patch_size=model.patch_size,
-        sources=tuple(
-            (
-                str(d.attrs.get("source", "<in-memory>")),
-                it.source
-                if isinstance(it, VectorLabels)
-                else str(it.attrs.get("source", "<in-memory>")),
-            )
-            for d, it in zip(datas, items, strict=True)
-        ),
+        sources=sources,
         model_checksum=model.checksum,
         unit=unit,
     )
@@ -669,26 +355,7 @@ def evaluate(
     return report
 
 
-def _check_label_dims(lab: xr.DataArray) -> None:
-    if set(lab.dims) != {"y", "x"}:
-        raise InputError(
-            f"labels {lab.attrs.get('source', '')} must have dims (y, x); found {lab.dims}. "
-            "Open label rasters with open_labels."
-        )
-
-
-def _warn_on_class_names(model: GeoModel, labels: xr.DataArray) -> None:
-    """Warn when the labels name their classes differently from the model."""
-    names = labels.attrs.get("class_names")
-    if names and [str(n) for n in names] != list(model.class_names):
-        warnings.warn(
-            f"labels {labels.attrs.get('source', '')} name their classes "
-            f"({', '.join(map(str, names))}) differently from the model "
-            f"({', '.join(model.class_names)}); class ids are compared as numbers, so check "
-            "that id k means the same class in both",
-            UserWarning,
-            stacklevel=3,
-        )
+# --------------------------------------------------------------------------- chips
 
 
 def _chip_class_ids(model: GeoModel, chips: ChipSet) -> np.ndarray:
@@ -721,11 +388,24 @@ def _check_chip_shape(model: GeoModel, chips: ChipSet) -> None:
         )
 
 
+def _classify_chips(
+    chips: np.ndarray, idx: np.ndarray, model: GeoModel, opts: InferenceOptions
+) -> np.ndarray:
+    """Class ids of ``chips[idx]``, normalised a slice at a time (not all chips at once)."""
+    classifier = Classifier(model, opts.device)
+    preds = np.empty(idx.size, dtype=np.int64)
+    step = max(opts.batch_size, POINT_BATCH)
+    for i in range(0, idx.size, step):
+        x = normalize_chips(chips[idx[i : i + step]], model.stats)
+        preds[i : i + step] = classifier.classes(x, opts.batch_size)
+    return preds
+
+
 def evaluate_chips(
-    model: GeoModel,
     chips: ChipSet,
+    model: GeoModel,
     *,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "auto",
     min_valid: float | None = None,
 ) -> EvaluationReport:
@@ -737,12 +417,12 @@ def evaluate_chips(
 
     Parameters
     ----------
-    model
-        The trained model; its patch size must be the chips' side.
     chips
         From :func:`~georaster_cnn.load_chips`. Class names are matched to the
         model's by name (ids are used as they are when the chips' classes are
         unnamed, ``class_0 ...``).
+    model
+        The trained model; its patch size must be the chips' side.
     batch_size, device
         As for :func:`~georaster_cnn.predict`.
     min_valid
@@ -758,27 +438,22 @@ def evaluate_chips(
     BandMismatchError
         The chips' channel count is not the model's.
     InputError
-        Chip size not the model's patch size, class names unknown to the model, or
-        no chip to evaluate.
+        Bad options, chip size not the model's patch size, class names unknown to
+        the model, or no chip to evaluate.
 
     Examples
     --------
-    >>> report = evaluate_chips(load_model("m.safetensors"), load_chips("test/"))  # doctest: +SKIP
+    >>> report = evaluate_chips(load_chips("test/"), load_model("m.safetensors"))  # doctest: +SKIP
     >>> report.accuracy  # doctest: +SKIP
     """
+    opts = InferenceOptions.resolve(
+        model, batch_size=batch_size, min_valid=min_valid, device=device
+    )
     _check_chip_shape(model, chips)
     y_true = _chip_class_ids(model, chips)[chips.labels]
-    threshold = model.min_valid if min_valid is None else min_valid
-    ok = chip_valid_fraction(chips.chips) >= threshold
-    dev = resolve_device(device)
-    module = model.module if dev.type == "cpu" else copy.deepcopy(model.module).to(dev)
-    module.eval()
+    ok = chip_valid_fraction(chips.chips) >= opts.min_valid
     idx = np.flatnonzero(ok)
-    preds = np.empty(idx.size, dtype=np.int64)
-    step = max(batch_size, POINT_BATCH)  # normalise a slice at a time, not all chips at once
-    for i in range(0, idx.size, step):
-        x = normalize_chips(chips.chips[idx[i : i + step]], model.stats)
-        preds[i : i + step] = _classify(module, x, dev, batch_size)
+    preds = _classify_chips(chips.chips, idx, model, opts)
     report = EvaluationReport(
         class_names=model.class_names,
         confusion=confusion_matrix(y_true[idx], preds, model.n_classes),
@@ -792,7 +467,7 @@ def evaluate_chips(
     if report.n_evaluated == 0:
         raise InputError(
             f"{chips.source}: no chip to evaluate: all {len(chips)} chip(s) have less than "
-            f"{100 * threshold:.0f} % valid pixels (min_valid)"
+            f"{100 * opts.min_valid:.0f} % valid pixels (min_valid=)"
         )
     log.info(
         "evaluated %d chips: accuracy %.4f, macro F1 %.4f; %d without prediction",

@@ -25,7 +25,7 @@ from georaster_cnn import (
     save_model,
     train_chips,
 )
-from georaster_cnn.train import _stratified_split
+from georaster_cnn.splits import stratified_split
 
 SIDE = 16
 FAST = {"hparams": {"widths": [4, 8]}, "batch_size": 16, "device": "cpu"}
@@ -190,9 +190,9 @@ def test_nan_and_min_valid(data: tuple[np.ndarray, np.ndarray]) -> None:
 
 def test_stratified_split_keeps_every_class() -> None:
     y = np.array([0] * 50 + [1] * 5 + [2] * 2 + [3])
-    val = _stratified_split(y, 0.2, np.random.default_rng(0))
+    val = stratified_split(y, 0.2, np.random.default_rng(0))
     assert [int(val[y == k].sum()) for k in range(4)] == [10, 1, 1, 0]
-    assert not _stratified_split(y, 0.0, np.random.default_rng(0)).any()
+    assert not stratified_split(y, 0.0, np.random.default_rng(0)).any()
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +207,7 @@ def test_train_chips_learns_structure(trained, tmp_path: Path) -> None:  # type:
     assert trained.patch_size == SIDE and trained.class_names == CLASSES
     # held-out chips from another seed
     test = ChipSet(*make_chips(30, seed=99), CLASSES, (), source="test")
-    report = evaluate_chips(trained, test, device="cpu")
+    report = evaluate_chips(test, trained, device="cpu")
     assert report.unit == "chips" and report.n_evaluated == 60
     assert report.accuracy >= 0.8, report.confusion
     assert report.to_dict()["matching"].startswith("each chip")
@@ -231,26 +231,26 @@ def test_train_chips_reproducible_and_round_trip(
     loaded = load_model(path)
     assert loaded.checksum == trained.checksum
     test = ChipSet(*make_chips(10, seed=5), CLASSES, ())
-    a = evaluate_chips(trained, test, device="cpu")
-    b = evaluate_chips(loaded, test, device="cpu")
+    a = evaluate_chips(test, trained, device="cpu")
+    b = evaluate_chips(test, loaded, device="cpu")
     np.testing.assert_array_equal(a.confusion, b.confusion)
 
 
 def test_evaluate_chips_maps_class_names(trained) -> None:  # type: ignore[no-untyped-def]
     x, y = make_chips(10, seed=7)
     swapped = ChipSet(x, 1 - y, ("white", "smooth"), ())  # same chips, other id order
-    plain = evaluate_chips(trained, ChipSet(x, y, CLASSES, ()), device="cpu")
-    np.testing.assert_array_equal(evaluate_chips(trained, swapped, device="cpu").confusion,
+    plain = evaluate_chips(ChipSet(x, y, CLASSES, ()), trained, device="cpu")
+    np.testing.assert_array_equal(evaluate_chips(swapped, trained, device="cpu").confusion,
                                   plain.confusion)  # fmt: skip
     with pytest.raises(InputError, match="water"):
-        evaluate_chips(trained, ChipSet(x, y, ("smooth", "water"), ()), device="cpu")
+        evaluate_chips(ChipSet(x, y, ("smooth", "water"), ()), trained, device="cpu")
 
 
 def test_evaluate_chips_checks_shape(trained) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(BandMismatchError, match="1 band"):
-        evaluate_chips(trained, ChipSet(np.zeros((2, 2, SIDE, SIDE)), [0, 1], CLASSES, ()))
+        evaluate_chips(ChipSet(np.zeros((2, 2, SIDE, SIDE)), [0, 1], CLASSES, ()), trained)
     with pytest.raises(InputError, match=r"16 x 16.*8 x 8"):
-        evaluate_chips(trained, ChipSet(np.zeros((2, 1, 8, 8)), [0, 1], CLASSES, ()))
+        evaluate_chips(ChipSet(np.zeros((2, 1, 8, 8)), [0, 1], CLASSES, ()), trained)
 
 
 # --------------------------------------------------------------------------- CLI

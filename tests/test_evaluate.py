@@ -95,7 +95,7 @@ def model(make_model: MakeModel) -> GeoModel:
 
 
 def run_eval(model: GeoModel, data: Path, labels: Path, **kw: Any) -> EvaluationReport:
-    return evaluate(model, open_raster(data), open_labels(labels), device="cpu", **kw)
+    return evaluate(open_raster(data), model, open_labels(labels), device="cpu", **kw)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -170,7 +170,7 @@ def test_default_stride(make_model: MakeModel, case: tuple[Path, Path]) -> None:
 
 def test_several_rasters_add_up(model: GeoModel, case: tuple[Path, Path]) -> None:
     data, labels = open_raster(case[0]), open_labels(case[1])
-    report = evaluate(model, [data, data], [labels, labels], device="cpu")
+    report = evaluate([data, data], model, [labels, labels], device="cpu")
     np.testing.assert_array_equal(report.confusion, 2 * EXPECTED)
     assert report.n_excluded == {k: 2 * v for k, v in EXPECTED_EXCLUDED.items()}
     assert report.accuracy == pytest.approx(11 / 15)
@@ -228,12 +228,12 @@ def test_misaligned_labels(
 def test_bad_inputs(model: GeoModel, case: tuple[Path, Path]) -> None:
     data, labels = open_raster(case[0]), open_labels(case[1])
     with pytest.raises(InputError, match="one label raster per input raster"):
-        evaluate(model, [data, data], [labels])
+        evaluate([data, data], model, [labels])
     with pytest.raises(InputError, match=r"dims \(y, x\)"):
-        evaluate(model, data, labels.expand_dims("band"))
+        evaluate(data, model, labels.expand_dims("band"))
     none = xr.full_like(labels, np.nan)
     with pytest.raises(InputError, match="nothing to evaluate"):
-        evaluate(model, data, none, device="cpu")
+        evaluate(data, model, none, device="cpu")
 
 
 # --------------------------------------------------------------------------- report files

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
-import importlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import dask.array
 import numpy as np
 import pytest
 import rasterio
@@ -28,7 +30,7 @@ from georaster_cnn import (
     save_model,
     train,
 )
-from georaster_cnn.train import _extract
+from georaster_cnn.windows import grid_windows
 
 MakeRaster = Callable[..., Path]
 
@@ -318,13 +320,10 @@ def test_memory_cap_subsamples_reproducibly(scene_files: tuple[Path, Path]) -> N
 
 @pytest.mark.parametrize(("patch", "stride"), [(16, 16), (16, 5), (9, 4), (8, 1)])
 def test_training_windows_follow_the_grid(
-    tmp_path: Path,
-    make_raster: MakeRaster,
-    unit_stats: Callable[..., object],
-    patch: int,
-    stride: int,
+    tmp_path: Path, make_raster: MakeRaster, patch: int, stride: int
 ) -> None:
-    """Each training chip is the window of PatchGrid.window_origin; its label is the centre pixel's."""
+    """Each training chip is the window of PatchGrid.window_origin (raw, NaN where invalid);
+    its label is the centre pixel's."""
     h, w = 37, 29
     rng = np.random.default_rng(patch * 100 + stride)
     values = rng.integers(-50, 50, (1, h, w)).astype("float32")
@@ -334,11 +333,11 @@ def test_training_windows_follow_the_grid(
     data = open_raster(make_raster(tmp_path, "d.tif", height=h, width=w, values=values), chunks=16)
     labels = xr.DataArray(ids, dims=("y", "x"))
     grid = PatchGrid(h, w, patch=patch, stride=stride)
-    x, y, pos = _extract(data, labels, unit_stats(["band_1"]), grid, 0.5, max_windows=10**9, seed=0)
+    windows = grid_windows(data, labels, grid, min_valid=0.5, max_windows=10**9)
     padded = np.full((h + 4 * patch, w + 4 * patch), np.nan, dtype="float32")
     padded[2 * patch : 2 * patch + h, 2 * patch : 2 * patch + w] = values[0]
     oh, ow = grid.out_shape
-    expected_cells = set()
+    expected = {}  # centre pixel -> window
     for i in range(oh):
         for j in range(ow):
             r0, c0 = grid.window_origin(i, j)
@@ -346,14 +345,13 @@ def test_training_windows_follow_the_grid(
             cr, cc = r0 + patch // 2, c0 + patch // 2  # centre pixel
             inside = 0 <= cr < h and 0 <= cc < w
             if (~np.isnan(win)).mean() >= 0.5 and inside and not np.isnan(ids[cr, cc]):
-                expected_cells.add((i, j))
-    assert {tuple(p) for p in pos.tolist()} == expected_cells
-    assert len(pos) == len(expected_cells)  # no duplicates
-    for chip, label, (i, j) in zip(x, y, pos, strict=True):
-        r0, c0 = grid.window_origin(i, j)
-        win = padded[r0 + 2 * patch : r0 + 3 * patch, c0 + 2 * patch : c0 + 3 * patch]
-        np.testing.assert_array_equal(chip[0], np.nan_to_num(win))
-        assert label == ids[r0 + patch // 2, c0 + patch // 2]
+                expected[(cr, cc)] = win
+    centres = [tuple(c) for c in windows.centres.tolist()]
+    assert set(centres) == set(expected)
+    assert len(centres) == len(expected)  # no duplicates
+    for chip, label, centre in zip(windows.chips, windows.labels, centres, strict=True):
+        np.testing.assert_array_equal(chip[0], expected[centre])
+        assert label == ids[centre]
 
 
 def test_several_rasters(tmp_path: Path, make_raster: MakeRaster) -> None:
@@ -389,38 +387,44 @@ def test_model_takes_label_colours(scene_files: tuple[Path, Path]) -> None:
     assert plain.class_colors != model.class_colors  # without a table: the default palette
 
 
-def test_early_stopping_on_validation_loss(
-    scene_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A validation loss that never improves stops training after ``patience`` epochs."""
-    train_module = importlib.import_module("georaster_cnn.train")
-    monkeypatch.setattr(train_module, "_evaluate", lambda *a, **k: (1.0, 0.5))
+def test_early_stopping_on_validation_loss(scene_files: tuple[Path, Path]) -> None:
+    """A validation loss that never improves stops training after ``patience`` epochs.
+
+    Learning rate 0 and a model without batch norm (mlp): the weights, hence the
+    validation loss, stay exactly the same from epoch to epoch.
+    """
     data_path, lab_path = scene_files
     data, labels = open_raster(data_path), open_labels(lab_path)
-    stopped = train(data, labels, patience=2, **{**FAST, "epochs": 10})
+    frozen = {**FAST, "arch": "mlp", "hparams": {"hidden": 8}, "learning_rate": 0.0}
+    stopped = train(data, labels, patience=2, **{**frozen, "epochs": 10})
+    assert len({m["val_loss"] for m in stopped.provenance["history"]}) == 1
     assert len(stopped.provenance["history"]) == 3
     assert stopped.provenance["early_stopping"] == {"patience": 2, "stopped_after": 3}
     assert stopped.provenance["epochs_run"] == 3
-    full = train(data, labels, patience=0, **{**FAST, "epochs": 4})
+    full = train(data, labels, patience=0, **{**frozen, "epochs": 4})
     assert len(full.provenance["history"]) == 4
     assert full.provenance["early_stopping"]["stopped_after"] is None
 
 
-@pytest.mark.parametrize(("batch_size", "expected"), [(8, 3), (64, 2)])
-def test_batchnorm_recalibrated_after_each_epoch(batch_size: int, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("n_chips", "batch_size", "expected"), [(200, 8, 3), (200, 64, 2), (400, 2, 10)]
+)
+def test_batchnorm_recalibrated_after_each_epoch(
+    n_chips: int, batch_size: int, expected: int
+) -> None:
     """Running statistics are exact averages over a few batches after the epoch.
 
-    160 training chips: 20 batches of 8 (an eighth, rounded up: 3) or 64 + 64 + 32
-    (at least 2); the batch-norm momentum is back at its default afterwards.
+    An eighth of the epoch's batches, at least 2 and at most 10: 160 training chips
+    in 20 batches of 8 (an eighth, rounded up: 3) or 64 + 64 + 32 (at least 2); 320
+    in 160 batches of 2 (at most 10). The batch-norm momentum is back at its default
+    afterwards.
     """
     from georaster_cnn import ChipSet, train_chips
 
-    train_module = importlib.import_module("georaster_cnn.train")
-    assert [train_module._bn_batches(n) for n in (1, 16, 17, 80, 81, 1000)] == [2, 2, 3, 10, 10, 10]
     rng = np.random.default_rng(0)
     chips = ChipSet(
-        chips=rng.normal(size=(200, 1, 16, 16)).astype(np.float32),
-        labels=np.repeat([0, 1], 100),
+        chips=rng.normal(size=(n_chips, 1, 16, 16)).astype(np.float32),
+        labels=np.repeat([0, 1], n_chips // 2),
         class_names=("a", "b"),
         band_names=("v",),
     )
@@ -428,10 +432,38 @@ def test_batchnorm_recalibrated_after_each_epoch(batch_size: int, expected: int)
         chips, epochs=2, batch_size=batch_size, val_fraction=0.2, device="cpu",
         hparams={"widths": [4, 8]},
     )  # fmt: skip
-    assert model.provenance["n_train"] == 160
+    assert model.provenance["n_train"] == n_chips * 4 // 5
     bns = [m for m in model.module.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns
     for bn in bns:
         assert int(bn.num_batches_tracked) == expected
         assert bn.momentum == 0.1
         assert torch.isfinite(bn.running_var).all() and (bn.running_var > 0).all()
+
+
+def test_each_raster_is_read_once() -> None:
+    """Statistics and windows come from one pass over the data; the labels are read once
+    unless the memory cap makes train() count them first."""
+    reads: collections.Counter[tuple[str, tuple[int, ...]]] = collections.Counter()
+    lock = threading.Lock()
+
+    def counted(block: np.ndarray, tag: str, block_info: dict | None = None) -> np.ndarray:
+        with lock:
+            reads[(tag, tuple(block_info[None]["chunk-location"]))] += 1  # type: ignore[index]
+        return block
+
+    scene, ids = two_texture_scene()
+    t = NORTH_UP
+
+    def lazy(values: np.ndarray, tag: str) -> dask.array.Array:
+        arr = dask.array.from_array(values, chunks=(*values.shape[:-2], 32, 32))
+        return arr.map_blocks(counted, tag=tag, dtype=values.dtype)
+
+    data = xr.DataArray(lazy(scene, "data"), dims=("band", "y", "x"), coords={"band": ["v"]})
+    labels = xr.DataArray(lazy(ids.astype("float32"), "labels"), dims=("y", "x"))
+    data, labels = (a.rio.write_transform(t).rio.write_crs("EPSG:32633") for a in (data, labels))
+    for cap, label_reads in ((2 * 1024**3, 1), (100 * 16 * 16 * 4, 2)):
+        reads.clear()
+        train(data, labels, epochs=1, max_chip_bytes=cap, **FAST)
+        most = {tag: max(n for (t_, _), n in reads.items() if t_ == tag) for tag, _ in reads}
+        assert most == {"data": 1, "labels": label_reads}

@@ -380,7 +380,7 @@ def test_train_vector_errors(two_crs: dict) -> None:
     )
     with pytest.raises(TrainingError, match="no labelled window"):
         gc.train(raster, far, arch=TEST_ARCH, epochs=1, patch_size=16, device="cpu")
-    with pytest.raises(InputError, match="label_column names the class attribute"):
+    with pytest.raises(InputError, match="label_column= names the class attribute"):
         gc.train(raster, gc.open_labels(two_crs["a"]), label_column="c", epochs=1)
 
 
@@ -394,7 +394,7 @@ def test_evaluate_points_matches_window_means(two_crs: dict, make_model) -> None
     model = make_model(1, ("low", "high"), patch_size=16)
     rasters = [gc.open_raster(two_crs["a"]), gc.open_raster(two_crs["b"])]
     points = gc.read_vector_labels(two_crs["points"])
-    report = gc.evaluate(model, rasters, points, label_column="landcover", device="cpu")
+    report = gc.evaluate(rasters, model, points, label_column="landcover", device="cpu")
     assert report.unit == "points"
     assert report.n_evaluated == 80 and report.accuracy == 1.0
     assert report.n_excluded["centre_outside_raster"] == 1
@@ -405,7 +405,7 @@ def test_evaluate_polygons_counts_cells_inside(two_crs: dict, make_model) -> Non
     model = make_model(1, ("low", "high"), patch_size=16)
     raster = gc.open_raster(two_crs["a"])
     polys = gpd.read_file(two_crs["polygons"])
-    report = gc.evaluate(model, raster, polys, stride=8, device="cpu")
+    report = gc.evaluate(raster, model, polys, stride=8, device="cpu")
     assert report.unit == "cells"
     assert report.n_evaluated == 23 * 21  # centres (8i + 4) inside either polygon
     assert report.support.tolist() == [23 * 10, 23 * 11]
