@@ -27,10 +27,11 @@ Inputs: a seeded synthetic scene written by ``sample_data/make_sample.py`` (3 fl
 bands, DEFLATE GeoTIFF with nodata holes, 4 classes, aligned uint8 label raster) of
 ``--size`` pixels a side, or your own pair with ``--scene`` and ``--labels``.
 
-The breakdown of the pipeline's time comes from wrapping a few private functions of
-``georaster_cnn.train`` (``compute_stats``, ``_extract``, ``_fit``, ``_recalibrate_bn``,
-``_evaluate``, ``_augment``) with timers; epochs end at the ``progress`` callback. The
-wrappers cost microseconds per call. If the library renames one, its column shows "n/a".
+The breakdown of the pipeline's time comes from wrapping a few functions of the library
+(``georaster_cnn.windows._read_raster``: statistics and windows of a raster in one pass;
+``georaster_cnn.train.fit``; ``georaster_cnn._fit``'s ``_recalibrate_bn``, ``_evaluate``,
+``_augment``) with timers; epochs end at the ``progress`` callback. The wrappers cost
+microseconds per call. If the library renames one, its column shows "n/a".
 
 Diagnosis options change what ``train()`` runs through the same wrappers, to measure a
 proposed change without editing the library: ``--recal-batches``, ``--val-batch``,
@@ -67,6 +68,8 @@ import georaster_cnn as gc
 
 # ``georaster_cnn.train`` is shadowed by the function of that name in the package namespace.
 _train_mod = importlib.import_module("georaster_cnn.train")
+_windows_mod = importlib.import_module("georaster_cnn.windows")
+_fit_mod = importlib.import_module("georaster_cnn._fit")
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCH = 64
@@ -78,11 +81,17 @@ BATCH = 64
 THRESHOLD = 0.8
 #: Rounds where other processes used more CPU cores than this in an epoch are left out.
 MAX_OTHERS = 0.05
-#: Functions of ``georaster_cnn.train`` whose time the breakdown reports.
-TIMED = ("compute_stats", "_extract", "_fit", "_recalibrate_bn", "_evaluate", "_augment")
-#: Further functions of ``georaster_cnn.train`` that diagnosis options may replace (their
-#: timers are not reported).
-REPLACEABLE = ("_bn_batches",)
+#: Functions whose time the breakdown reports, by the module that calls them (through its
+#: globals, so replacing the global wraps every call).
+TIMED: dict[str, ModuleType] = {
+    "_read_raster": _windows_mod,
+    "fit": _train_mod,
+    "_recalibrate_bn": _fit_mod,
+    "_evaluate": _fit_mod,
+    "_augment": _fit_mod,
+}
+#: Further functions that diagnosis options may replace (their timers are not reported).
+REPLACEABLE: dict[str, ModuleType] = {"_bn_batches": _fit_mod}
 LEGEND = """\
 chips/s: training windows x epochs / seconds. pipeline: train() from files to the returned
 model (open, stats, extraction, epochs with augmentation, BN recalibration, validation, best
@@ -180,22 +189,24 @@ def _prepare_inputs(workdir: Path, size: int, seed: int) -> tuple[Path, Path]:
 
 
 class PhaseTimer:
-    """Time calls of functions of ``georaster_cnn.train`` by wrapping them in the module.
+    """Time calls of library functions by wrapping them in the modules that call them.
 
-    ``georaster_cnn.train`` calls them through its module globals, so replacing the
-    globals is enough; :meth:`restore` puts the originals back.
+    The library calls them through its module globals, so replacing the globals is
+    enough; :meth:`restore` puts the originals back.
     """
 
-    def __init__(self, names: Sequence[str], overrides: dict[str, Callable[..., Any]]) -> None:
+    def __init__(
+        self, names: dict[str, ModuleType], overrides: dict[str, Callable[..., Any]]
+    ) -> None:
         self.calls: dict[str, list[tuple[float, float]]] = {}
-        self._saved: dict[str, Callable[..., Any]] = {}
-        for name in names:
-            original = getattr(_train_mod, name, None)
+        self._saved: dict[str, tuple[ModuleType, Callable[..., Any]]] = {}
+        for name, module in names.items():
+            original = getattr(module, name, None)
             if original is None:
                 continue
-            self._saved[name] = original
+            self._saved[name] = (module, original)
             target = overrides.get(name, original)
-            setattr(_train_mod, name, self._wrap(name, target))
+            setattr(module, name, self._wrap(name, target))
 
     def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         calls = self.calls.setdefault(name, [])
@@ -211,8 +222,8 @@ class PhaseTimer:
         return timed
 
     def restore(self) -> None:
-        for name, fn in self._saved.items():
-            setattr(_train_mod, name, fn)
+        for name, (module, fn) in self._saved.items():
+            setattr(module, name, fn)
 
     def total(self, name: str, since: float = -1.0, until: float = float("inf")) -> float | None:
         """Seconds spent in ``name`` by calls that started in ``[since, until)``."""
@@ -278,7 +289,7 @@ class BareLoop:
             idx = order[i : i + BATCH]
             if len(idx) < 2:
                 continue  # as train(): batch norm needs two samples
-            xb = _train_mod._augment(x[idx], self.gen) if self.augment else x[idx]
+            xb = _fit_mod._augment(x[idx], self.gen) if self.augment else x[idx]
             loss = loss_fn(module(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -314,23 +325,23 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
     """
     bare = BareLoop(args.seed, augment=args.bare_augment)
     sizes: dict[str, int] = {}
-    original_fit = _train_mod._fit
+    original_fit = _train_mod.fit
 
     def fit_capturing_sizes(*a: Any, **kw: Any) -> Any:
-        try:  # _fit(x, y, val, *, class_names, ...); if that changes: --sequential
+        try:  # fit(x, y, val, *, spec, ...); if that changes: --sequential
             x, val = a[0], a[2]
             sizes.update(
-                n_train=int((~val).sum()), bands=x.shape[1], n_classes=len(kw["class_names"])
+                n_train=int((~val).sum()), bands=x.shape[1], n_classes=kw["spec"].n_classes
             )
         except (IndexError, KeyError, TypeError, AttributeError):
             sizes.clear()
         return original_fit(*a, **kw)
 
-    overrides: dict[str, Callable[..., Any]] = {"_fit": fit_capturing_sizes}
+    overrides: dict[str, Callable[..., Any]] = {"fit": fit_capturing_sizes}
     if args.recal_batches is not None:
         overrides["_bn_batches"] = lambda n_batches: args.recal_batches
     if args.val_batch is not None:
-        original_evaluate = _train_mod._evaluate
+        original_evaluate = _fit_mod._evaluate
 
         def evaluate_with_batch(*a: Any) -> Any:
             # _evaluate(module, x, y, dev, loss_fn, batch)
@@ -348,7 +359,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
             bare.run_epoch()
         resumes.append(Clock())
 
-    timer = PhaseTimer((*TIMED, *REPLACEABLE), overrides)
+    timer = PhaseTimer({**TIMED, **REPLACEABLE}, overrides)
     try:
         start = Clock()
         data = gc.open_raster(scene)
@@ -378,7 +389,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
     # train()'s own spans: start -> end of epoch 1 -> (callback) -> resume -> ... -> stop
     spans = list(zip([start, *resumes], [*ends, stop], strict=True))
     seconds = sum(b.wall - a.wall for a, b in spans)
-    fit = timer.calls.get("_fit")
+    fit = timer.calls.get("fit")
     fit_start = fit[0][0] if fit else start.wall
     epochs = []
     for k, ((a_clock, _), b_clock) in enumerate(zip(spans, ends, strict=False), start=1):
@@ -404,8 +415,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         "others": _others(spans),
         "chips_per_s": n_train * epochs_run / seconds,
         "before_first_epoch": (fit_start - start.wall) if fit else None,
-        "compute_stats": timer.total("compute_stats"),
-        "extract": timer.total("_extract"),
+        "read_rasters": timer.total("_read_raster"),
         "after_last_epoch": spans[-1][1].wall - spans[-1][0].wall if resumes else None,
         "epochs": epochs,
         "final_metrics": prov.get("metrics"),
@@ -452,9 +462,9 @@ def _format_round(r: dict[str, Any]) -> str:
     )
     lines += [
         f"pipeline breakdown, seconds ({pipe['n_val']:,} validation windows):",
-        f"  before first epoch {_fmt(pipe['before_first_epoch']):>6}  (compute_stats "
-        f"{_fmt(pipe['compute_stats'])}, _extract {_fmt(pipe['extract'])}; the rest: opening, "
-        "checks, split)",
+        f"  before first epoch {_fmt(pipe['before_first_epoch']):>6}  (statistics and "
+        f"windows, one pass {_fmt(pipe['read_rasters'])}; the rest: opening, checks, "
+        "normalisation, split)",
         f"  after last epoch   {_fmt(pipe['after_last_epoch'], '.2f'):>6}  (best weights, "
         "provenance)",
         f"  {'epoch':>5} {'total':>7} {'= loop':>7} {'+ BN recal':>10} {'+ valid.':>8}"

@@ -44,6 +44,7 @@ import georaster_cnn as gc
 
 # ``georaster_cnn.train`` is shadowed by the function of that name in the package namespace.
 _train_mod = importlib.import_module("georaster_cnn.train")
+_fit_mod = importlib.import_module("georaster_cnn._fit")
 
 PATCH, BATCH, BANDS, CLASSES = 64, 64, 3, 4
 RECAL_K = (1, 2, 5, 10, 50)
@@ -102,11 +103,11 @@ def costs(n: int, rounds: int) -> None:
     pieces: dict[str, tuple[Callable[[], None], int]] = {
         "bare train step": (lambda: step(x[i := pick()], y[i]), BATCH),
         "train step + _augment": (
-            lambda: step(_train_mod._augment(x[i := pick()], gen), y[i]),
+            lambda: step(_fit_mod._augment(x[i := pick()], gen), y[i]),
             BATCH,
         ),
         "_fit loop body + _augment": (
-            lambda: fit_body(_train_mod._augment(x[i := pick()], gen), y[i]),
+            lambda: fit_body(_fit_mod._augment(x[i := pick()], gen), y[i]),
             BATCH,
         ),
         "BN recalibration forward": (lambda: recal(x[i := pick()], y[i]), BATCH),
@@ -136,8 +137,8 @@ def costs(n: int, rounds: int) -> None:
 
 
 def recal_quality(scene: str, labels: str, epochs: int, seed: int) -> None:
-    orig_fit: Callable[..., Any] = _train_mod._fit
-    orig_eval: Callable[..., Any] = _train_mod._evaluate
+    orig_fit: Callable[..., Any] = _train_mod.fit
+    orig_eval: Callable[..., Any] = _fit_mod._evaluate
     seen: dict[str, torch.Tensor] = {}
     rows: list[dict[Any, Any]] = []
 
@@ -153,7 +154,7 @@ def recal_quality(scene: str, labels: str, epochs: int, seed: int) -> None:
         xs = xt[torch.randperm(len(xt), generator=gen)]
         for k in RECAL_K:
             t0 = time.perf_counter()
-            _train_mod._recalibrate_bn(module, xs[: k * batch], x.device, batch)
+            _fit_mod._recalibrate_bn(module, xs[: k * batch], x.device, batch)
             row[f"recal_s_{k}"] = time.perf_counter() - t0
             row[k] = orig_eval(module, x, *a)
         module.load_state_dict(state)  # the library's own statistics for the rest
@@ -162,8 +163,8 @@ def recal_quality(scene: str, labels: str, epochs: int, seed: int) -> None:
         result: tuple[float, float] = row["library"]
         return result
 
-    setattr(_train_mod, "_fit", fit)  # noqa: B010  (mypy: module attributes)
-    setattr(_train_mod, "_evaluate", evaluate)  # noqa: B010
+    setattr(_train_mod, "fit", fit)  # noqa: B010  (mypy: module attributes)
+    setattr(_fit_mod, "_evaluate", evaluate)  # noqa: B010
     try:
         model = gc.train(
             gc.open_raster(scene),
@@ -174,8 +175,8 @@ def recal_quality(scene: str, labels: str, epochs: int, seed: int) -> None:
             seed=seed,
         )
     finally:
-        setattr(_train_mod, "_fit", orig_fit)  # noqa: B010
-        setattr(_train_mod, "_evaluate", orig_eval)  # noqa: B010
+        setattr(_train_mod, "fit", orig_fit)  # noqa: B010
+        setattr(_fit_mod, "_evaluate", orig_eval)  # noqa: B010
     prov = model.provenance
     keys: list[Any] = ["library", *RECAL_K]
     print(
