@@ -113,6 +113,28 @@ class ChannelStats:
         return cls(tuple(d["names"]), arr("count"), arr("mean"), arr("m2"), arr("min"), arr("max"))
 
 
+def common_band_names(arrays: Sequence[xr.DataArray]) -> tuple[str, ...]:
+    """The bands shared by all ``arrays``; unnamed bands (``band_1 ...``) match any names.
+
+    Raises
+    ------
+    InputError
+        The rasters have different bands.
+    """
+    names = tuple(str(b) for b in arrays[0]["band"].values)
+    generic = tuple(f"band_{i + 1}" for i in range(len(names)))
+    for arr in arrays:
+        other = tuple(str(b) for b in arr["band"].values)
+        if other != names and not (len(other) == len(names) and generic in (names, other)):
+            raise InputError(
+                f"all rasters must have the same bands; found {names} and {other}"
+                + (f" ({arr.attrs['source']})" if "source" in arr.attrs else "")
+            )
+        if names == generic:
+            names = other
+    return names
+
+
 def compute_stats(data: xr.DataArray | Sequence[xr.DataArray]) -> ChannelStats:
     """Per-channel statistics of one or more ``(band, y, x)`` arrays, NaN ignored.
 
@@ -137,18 +159,7 @@ def compute_stats(data: xr.DataArray | Sequence[xr.DataArray]) -> ChannelStats:
     arrays = [data] if isinstance(data, xr.DataArray) else list(data)
     if not arrays:
         raise InputError("compute_stats needs at least one raster")
-    names = tuple(str(b) for b in arrays[0]["band"].values)
-    generic = tuple(f"band_{i + 1}" for i in range(len(names)))
-    for arr in arrays:
-        other = tuple(str(b) for b in arr["band"].values)
-        # Unnamed bands (band_1, band_2, ...) match any names of the same count.
-        if other != names and not (len(other) == len(names) and generic in (names, other)):
-            raise InputError(
-                f"all rasters must have the same bands; found {names} and {other}"
-                + (f" ({arr.attrs['source']})" if "source" in arr.attrs else "")
-            )
-        if names == generic:
-            names = other
+    names = common_band_names(arrays)
     parts = []
     for arr in arrays:
         d = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.values)

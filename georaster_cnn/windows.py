@@ -32,12 +32,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from georaster_cnn._lazy_stats import merged_stats, partial_stats
 from georaster_cnn.chipdata import normalize_chips
 from georaster_cnn.chips import plan_blocks, valid_fraction, window_view
-from georaster_cnn.errors import InputError
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.splits import blocked_split, random_split_if_unblocked
-from georaster_cnn.stats import ChannelStats, normalize
+from georaster_cnn.stats import ChannelStats, common_band_names, normalize
 from georaster_cnn.vector_labels import (
     VectorLabels,
     point_windows,
@@ -301,42 +301,6 @@ def grid_windows(
     return _assemble(dask.compute(*tasks), offsets, grid)
 
 
-# --------------------------------------------------------------------------- statistics
-
-
-def _band_names(datas: Sequence[xr.DataArray]) -> tuple[str, ...]:
-    """The bands of all rasters, as :func:`~georaster_cnn.compute_stats` matches them.
-
-    Unnamed bands (``band_1, band_2 ...``) match any names of the same count.
-    """
-    names = tuple(str(b) for b in datas[0]["band"].values)
-    generic = tuple(f"band_{i + 1}" for i in range(len(names)))
-    for arr in datas:
-        other = tuple(str(b) for b in arr["band"].values)
-        if other != names and not (len(other) == len(names) and generic in (names, other)):
-            raise InputError(
-                f"all rasters must have the same bands; found {names} and {other}"
-                + (f" ({arr.attrs['source']})" if "source" in arr.attrs else "")
-            )
-        if names == generic:
-            names = other
-    return names
-
-
-def _stats_tasks(raw: da.Array, names: tuple[str, ...]) -> list[Any]:
-    """Lazy partial statistics of a raster's blocks (the blocks of ``compute_stats``)."""
-    blocks = raw.rechunk({0: -1}).to_delayed(optimize_graph=False).ravel()
-    return [dask.delayed(ChannelStats.from_array)(b, names) for b in blocks]
-
-
-def _merge_stats(parts: Sequence[ChannelStats]) -> ChannelStats:
-    merged = ChannelStats.merge_all(parts)
-    empty = [n for n, c in zip(merged.names, merged.count, strict=True) if c == 0]
-    if empty:
-        raise InputError(f"band(s) {', '.join(empty)} have no valid pixel (all nodata or NaN)")
-    return merged
-
-
 def _normalise_in_place(chips: np.ndarray, stats: ChannelStats) -> None:
     """:func:`~georaster_cnn.chipdata.normalize_chips` over ``chips``, a few MiB at a time."""
     step = max(1, _NORMALISE_BYTES // max(1, chips[:1].nbytes))
@@ -360,7 +324,7 @@ def _read_raster(
     grid (their windows also need ``spec.min_cover``).
     """
     raw = _as_dask(data)
-    stats_tasks = _stats_tasks(raw, names)
+    stats_tasks = partial_stats(raw, names)
     if not isinstance(item, VectorLabels):
         labels, min_cover = item, 0.0
     elif len(item.polygons):
@@ -411,6 +375,29 @@ def _point_windows(
     return Windows(pw.chips, pw.ids.astype(np.float64), pw.centres)
 
 
+def _raster_windows(
+    data: xr.DataArray,
+    item: xr.DataArray | VectorLabels,
+    grid_windows: Windows | None,
+    stats: ChannelStats,
+    spec: WindowSpec,
+    seen: dict[int, np.ndarray],
+) -> Windows:
+    """All normalised windows of one raster: its point windows, then its grid windows.
+
+    ``grid_windows`` (raw, from :func:`_read_raster`) are normalised in place;
+    ``seen`` records, per vector-label source, the points that lie on a raster.
+    """
+    parts = []
+    if isinstance(item, VectorLabels) and len(item.points):
+        mask = seen.setdefault(id(item), np.zeros(len(item.points), bool))
+        parts.append(_point_windows(data, item, stats, spec, mask))
+    if grid_windows is not None:
+        _normalise_in_place(grid_windows.chips, stats)
+        parts.append(grid_windows)
+    return Windows.concat(parts, bands=len(stats.names), patch=spec.patch)
+
+
 def _warn_unseen_points(
     items: Sequence[xr.DataArray | VectorLabels], seen: dict[int, np.ndarray]
 ) -> None:
@@ -436,9 +423,9 @@ def training_windows(
     Each raster is read once, gathering its statistics and cutting its grid
     windows together; the windows are then normalised with the statistics of all
     rasters. Point windows follow from the normalised data. Per raster, in order,
-    :func:`~georaster_cnn.splits.blocked_split` (seeded with ``spec.seed``) holds out blocks of
-    ``val_block`` pixels; with too few blocks for that, a random share of windows
-    (:func:`~georaster_cnn.splits.random_split_if_unblocked`).
+    :func:`~georaster_cnn.splits.blocked_split` (seeded with ``spec.seed``) holds
+    out blocks of ``val_block`` pixels; with too few blocks for that, a random share
+    of windows (:func:`~georaster_cnn.splits.random_split_if_unblocked`).
 
     Parameters
     ----------
@@ -456,34 +443,29 @@ def training_windows(
     InputError
         Rasters with different bands, or a band without any valid pixel.
     """
-    names = _band_names(datas)
-    grids = [PatchGrid(d.sizes["y"], d.sizes["x"], patch=spec.patch, stride=spec.stride)
-             for d in datas]  # fmt: skip
-    grid_parts, stats_parts = [], []
-    for d, item, grid in zip(datas, items, grids, strict=True):
+    names = common_band_names(datas)
+    grid_parts: list[Windows | None] = []
+    stats_parts: list[ChannelStats] = []
+    for d, item in zip(datas, items, strict=True):
+        grid = PatchGrid(d.sizes["y"], d.sizes["x"], patch=spec.patch, stride=spec.stride)
         windows, parts = _read_raster(d, item, grid, spec, names)
         grid_parts.append(windows)
         stats_parts.extend(parts)
-    stats = _merge_stats(stats_parts)
+    stats = merged_stats(stats_parts)
     rng = np.random.default_rng(spec.seed)
     seen: dict[int, np.ndarray] = {}
     kept, is_val, n_buffer = [], [], 0
-    for d, item, grid_w in zip(datas, items, grid_parts, strict=True):
-        parts_of_raster = []
-        if isinstance(item, VectorLabels) and len(item.points):
-            mask = seen.setdefault(id(item), np.zeros(len(item.points), bool))
-            parts_of_raster.append(_point_windows(d, item, stats, spec, mask))
-        if grid_w is not None:
-            _normalise_in_place(grid_w.chips, stats)
-            parts_of_raster.append(grid_w)
-        w = Windows.concat(parts_of_raster, bands=len(names), patch=spec.patch)
+    for i, (d, item) in enumerate(zip(datas, items, strict=True)):
+        w = _raster_windows(d, item, grid_parts[i], stats, spec, seen)
+        grid_parts[i] = None  # the kept windows below replace them in memory
         val, drop = blocked_split(
             w.centres, (d.sizes["y"], d.sizes["x"]), patch=spec.patch, block=val_block,
             fraction=val_fraction, rng=rng,
         )  # fmt: skip
         n_buffer += int(drop.sum())
-        kept.append(w.where(~drop))
+        kept.append(w.where(~drop) if drop.any() else w)
         is_val.append(val[~drop])
+        del w
     _warn_unseen_points(items, seen)
     windows = Windows.concat(kept, bands=len(names), patch=spec.patch)
     split: dict[str, Any] = {
