@@ -24,6 +24,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dask
 import dask.array as da
@@ -54,6 +55,9 @@ from georaster_cnn.vector_labels import (
     rasterize_polygons,
     to_raster_crs,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["REPORT_FILES", "EvaluationReport", "confusion_matrix", "evaluate", "evaluate_chips"]
 
@@ -135,7 +139,7 @@ def _cell_counts(model: GeoModel, cells: _Cells, opts: InferenceOptions) -> da.A
         model,
         stride=opts.stride,
         batch_size=opts.batch_size,
-        device=str(opts.device),
+        device=opts.device,
         min_valid=opts.min_valid,
         check=False,  # evaluate() has checked the inputs
     )["class"].data
@@ -226,7 +230,7 @@ def evaluate(
     label_column: str | None = None,
     stride: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     min_valid: float | None = None,
 ) -> EvaluationReport:
     """Compare a model's predictions with reference labels: confusion matrix and metrics.
@@ -406,7 +410,7 @@ def evaluate_chips(
     model: GeoModel,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     min_valid: float | None = None,
 ) -> EvaluationReport:
     """Compare a model's classes on labelled chips with their labels.
