@@ -378,23 +378,23 @@ def _point_windows(
 def _raster_windows(
     data: xr.DataArray,
     item: xr.DataArray | VectorLabels,
-    grid_windows: Windows | None,
+    on_grid: Windows | None,
     stats: ChannelStats,
     spec: WindowSpec,
     seen: dict[int, np.ndarray],
 ) -> Windows:
     """All normalised windows of one raster: its point windows, then its grid windows.
 
-    ``grid_windows`` (raw, from :func:`_read_raster`) are normalised in place;
-    ``seen`` records, per vector-label source, the points that lie on a raster.
+    The grid windows ``on_grid`` (raw, from :func:`_read_raster`) are normalised in
+    place; ``seen`` records, per vector-label source, the points that lie on a raster.
     """
     parts = []
     if isinstance(item, VectorLabels) and len(item.points):
         mask = seen.setdefault(id(item), np.zeros(len(item.points), bool))
         parts.append(_point_windows(data, item, stats, spec, mask))
-    if grid_windows is not None:
-        _normalise_in_place(grid_windows.chips, stats)
-        parts.append(grid_windows)
+    if on_grid is not None:
+        _normalise_in_place(on_grid.chips, stats)
+        parts.append(on_grid)
     return Windows.concat(parts, bands=len(stats.names), patch=spec.patch)
 
 
