@@ -163,11 +163,31 @@ def compute_stats(data: xr.DataArray | Sequence[xr.DataArray]) -> ChannelStats:
     parts = []
     for arr in arrays:
         d = arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.values)
-        d = d.rechunk({0: -1})
-        for block in d.to_delayed().ravel():
-            parts.append(dask.delayed(ChannelStats.from_array)(block, names))
-    (merged,) = dask.compute(dask.delayed(ChannelStats.merge_all)(parts))
-    empty = [n for n, c in zip(names, merged.count, strict=True) if c == 0]
+        parts += partial_stats(d, names)
+    (merged,) = dask.compute(dask.delayed(merged_stats)(parts))
+    return merged
+
+
+def partial_stats(data: da.Array, names: Sequence[str]) -> list[Any]:
+    """Lazy partial statistics, one per block of a ``(band, y, x)`` array (all bands a block).
+
+    With :func:`merged_stats`, the pieces of :func:`compute_stats`, for callers that
+    gather statistics in the same Dask pass as other work (training).
+    """
+    blocks = data.rechunk({0: -1}).to_delayed(optimize_graph=False).ravel()
+    return [dask.delayed(ChannelStats.from_array)(b, tuple(names)) for b in blocks]
+
+
+def merged_stats(parts: Sequence[ChannelStats]) -> ChannelStats:
+    """The partial results merged in order.
+
+    Raises
+    ------
+    InputError
+        A band has no valid pixel at all.
+    """
+    merged = ChannelStats.merge_all(parts)
+    empty = [n for n, c in zip(merged.names, merged.count, strict=True) if c == 0]
     if empty:
         raise InputError(f"band(s) {', '.join(empty)} have no valid pixel (all nodata or NaN)")
     return merged

@@ -32,12 +32,17 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from georaster_cnn._lazy_stats import merged_stats, partial_stats
 from georaster_cnn.chipdata import normalize_chips
 from georaster_cnn.chips import plan_blocks, valid_fraction, window_view
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.splits import blocked_split, random_split_if_unblocked
-from georaster_cnn.stats import ChannelStats, common_band_names, normalize
+from georaster_cnn.stats import (
+    ChannelStats,
+    common_band_names,
+    merged_stats,
+    normalize,
+    partial_stats,
+)
 from georaster_cnn.vector_labels import (
     VectorLabels,
     point_windows,
