@@ -196,7 +196,7 @@ def _child_prepare(cfg: dict[str, Any]) -> None:
     import torch
 
     import georaster_cnn as gc
-    from georaster_cnn.modelfile import default_colors
+    from georaster_cnn.classmap import default_colors
 
     workdir = Path(cfg["workdir"])
     bands, seed = int(cfg["bands"]), int(cfg["seed"])

@@ -27,7 +27,7 @@ _LAZY: dict[str, str] = {
     "ChannelStats": "stats",
     "ChipSet": "chipdata",
     "DataRangeWarning": "errors",
-    "EvaluationReport": "evaluate",
+    "EvaluationReport": "report",
     "GeoModel": "modelfile",
     "GeorasterCNNError": "errors",
     "InputError": "errors",
@@ -48,7 +48,7 @@ _LAZY: dict[str, str] = {
     "load_model": "modelfile",
     "morans_i": "spatial",
     "normalize": "stats",
-    "open_labels": "train",
+    "open_labels": "labels",
     "open_raster": "reader",
     "output_transform": "geometry",
     "predict": "predict",
@@ -79,17 +79,19 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         ReadError,
         TrainingError,
     )
-    from georaster_cnn.evaluate import EvaluationReport, evaluate, evaluate_chips
+    from georaster_cnn.evaluate import evaluate, evaluate_chips
     from georaster_cnn.geometry import PatchGrid, output_transform
     from georaster_cnn.inspection import inspect_raster
+    from georaster_cnn.labels import open_labels
     from georaster_cnn.modelfile import GeoModel, load_model, save_model
     from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
     from georaster_cnn.reader import open_raster, valid_mask
+    from georaster_cnn.report import EvaluationReport
     from georaster_cnn.spatial import morans_i
     from georaster_cnn.stats import ChannelStats, compute_stats, normalize
     from georaster_cnn.styles import write_qml, write_quicklook
-    from georaster_cnn.train import open_labels, train, train_chips
+    from georaster_cnn.train import train, train_chips
     from georaster_cnn.vector_labels import is_vector_file, read_vector_labels
     from georaster_cnn.vectorize import vectorize, write_vectors
     from georaster_cnn.writer import write_prediction

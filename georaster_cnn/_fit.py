@@ -18,26 +18,22 @@ import torch
 from torch import nn
 
 from georaster_cnn._inference import resolve_device
-from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.errors import TrainingError
 from georaster_cnn.modelfile import GeoModel
-from georaster_cnn.models import ARCHITECTURES, build_model
-from georaster_cnn.options import check_batch_size, check_epochs
+from georaster_cnn.models import build_model
+from georaster_cnn.options import (
+    check_batch_size,
+    check_epochs,
+    check_non_negative,
+    check_patience,
+)
 from georaster_cnn.stats import ChannelStats
 
-__all__ = ["FitOptions", "ModelSpec", "ProgressFn", "check_arch", "fit"]
+__all__ = ["FitOptions", "ModelSpec", "ProgressFn", "fit"]
 
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
-
-
-def check_arch(arch: str) -> str:
-    """A registered architecture name, or an :class:`InputError` listing them."""
-    if arch not in ARCHITECTURES:
-        raise InputError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
-        )
-    return arch
 
 
 @dataclass(frozen=True)
@@ -70,15 +66,15 @@ class FitOptions:
         patience: int | None,
         progress: ProgressFn | None,
     ) -> FitOptions:
-        """The options, with ``epochs`` and ``batch_size`` checked to be whole numbers >= 1."""
+        """The options, checked (epochs, batch size, learning rate, patience)."""
         return cls(
             epochs=check_epochs(epochs),
             batch_size=check_batch_size(batch_size),
-            learning_rate=learning_rate,
+            learning_rate=check_non_negative("learning_rate", learning_rate),
             device=device,
             seed=seed,
             augment=augment,
-            patience=patience,
+            patience=check_patience(patience),
             progress=progress,
         )
 

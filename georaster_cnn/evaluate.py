@@ -47,7 +47,7 @@ from georaster_cnn.labels import (
 from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions, evaluation_stride
 from georaster_cnn.predict import check_inputs, predict
-from georaster_cnn.report import REPORT_FILES, EvaluationReport, confusion_matrix
+from georaster_cnn.report import EvaluationReport, confusion_matrix
 from georaster_cnn.stats import normalize
 from georaster_cnn.vector_labels import (
     VectorLabels,
@@ -59,7 +59,7 @@ from georaster_cnn.vector_labels import (
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["REPORT_FILES", "EvaluationReport", "confusion_matrix", "evaluate", "evaluate_chips"]
+__all__ = ["evaluate", "evaluate_chips"]
 
 log = logging.getLogger(__name__)
 

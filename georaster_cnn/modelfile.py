@@ -25,9 +25,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from georaster_cnn._staging import atomic_write
-from georaster_cnn.classmap import default_colors  # noqa: F401  (TODO remove once train imports classmap)
-from georaster_cnn.errors import ModelFileError, OutputExistsError
+from georaster_cnn.errors import ModelFileError
 from georaster_cnn.models import build_model
+from georaster_cnn.options import check_output
 from georaster_cnn.stats import ChannelStats
 
 __all__ = [
@@ -195,9 +195,7 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     """
-    p = Path(path)
-    if p.exists() and not overwrite:
-        raise OutputExistsError(f"{p} exists; pass overwrite=True to replace it")
+    p = check_output(path, overwrite=overwrite)
     p.parent.mkdir(parents=True, exist_ok=True)
     raw = model.to_bytes()
     atomic_write(p, lambda f: f.write(raw))

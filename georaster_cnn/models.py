@@ -28,6 +28,7 @@ __all__ = [
     "ResNet",
     "SmallCNN",
     "build_model",
+    "check_arch",
     "register_architecture",
 ]
 
@@ -48,6 +49,15 @@ def register_architecture(
     return deco
 
 
+def check_arch(arch: str) -> str:
+    """A registered architecture name, or an :class:`InputError` listing them."""
+    if arch not in ARCHITECTURES:
+        raise InputError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
+        )
+    return arch
+
+
 def build_model(
     arch: str, in_channels: int, n_classes: int, patch_size: int, **hparams: Any
 ) -> nn.Module:
@@ -58,12 +68,7 @@ def build_model(
     InputError
         Unknown architecture name.
     """
-    try:
-        cls = ARCHITECTURES[arch]
-    except KeyError:
-        raise InputError(
-            f"unknown architecture {arch!r}; choose one of {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
+    cls = ARCHITECTURES[check_arch(arch)]
     return cls(in_channels=in_channels, n_classes=n_classes, patch_size=patch_size, **hparams)
 
 

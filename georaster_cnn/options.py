@@ -8,11 +8,13 @@ import torch; resolving a device does.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from georaster_cnn.errors import InputError
+from georaster_cnn.errors import InputError, OutputExistsError
 
 if TYPE_CHECKING:
     import torch
@@ -20,15 +22,25 @@ if TYPE_CHECKING:
     from georaster_cnn.modelfile import GeoModel
 
 __all__ = [
+    "DEFAULT_ARCH",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_EPOCHS",
+    "DEFAULT_LEARNING_RATE",
+    "DEFAULT_MIN_COVER",
     "DEFAULT_MIN_VALID",
     "DEFAULT_PATCH",
+    "DEFAULT_PATIENCE",
+    "DEFAULT_TRAIN_BATCH_SIZE",
+    "DEFAULT_VAL_BLOCK",
+    "DEFAULT_VAL_FRACTION",
     "InferenceOptions",
     "check_batch_size",
     "check_epochs",
     "check_fraction",
     "check_min_valid",
     "check_non_negative",
+    "check_output",
+    "check_patience",
     "check_positive",
     "check_stride",
     "evaluation_stride",
@@ -41,6 +53,19 @@ DEFAULT_PATCH = 64
 DEFAULT_BATCH_SIZE = 256
 #: Minimum valid fraction of a window for it to get a class (models store their own).
 DEFAULT_MIN_VALID = 0.5
+
+# Training defaults (train and train_chips; the CLI shows these).
+DEFAULT_ARCH = "cnn"
+DEFAULT_EPOCHS = 10
+DEFAULT_TRAIN_BATCH_SIZE = 64
+DEFAULT_LEARNING_RATE = 1e-3
+DEFAULT_VAL_FRACTION = 0.2
+#: Side of the spatially blocked validation squares, in pixels.
+DEFAULT_VAL_BLOCK = 256
+#: Minimum labelled fraction of a training window.
+DEFAULT_MIN_COVER = 0.5
+#: Epochs without a better validation loss before training stops (0 or None: never).
+DEFAULT_PATIENCE = 5
 
 
 def check_positive(name: str, value: Any, *, unit: str = "") -> int:
@@ -60,6 +85,34 @@ def check_non_negative(name: str, value: Any, *, unit: str = "") -> float:
         detail = f" ({unit})" if unit else ""
         raise InputError(f"{name}= must be >= 0{detail}; found {value!r}")
     return v
+
+
+def check_patience(patience: Any) -> int | None:
+    """Early-stopping patience: ``None`` or a whole number ``>= 0`` (0 turns it off)."""
+    if patience is None:
+        return None
+    if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+        raise InputError(
+            f"patience= must be a whole number >= 0 (0 = no early stopping); found {patience!r}"
+        )
+    return patience
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, refused when it exists and ``overwrite`` is false.
+
+    Every writer asks this before its work; callers may ask it earlier, before slow
+    work, to fail fast.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` (a file, folder or link) exists and ``overwrite`` is false.
+    """
+    p = Path(path)
+    if (p.exists() or p.is_symlink()) and not overwrite:
+        raise OutputExistsError(f"{p} exists; pass overwrite=True to replace it")
+    return p
 
 
 def check_stride(stride: Any, patch: int) -> int:

@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "DEFAULT_VAL_BLOCK",
     "blocked_split",
     "random_split_if_unblocked",
     "stratified_split",
 ]
-
-#: Side of the validation blocks in pixels (see :func:`blocked_split`).
-DEFAULT_VAL_BLOCK = 256
 
 log = logging.getLogger(__name__)
 

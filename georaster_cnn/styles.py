@@ -24,7 +24,8 @@ import numpy as np
 
 from georaster_cnn._staging import atomic_write
 from georaster_cnn.classmap import ClassMap, open_class_map
-from georaster_cnn.errors import InputError, OutputExistsError
+from georaster_cnn.errors import InputError
+from georaster_cnn.options import check_output
 
 __all__ = ["write_qml", "write_quicklook"]
 
@@ -34,11 +35,6 @@ log = logging.getLogger(__name__)
 _NODATA_RGB = (224, 224, 224)
 #: Maps smaller than this (longer side, cells) are enlarged by a whole factor in the quicklook.
 _MIN_PREVIEW = 256
-
-
-def _check_output(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:
@@ -85,7 +81,7 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     """
     path = Path(prediction_path)
     out = path.with_suffix(".qml")
-    _check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
     meta = open_class_map(path, what="Style")
     text = _qml(meta)
     atomic_write(out, lambda f: f.write(text.encode("utf-8")))
@@ -183,7 +179,7 @@ def write_quicklook(
         raise InputError(f"max_size must be >= 1 pixel; found {max_size}")
     path = Path(prediction_path)
     out = path.with_suffix(".png") if png_path is None else Path(png_path)
-    _check_output(out, overwrite)
+    check_output(out, overwrite=overwrite)
     meta = open_class_map(path, what="Preview")
     classes = meta.read_classes(_preview_shape(meta.height, meta.width, max_size))
     out.parent.mkdir(parents=True, exist_ok=True)

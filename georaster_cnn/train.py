@@ -20,34 +20,43 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from georaster_cnn._fit import FitOptions, ModelSpec, ProgressFn, check_arch, fit
+from georaster_cnn._fit import FitOptions, ModelSpec, ProgressFn, fit
 from georaster_cnn.chipdata import ChipSet, chip_stats, chip_valid_fraction, normalize_chips
 from georaster_cnn.classmap import default_colors
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.labels import (
     LabelsArg,
     label_sources,
-    open_labels,
     resolve_labels,
     training_class_colors,
     training_class_ids,
     training_class_names,
 )
 from georaster_cnn.modelfile import GeoModel
+from georaster_cnn.models import check_arch
 from georaster_cnn.options import (
+    DEFAULT_ARCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MIN_COVER,
+    DEFAULT_MIN_VALID,
     DEFAULT_PATCH,
+    DEFAULT_PATIENCE,
+    DEFAULT_TRAIN_BATCH_SIZE,
+    DEFAULT_VAL_BLOCK,
+    DEFAULT_VAL_FRACTION,
     check_fraction,
     check_min_valid,
     check_positive,
     training_stride,
 )
-from georaster_cnn.splits import DEFAULT_VAL_BLOCK, blocked_split, stratified_split
+from georaster_cnn.splits import stratified_split
 from georaster_cnn.vector_labels import VectorLabels
 from georaster_cnn.windows import TrainingWindows, WindowSpec, training_windows
 
 # open_labels (georaster_cnn.labels) and blocked_split (georaster_cnn.splits) are
 # importable from here too, where they were documented.
-__all__ = ["DEFAULT_VAL_BLOCK", "blocked_split", "open_labels", "train", "train_chips"]
+__all__ = ["train", "train_chips"]
 
 log = logging.getLogger(__name__)
 
@@ -67,20 +76,20 @@ def train(
     *,
     label_column: str | None = None,
     class_names: Sequence[str] | None = None,
-    arch: str = "cnn",
-    epochs: int = 10,
-    batch_size: int = 64,
+    arch: str = DEFAULT_ARCH,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
     stride: int | None = None,
     patch_size: int = DEFAULT_PATCH,
-    learning_rate: float = 1e-3,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
     device: str = "auto",
     seed: int = 0,
-    val_fraction: float = 0.2,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     val_block: int = DEFAULT_VAL_BLOCK,
-    min_valid: float = 0.5,
-    min_cover: float = 0.5,
+    min_valid: float = DEFAULT_MIN_VALID,
+    min_cover: float = DEFAULT_MIN_COVER,
     augment: bool = True,
-    patience: int | None = 5,
+    patience: int | None = DEFAULT_PATIENCE,
     hparams: dict[str, Any] | None = None,
     max_chip_bytes: int = 2 * 1024**3,
     progress: ProgressFn | None = None,
@@ -255,16 +264,16 @@ def _raster_provenance(
 def train_chips(
     chips: ChipSet,
     *,
-    arch: str = "cnn",
-    epochs: int = 10,
-    batch_size: int = 64,
-    learning_rate: float = 1e-3,
+    arch: str = DEFAULT_ARCH,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
     device: str = "auto",
     seed: int = 0,
-    val_fraction: float = 0.2,
-    min_valid: float = 0.5,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    min_valid: float = DEFAULT_MIN_VALID,
     augment: bool = True,
-    patience: int | None = 5,
+    patience: int | None = DEFAULT_PATIENCE,
     hparams: dict[str, Any] | None = None,
     progress: ProgressFn | None = None,
 ) -> GeoModel:

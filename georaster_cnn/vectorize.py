@@ -47,8 +47,8 @@ from affine import Affine
 
 from georaster_cnn._staging import staging_folder
 from georaster_cnn.classmap import CLASS_NODATA, ClassMap, open_class_map, parse_names
-from georaster_cnn.errors import InputError, OutputExistsError
-from georaster_cnn.options import check_non_negative
+from georaster_cnn.errors import InputError
+from georaster_cnn.options import check_non_negative, check_output
 
 __all__ = ["VECTOR_FORMATS", "vectorize", "write_vectors"]
 
@@ -261,8 +261,7 @@ def write_vectors(
             f"{out}: writing GeoParquet needs pyarrow, which is not installed; "
             "pip install pyarrow, or choose .gpkg, .geojson or .shp"
         )
-    if out.exists() and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
+    check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "ESRI Shapefile":
         gdf = gdf.rename(columns=SHAPEFILE_COLUMNS)

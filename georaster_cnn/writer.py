@@ -58,8 +58,9 @@ from georaster_cnn.classmap import (
     pam_xml,
     tiff_tags,
 )
-from georaster_cnn.errors import OutputExistsError, ReadError
+from georaster_cnn.errors import ReadError
 from georaster_cnn.formats import OUTPUT_FORMATS, OutputFormat, resolve_output_format
+from georaster_cnn.options import check_output
 
 __all__ = ["OutputFormat", "write_prediction"]
 
@@ -167,10 +168,8 @@ def write_prediction(
     >>> write_prediction(pred, "maps/scene.tif")  # doctest: +SKIP
     >>> write_prediction(pred, "maps/scene.zarr", probabilities=True)  # doctest: +SKIP
     """
-    out = Path(path)
+    out = check_output(path, overwrite=overwrite)
     fmt = resolve_output_format(out, format)
-    if (out.exists() or out.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{out} exists; pass overwrite=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("zarr", "netcdf"):
         return _write_cf(pred, out, fmt, probabilities=probabilities)

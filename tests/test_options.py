@@ -101,3 +101,42 @@ def test_predict_resolves_the_device_once_and_hashes_the_model_once(
     assert calls == {"device": 1, "hash": 1}
     assert np.isfinite(np.float64(len(model.checksum)))  # still one hash after more uses
     assert calls["hash"] == 1
+
+
+def test_output_patience_and_architecture_checks(tmp_path: Path) -> None:
+    from georaster_cnn import OutputExistsError
+    from georaster_cnn.models import check_arch
+    from georaster_cnn.options import check_output, check_patience
+
+    out = tmp_path / "m.safetensors"
+    assert check_output(out, overwrite=False) == out
+    out.write_bytes(b"x")
+    with pytest.raises(OutputExistsError, match="overwrite=True"):
+        check_output(out, overwrite=False)
+    assert check_output(out, overwrite=True) == out
+    (tmp_path / "link").symlink_to(tmp_path / "missing")
+    with pytest.raises(OutputExistsError):  # a dangling link is not silently replaced
+        check_output(tmp_path / "link", overwrite=False)
+    assert check_patience(None) is None and check_patience(0) == 0
+    with pytest.raises(InputError, match="patience= must be"):
+        check_patience(-1)
+    assert check_arch("cnn") == "cnn"
+    with pytest.raises(InputError, match="unknown architecture 'vit'; choose one of"):
+        check_arch("vit")
+
+
+def test_training_checks_patience_and_learning_rate(make_model: MakeModel) -> None:
+    from georaster_cnn import ChipSet, train_chips
+
+    rng = np.random.default_rng(0)
+    chips = ChipSet(
+        rng.normal(size=(8, 1, 8, 8)).astype("float32"),
+        np.array([0, 1] * 4),
+        ("a", "b"),
+        ("band_1",),
+        "mem",
+    )
+    with pytest.raises(InputError, match="patience="):
+        train_chips(chips, epochs=1, patience=-2)
+    with pytest.raises(InputError, match="learning_rate="):
+        train_chips(chips, epochs=1, learning_rate=-0.1)

@@ -183,7 +183,7 @@ def evaluate(
     """
     state = get_state(ctx)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
-    from georaster_cnn.evaluate import REPORT_FILES
+    from georaster_cnn.report import REPORT_FILES
 
     if not overwrite:  # the library refuses only when it writes, after evaluating
         holder = f"{output_dir} already holds a report"
