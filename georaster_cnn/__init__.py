@@ -43,7 +43,7 @@ _LAZY: dict[str, str] = {
     "evaluate_chips": "evaluate",
     "inspect_raster": "inspection",
     "is_chip_dataset": "chipdata",
-    "is_vector_file": "vector_labels",
+    "is_vector_file": "formats",
     "load_chips": "chipdata",
     "load_model": "modelfile",
     "morans_i": "spatial",
@@ -80,6 +80,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         TrainingError,
     )
     from georaster_cnn.evaluate import evaluate, evaluate_chips
+    from georaster_cnn.formats import is_vector_file
     from georaster_cnn.geometry import PatchGrid, output_transform
     from georaster_cnn.inspection import inspect_raster
     from georaster_cnn.labels import open_labels
@@ -92,7 +93,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.stats import ChannelStats, compute_stats, normalize
     from georaster_cnn.styles import write_qml, write_quicklook
     from georaster_cnn.train import train, train_chips
-    from georaster_cnn.vector_labels import is_vector_file, read_vector_labels
+    from georaster_cnn.vector_labels import read_vector_labels
     from georaster_cnn.vectorize import vectorize, write_vectors
     from georaster_cnn.writer import write_prediction
 

@@ -18,6 +18,7 @@ glob patterns contribute only the suffixes above.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,10 @@ __all__ = [
     "output_format_for_path",
     "output_path",
     "resolve_output_format",
+    "VECTOR_FORMATS",
+    "VECTOR_LABEL_SUFFIXES",
+    "is_vector_file",
+    "vector_output_format",
 ]
 
 InputFamily = Literal["gdal", "netcdf", "zarr"]
@@ -187,3 +192,51 @@ def _check_format(format: str) -> OutputFormat:
             f"unknown output format {format!r}; expected one of {', '.join(OUTPUT_FORMATS)}"
         )
     return name
+
+
+# --------------------------------------------------------------------------- vectors
+
+#: Vector output suffix -> format (GDAL driver, or ``"Parquet"`` for GeoParquet via pyarrow).
+VECTOR_FORMATS: dict[str, str] = {
+    ".gpkg": "GPKG",
+    ".geojson": "GeoJSON",
+    ".json": "GeoJSON",
+    ".parquet": "Parquet",
+    ".geoparquet": "Parquet",
+    ".shp": "ESRI Shapefile",
+}
+
+#: File name endings read as vector labels (``.zip`` only as ``.shp.zip``).
+VECTOR_LABEL_SUFFIXES = frozenset(
+    {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
+)
+
+
+def is_vector_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names a vector file by its ending (``.gpkg``, ``.shp``, ``.shp.zip`` ...)."""
+    name = Path(path).name.lower()
+    return Path(name).suffix in VECTOR_LABEL_SUFFIXES or name.endswith(".shp.zip")
+
+
+def vector_output_format(path: str | os.PathLike[str]) -> str:
+    """The vector format a file name implies (see :data:`VECTOR_FORMATS`).
+
+    Raises
+    ------
+    InputError
+        Unknown suffix, or GeoParquet without ``pyarrow`` installed.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in VECTOR_FORMATS:
+        raise InputError(
+            f"{p}: unknown vector format {suffix or '(no suffix)'!r}; "
+            f"name the output with one of {', '.join(VECTOR_FORMATS)}"
+        )
+    fmt = VECTOR_FORMATS[suffix]
+    if fmt == "Parquet" and importlib.util.find_spec("pyarrow") is None:
+        raise InputError(
+            f"{p}: writing GeoParquet needs pyarrow, which is not installed; "
+            "pip install pyarrow, or choose .gpkg, .geojson or .shp"
+        )
+    return fmt

@@ -50,9 +50,7 @@ from georaster_cnn.geometry import RasterGrid
 from georaster_cnn.reader import _QUIET_OPEN_LOCK
 
 __all__ = [
-    "VECTOR_SUFFIXES",
     "VectorLabels",
-    "is_vector_file",
     "PointWindows",
     "point_windows",
     "prepare_vector_labels",
@@ -63,19 +61,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: File name endings read as vector labels (``.zip`` only as ``.shp.zip``).
-VECTOR_SUFFIXES = frozenset(
-    {".gpkg", ".shp", ".geojson", ".json", ".fgb", ".parquet", ".geoparquet", ".kml", ".gml"}
-)
 _PARQUET = frozenset({".parquet", ".geoparquet"})
 _POINT_TYPES = frozenset({"Point"})
 _POLYGON_TYPES = frozenset({"Polygon"})
-
-
-def is_vector_file(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` names a vector file by its ending (``.gpkg``, ``.shp``, ``.shp.zip`` ...)."""
-    name = Path(path).name.lower()
-    return Path(name).suffix in VECTOR_SUFFIXES or name.endswith(".shp.zip")
 
 
 def read_vector_labels(

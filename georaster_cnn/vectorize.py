@@ -24,7 +24,6 @@ Shapefile (chosen by suffix), atomically.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import logging
 import os
 import warnings
@@ -48,21 +47,12 @@ from affine import Affine
 from georaster_cnn._staging import staging_folder
 from georaster_cnn.classmap import CLASS_NODATA, ClassMap, open_class_map, parse_names
 from georaster_cnn.errors import InputError
+from georaster_cnn.formats import vector_output_format
 from georaster_cnn.options import check_non_negative, check_output
 
-__all__ = ["VECTOR_FORMATS", "vectorize", "write_vectors"]
+__all__ = ["vectorize", "write_vectors"]
 
 log = logging.getLogger(__name__)
-
-#: Output suffix -> format name (GDAL driver, or ``"Parquet"`` for GeoParquet via pyarrow).
-VECTOR_FORMATS: dict[str, str] = {
-    ".gpkg": "GPKG",
-    ".geojson": "GeoJSON",
-    ".json": "GeoJSON",
-    ".parquet": "Parquet",
-    ".geoparquet": "Parquet",
-    ".shp": "ESRI Shapefile",
-}
 
 #: dBase field names have at most 10 characters; longer ones are renamed explicitly
 #: (GDAL would otherwise truncate them with a warning).
@@ -255,12 +245,7 @@ def write_vectors(
     >>> gc.write_vectors(gc.vectorize("maps/scene.tif"), "maps/scene.gpkg")  # doctest: +SKIP
     """
     out = Path(path)
-    fmt = _vector_format(out)
-    if fmt == "Parquet" and importlib.util.find_spec("pyarrow") is None:
-        raise InputError(
-            f"{out}: writing GeoParquet needs pyarrow, which is not installed; "
-            "pip install pyarrow, or choose .gpkg, .geojson or .shp"
-        )
+    fmt = vector_output_format(out)
     check_output(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "ESRI Shapefile":
@@ -396,17 +381,6 @@ def _pyproj_crs(crs: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- writing
-
-
-def _vector_format(out: Path) -> str:
-    suffix = out.suffix.lower()
-    if suffix not in VECTOR_FORMATS:
-        choices = ", ".join(VECTOR_FORMATS)
-        raise InputError(
-            f"{out}: unknown vector format {suffix or '(no suffix)'!r}; "
-            f"name the output with one of {choices}"
-        )
-    return VECTOR_FORMATS[suffix]
 
 
 def _write_ogr(gdf: gpd.GeoDataFrame, staged: Path, driver: str) -> None:

@@ -313,7 +313,9 @@ def test_no_crs_round_trip(tmp_path: Path) -> None:
 
 
 def test_library_and_cli_agree_on_formats() -> None:
-    assert tuple(s.lstrip(".") for s in vec_module.VECTOR_FORMATS) == VECTOR_SUFFIXES
+    from georaster_cnn.formats import VECTOR_FORMATS
+
+    assert tuple(s.lstrip(".") for s in VECTOR_FORMATS) == VECTOR_SUFFIXES
 
 
 def test_overwrite_and_atomic_writes(
