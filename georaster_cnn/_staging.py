@@ -1,8 +1,11 @@
 """Staged outputs: everything the library writes appears whole or not at all.
 
 An output is written under a hidden temporary name in its own folder
-(``.NAME.gcnn-<pid>-<random>.partial<suffix>``), optionally validated, then renamed
-into place; on any failure the temporaries are removed. Sidecars (``.aux.xml``)
+(``.NAME.gcnn-<host>-<pid>-<random>.partial<suffix>``), optionally validated, then
+renamed into place; on any failure (including Ctrl-C, and SIGTERM once the CLI has
+turned it into an exception) the temporaries are removed. A process killed outright
+(SIGKILL, power loss) cannot clean up: the next write of the same output removes the
+temporaries that a dead process of this host left for it. Sidecars (``.aux.xml``)
 are staged with their raster and renamed after it, so a sidecar never appears
 before its raster. Folders (Zarr stores) replace an existing folder through a
 rename-away, so at no moment is a partial store under the final name.
@@ -13,23 +16,91 @@ model files, evaluation reports, QGIS styles, quicklooks and vector files.
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["Staged", "atomic_write", "staged", "staging_folder"]
+from georaster_cnn.errors import GeorasterCNNError
+
+__all__ = ["Staged", "atomic_write", "remove_stale_temporaries", "staged", "staging_folder"]
 
 #: Marks every temporary name the library makes, so strays are recognisable.
 TEMP_TAG = "gcnn"
+#: Free space below which a failed write is reported as a full disk (GDAL and HDF5
+#: often say "IO error" or "HDF error" when the disk is full).
+FULL_DISK_BYTES = 16 * 1024**2
+
+
+def _host() -> str:
+    """This machine's name, reduced to characters that are safe in a file name."""
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
 
 
 def _temp_name(path: Path, suffix: str) -> Path:
-    token = f"{TEMP_TAG}-{os.getpid()}-{secrets.token_hex(4)}"
+    token = f"{TEMP_TAG}-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
     return path.with_name(f".{path.name}.{token}.partial{suffix}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temporaries that dead processes of this host left for ``path``.
+
+    Only names this module makes are touched (``.NAME.gcnn-<host>-<pid>-...``), only
+    for this host (another machine's process may share the folder) and only when
+    that process no longer runs.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    final = Path(path)
+    pattern = re.compile(
+        rf"^\.{re.escape(final.name)}\.{TEMP_TAG}-{re.escape(_host())}-(\d+)-[0-9a-f]+\."
+    )
+    removed = []
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _as_full_disk(exc: BaseException, final: Path) -> OSError | None:
+    """``exc`` as "no space left on device while writing FINAL", if the disk is full."""
+    if not isinstance(exc, Exception) or isinstance(exc, GeorasterCNNError):
+        return None  # Ctrl-C, SystemExit, or a failure the library already explained
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        full = True
+    else:
+        try:
+            full = shutil.disk_usage(final.parent).free < FULL_DISK_BYTES
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return OSError(errno.ENOSPC, f"no space left on device while writing {final}")
 
 
 def _mode_like_new(path: Path) -> None:
@@ -132,14 +203,18 @@ def staged(
     ...     write_tiff(st.path)
     ...     write_pam(st.sidecar(".aux.xml"))
     """
+    remove_stale_temporaries(path)
     st = Staged(Path(path), folder=folder, suffix=suffix)
     try:
         yield st
         if validate is not None:
             validate(st.path)
         st._commit()
-    except BaseException:
+    except BaseException as exc:
         st._cleanup(failed=True)
+        full = _as_full_disk(exc, st.final)
+        if full is not None:
+            raise full from exc
         raise
     st._cleanup(failed=False)
 
@@ -152,6 +227,7 @@ def staging_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     sidecars, a GeoPackage whose layer takes the file's name): write them inside,
     under their final names, then move them into place.
     """
+    remove_stale_temporaries(path)
     tmp = _temp_name(Path(path), "")
     tmp.mkdir()
     try:
