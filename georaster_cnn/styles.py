@@ -141,7 +141,8 @@ def write_quicklook(
     The class band is read decimated (nearest neighbour, from the COG's overviews
     where they fit), so the longer side of the map area is at most ``max_size``
     pixels and a large map is never loaded in full. Small maps are enlarged by a
-    whole factor so cells stay square blocks. Nodata cells are light grey. The
+    whole factor so cells stay square blocks. North is up and east is right (south-up
+    grids are flipped; rotated grids are shown in pixel order). Nodata cells are light grey. The
     title names the file, the model architecture and stride (when the file says),
     the map size in cells and the decimation, if any.
 
@@ -181,11 +182,27 @@ def write_quicklook(
     out = path.with_suffix(".png") if png_path is None else Path(png_path)
     check_output(out, overwrite=overwrite)
     meta = open_class_map(path, what="Preview")
-    classes = meta.read_classes(_preview_shape(meta.height, meta.width, max_size))
+    classes = _north_up(meta, meta.read_classes(_preview_shape(meta.height, meta.width, max_size)))
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
     log.info("wrote %s (%d x %d cells shown)", out, *classes.shape)
     return out
+
+
+def _north_up(meta: ClassMap, classes: np.ndarray) -> np.ndarray:
+    """The cells as a map shows them: north at the top, east to the right.
+
+    Rows of a south-up grid (positive y step) run northwards and are flipped; so are
+    columns that run westwards. Rotated grids are shown in their pixel order.
+    """
+    t = meta.transform
+    if t.b != 0 or t.d != 0:
+        return classes
+    if t.e > 0:
+        classes = classes[::-1]
+    if t.a < 0:
+        classes = classes[:, ::-1]
+    return classes
 
 
 def _preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:

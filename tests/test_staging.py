@@ -169,7 +169,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", str(mnt)], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)  # lazy: never left mounted
 
 
 @pytest.mark.parametrize("name", ["map.tif", "map.nc", "map.zarr"])

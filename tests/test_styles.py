@@ -215,3 +215,35 @@ def test_cli_predict_qml_and_quicklook(
     assert len(errors) == 1 and "quicklook" in errors[0]
     assert (outdir / "scene.tif").is_file() and qml.is_file()
     assert leftovers(outdir) == []
+
+
+def _hand_made_class_map(path: Path, classes: np.ndarray, transform: Affine) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = classes.shape
+    with rasterio.open(
+        path, "w", driver="GTiff", height=h, width=w, count=1, dtype="uint8", nodata=255,
+        crs="EPSG:32633", transform=transform,
+    ) as dst:  # fmt: skip
+        dst.write(classes, 1)
+        dst.update_tags(CLASS_NAMES=json.dumps(NAMES), CLASS_COLORS=json.dumps(COLORS))
+    return path
+
+
+def test_quicklook_puts_north_up_whatever_the_row_order(tmp_path: Path) -> None:
+    """The same ground, stored north-up and south-up, gives the same picture."""
+    ground = np.zeros((40, 30), dtype=np.uint8)
+    ground[:10] = 1  # the northern quarter is "high"
+    ground[:, :5] = 255  # a nodata strip in the west
+    north_up = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
+    south_up = Affine(30.0, 0.0, 500_000.0, 0.0, 30.0, 4_600_000.0 - 40 * 30.0)
+    a = _hand_made_class_map(tmp_path / "a" / "map.tif", ground, north_up)
+    b = _hand_made_class_map(tmp_path / "b" / "map.tif", ground[::-1].copy(), south_up)
+    with rasterio.open(a) as sa, rasterio.open(b) as sb:  # GDAL agrees they are the same ground
+        ya, yb = sorted(sa.bounds[1::2]), sorted(sb.bounds[1::2])
+        assert (sa.bounds.left, sa.bounds.right, ya) == (sb.bounds.left, sb.bounds.right, yb)
+    img_a = matplotlib.image.imread(gc.write_quicklook(a))
+    img_b = matplotlib.image.imread(gc.write_quicklook(b))
+    np.testing.assert_array_equal(img_a, img_b)
+    # and the top of the map area is the northern class, in its colour
+    top = np.rint(img_a[60, 100, :3] * 255).astype(int).tolist()
+    assert top == COLORS[1]
