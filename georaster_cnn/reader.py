@@ -181,7 +181,9 @@ class _WindowReader:
         try:
             with _open(self.path, quiet=not self.georeferenced) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
-                out[np.isinf(out)] = np.nan  # +-inf is invalid, like NaN
+                # +-inf is invalid like NaN; every NaN becomes a quiet one (a signalling NaN
+                # from a damaged file would make later arithmetic raise FP warnings)
+                out[~np.isfinite(out)] = np.nan
                 if self.use_masks:
                     masks = src.read_masks(idx, window=window)
                     out[masks == 0] = np.nan
