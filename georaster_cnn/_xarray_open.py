@@ -1,9 +1,12 @@
 """netCDF, multi-file netCDF and Zarr inputs: one xarray path to the canonical array.
 
 Opens the dataset and chooses its bands: variables become bands; extra dimensions
-are selected (nearest for dates) or stacked into bands. The grid (CRS and
-transform) is derived in :mod:`georaster_cnn._cf_grid`. docs/netcdf-zarr.md
-describes the rules; :func:`georaster_cnn.open_raster` dispatches here.
+are selected (the value asked for, within half a step; ``~`` for the nearest) or
+stacked into bands. Every variable is read through a guard that turns a failing
+read (a corrupted chunk) into :class:`ReadError` naming the file and variable. The
+grid (CRS and transform) is derived in :mod:`georaster_cnn._cf_grid`.
+docs/netcdf-zarr.md describes the rules; :func:`georaster_cnn.open_raster`
+dispatches here.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ import json
 import logging
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,8 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from dask.array.core import getter
+from dask.base import tokenize
 
 from georaster_cnn._canonical import (
     BandSelector,
@@ -48,17 +55,69 @@ def _is_multi(path: object) -> bool:
     )
 
 
+def _detail(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _guarded_getter(
+    a: Any, b: Any, asarray: bool = True, lock: Any = None, *, source: str, variable: str
+) -> Any:
+    """Dask's ``getter``, with a failing read raised as :class:`ReadError` (file and variable)."""
+    try:
+        return getter(a, b, asarray=asarray, lock=lock)
+    except (ReadError, MemoryError):
+        raise
+    except Exception as exc:  # netCDF4/HDF5/zarr/codecs raise assorted types for bad bytes
+        raise ReadError(
+            f"{source}: cannot read variable {variable!r} ({_detail(exc)}); the file is "
+            "damaged (a corrupted or unreadable chunk)"
+        ) from exc
+
+
+def _guard_reads(ds: xr.Dataset, source: Path) -> xr.Dataset:
+    """``ds`` (opened lazily, without Dask) with every data variable chunked through the guard.
+
+    The chunks are the file's own (``preferred_chunks``), one chunk where it has
+    none: what ``chunks={}`` gives. Reads then happen inside the Dask computation,
+    where an error would otherwise surface as a bare ``RuntimeError``.
+    """
+    try:
+        stamp = os.stat(source).st_mtime_ns
+    except OSError:
+        stamp = 0
+    chunked = {}
+    for name, var in ds.data_vars.items():
+        if var.ndim == 0:
+            continue
+        preferred = var.encoding.get("preferred_chunks") or {}
+        chunks = {d: preferred.get(d, n) for d, n in var.sizes.items()}
+        chunked[name] = var.chunk(
+            chunks,
+            name_prefix="open-",
+            token=tokenize(str(Path(source).resolve()), stamp, str(name), str(chunks)),
+            from_array_kwargs={
+                "getitem": partial(_guarded_getter, source=str(source), variable=str(name))
+            },
+        )
+    return ds.assign(chunked)
+
+
 def _open_dataset_file(path: Path) -> xr.Dataset:
     try:
         # decode_timedelta=False: a variable with time units ("days") is data, not a duration.
+        # chunks=None, cache=False: lazy backend arrays, chunked by _guard_reads.
         ds = xr.open_dataset(
-            path, chunks={}, decode_coords="all", mask_and_scale=True, decode_timedelta=False
+            path,
+            chunks=None,
+            cache=False,
+            decode_coords="all",
+            mask_and_scale=True,
+            decode_timedelta=False,
         )
     except Exception as exc:  # netCDF4/h5netcdf raise assorted types for broken files
-        detail = " ".join(str(exc).split())[:200] or type(exc).__name__
-        raise ReadError(f"{path}: not a readable netCDF file ({detail})") from exc
+        raise ReadError(f"{path}: not a readable netCDF file ({_detail(exc)})") from exc
     _check_classic_size(path, ds)
-    return ds
+    return _guard_reads(ds, path)
 
 
 def _open_zarr(path: Path) -> xr.Dataset:
@@ -74,9 +133,9 @@ def _open_zarr(path: Path) -> xr.Dataset:
         except (OSError, ValueError):
             pass
     try:
-        return xr.open_zarr(
+        ds = xr.open_zarr(
             path,
-            chunks={},
+            chunks=None,
             decode_coords="all",
             mask_and_scale=True,
             decode_timedelta=False,
@@ -85,6 +144,7 @@ def _open_zarr(path: Path) -> xr.Dataset:
         )
     except Exception as exc:  # zarr raises assorted types for broken stores
         raise ReadError(f"{path}: not a readable Zarr store ({_root_message(exc)})") from exc
+    return _guard_reads(ds, path)
 
 
 def _open_multi(path: object) -> tuple[xr.Dataset, str]:
@@ -107,29 +167,40 @@ def _open_multi(path: object) -> tuple[xr.Dataset, str]:
     for f in files:
         if not f.exists():
             raise ReadError(f"{f}: no such file")
-    for f in files:  # a broken member fails with its own name
-        _open_dataset_file(f).close()
+    # Each member is opened (and guarded) on its own, so that a broken member, or a
+    # corrupted chunk in one, fails with its own name; then combined as open_mfdataset does.
+    members: list[xr.Dataset] = []
+
+    def close_all() -> None:
+        for m in members:
+            m.close()
+
     try:
-        ds = xr.open_mfdataset(
-            files,
-            combine="by_coords",
-            chunks={},
-            decode_coords="all",
-            mask_and_scale=True,
-            decode_timedelta=False,
+        members.extend(_open_dataset_file(f) for f in files)
+        ds = xr.combine_by_coords(
+            members,
             data_vars="minimal",
             coords="minimal",
             compat="override",
             join="exact",
+            combine_attrs="override",
         )
+    except ReadError:
+        close_all()
+        raise
     except ValueError as exc:
+        close_all()
         raise InputError(
             f"{label}: the files do not combine into one dataset by their coordinates "
             f"({_root_message(exc)}); they must share one grid and differ along one "
             "dimension such as time"
         ) from exc
     except Exception as exc:
+        close_all()
         raise ReadError(f"{label}: cannot open the files as one dataset ({exc})") from exc
+    if not isinstance(ds, xr.Dataset):  # combine_by_coords returns a Dataset for Datasets
+        raise ReadError(f"{label}: the files do not combine into one dataset")
+    ds.set_close(close_all)
     return ds, label
 
 
@@ -189,7 +260,146 @@ def _fmt_label(v: Any) -> str:
     return str(v.item() if isinstance(v, np.generic) else v)
 
 
-def _apply_select(ds: xr.Dataset, select: Mapping[str, Any], path: Path | str) -> xr.Dataset:
+def _is_dates(coord: xr.DataArray) -> bool:
+    return coord.dtype.kind == "M" or bool(
+        coord.dtype.kind == "O" and coord.size and isinstance(coord.values.flat[0], cftime.datetime)
+    )
+
+
+def _as_numbers(coord: xr.DataArray, label: Any) -> tuple[np.ndarray, float]:
+    """A numeric or date axis and a label of it as float64 (seconds for dates); NaN for NaT."""
+    if coord.dtype.kind == "M":
+        ns = coord.values.astype("datetime64[ns]")
+        nums = ns.astype("int64").astype("float64") / 1e9
+        nums[np.isnat(ns)] = np.nan
+        req = np.datetime64(label, "ns").astype("int64") / 1e9
+        return nums, float(req)
+    if isinstance(label, cftime.datetime):
+        units = "seconds since 1970-01-01"
+        nums = np.asarray(
+            cftime.date2num(list(coord.values), units, calendar=label.calendar), dtype="float64"
+        )
+        return nums, float(cftime.date2num(label, units, calendar=label.calendar))
+    return coord.values.astype("float64"), float(label)
+
+
+def _nearest(nums: np.ndarray, req: float) -> tuple[int, float, float]:
+    """Position of the value nearest ``req``, its distance, and half the local step there.
+
+    The local step is the step between the nearest value and its neighbour on the
+    request's side (the other side's beyond either end of the axis), but at most 1.5
+    times the step on the other side: across a gap (missing steps) the regular step
+    counts, so a request inside the gap is not quietly matched. A one-value axis has no
+    step (0).
+    """
+    dist = np.where(np.isfinite(nums), np.abs(nums - req), np.inf)
+    pos = int(np.argmin(dist))
+    axis = np.unique(nums[np.isfinite(nums)])  # sorted
+    j = int(np.searchsorted(axis, nums[pos]))
+    below = float(axis[j] - axis[j - 1]) if j > 0 else None
+    above = float(axis[j + 1] - axis[j]) if j + 1 < axis.size else None
+    side, other = (below, above) if req < nums[pos] else (above, below)
+    if side is None:
+        side, other = other, None
+    step = 0.0 if side is None else side if other is None else min(side, 1.5 * other)
+    return pos, float(dist[pos]), step / 2
+
+
+def _fmt_picked(v: Any) -> str:
+    """The value a selection picked, as recorded in ``attrs["selected"]`` (ISO 8601 for dates)."""
+    if isinstance(v, np.datetime64):
+        return pd.Timestamp(v).isoformat()
+    if isinstance(v, cftime.datetime):
+        return str(v.isoformat())
+    return _fmt_label(v)
+
+
+def _fmt_span(seconds: float) -> str:
+    if seconds >= 86400:
+        return f"{seconds / 86400:.4g} days"
+    if seconds >= 3600:
+        return f"{seconds / 3600:.4g} hours"
+    return f"{seconds:.4g} s"
+
+
+def _pick_label(
+    ds: xr.Dataset, dim: str, value: Any, path: Path | str
+) -> tuple[int, str, str | None]:
+    """Position on ``dim`` that ``value`` selects, the value picked, and a warning if any.
+
+    A plain value must match: exactly for numbers and strings (to float32 precision
+    for float axes), within half the local step for dates. ``"~VALUE"`` takes the
+    nearest value, with a warning when it is farther than half a step.
+    """
+    coord = ds[dim]
+    nearest = isinstance(value, str) and value.strip().startswith("~")
+    raw = value.strip()[1:].strip() if nearest else value
+    label = _as_label(coord, dim, raw, path)
+    dates = _is_dates(coord)
+    if coord.dtype.kind not in "iufM" and not dates:
+        if nearest:
+            raise InputError(
+                f"{path}: '~' (nearest) needs a numeric or date axis; {dim!r} holds "
+                f"{_preview(coord.values)}: give one of its values as it is"
+            )
+        matches = np.flatnonzero(coord.values == label)
+        if matches.size == 0:
+            raise InputError(
+                f"{path}: dimension {dim!r} has no value {value!r}; its values are "
+                f"{_preview(coord.values)}"
+            )
+        pos, warn = int(matches[0]), None
+    else:
+        try:
+            nums, req = _as_numbers(coord, label)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InputError(
+                f"{path}: cannot compare {value!r} with the values of {dim!r} "
+                f"({_preview(coord.values)}): {exc}"
+            ) from exc
+        if not np.isfinite(nums).any():
+            raise InputError(f"{path}: dimension {dim!r} has no valid values to select from")
+        pos, dist, half = _nearest(nums, req)
+        picked = coord.values[pos]
+        if dates:
+            fits = dist <= half
+        elif coord.dtype.kind == "f":  # float32 levels: 0.1 is stored as 0.100000001
+            fits = dist <= 1e-6 * max(abs(req), abs(float(nums[pos])))
+        else:
+            fits = dist == 0
+        warn = None
+        fix = f"To take the nearest value anyway, use select={{{dim!r}: '~{raw!s}'}}"
+        if not fits and not nearest and dates:
+            lo, hi = int(np.nanargmin(nums)), int(np.nanargmax(nums))
+            raise InputError(
+                f"{path}: no {dim} step at {raw!s}: the nearest is {_fmt_label(picked)}, "
+                f"{_fmt_span(dist)} away (more than half a step); {dim} runs from "
+                f"{_fmt_label(coord.values[lo])} to {_fmt_label(coord.values[hi])} "
+                f"({coord.size} steps). {fix}"
+            )
+        if not fits and not nearest:
+            raise InputError(
+                f"{path}: dimension {dim!r} has no value {value!r}; its values are "
+                f"{_preview(coord.values)} (nearest: {_fmt_label(picked)}). {fix}"
+            )
+        if not fits:
+            away = f"{_fmt_span(dist)} from {raw!s}" if dates else f"{dist:g} from {raw!s}"
+            why = f"more than half a {dim} step" if dates else f"{raw!s} is not a value of {dim!r}"
+            warn = (
+                f"{path}: select={{{dim!r}: {value!r}}} took {_fmt_picked(picked)}, {away} ({why})"
+            )
+        if np.count_nonzero(nums == nums[pos]) > 1:  # a label repeated in the index
+            raise InputError(
+                f"{path}: {value!r} matches {np.count_nonzero(nums == nums[pos])} steps of {dim!r}"
+            )
+    return pos, _fmt_picked(coord.values[pos]), warn
+
+
+def _apply_select(
+    ds: xr.Dataset, select: Mapping[str, Any], path: Path | str
+) -> tuple[xr.Dataset, dict[str, str]]:
+    """``ds`` with one value of each selected dimension, and the values picked (as strings)."""
+    picked: dict[str, str] = {}
     for dim, value in select.items():
         if dim not in ds.dims:
             raise InputError(
@@ -208,23 +418,14 @@ def _apply_select(ds: xr.Dataset, select: Mapping[str, Any], path: Path | str) -
                 raise InputError(
                     f"{path}: position {pos} is outside {dim!r} (0..{ds.sizes[dim] - 1})"
                 )
-            ds = ds.isel({dim: pos})
-            continue
-        coord = ds[dim]
-        label = _as_label(coord, dim, value, path)
-        is_time = coord.dtype.kind == "M" or isinstance(label, cftime.datetime)
-        try:
-            # Dates are matched to the nearest step (files store e.g. 12:00 or mid-month
-            # stamps); other labels must match exactly, so a typo never picks a neighbour.
-            ds = ds.sel({dim: label}, method="nearest" if is_time else None)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"{path}: dimension {dim!r} has no value {value!r}; its values are "
-                f"{_preview(coord.values)}"
-            ) from exc
-        if dim in ds.dims:  # a label repeated in the index selects several steps
-            raise InputError(f"{path}: {value!r} matches {ds.sizes[dim]} steps of {dim!r}")
-    return ds
+            picked[dim] = str(pos)
+        else:
+            pos, picked[dim], warn = _pick_label(ds, dim, value, path)
+            if warn is not None:
+                warnings.warn(warn, UserWarning, stacklevel=2)
+        log.info("%s: select %s=%s picked %s", path, dim, value, picked[dim])
+        ds = ds.isel({dim: pos})
+    return ds, picked
 
 
 def _band_layers(
@@ -280,20 +481,26 @@ def _from_dataset(
     """The canonical array from an xarray Dataset (netCDF, several netCDF files or Zarr)."""
     variables = _check_options(path, bands=bands, variables=variables, select=select, stack=stack)
     grid, names = _chosen_variables(ds, variables, path)
+    picked: dict[str, str] = {}
     if select:
-        ds = _apply_select(ds, select, path)
+        ds, picked = _apply_select(ds, select, path)
     if stack is not None:
         _check_stack(ds, names, grid, stack, path)
     layers = _band_layers(ds, names, grid, stack, path)
     if bands is not None:
         layers = _pick_bands(layers, names, bands, path)
-    crs, transform = _georeference(ds, grid, layers[0][1], layers[0][2], path)
+    crs, transform, xy_units = _georeference(ds, grid, layers[0][1], layers[0][2], path)
+    attrs = _source_attrs(ds, layers, path)
+    if picked:
+        attrs["selected"] = picked
+    if xy_units is not None:
+        attrs["source_xy_units"] = xy_units
     return _canonical(
         _stack_layers(layers, grid, chunks),
         names=[b for b, _, _ in layers],
         transform=transform,
         crs=crs,
-        attrs=_source_attrs(ds, layers, path),
+        attrs=attrs,
     )
 
 

@@ -68,21 +68,24 @@ def _check_grid(arr: xr.DataArray, n_bands: int) -> None:
 # --------------------------------------------------------------------------- variables, select, stack
 
 
-def test_variables_and_nearest_date(projected_nc: Path) -> None:
+def test_variables_and_date_within_half_a_step(projected_nc: Path) -> None:
     ds = _projected()
     arr = open_raster(projected_nc, variables=["pr"], select={"time": "2020-01-02T05:00"})
     _check_grid(arr, 1)
     assert list(arr["band"].values) == ["pr"]
     np.testing.assert_array_equal(arr.values[0], ds["pr"].values[1, 0])
+    assert arr.attrs["selected"] == {"time": "2020-01-02T00:00:00"}  # the value picked
     # A datetime object works as well as a string; the level (length 1) is dropped.
-    arr = open_raster(projected_nc, select={"time": np.datetime64("2020-01-03T20:00")})
+    arr = open_raster(projected_nc, select={"time": np.datetime64("2020-01-03T12:00")})
     assert list(arr["band"].values) == ["tas", "pr"]
     np.testing.assert_array_equal(arr.values[0], ds["tas"].values[2, 0])
+    assert arr.attrs["selected"] == {"time": "2020-01-03T00:00:00"}
 
 
 def test_select_level_exactly_by_string(projected_nc: Path) -> None:
     arr = open_raster(projected_nc, select={"time": "2020-01-01", "level": "850"})
     assert arr.shape == (2, H, W)
+    assert arr.attrs["selected"] == {"time": "2020-01-01T00:00:00", "level": "850"}
     with pytest.raises(InputError, match=r"'level' has no value '700'; its values are 850"):
         open_raster(projected_nc, select={"time": "2020-01-01", "level": "700"})
     with pytest.raises(InputError, match=r"not a number"):
