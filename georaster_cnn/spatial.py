@@ -393,13 +393,3 @@ def structure_verdict(
         f"{_scale_text(values)}): neighbouring cells are correlated, convolution can "
         "exploit local patterns"
     )
-
-
-def __getattr__(name: str) -> Any:
-    # inspect_raster lived here before it got its own module; it is imported on first
-    # use, since georaster_cnn.inspection imports this module.
-    if name == "inspect_raster":
-        from georaster_cnn.inspection import inspect_raster
-
-        return inspect_raster
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
