@@ -291,7 +291,8 @@ def test_train_unknown_arch(data_dir: Path, tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 2
     assert len(error_lines(result)) == 1
-    assert "--arch nope" in result.stderr and "cnn" in result.stderr
+    assert "unknown architecture 'nope'" in result.stderr and "cnn" in result.stderr
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_train_missing_input_is_one_line(data_dir: Path, tmp_path: Path) -> None:
@@ -570,6 +571,7 @@ def test_predict_resolves_the_device_once(
         (["--val-block", "0"], "--val-block"),
         (["--min-cover", "2"], "--min-cover"),
         (["--device", "tpu"], "--device"),
+        (["--patience", "-1"], "--patience"),
     ],
 )
 def test_train_bad_option_fails_before_reading(
@@ -583,6 +585,23 @@ def test_train_bad_option_fails_before_reading(
     errors = error_lines(result)
     assert len(errors) == 1 and flag in errors[0], result.stderr
     assert not out.exists()
+
+
+def test_train_help_shows_the_libraries_defaults() -> None:
+    from georaster_cnn import options
+
+    help_text = " ".join(run(["train", "--help"]).stdout.split("Options:", 1)[1].split())
+    for flag, value in [
+        ("--arch", options.DEFAULT_ARCH),
+        ("--epochs", options.DEFAULT_EPOCHS),
+        ("--batch-size", options.DEFAULT_TRAIN_BATCH_SIZE),
+        ("--val-fraction", options.DEFAULT_VAL_FRACTION),
+        ("--val-block", options.DEFAULT_VAL_BLOCK),
+        ("--min-cover", options.DEFAULT_MIN_COVER),
+        ("--patience", options.DEFAULT_PATIENCE),
+    ]:
+        shown = help_text.split(flag, 1)[1].split("--", 1)[0]
+        assert f"[default: {value}]" in shown, flag
 
 
 # --------------------------------------------------------------------------- formats

@@ -282,25 +282,29 @@ def test_cli_format_option_and_default_by_family(
     assert (out / "scene.zarr" / "zarr.json").stat().st_mtime_ns == mtime
 
 
-@pytest.mark.parametrize("flag", ["--qml", "--quicklook"])
-def test_cli_extras_need_geotiff(
-    tmp_path: Path, make_raster: MakeRaster, model_file: Path, flag: str
-) -> None:
-    tif = make_raster(tmp_path / "in", "scene.tif", height=64, width=64)
-    res = _cli(["predict", model_file, tif, "-o", tmp_path / "out", "--format", "netcdf", flag])
-    assert res.exit_code == 2
-    assert "GeoTIFF" in res.output  # type: ignore[attr-defined]
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_extras_make_netcdf_input_default_to_cog(
+def test_cli_extras_of_a_netcdf_input_come_from_its_netcdf_map(
     tmp_path: Path, make_raster: MakeRaster, model_file: Path
 ) -> None:
     nc = _netcdf_input(tmp_path / "in" / "cube.nc", make_raster)
     out = tmp_path / "out"
-    res = _cli(["-q", "predict", model_file, nc, "-o", out, "--qml", "--stride", "32"])
+    extras = ["--qml", "--quicklook", "--vector", "gpkg"]
+    res = _cli(["-q", "predict", model_file, nc, "-o", out, *extras, "--stride", "32"])
     assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
-    assert {"cube.tif", "cube.qml"} <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in out.iterdir()) == ["cube.gpkg", "cube.nc", "cube.png", "cube.qml"]
+
+
+def test_cli_extras_come_from_a_zarr_map(
+    tmp_path: Path, make_raster: MakeRaster, model_file: Path
+) -> None:
+    tif = make_raster(tmp_path / "in", "scene.tif", height=64, width=64)
+    out = tmp_path / "out"
+    args = ["predict", model_file, tif, "-o", out, "--format", "zarr", "--stride", "32"]
+    res = _cli(["-q", *args, "--qml", "--quicklook", "--vector", "gpkg"])
+    assert res.exit_code == 0, res.output  # type: ignore[attr-defined]
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["scene.gpkg", "scene.png", "scene.qml", "scene.zarr"]
+    res = _cli([*args, "--qml"])  # all there: skipped, nothing made again
+    assert res.exit_code == 0 and "1 skipped" in res.output  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- the registry

@@ -393,11 +393,40 @@ def test_cli_vectorize(utm_file: Path, tmp_path: Path) -> None:
 
     bad = run(["vectorize", utm_file, "-o", tmp_path / "scene.kml"])
     assert bad.exit_code == 2
-    assert "unknown vector format 'kml'" in bad.stderr
+    assert error_lines(bad)[0].startswith(f"error: {tmp_path / 'scene.kml'}: unknown vector format")
 
     missing = run(["vectorize", tmp_path / "nope.tif", "-o", tmp_path / "nope.gpkg"])
     assert missing.exit_code == 1
     assert len(error_lines(missing)) == 1
+
+
+def test_cli_geoparquet_without_pyarrow_fails_before_vectorising(
+    utm_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a)
+    )
+    monkeypatch.setattr(gc, "vectorize", lambda *a, **k: pytest.fail("vectorised"))
+    result = run(["vectorize", utm_file, "-o", tmp_path / "scene.parquet"])
+    assert result.exit_code == 2
+    assert len(error_lines(result)) == 1 and "pip install pyarrow" in result.stderr
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".nc"])
+def test_cli_vectorize_zarr_and_netcdf_class_maps(
+    utm_file: Path, tmp_path: Path, suffix: str
+) -> None:
+    cls = blocks_map()
+    cmap = write_pred(tmp_path / "cf" / f"scene{suffix}", prediction(cls))
+    assert cmap.is_dir() == (suffix == ".zarr")  # a Zarr store is a folder
+    out = tmp_path / "cf" / "scene.gpkg"
+    result = run(["vectorize", cmap, "-o", out])
+    assert result.exit_code == 0, result.output
+    gdf = gpd.read_file(out)
+    assert gdf["cells"].sum() == int((cls != 255).sum())
+    expected = gc.vectorize(utm_file, probabilities=False)  # the same map as a COG
+    assert sorted(gdf["cells"]) == sorted(expected["cells"])
 
 
 def test_cli_predict_vector(

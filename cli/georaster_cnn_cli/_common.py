@@ -13,7 +13,7 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +45,6 @@ __all__ = [
     "kv_table",
     "load_model_or_exit",
     "plural",
-    "refuse_existing",
     "report_error",
     "report_warnings",
     "strip_path",
@@ -287,33 +286,19 @@ def fail(message: str) -> NoReturn:
 
 @contextmanager
 def usage_errors() -> Iterator[None]:
-    """Options checked by the library inside the block: a refusal stops with exit status 2.
+    """Options and outputs checked by the library inside the block: a refusal stops with exit 2.
 
     Commands check every option once, up front, by calling the library's own checks
-    (:mod:`georaster_cnn.options`), so a bad value fails once instead of on every tile.
+    (:mod:`georaster_cnn.options`), so a bad value fails once instead of on every tile;
+    and they ask :func:`georaster_cnn.options.check_output` before slow work about an
+    output the library would refuse to replace only when it writes it, at the end.
     """
     import georaster_cnn as gc
 
     try:
         yield
-    except gc.InputError as exc:
+    except (gc.InputError, gc.OutputExistsError) as exc:
         raise CLIError(error_message(exc)) from exc
-
-
-def refuse_existing(paths: Iterable[Path], *, holder: str | None = None) -> None:
-    """Stop with exit status 2 if any of ``paths`` exists: fail before the work, not after it.
-
-    For outputs that the library refuses to replace only when it writes them, at the
-    end (a model after training, a report after evaluating). ``holder`` says what
-    the existing files are, e.g. ``"report/ already holds a report"``.
-    """
-    existing = [p for p in paths if p.exists()]
-    if not existing:
-        return
-    if holder is None:
-        fail(f"{existing[0]} exists; pass --overwrite to replace it")
-    names = ", ".join(p.name for p in existing)
-    fail(f"{holder} ({names}); pass --overwrite to replace it, or choose another folder")
 
 
 def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -10,14 +9,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from georaster_cnn_cli._common import fail, plural
+from georaster_cnn.errors import InputError
+from georaster_cnn.formats import VECTOR_FORMATS, vector_output_format
+from georaster_cnn_cli._common import error_message, fail, plural
 
 if TYPE_CHECKING:
     import geopandas as gpd
 
 __all__ = [
     "VECTOR_SUFFIXES",
-    "check_vector_suffix",
+    "check_vector_output",
     "summary_line",
     "vector_option",
     "write_vectors_of",
@@ -25,27 +26,23 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Output suffixes (without the dot) and so formats; the library's
-#: ``georaster_cnn.vectorize.VECTOR_FORMATS`` is the reference (a test keeps them
-#: equal). Repeated here so ``--help`` does not import geopandas and GDAL.
-VECTOR_SUFFIXES: tuple[str, ...] = ("gpkg", "geojson", "json", "parquet", "geoparquet", "shp")
-_PARQUET = frozenset({"parquet", "geoparquet"})
+#: Output suffixes without the dot (``--vector`` choices), from the library's
+#: torch- and GDAL-free format registry, so ``--help`` stays light.
+VECTOR_SUFFIXES: tuple[str, ...] = tuple(s.lstrip(".") for s in VECTOR_FORMATS)
 
 
-def check_vector_suffix(suffix: str, what: str) -> None:
-    """Stop with exit status 2 unless ``suffix`` (no dot) names a format that can be written.
+def check_vector_output(path: Path, what: str) -> None:
+    """Stop with exit status 2 unless the library can write vectors to ``path``.
 
-    Checked before any work: the library refuses such an output only when it writes it,
-    after vectorising (and ``predict --vector`` would fail every tile alike).
+    Checked before any work with :func:`georaster_cnn.formats.vector_output_format`
+    (a known suffix; pyarrow for GeoParquet): the library refuses such an output only
+    when it writes it, after vectorising (and ``predict --vector`` would fail every
+    tile alike). ``what`` names the output in the message (the file, or the option).
     """
-    suffix = suffix.lower()
-    if suffix not in VECTOR_SUFFIXES:
-        fail(
-            f"{what}: unknown vector format {suffix or '(no suffix)'!r}; "
-            f"use one of {', '.join(VECTOR_SUFFIXES)}"
-        )
-    if suffix in _PARQUET and importlib.util.find_spec("pyarrow") is None:
-        fail(f"{what}: GeoParquet needs pyarrow: pip install pyarrow (or use gpkg)")
+    try:
+        vector_output_format(path)
+    except InputError as exc:
+        fail(f"{what}: {error_message(exc, path)}")
 
 
 def vector_option() -> Callable[[F], F]:

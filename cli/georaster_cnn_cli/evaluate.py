@@ -10,13 +10,12 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from georaster_cnn.options import InferenceOptions, evaluation_stride
+from georaster_cnn.options import InferenceOptions, check_output, evaluation_stride
 from georaster_cnn_cli._common import (
     CLIState,
     get_state,
     load_model_or_exit,
     plural,
-    refuse_existing,
     report_warnings,
     usage_errors,
 )
@@ -185,9 +184,9 @@ def evaluate(
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     from georaster_cnn.report import REPORT_FILES
 
-    if not overwrite:  # the library refuses only when it writes, after evaluating
-        holder = f"{output_dir} already holds a report"
-        refuse_existing([output_dir / f for f in REPORT_FILES], holder=holder)
+    with usage_errors():  # the library refuses only when it writes, after evaluating
+        for name in REPORT_FILES:
+            check_output(output_dir / name, overwrite=overwrite)
     geo_model = load_model_or_exit(state, model)
     opts = _options(
         geo_model,

@@ -39,7 +39,7 @@ from georaster_cnn_cli._options import (
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
-from georaster_cnn_cli._vectors import check_vector_suffix, vector_option, write_vectors_of
+from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -49,8 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["predict"]
 
 _STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
-#: Output format -> its family (the extra outputs need a GeoTIFF).
-_FAMILY: dict[str, str] = {name: spec.family for name, spec in OUTPUT_FORMATS.items()}
 
 
 @dataclass(frozen=True)
@@ -115,26 +113,7 @@ def _format_help() -> str:
     for suffix, fmt in INPUT_SUFFIXES.items():
         by_default.setdefault(fmt.default_output, []).append(suffix)
     defaults = ", ".join(f"{fmt} for {' '.join(s)} inputs" for fmt, s in by_default.items())
-    return (
-        f"Class map format ({kinds}). [default: {defaults}; "
-        "cog for all with --vector/--qml/--quicklook]"
-    )
-
-
-def _output_format(output_format: str | None, extras: dict[str, bool]) -> str | None:
-    """The ``--format`` for all inputs; None follows each input.
-
-    The extra outputs (``extras``: flag -> given) are made from a GeoTIFF class map.
-    """
-    flags = [flag for flag, on in extras.items() if on]
-    if not flags:
-        return output_format
-    if output_format is not None and _FAMILY[output_format] != "GeoTIFF":
-        fail(
-            f"{', '.join(flags)} need(s) a GeoTIFF class map; found --format {output_format}. "
-            "Use --format cog or gtiff, or leave these flags out"
-        )
-    return output_format or "cog"
+    return f"Class map format ({kinds}). [default: {defaults}]"
 
 
 @click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
@@ -216,9 +195,10 @@ def predict(
 
     With --vector SUFFIX each class map is also vectorised into
     OUTDIR/<stem>.SUFFIX (as 'vectorize' does); --qml adds a QGIS style
-    OUTDIR/<stem>.qml and --quicklook a PNG preview OUTDIR/<stem>.png. Such an
-    extra file that exists is skipped unless --overwrite, a missing one is made
-    from an existing class map, and a failed one fails its tile.
+    OUTDIR/<stem>.qml and --quicklook a PNG preview OUTDIR/<stem>.png. They are
+    made from the class map in whatever format it was written. Such an extra
+    file that exists is skipped unless --overwrite, a missing one is made from
+    an existing class map, and a failed one fails its tile.
 
     \b
     Example:
@@ -232,9 +212,7 @@ def predict(
             geo_model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=device
         )
     if vector is not None:
-        check_vector_suffix(vector, f"--vector {vector}")
-    extras = {"--vector": vector is not None, "--qml": qml, "--quicklook": quicklook}
-    fmt = _output_format(output_format, extras)
+        check_vector_output(output_dir / f"<stem>.{vector}", f"--vector {vector}")
     settings = _Settings(
         options,
         probabilities=probabilities,
@@ -243,7 +221,7 @@ def predict(
         open_options=open_options,
         extras=_extras(vector, qml, quicklook),
     )
-    plan = _plan(state, inputs, output_dir, fmt)
+    plan = _plan(state, inputs, output_dir, output_format)
     results = _run(state, plan, geo_model, settings)
     if not state.quiet:
         _print_summary(state, results, time.perf_counter() - started)

@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.progress import TextColumn
 
+from georaster_cnn import options
 from georaster_cnn_cli._common import (
     CLIState,
     escape,
-    fail,
     format_metrics,
     format_number,
     get_state,
     plural,
-    refuse_existing,
     report_warnings,
     usage_errors,
 )
@@ -79,13 +78,12 @@ def _checked(common: Mapping[str, Any], rasters: Mapping[str, Any] | None) -> to
     keyword arguments of :func:`georaster_cnn.train`. Returns the device, resolved once.
     """
     import georaster_cnn as gc
-    from georaster_cnn import options
+    from georaster_cnn.models import check_arch  # imports torch: only when a command runs
 
-    if common["arch"] not in gc.ARCHITECTURES:  # the library looks only after reading the data
-        known = ", ".join(sorted(gc.ARCHITECTURES))
-        fail(f"--arch {common['arch']}: unknown architecture; choose one of {known}")
     with usage_errors():
+        check_arch(common["arch"])  # the library looks only after reading the data
         options.check_epochs(common["epochs"])
+        options.check_patience(common["patience"])
         options.check_batch_size(common["batch_size"])
         options.check_fraction("val_fraction", common["val_fraction"], high_open=True)
         if rasters is not None:
@@ -139,7 +137,7 @@ def _fit(
 @click.option(
     "--min-cover",
     type=float,
-    default=0.5,
+    default=options.DEFAULT_MIN_COVER,
     show_default=True,
     help="Polygon labels: minimum share of a window inside polygons of its class, in [0, 1] "
     "(1 = wholly inside).",
@@ -147,7 +145,7 @@ def _fit(
 @click.option(
     "--val-block",
     type=int,
-    default=256,
+    default=options.DEFAULT_VAL_BLOCK,
     show_default=True,
     metavar="PIXELS",
     help="Side of the square blocks of the spatially blocked validation split. Training "
@@ -157,7 +155,7 @@ def _fit(
 @click.option(
     "--val-fraction",
     type=float,
-    default=0.2,
+    default=options.DEFAULT_VAL_FRACTION,
     show_default=True,
     help="Share of blocks (rasters) or of every class's chips (chips) held out for validation, "
     "in [0, 1).",
@@ -170,15 +168,19 @@ def _fit(
     metavar="MODEL",
     help="Model file to write.",
 )
-@click.option("--epochs", type=int, default=10, show_default=True, help="Training epochs.")
-@batch_size_option(default=64)
+@click.option(
+    "--epochs", type=int, default=options.DEFAULT_EPOCHS, show_default=True,
+    help="Training epochs (>= 1).",
+)  # fmt: skip
+@batch_size_option(default=options.DEFAULT_TRAIN_BATCH_SIZE)
 @stride_option("Spacing of training windows in pixels, 1..patch size.", "patch size / 4")
-@click.option("--arch", default="cnn", show_default=True, help="Network architecture.")
+@click.option(
+    "--arch", default=options.DEFAULT_ARCH, show_default=True, help="Network architecture."
+)
 @click.option(
     "--patience",
-    # The library takes any number here; a negative one would stop after one epoch.
-    type=click.IntRange(min=0),
-    default=5,
+    type=int,
+    default=options.DEFAULT_PATIENCE,
     show_default=True,
     help="Stop when the validation loss has not improved for this many epochs; 0 runs all.",
 )
@@ -252,8 +254,8 @@ def train(
     """
     state = get_state(ctx)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
-    if not overwrite:  # the library refuses only when it saves, after training
-        refuse_existing([output])
+    with usage_errors():  # the library refuses only when it saves, after training
+        options.check_output(output, overwrite=overwrite)
     common: dict[str, Any] = {
         "arch": arch, "epochs": epochs, "batch_size": batch_size, "device": device,
         "seed": seed, "val_fraction": val_fraction, "patience": patience, "augment": augment,

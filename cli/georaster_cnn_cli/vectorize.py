@@ -8,13 +8,13 @@ import click
 
 from georaster_cnn_cli._common import get_state, report_warnings
 from georaster_cnn_cli._options import overwrite_option
-from georaster_cnn_cli._vectors import check_vector_suffix, write_vectors_of
+from georaster_cnn_cli._vectors import VECTOR_SUFFIXES, check_vector_output, write_vectors_of
 
 __all__ = ["vectorize"]
 
 
 @click.command("vectorize", short_help="Polygons of a class map, as GeoPackage/GeoJSON/...")
-@click.argument("prediction", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("prediction", type=click.Path(path_type=Path))  # a Zarr store is a folder
 @click.option(
     "-o",
     "--output",
@@ -22,7 +22,7 @@ __all__ = ["vectorize"]
     type=click.Path(dir_okay=False, path_type=Path),
     metavar="OUT",
     help="Vector file to write; its suffix picks the format: "
-    ".gpkg, .geojson/.json, .parquet/.geoparquet (needs pyarrow), .shp.",
+    f"{', '.join('.' + s for s in VECTOR_SUFFIXES)} (.parquet/.geoparquet need pyarrow).",
 )
 @click.option(
     "--min-area",
@@ -50,18 +50,20 @@ def vectorize(
     simplify: float,
     overwrite: bool,
 ) -> None:
-    """Turn the class map PREDICTION (a GeoTIFF from 'predict') into polygons in OUT.
+    """Turn the class map PREDICTION into polygons in OUT.
 
-    One polygon per connected region of a class (cells sharing an edge), with
-    class_id, class_name, area (CRS units squared), cells and, when PREDICTION
-    has probability bands, mean_probability (0-1). Nodata cells are left out.
+    PREDICTION is a class map written by 'predict', in any of its formats: a
+    COG or GeoTIFF, a netCDF file or a Zarr store (a folder). One polygon per
+    connected region of a class (cells sharing an edge), with class_id,
+    class_name, area (CRS units squared), cells and, when PREDICTION has
+    probability bands, mean_probability (0-1). Nodata cells are left out.
 
     \b
     Example:
       georaster-cnn vectorize maps/scene.tif -o maps/scene.gpkg --min-area 2700
     """
     state = get_state(ctx)
-    check_vector_suffix(output.suffix.lstrip("."), str(output))
+    check_vector_output(output, str(output))
     with report_warnings(state, context=str(prediction)):
         written, summary = write_vectors_of(
             prediction, output, overwrite=overwrite, min_area=min_area, simplify=simplify
