@@ -38,7 +38,6 @@ __all__ = [
     "DEFAULT_COLORS",
     "ClassMap",
     "cf_class_attrs",
-    "colormap",
     "default_colors",
     "open_class_map",
     "parse_colors",
@@ -124,25 +123,17 @@ def tiff_tags(
     return {**tags, **per_class}, per_class
 
 
-def colormap(colors: Sequence[Sequence[int]]) -> dict[int, tuple[int, int, int, int]]:
-    """GDAL colour table of band 1: class colours, nodata transparent."""
-    cmap = {i: (*map(int, c), 255) for i, c in enumerate(colors)}
-    cmap[CLASS_NODATA] = (0, 0, 0, 0)
-    return cmap  # type: ignore[return-value]
-
-
 def pam_xml(names: Sequence[str], colors: Sequence[Sequence[int]]) -> str:
     """GDAL PAM ``.aux.xml`` of band 1: description, category names, colour table, names tag.
 
-    Multi-band TIFFs cannot embed a palette, and TIFF has no category names: both
-    go to this sidecar, which GDAL, QGIS and rasterio read with the file.
+    TIFF has no category names, multi-band TIFFs cannot embed a palette, and a
+    byte band's TIFF palette always has 256 entries (QGIS would list 256 classes):
+    the colour table, one entry per class, lives in this sidecar, which GDAL, QGIS
+    and rasterio read with the file. Nodata (255) is transparent through the
+    band's nodata value.
     """
     cats = "".join(f"<Category>{escape(n)}</Category>" for n in names)
-    entries = []
-    for i in range(256):
-        r, g, b = colors[i] if i < len(colors) else (0, 0, 0)
-        a = 255 if i < len(colors) else 0
-        entries.append(f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="{a}"/>')
+    entries = [f'<Entry c1="{r}" c2="{g}" c3="{b}" c4="255"/>' for r, g, b in colors]
     return (
         '<PAMDataset>\n  <PAMRasterBand band="1">\n'
         f"    <Description>class</Description>\n    <CategoryNames>{cats}</CategoryNames>\n"

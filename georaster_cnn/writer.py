@@ -54,7 +54,6 @@ from georaster_cnn.classmap import (
     CLASS_NODATA,
     PREDICTION_ATTRS,
     cf_class_attrs,
-    colormap,
     pam_xml,
     tiff_tags,
 )
@@ -317,10 +316,14 @@ def _write_cf(
 def _describe(
     dst: Any, names: list[str], colors: list[list[int]], attrs: dict[str, Any], probabilities: bool
 ) -> None:
-    """Colour table, band descriptions, scales and metadata tags."""
-    dst.write_colormap(1, colormap(colors))
+    """Band descriptions, scales and metadata tags (the colour table goes to the sidecar).
+
+    The colour table is not embedded in the TIFF: TIFF palettes always have 256
+    entries for a byte band, and GDAL (and so QGIS's legend) would then list 256
+    classes. The PAM sidecar holds a table of exactly one entry per class.
+    """
     if probabilities:
-        dst.colorinterp = [ColorInterp.palette] + [ColorInterp.undefined] * len(names)
+        dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * len(names)
     dst.set_band_description(1, "class")
     tags, band_tags = tiff_tags(names, colors, attrs)
     dst.update_tags(**tags)

@@ -12,6 +12,7 @@ import rasterio
 import xarray as xr
 from affine import Affine
 from geo import NORTH_UP, ROTATED
+from rasterio.enums import ColorInterp
 from rio_cogeo.cogeo import cog_validate
 
 from georaster_cnn import (
@@ -75,7 +76,10 @@ def test_cog_contents(
         cmap = src.colormap(1)
         for i, c in enumerate(model.class_colors):
             assert cmap[i] == (*c, 255)
-        assert cmap[255][3] == 0  # nodata is transparent
+        # One entry per class, not a 256-entry TIFF palette (QGIS lists every entry
+        # in its legend); nodata is transparent through the nodata value.
+        assert sorted(cmap) == list(range(len(CLASSES)))
+        assert src.colorinterp[0] == ColorInterp.palette
         assert json.loads(src.tags()["CLASS_NAMES"]) == list(CLASSES)
         assert json.loads(src.tags(1)["CLASS_NAMES"]) == list(CLASSES)
         assert [src.tags()[f"CLASS_{i}"] for i in range(3)] == list(CLASSES)
