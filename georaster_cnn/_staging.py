@@ -74,7 +74,7 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     pattern = re.compile(
         rf"^\.{re.escape(final.name)}\.{TEMP_TAG}-{re.escape(_host())}-(\d+)-[0-9a-f]+\."
     )
-    removed = []
+    removed: list[Path] = []
     try:
         entries = list(final.parent.iterdir())
     except OSError:
