@@ -1,24 +1,40 @@
-"""The model file: one self-describing, safe-to-open file.
+"""The model file: one self-describing, safe-to-open, verified file.
 
 Format: a `safetensors <https://huggingface.co/docs/safetensors>`_ file. The
 tensors are the module's ``state_dict``; the header's string metadata holds
-``format`` (``"georaster-cnn-model"``), ``format_version`` and ``card``, a JSON
-document with everything needed to rebuild and apply the model: architecture and
+``format`` (``"georaster-cnn-model"``), ``format_version``, ``card``, a JSON
+document with everything needed to rebuild and apply the model (architecture and
 hyper-parameters, input band names and training dtype, class names and colours,
 per-channel normalisation statistics, patch size, nodata policy and training
-provenance. Loading never executes code (no pickle).
+provenance), and, from format 2 on, two digests:
+
+``card_sha256``
+    SHA-256 of the card as stored (canonical JSON: sorted keys).
+``weights_sha256``
+    SHA-256 of the tensors in key order, each as its key, dtype and shape
+    (``json.dumps([key, dtype, shape])``) followed by its bytes.
+
+Loading never executes code (no pickle), recomputes both digests and refuses a
+file whose weights or card do not match them, and refuses a malformed card or
+non-finite weights or statistics. Format 1 files (no digests) still load, marked
+``verified=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -39,7 +55,13 @@ __all__ = [
 ]
 
 FORMAT = "georaster-cnn-model"
-FORMAT_VERSION = 1
+#: 1: card and weights; 2: plus ``card_sha256`` and ``weights_sha256``.
+FORMAT_VERSION = 2
+
+_CARD_DIGEST = "card_sha256"
+_WEIGHTS_DIGEST = "weights_sha256"
+_FIX = "copy or download the file again, or retrain the model"
+_FIX_SAVE = "Give the GeoModel valid values."
 
 
 @dataclass
@@ -66,6 +88,11 @@ class GeoModel:
         Data type of the training rasters on disk (used to warn on mismatches).
     provenance
         Training data, options, history and metrics.
+    format_version
+        Format of the file the model was loaded from (the current one otherwise).
+    verified
+        True when the model was loaded from a file whose stored digests of the
+        weights and card were recomputed and matched (format 2 and later).
     """
 
     module: nn.Module
@@ -80,6 +107,7 @@ class GeoModel:
     source_dtype: str = "float32"
     provenance: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    verified: bool = field(default=False, compare=False)
 
     @property
     def n_bands(self) -> int:
@@ -91,17 +119,15 @@ class GeoModel:
 
     @cached_property
     def checksum(self) -> str:
-        """SHA-256 of the weights and card (first 16 hex digits): identifies the model.
+        """Identifies the model: 16 hex digits of the SHA-256 of its card and weights digests.
 
-        Computed once per model object: a :class:`GeoModel` holds trained weights,
-        which nothing changes after it is made.
+        The same digests a file of this model stores (see module docs), so a
+        loaded model's checksum comes from the digests checked on load, without
+        hashing again. Computed once per model object: a :class:`GeoModel` holds
+        trained weights, which nothing changes after it is made.
         """
-        # Hash the card and the tensors in key order: the file's header order is not stable.
-        h = hashlib.sha256(json.dumps(self.card(), sort_keys=True).encode())
-        for k, v in sorted(self.module.state_dict().items()):
-            h.update(k.encode())
-            h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        return h.hexdigest()[:16]
+        card_json = _canonical(self.card())
+        return _model_id(_sha256(card_json), _weights_digest(self.module.state_dict()))
 
     def card(self) -> dict[str, Any]:
         """JSON-able description of the model (everything except the weights)."""
@@ -120,71 +146,60 @@ class GeoModel:
         }
 
     def to_bytes(self) -> bytes:
-        """Serialise to the model-file format (see module docs)."""
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        meta = {
-            "format": FORMAT,
-            "format_version": str(FORMAT_VERSION),
-            "card": json.dumps(self.card(), sort_keys=True),
-        }
-        return st_save(state, metadata=meta)
+        """Serialise to the current model-file format (see module docs).
+
+        Raises
+        ------
+        ModelFileError
+            A malformed card field, or non-finite weights or statistics: such a
+            model would be refused on load, so it is not written.
+        """
+        return _encode(self, "model")
 
     @classmethod
     def from_bytes(cls, raw: bytes, *, source: str = "<bytes>") -> GeoModel:
-        """Rebuild from :meth:`to_bytes` output without executing any code."""
-        try:
-            header_len = int.from_bytes(raw[:8], "little")
-            header = json.loads(raw[8 : 8 + header_len])
-            if not isinstance(header, dict):
-                raise ValueError("header is not a JSON object")
-            meta = header.get("__metadata__") or {}
-            tensors = st_load(raw)
-        except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"{source}: not a georaster_cnn model file ({exc})") from exc
-        if meta.get("format") != FORMAT:
-            raise ModelFileError(
-                f"{source}: not a georaster_cnn model file (format {meta.get('format')!r}); "
-                "train one with `georaster-cnn train`"
-            )
-        try:
-            version = int(meta.get("format_version", "0"))
-        except (TypeError, ValueError):
-            raise ModelFileError(
-                f"{source}: model format version {meta.get('format_version')!r} is not a number; "
-                "the file is corrupt"
-            ) from None
-        if version > FORMAT_VERSION:
-            raise ModelFileError(
-                f"{source}: model format version {version} is newer than this georaster_cnn "
-                f"supports ({FORMAT_VERSION}); upgrade georaster_cnn"
-            )
+        """Rebuild from :meth:`to_bytes` output without executing any code.
+
+        Raises
+        ------
+        ModelFileError
+            Not a model file, an unsupported format version, weights or card that
+            do not match their stored digests, a malformed card, weights that do
+            not fit the card, or non-finite weights or statistics.
+        """
+        tensors, meta = _parse(raw, source)
+        version = _format_version(meta, source)
+        if "card" not in meta:
+            raise ModelFileError(f"{source}: model file carries no card (metadata); {_FIX}")
         try:
             card = json.loads(meta["card"])
-            module = build_model(
-                card["arch"],
-                len(card["bands"]),
-                len(card["classes"]),
-                card["patch_size"],
-                **card["hparams"],
-            )
-            module.load_state_dict(tensors, strict=True)
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise ModelFileError(f"{source}: model file is inconsistent ({exc})") from exc
-        module.eval()
-        return cls(
+        except (ValueError, RecursionError) as exc:
+            raise ModelFileError(f"{source}: model card is not valid JSON ({exc}); {_FIX}") from exc
+        # Hash once: the digests checked here also give the model id.
+        card_digest = _sha256(_canonical(card))
+        weights_digest = _weights_digest(tensors)
+        if version >= 2:
+            _check_digest(meta, _CARD_DIGEST, card_digest, "its card does", "it", source)
+            _check_digest(meta, _WEIGHTS_DIGEST, weights_digest, "its weights do", "them", source)
+        c = _check_card(card, source)
+        module = _build(c, tensors, source)
+        model = cls(
             module=module,
-            arch=card["arch"],
-            hparams=card["hparams"],
-            band_names=tuple(card["bands"]),
-            class_names=tuple(card["classes"]),
-            class_colors=tuple(tuple(c) for c in card["colors"]),
-            stats=ChannelStats.from_dict(card["stats"]),
-            patch_size=int(card["patch_size"]),
-            min_valid=float(card["min_valid"]),
-            source_dtype=card.get("source_dtype", "float32"),
-            provenance=card.get("provenance", {}),
+            arch=c["arch"],
+            hparams=c["hparams"],
+            band_names=tuple(c["bands"]),
+            class_names=tuple(c["classes"]),
+            class_colors=tuple((int(r), int(g), int(b)) for r, g, b in c["colors"]),
+            stats=ChannelStats.from_dict(c["stats"]),
+            patch_size=c["patch_size"],
+            min_valid=float(c["min_valid"]),
+            source_dtype=c["source_dtype"],
+            provenance=c["provenance"],
             format_version=version,
+            verified=version >= 2,
         )
+        model.__dict__["checksum"] = _model_id(card_digest, weights_digest)
+        return model
 
 
 def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
@@ -194,10 +209,12 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     ------
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
+    ModelFileError
+        A malformed card field, or non-finite weights or statistics (nothing is written).
     """
     p = check_output(path, overwrite=overwrite)
+    raw = _encode(model, str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
-    raw = model.to_bytes()
     atomic_write(p, lambda f: f.write(raw))
     return p
 
@@ -208,11 +225,265 @@ def load_model(path: str | os.PathLike[str]) -> GeoModel:
     Raises
     ------
     ModelFileError
-        Missing, truncated or foreign file, or an unsupported format version.
+        Missing, truncated, corrupt or foreign file (not a regular file, weights or
+        card that do not match their digests, a malformed card, non-finite
+        weights or statistics), or an unsupported format version.
     """
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            # Never read a device or pipe (``/dev/zero`` would fill the memory).
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ModelFileError(f"{p}: not a regular file; give the path of a model file")
+            raw = f.read()
     except OSError as exc:
         raise ModelFileError(f"{p}: cannot read model file ({exc.strerror or exc})") from exc
     return GeoModel.from_bytes(raw, source=str(p))
+
+
+# --------------------------------------------------------------------------- digests
+
+
+def _canonical(card: Mapping[str, Any]) -> str:
+    return json.dumps(card, sort_keys=True)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _weights_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the tensors in key order: key, dtype and shape, then the bytes."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(json.dumps([key, str(t.dtype).removeprefix("torch."), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def _model_id(card_digest: str, weights_digest: str) -> str:
+    return _sha256(card_digest + weights_digest)[:16]
+
+
+def _check_digest(
+    meta: Mapping[str, str], key: str, found: str, what: str, them: str, source: str
+) -> None:
+    expected = meta.get(key)
+    if expected is None:
+        raise ModelFileError(
+            f"{source}: model file of format {meta.get('format_version')} carries no digest "
+            f"({key!r} is missing from its metadata), so it cannot be verified; {_FIX}"
+        )
+    if expected != found:
+        raise ModelFileError(
+            f"{source}: model file is corrupt: {what} not match the digest stored with {them} "
+            f"(expected sha256 {expected[:16]}..., found {found[:16]}...); {_FIX}"
+        )
+
+
+def _pack(state: Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> bytes:
+    """The file bytes of ``state`` and ``card`` with their digests, unchecked."""
+    card_json = _canonical(card)
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "card": card_json,
+        _CARD_DIGEST: _sha256(card_json),
+        _WEIGHTS_DIGEST: _weights_digest(state),
+    }
+    return st_save(dict(state), metadata=meta)
+
+
+def _encode(model: GeoModel, source: str) -> bytes:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
+    card = {**model.card(), "format_version": FORMAT_VERSION}
+    _check_card(json.loads(_canonical(card)), f"{source}: cannot save", fix=_FIX_SAVE)
+    _check_finite(state, f"{source}: cannot save")
+    return _pack(state, card)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _parse(raw: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of safetensors bytes."""
+    # The safetensors parser validates the header (size, JSON, offsets) before we read it.
+    try:
+        tensors = st_load(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        header = json.loads(raw[8 : 8 + header_len])
+    except (SafetensorError, ValueError, KeyError, TypeError, RuntimeError, RecursionError) as exc:
+        raise ModelFileError(f"{source}: not a georaster_cnn model file ({exc})") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ModelFileError(
+            f"{source}: not a georaster_cnn model file (format {found!r}); "
+            "train one with `georaster-cnn train`"
+        )
+    return tensors, meta
+
+
+def _format_version(meta: Mapping[str, str], source: str) -> int:
+    text = meta.get("format_version", "")
+    if not (isinstance(text, str) and text.isascii() and text.isdigit() and int(text) >= 1):
+        raise ModelFileError(
+            f"{source}: model format version {text!r} is not a positive whole number; {_FIX}"
+        )
+    version = int(text)
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{source}: model format version {version} is newer than this georaster_cnn "
+            f"supports ({FORMAT_VERSION}); upgrade georaster_cnn"
+        )
+    return version
+
+
+def _build(card: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """The card's network with ``tensors`` loaded, after checking that they fit it."""
+    args = (card["arch"], len(card["bands"]), len(card["classes"]), card["patch_size"])
+    try:
+        # A skeleton without storage first: a card asking for a huge network costs nothing.
+        with torch.device("meta"):
+            skeleton = build_model(*args, **card["hparams"])
+    except Exception as exc:  # the constructor's own checks, on untrusted arguments
+        raise ModelFileError(
+            f"{source}: model card does not describe a network this georaster_cnn can build "
+            f"(architecture {card['arch']!r}, hyper-parameters {card['hparams']}): {exc}"
+        ) from exc
+    expected = {k: (v.dtype, tuple(v.shape)) for k, v in skeleton.state_dict().items()}
+    found = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+    if expected != found:
+        diff = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        shown = ", ".join(
+            f"{k}: expected {_spec(expected.get(k))}, found {_spec(found.get(k))}" for k in diff[:3]
+        )
+        more = f" (and {len(diff) - 3} more)" if len(diff) > 3 else ""
+        raise ModelFileError(
+            f"{source}: model file is inconsistent: its weights do not fit the "
+            f"{card['arch']!r} network its card describes ({shown}{more}); {_FIX}"
+        )
+    _check_finite(tensors, source)
+    module = build_model(*args, **card["hparams"])
+    module.load_state_dict(tensors, strict=True)
+    return module.eval()
+
+
+def _spec(spec: tuple[torch.dtype, tuple[int, ...]] | None) -> str:
+    if spec is None:
+        return "none"
+    return f"{str(spec[0]).removeprefix('torch.')} {list(spec[1])}"
+
+
+def _check_finite(state: Mapping[str, torch.Tensor], prefix: str) -> None:
+    for key in sorted(state):
+        t = state[key]
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise ModelFileError(
+                f"{prefix}: weight tensor {key!r} holds {n} NaN or infinite value(s) "
+                f"of {t.numel()}; the model is broken: retrain it"
+            )
+
+
+# --------------------------------------------------------------------------- the card
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _names(v: object, least: int, most: int) -> bool:
+    return (
+        isinstance(v, list)
+        and least <= len(v) <= most
+        and all(isinstance(s, str) and s != "" for s in v)
+    )
+
+
+def _is_rgb(v: object) -> bool:
+    return isinstance(v, list) and len(v) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in v)
+
+
+def _is_dtype(v: object) -> bool:
+    try:
+        return isinstance(v, str) and np.dtype(v).kind in "biuf"
+    except TypeError:
+        return False
+
+
+_STATS_KEYS = ("count", "mean", "m2", "min", "max")
+
+#: field -> (check, what it should be, default when missing; ``...``: required)
+_FIELDS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
+    "arch": (lambda v: isinstance(v, str) and v != "", "an architecture name", ...),
+    "hparams": (lambda v: isinstance(v, dict), "a JSON object of hyper-parameters", ...),
+    "patch_size": (lambda v: _is_int(v) and v > 0, "a positive whole number", ...),
+    "bands": (lambda v: _names(v, 1, 10**6), "a non-empty list of band names", ...),
+    "classes": (lambda v: _names(v, 2, 255), "a list of 2 to 255 class names", ...),
+    "colors": (
+        lambda v: isinstance(v, list) and all(_is_rgb(c) for c in v),
+        "a list of RGB triples (whole numbers 0-255)",
+        ...,
+    ),
+    "stats": (
+        lambda v: isinstance(v, dict) and all(k in v for k in ("names", *_STATS_KEYS)),
+        f"a JSON object with {', '.join(('names', *_STATS_KEYS))}",
+        ...,
+    ),
+    "min_valid": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", ...),
+    "source_dtype": (_is_dtype, "a numeric data type name such as 'float32'", "float32"),
+    "provenance": (lambda v: isinstance(v, dict), "a JSON object", {}),
+}
+
+
+def _check_card(card: object, source: str, *, fix: str = "") -> dict[str, Any]:
+    """The card's fields (defaults filled in), each checked; a :class:`ModelFileError` otherwise."""
+
+    def bad(name: str, expected: str, found: object) -> ModelFileError:
+        shown = "nothing (missing)" if found is ... else _short(found)
+        return ModelFileError(
+            f"{source}: model card field {name!r} should be {expected}; found {shown}. "
+            + (fix or f"The file is damaged or was not written by georaster_cnn: {_FIX}")
+        )
+
+    if not isinstance(card, dict):
+        raise bad("card", "a JSON object", card)
+    out: dict[str, Any] = {}
+    for name, (check, expected, default) in _FIELDS.items():
+        value = card.get(name, default)
+        if value is ... or not check(value):
+            raise bad(name, expected, value)
+        out[name] = value
+    n_bands, n_classes = len(out["bands"]), len(out["classes"])
+    if len(out["colors"]) != n_classes:
+        raise bad("colors", f"one RGB triple per class ({n_classes})", out["colors"])
+    stats = out["stats"]
+    if not _names(stats["names"], n_bands, n_bands):
+        raise bad("stats.names", f"one band name per band ({n_bands})", stats["names"])
+    for key in _STATS_KEYS:
+        v = stats[key]
+        if not (isinstance(v, list) and len(v) == n_bands and all(_is_num(x) for x in v)):
+            raise bad(f"stats.{key}", f"one number per band ({n_bands})", v)
+    for k, band in enumerate(out["bands"]):
+        count = stats["count"][k]
+        values = {key: stats[key][k] for key in _STATS_KEYS[1:]}
+        if not (math.isfinite(count) and count >= 0) or (
+            count > 0 and not (all(math.isfinite(x) for x in values.values()) and values["m2"] >= 0)
+        ):
+            raise ModelFileError(
+                f"{source}: normalisation statistics of band {band!r} are not finite "
+                f"(count {count}, mean {values['mean']}, m2 {values['m2']}, min {values['min']}, "
+                f"max {values['max']}); the model is broken: retrain it"
+            )
+    return out
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
