@@ -1,10 +1,17 @@
-"""Shared by the readers: chunk sizes, band selection, and the canonical DataArray."""
+"""Shared by the readers: chunk sizes, band selection, checks before reading, the canonical array.
+
+The checks before reading (:func:`_check_size`, :func:`_check_dtypes`) look only at
+what a file declares (shape, data type), so an oversized or complex raster is
+refused before any pixel is read.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,7 @@ from affine import Affine
 
 from georaster_cnn.errors import InputError
 from georaster_cnn.geometry import RasterGrid
+from georaster_cnn.options import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,78 @@ def _select(names: list[str], bands: BandSelector, source: Path | str) -> list[i
                 "Select bands by 1-based number or by one of these names."
             )
     return chosen
+
+
+# --------------------------------------------------------------------------- checks before reading
+
+#: The size limit of the open_raster call in progress. The xarray path checks its
+#: layers deep inside _from_dataset, before the Dask graph is built (building it is
+#: what takes minutes and gigabytes for a huge declared grid); open_raster sets this.
+_MAX_PIXELS: ContextVar[int] = ContextVar("georaster_cnn_max_pixels", default=DEFAULT_MAX_PIXELS)
+
+
+@contextlib.contextmanager
+def _size_limit(max_pixels: int) -> Iterator[None]:
+    """Within the block, :func:`_check_layers` refuses inputs above ``max_pixels``."""
+    token = _MAX_PIXELS.set(max_pixels)
+    try:
+        yield
+    finally:
+        _MAX_PIXELS.reset(token)
+
+
+def _check_size(
+    source: Path | str, bands: int, height: int, width: int, max_pixels: int | None = None
+) -> None:
+    """Refuse a raster whose declared ``bands x height x width`` exceeds ``max_pixels``."""
+    limit = _MAX_PIXELS.get() if max_pixels is None else max_pixels
+    total = bands * height * width
+    if total > limit:
+        raise InputError(
+            f"{source}: {height:,} x {width:,} pixels x {bands} band(s) = {total:,} pixel values, "
+            f"more than the limit max_pixels={limit:,}; nothing was read. If the size is real, "
+            "pass a larger max_pixels= (or select fewer bands with bands=)"
+        )
+
+
+#: GDAL's names of the complex types, by rasterio's names.
+_GDAL_COMPLEX = {
+    "complex_int16": "CInt16",
+    "complex_int32": "CInt32",
+    "complex64": "CFloat32",
+    "complex128": "CFloat64",
+}
+
+
+def _check_dtypes(source: Path | str, dtypes: Mapping[str, str]) -> None:
+    """Refuse complex bands (``{band name: dtype name}``): reading them would drop a part.
+
+    Boolean and 1-bit bands are fine: they read as 0/1.
+    """
+    bad = {n: d for n, d in dtypes.items() if "complex" in str(d)}
+    if not bad:
+        return
+    kinds = sorted(set(bad.values()))
+    named = ", ".join(f"{d} (GDAL {_GDAL_COMPLEX[d]})" if d in _GDAL_COMPLEX else d for d in kinds)
+    raise InputError(
+        f"{source}: band(s) {', '.join(bad)} hold complex numbers ({named}); only real-valued "
+        "bands can be classified. Convert first: take the magnitude (e.g. gdal_translate "
+        "DERIVED_SUBDATASET:AMPLITUDE:IN.tif OUT.tif, or numpy.abs), or write the real and "
+        "imaginary parts as separate bands (numpy z.real, z.imag; gdal_calc.py "
+        "--calc='real(A)' and --calc='imag(A)')"
+    )
+
+
+def _check_layers(layers: Sequence[tuple[str, str, xr.DataArray]], source: Path | str) -> None:
+    """The xarray path's checks before reading: complex variables, declared size.
+
+    ``layers`` are ``(band name, variable, 2-D array)`` as the netCDF/Zarr reader
+    builds them; only their declared dtype and shape are looked at.
+    """
+    _check_dtypes(source, {band: str(layer.dtype) for band, _, layer in layers})
+    if layers:
+        height, width = layers[0][2].shape[-2:]
+        _check_size(source, len(layers), int(height), int(width))
 
 
 def _canonical(

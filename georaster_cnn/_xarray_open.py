@@ -34,6 +34,7 @@ from georaster_cnn._canonical import (
     BandSelector,
     Chunks,
     _canonical,
+    _check_layers,
     _resolve_chunks,
     _root_message,
     _select,
@@ -311,6 +312,8 @@ def _fmt_picked(v: Any) -> str:
         return pd.Timestamp(v).isoformat()
     if isinstance(v, cftime.datetime):
         return str(v.isoformat())
+    if isinstance(v, np.floating) and not float(v).is_integer():
+        return str(v)  # the shortest digits of its own precision: float32 0.1 is "0.1"
     return _fmt_label(v)
 
 
@@ -489,6 +492,7 @@ def _from_dataset(
     layers = _band_layers(ds, names, grid, stack, path)
     if bands is not None:
         layers = _pick_bands(layers, names, bands, path)
+    _check_layers(layers, path)  # complex or oversized: refused before the Dask graph is built
     crs, transform, xy_units = _georeference(ds, grid, layers[0][1], layers[0][2], path)
     attrs = _source_attrs(ds, layers, path)
     if picked:

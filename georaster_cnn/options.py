@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_EPOCHS",
     "DEFAULT_LEARNING_RATE",
+    "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_COVER",
     "DEFAULT_MIN_VALID",
     "DEFAULT_PATCH",
@@ -37,6 +38,7 @@ __all__ = [
     "check_batch_size",
     "check_epochs",
     "check_fraction",
+    "check_max_pixels",
     "check_min_valid",
     "check_non_negative",
     "check_output",
@@ -66,6 +68,9 @@ DEFAULT_VAL_BLOCK = 256
 DEFAULT_MIN_COVER = 0.5
 #: Epochs without a better validation loss before training stops (0 or None: never).
 DEFAULT_PATIENCE = 5
+#: Largest raster :func:`~georaster_cnn.open_raster` accepts, in pixel values
+#: (height x width x bands): 2**36, about 69 billion (256 GiB as float32).
+DEFAULT_MAX_PIXELS = 2**36
 
 
 def check_positive(name: str, value: Any, *, unit: str = "") -> int:
@@ -85,6 +90,16 @@ def check_non_negative(name: str, value: Any, *, unit: str = "") -> float:
         detail = f" ({unit})" if unit else ""
         raise InputError(f"{name}= must be >= 0{detail}; found {value!r}")
     return v
+
+
+def check_max_pixels(max_pixels: Any) -> int:
+    """The size limit of an input in pixel values (height x width x bands), ``>= 1``."""
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InputError(
+            "max_pixels= must be a whole number >= 1 (pixel values: height x width x bands; "
+            f"default {DEFAULT_MAX_PIXELS:,} = 2**36); found {max_pixels!r}"
+        )
+    return int(max_pixels)
 
 
 def check_patience(patience: Any) -> int | None:
