@@ -47,6 +47,10 @@ _PROVENANCE_LABELS = {
 def info(ctx: click.Context, model: Path, as_json: bool) -> None:
     """Describe MODEL: architecture, bands and their statistics, classes, provenance.
 
+    Loading checks the file: a model whose weights or card do not match the
+    digests stored with them is refused; "verified" says the check was made
+    (format 1 files carry no digest).
+
     \b
     Examples:
       georaster-cnn info landcover.safetensors
@@ -55,7 +59,7 @@ def info(ctx: click.Context, model: Path, as_json: bool) -> None:
     state = get_state(ctx)
     geo_model = load_model_or_exit(state, model)
     if as_json:
-        card = {**geo_model.card(), "checksum": geo_model.checksum}
+        card = {**geo_model.card(), "checksum": geo_model.checksum, "verified": geo_model.verified}
         # click.echo, not rich: JSON must not be wrapped or highlighted
         click.echo(json.dumps(card, indent=2, default=str))
         return
@@ -77,6 +81,12 @@ def _compact(value: Any) -> str:
     return str(value)
 
 
+def _integrity(model: GeoModel) -> str:
+    if model.verified:
+        return "verified (weights and card match their SHA-256 digests)"
+    return f"not verified (format {model.format_version} file, no digest)"
+
+
 def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     out = state.out
     overview = kv_table(f"Model {path}")
@@ -91,6 +101,7 @@ def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     )
     overview.add_row("format version", str(model.format_version))
     overview.add_row("checksum", model.checksum)
+    overview.add_row("integrity", _integrity(model))
     out.print(overview)
     out.print()
 
