@@ -15,6 +15,7 @@ __all__ = [
     "OutputExistsError",
     "ReadError",
     "TrainingError",
+    "ValidationWarning",
 ]
 
 
@@ -48,3 +49,7 @@ class TrainingError(GeorasterCNNError, RuntimeError):
 
 class DataRangeWarning(UserWarning):
     """Input data look very different from the data the model was trained on."""
+
+
+class ValidationWarning(UserWarning):
+    """A training run's validation set says little: tiny, or missing a class training has."""

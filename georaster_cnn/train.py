@@ -50,7 +50,7 @@ from georaster_cnn.options import (
     check_positive,
     training_stride,
 )
-from georaster_cnn.splits import stratified_split
+from georaster_cnn.splits import SplitAdvice, check_split, stratified_split
 from georaster_cnn.vector_labels import VectorLabels
 from georaster_cnn.windows import TrainingWindows, WindowSpec, training_windows
 
@@ -128,10 +128,11 @@ def train(
     seed
         Seeds the split, shuffling, augmentation and weights: a run is reproducible.
     val_fraction, val_block
-        Share of ``val_block``-pixel squares held out for validation (per raster).
-        Training windows within ``patch_size - 1`` pixels of a held-out square are
-        dropped, so no validation window overlaps a training window
-        (see :func:`blocked_split`).
+        Share of the labelled windows held out for validation (per raster), in whole
+        ``val_block``-pixel squares chosen so that every class is in validation where
+        that leaves it training windows. Training windows within ``patch_size - 1``
+        pixels of a held-out square are dropped, so no validation window overlaps a
+        training window (see :func:`~georaster_cnn.splits.blocked_split`).
     min_valid
         Minimum valid fraction of a training window; stored as the model's default.
     min_cover
@@ -150,7 +151,9 @@ def train(
     Returns
     -------
     GeoModel
-        The weights of the epoch with the lowest validation loss.
+        The weights of the epoch with the lowest validation loss. Its provenance
+        holds ``windows_per_class``: ``{"train": {name: n}, "validation": {name: n},
+        "dropped_in_buffer": {name: n}}`` (also logged at INFO).
 
     Raises
     ------
@@ -158,7 +161,15 @@ def train(
         Bad options, misaligned or inconsistent inputs, unreadable vector labels,
         or labels and rasters without a CRS to relate them.
     TrainingError
-        No labelled window, or fewer than two classes.
+        No labelled window, fewer than two classes, or a class whose windows are all
+        held out (in validation or its buffer).
+
+    Warns
+    -----
+    ValidationWarning
+        Fewer than 100 validation windows
+        (:data:`~georaster_cnn.splits.MIN_VALIDATION_SAMPLES`), or a class that
+        trains but has no validation window.
 
     Examples
     --------
@@ -182,7 +193,14 @@ def train(
     )
     found = training_windows(datas, items, spec, val_block=val_block, val_fraction=val_fraction)
     y = _window_class_ids(found, spec.min_cover if vector_names is not None else None)
-    names = training_class_names(y, items, given=class_names, vector_names=vector_names)
+    dropped = training_class_ids(found.dropped)
+    names = training_class_names(
+        np.concatenate([y, dropped]), items, given=class_names, vector_names=vector_names
+    )
+    per_class = check_split(
+        y, found.val, names, unit="windows", val_fraction=val_fraction,
+        advice=_window_advice(val_block, val_fraction), dropped=dropped,
+    )  # fmt: skip
     model = ModelSpec(
         arch=arch, hparams=dict(hparams or {}), band_names=found.stats.names,
         class_names=tuple(names), class_colors=training_class_colors(items, len(names)),
@@ -190,6 +208,7 @@ def train(
         source_dtype=_source_dtype(datas),
     )  # fmt: skip
     provenance = _raster_provenance(datas, items, spec, found.split, vector_names)
+    provenance["windows_per_class"] = per_class
     return fit(
         found.windows.chips, y, found.val, spec=model, options=options, provenance=provenance,
         unit="windows",
@@ -234,6 +253,18 @@ def _window_class_ids(found: TrainingWindows, min_cover: float | None) -> np.nda
                if min_cover is not None else "")
         )  # fmt: skip
     return training_class_ids(found.windows.labels)
+
+
+def _window_advice(val_block: int, val_fraction: float) -> SplitAdvice:
+    """The fixes :func:`~georaster_cnn.splits.check_split` suggests for raster windows."""
+    return SplitAdvice(
+        no_training=f"Label more {{name}} in other places, use a smaller val_block (now "
+        f"{val_block} px), or try another seed.",
+        no_validation=f"Label {{name}} in more places, or use a smaller val_block (now "
+        f"{val_block} px) so that a block holding it can be spared for validation.",
+        tiny=f"Label more, train on more or larger rasters, or raise val_fraction (now "
+        f"{val_fraction:g}).",
+    )
 
 
 def _source_dtype(datas: Sequence[xr.DataArray]) -> str:
@@ -305,7 +336,8 @@ def train_chips(
     -------
     GeoModel
         The weights of the epoch with the lowest validation loss; provenance
-        ``split.kind`` is ``"stratified_random"``.
+        ``split.kind`` is ``"stratified_random"``, and ``chips_per_class`` is
+        ``{"train": {name: n}, "validation": {name: n}}`` (also logged at INFO).
 
     Raises
     ------
@@ -313,6 +345,12 @@ def train_chips(
         Bad options, or a channel without any valid value.
     TrainingError
         Fewer than two classes with chips (after dropping invalid chips).
+
+    Warns
+    -----
+    ValidationWarning
+        Fewer than 100 validation chips, or a class (of a single chip) that trains
+        but has no validation chip.
 
     Examples
     --------
@@ -339,15 +377,26 @@ def train_chips(
         min_valid=min_valid,
         source_dtype=chips.source_dtype,
     )
+    val = stratified_split(y, val_fraction, np.random.default_rng(seed))
+    per_class = check_split(
+        y, val, chips.class_names, unit="chips", val_fraction=val_fraction, advice=_CHIP_ADVICE
+    )
     provenance = {
         "data": [chips.source],
         "labels": [chips.source],
         "split": {"kind": "stratified_random", "val_fraction": val_fraction},
         "n_dropped_invalid": int((~keep).sum()),
+        "chips_per_class": per_class,
     }
-    val = stratified_split(y, val_fraction, np.random.default_rng(seed))
     x = normalize_chips(raw, stats)
     return fit(x, y, val, spec=spec, options=options, provenance=provenance, unit="chips")
+
+
+_CHIP_ADVICE = SplitAdvice(
+    no_training="Add chips of {name}.",  # unreachable: the stratified split keeps one
+    no_validation="A class with a single chip trains on it; add chips of {name}.",
+    tiny="Add chips, or raise val_fraction.",
+)
 
 
 def _usable_chips(chips: ChipSet, min_valid: float) -> np.ndarray:

@@ -15,8 +15,9 @@ are the exception: they are cut from normalised data after that pass (see
 hold points.
 
 Validation is spatially blocked (:mod:`georaster_cnn.splits`): square blocks of
-``val_block`` pixels go to validation whole, and training windows within a patch of
-them are dropped, so that no validation window overlaps a training window.
+``val_block`` pixels, chosen to cover the classes where they can, go to validation
+whole, and training windows within a patch of them are dropped, so that no validation
+window overlaps a training window.
 """
 
 from __future__ import annotations
@@ -148,12 +149,16 @@ class TrainingWindows:
         Per-channel statistics of all rasters (every valid pixel, not only windows).
     split
         Provenance of the split (``kind``, ``block_px``, ...).
+    dropped
+        Labels (as the labels hold them) of the training windows dropped in the
+        buffer around validation blocks.
     """
 
     windows: Windows
     val: np.ndarray
     stats: ChannelStats
     split: dict[str, Any]
+    dropped: np.ndarray
 
 
 # --------------------------------------------------------------------------- grid windows
@@ -429,8 +434,9 @@ def training_windows(
     windows together; the windows are then normalised with the statistics of all
     rasters. Point windows follow from the normalised data. Per raster, in order,
     :func:`~georaster_cnn.splits.blocked_split` (seeded with ``spec.seed``) holds
-    out blocks of ``val_block`` pixels; with too few blocks for that, a random share
-    of windows (:func:`~georaster_cnn.splits.random_split_if_unblocked`).
+    out blocks of ``val_block`` pixels that cover the raster's classes where it can;
+    with too few blocks for that, a stratified random share of windows
+    (:func:`~georaster_cnn.splits.random_split_if_unblocked`).
 
     Parameters
     ----------
@@ -459,15 +465,15 @@ def training_windows(
     stats = merged_stats(stats_parts)
     rng = np.random.default_rng(spec.seed)
     seen: dict[int, np.ndarray] = {}
-    kept, is_val, n_buffer = [], [], 0
+    kept, is_val, dropped = [], [], []
     for i, (d, item) in enumerate(zip(datas, items, strict=True)):
         w = _raster_windows(d, item, grid_parts[i], stats, spec, seen)
         grid_parts[i] = None  # the kept windows below replace them in memory
         val, drop = blocked_split(
             w.centres, (d.sizes["y"], d.sizes["x"]), patch=spec.patch, block=val_block,
-            fraction=val_fraction, rng=rng,
+            fraction=val_fraction, rng=rng, labels=w.labels,
         )  # fmt: skip
-        n_buffer += int(drop.sum())
+        dropped.append(w.labels[drop])
         kept.append(w.where(~drop) if drop.any() else w)
         is_val.append(val[~drop])
         del w
@@ -478,7 +484,7 @@ def training_windows(
         "block_px": val_block,
         "val_fraction": val_fraction,
         "buffer_px": spec.patch - 1,
-        "n_dropped_in_buffer": n_buffer,
+        "n_dropped_in_buffer": sum(len(d) for d in dropped),
     }
-    val, split = random_split_if_unblocked(np.concatenate(is_val), split, rng)
-    return TrainingWindows(windows, val, stats, split)
+    val, split = random_split_if_unblocked(np.concatenate(is_val), split, rng, windows.labels)
+    return TrainingWindows(windows, val, stats, split, np.concatenate([np.empty(0), *dropped]))

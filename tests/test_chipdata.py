@@ -25,6 +25,7 @@ from georaster_cnn import (
     save_model,
     train_chips,
 )
+from georaster_cnn.errors import ValidationWarning
 from georaster_cnn.splits import stratified_split
 
 SIDE = 16
@@ -179,7 +180,8 @@ def test_nan_and_min_valid(data: tuple[np.ndarray, np.ndarray]) -> None:
     x = x.copy()
     x[0, :, :, : SIDE * 3 // 4] = np.nan  # 25 % valid: dropped at min_valid 0.5
     x[1, :, :2] = np.nan  # mostly valid: kept
-    model = train_chips(ChipSet(x, y, CLASSES, ()), epochs=1, **FAST)
+    with pytest.warns(ValidationWarning, match="only 16 chips"):
+        model = train_chips(ChipSet(x, y, CLASSES, ()), epochs=1, **FAST)
     assert model.provenance["n_dropped_invalid"] == 1
     assert model.provenance["n_train"] + model.provenance["n_val"] == len(y) - 1
     assert np.isfinite(model.stats.mean).all()
@@ -195,15 +197,37 @@ def test_stratified_split_keeps_every_class() -> None:
     assert not stratified_split(y, 0.0, np.random.default_rng(0)).any()
 
 
+def test_train_chips_reports_a_class_missing_from_validation(
+    data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """A class of one chip trains on it; validation lacks it, and a warning says so."""
+    x, y = make_chips(60)
+    x, y = np.concatenate([x, data[0][:1]]), np.concatenate([y, [2]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = train_chips(ChipSet(x, y, (*CLASSES, "rare"), ()), epochs=1, **FAST)
+    messages = [str(w.message) for w in caught if w.category is ValidationWarning]
+    assert len(messages) == 2  # and: only 24 validation chips
+    assert messages[1].startswith("validation holds no chip of rare (1 in training)")
+    per_class = model.provenance["chips_per_class"]
+    assert per_class["train"] == {"smooth": 48, "white": 48, "rare": 1}
+    assert per_class["validation"] == {"smooth": 12, "white": 12, "rare": 0}
+
+
 @pytest.fixture(scope="module")
 def trained(data: tuple[np.ndarray, np.ndarray]):  # type: ignore[no-untyped-def]
-    return train_chips(ChipSet(*data, CLASSES, (), source="gen"), epochs=6, seed=1, **FAST)
+    with pytest.warns(ValidationWarning, match=r"only 16 chips \(fewer than 100\)"):
+        return train_chips(ChipSet(*data, CLASSES, (), source="gen"), epochs=6, seed=1, **FAST)
 
 
 def test_train_chips_learns_structure(trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     prov = trained.provenance
     assert prov["split"]["kind"] == "stratified_random"
     assert prov["n_val"] == 16 and prov["class_counts"] == [40, 40]
+    assert prov["chips_per_class"] == {
+        "train": {"smooth": 32, "white": 32},
+        "validation": {"smooth": 8, "white": 8},
+    }
     assert trained.patch_size == SIDE and trained.class_names == CLASSES
     # held-out chips from another seed
     test = ChipSet(*make_chips(30, seed=99), CLASSES, (), source="test")
@@ -220,7 +244,8 @@ def test_train_chips_reproducible_and_round_trip(
     data: tuple[np.ndarray, np.ndarray],
     tmp_path: Path,
 ) -> None:
-    again = train_chips(ChipSet(*data, CLASSES, (), source="gen"), epochs=6, seed=1, **FAST)
+    with pytest.warns(ValidationWarning):
+        again = train_chips(ChipSet(*data, CLASSES, (), source="gen"), epochs=6, seed=1, **FAST)
     for (k, a), (_, b) in zip(
         sorted(trained.module.state_dict().items()),
         sorted(again.module.state_dict().items()),

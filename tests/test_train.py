@@ -5,7 +5,9 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,7 +32,13 @@ from georaster_cnn import (
     save_model,
     train,
 )
+from georaster_cnn.errors import ValidationWarning
+from georaster_cnn.splits import MIN_VALIDATION_SAMPLES, blocked_split
 from georaster_cnn.windows import grid_windows
+
+# The scenes here are tiny: their validation sets have fewer than 100 windows. The tests
+# of the validation checks below catch their warnings explicitly.
+pytestmark = pytest.mark.filterwarnings("ignore::georaster_cnn.errors.ValidationWarning")
 
 MakeRaster = Callable[..., Path]
 
@@ -135,6 +143,14 @@ def test_tiny_training_run(scene_files: tuple[Path, Path], tmp_path: Path) -> No
     assert prov["data"] == [str(data_path)] and prov["labels"] == [str(lab_path)]
     assert prov["n_train"] + prov["n_val"] == sum(prov["class_counts"]) == 256
     assert prov["class_counts"] == [128, 128]
+    per_class = prov["windows_per_class"]
+    assert set(per_class) == {"train", "validation", "dropped_in_buffer"}
+    assert all(list(c) == ["noise", "smooth"] for c in per_class.values())
+    assert sum(per_class["train"].values()) == prov["n_train"]
+    assert sum(per_class["validation"].values()) == prov["n_val"]
+    for name, n in zip(("noise", "smooth"), prov["class_counts"], strict=True):
+        assert per_class["train"][name] + per_class["validation"][name] == n
+        assert per_class["validation"][name] > 0  # the random fallback split is stratified
     assert prov["device"] == "cpu"
     assert [s[:2] for s in seen] == [(1, 2), (2, 2)]
     # The model is usable straight away and round-trips through a file.
@@ -155,6 +171,7 @@ def test_reproducible_with_same_seed(scene_files: tuple[Path, Path]) -> None:
     assert a == b
     assert a != c
     assert runs[0].provenance["history"] == runs[1].provenance["history"]
+    assert runs[0].provenance["windows_per_class"] == runs[1].provenance["windows_per_class"]
 
 
 def test_labels_wrong_size(
@@ -467,3 +484,184 @@ def test_each_raster_is_read_once() -> None:
         train(data, labels, epochs=1, max_chip_bytes=cap, **FAST)
         most = {tag: max(n for (t_, _), n in reads.items() if t_ == tag) for tag, _ in reads}
         assert most == {"data": 1, "labels": label_reads}
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _in_memory(scene: np.ndarray, labels: np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
+    """A scene and its label raster as in-memory arrays on one north-up grid."""
+    data = xr.DataArray(scene, dims=("band", "y", "x"), coords={"band": ["v"]})
+    lab = xr.DataArray(labels.astype("float32"), dims=("y", "x"))
+    return tuple(  # type: ignore[return-value]
+        a.rio.write_transform(NORTH_UP).rio.write_crs("EPSG:32633") for a in (data, lab)
+    )
+
+
+def textured(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """``(1, y, x)`` white noise where ``labels`` is 0, smooth noise where 1; both N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    white = _standardise(rng.standard_normal(labels.shape))
+    smooth = _standardise(_smooth(rng.standard_normal(labels.shape), 3.0))
+    return np.where(labels == 1, smooth, white)[None].astype("float32")
+
+
+def strip_labels(size: int = 256, strip: int = 96) -> np.ndarray:
+    """Class 1 in a strip along the top edge, class 0 elsewhere.
+
+    With 128-px blocks the two top blocks hold both classes and the two bottom
+    blocks only class 0: holding out one random block of four (the split's share at
+    ``val_fraction=0.2``) validates on class 0 alone half of the time.
+    """
+    labels = np.zeros((size, size), dtype=np.uint8)
+    labels[:strip] = 1
+    return labels
+
+
+def _window_centres(size: int, patch: int, stride: int) -> np.ndarray:
+    grid = PatchGrid(size, size, patch=patch, stride=stride)
+    rows = np.arange(grid.out_shape[0]) * stride + grid.center_offset
+    cols = np.arange(grid.out_shape[1]) * stride + grid.center_offset
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    keep = (rr < size) & (cc < size)
+    return np.stack([rr[keep], cc[keep]], axis=1)
+
+
+def _recorded(fn: Callable[[], GeoModel]) -> tuple[GeoModel, list[str]]:
+    """``fn()`` and the messages of the ValidationWarnings it raised."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = fn()
+    return model, [str(w.message) for w in caught if issubclass(w.category, ValidationWarning)]
+
+
+def test_blocked_split_covers_both_classes_of_a_small_raster() -> None:
+    """A raster of four blocks, two of them one-class: the split holds out a two-class one."""
+    size, patch, block = 256, 16, 128
+    centres = _window_centres(size, patch, 8)
+    labels = strip_labels(size)[centres[:, 0], centres[:, 1]].astype(np.float64)
+    one_class = 0
+    for seed in range(20):
+        val, drop = blocked_split(
+            centres, (size, size), patch=patch, block=block, fraction=0.2,
+            rng=np.random.default_rng(seed), labels=labels,
+        )  # fmt: skip
+        assert set(np.unique(labels[val])) == {0.0, 1.0}, seed
+        assert set(np.unique(labels[~val & ~drop])) == {0.0, 1.0}, seed
+        assert val.sum() == size**2 // 64 // 4  # one block: the share nearest 0.2
+        # Without labels the block is any of the four: half of the seeds validate on class 0 only.
+        plain, _ = blocked_split(
+            centres, (size, size), patch=patch, block=block, fraction=0.2,
+            rng=np.random.default_rng(seed),
+        )  # fmt: skip
+        one_class += len(np.unique(labels[plain])) == 1
+    assert 0 < one_class < 20
+
+
+def test_training_on_a_small_raster_validates_every_class() -> None:
+    """Seed 3 made the old split (one random block of four) hold out a bottom block, all
+    class 0: validation accuracy near 1 while training accuracy was near a half."""
+    data, labels = _in_memory(textured(strip_labels()), strip_labels())
+    model, warned = _recorded(lambda: train(data, labels, epochs=1, val_block=128, seed=3, **FAST))
+    assert warned == []
+    per_class = model.provenance["windows_per_class"]
+    assert per_class["validation"]["class_0"] > 0 and per_class["validation"]["class_1"] > 0
+    assert sum(per_class["validation"].values()) == model.provenance["n_val"] == 256
+    n_dropped = model.provenance["split"]["n_dropped_in_buffer"]
+    assert sum(per_class["dropped_in_buffer"].values()) == n_dropped > 0
+
+
+def test_validation_missing_a_class_warns() -> None:
+    """Class 1 lies inside one block: holding that block out would leave it no training
+    window, so it trains, validation lacks it, and a warning says so."""
+    lab = np.zeros((256, 256), dtype=np.uint8)
+    lab[172:212, 172:212] = 1
+    data, labels = _in_memory(textured(lab), lab)
+    with pytest.warns(ValidationWarning, match=r"no window of class_1 \(\d+ in training\)"):
+        model = train(data, labels, epochs=1, val_block=128, **FAST)
+    per_class = model.provenance["windows_per_class"]
+    assert per_class["validation"]["class_1"] == 0 and per_class["train"]["class_1"] > 0
+    assert per_class["validation"]["class_0"] >= MIN_VALIDATION_SAMPLES
+
+
+@pytest.mark.parametrize("held", ["validation", "buffer"])
+def test_class_without_training_window_is_an_error(
+    scene_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, held: str
+) -> None:
+    """A split that holds out every window of a class (the old split could) is refused."""
+    import georaster_cnn.windows
+
+    def naive(
+        centres: np.ndarray, *args: object, labels: np.ndarray, **kwargs: object
+    ) -> tuple[np.ndarray, np.ndarray]:
+        smooth = labels == 1
+        if held == "validation":
+            return smooth, np.zeros_like(smooth)
+        return ~smooth & (centres[:, 0] < 32), smooth  # some validation, class 1 in the buffer
+
+    monkeypatch.setattr(georaster_cnn.windows, "blocked_split", naive)
+    data_path, lab_path = scene_files
+    where = "128 in validation" if held == "validation" else "128 dropped in the buffer"
+    with pytest.raises(
+        TrainingError, match=rf"class smooth has no training window.*{where}.*val_block"
+    ):
+        train(open_raster(data_path), open_labels(lab_path), epochs=1, **FAST)
+
+
+def test_tiny_validation_set_warns(
+    scene_files: tuple[Path, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    data_path, lab_path = scene_files
+    data, labels = open_raster(data_path), open_labels(lab_path)
+    names = ["noise", "smooth", "ice"]
+    tiny = r"only 52 windows \(fewer than 100\)"
+    with (
+        caplog.at_level(logging.INFO, "georaster_cnn"),
+        pytest.warns(ValidationWarning, match=tiny),
+    ):
+        model = train(data, labels, class_names=names, epochs=1, **FAST)
+    assert model.provenance["windows_per_class"]["validation"] == {
+        "noise": 26, "smooth": 26, "ice": 0,
+    }  # fmt: skip
+    assert "windows per class (train / validation / dropped in buffer): noise 102 / 26" in (
+        caplog.text
+    )
+    assert "class ice has no labelled window" in caplog.text
+    # No validation asked for: nothing to warn about.
+    _, warned = _recorded(lambda: train(data, labels, val_fraction=0.0, epochs=1, **FAST))
+    assert warned == []
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_blocked_split_with_classes_keeps_its_guarantees(seed: int) -> None:
+    """Random labelled windows: no validation window overlaps a training window, every
+    class keeps training windows, the share is near the fraction, a seed fixes it."""
+    rng = np.random.default_rng(seed)
+    p, block, shape, n = 16, 24, (150, 170), 400
+    centres = np.stack([rng.integers(0, 150, n), rng.integers(0, 170, n)], axis=1)
+    labels = rng.choice([0.0, 1.0, 2.0, 7.0], n, p=[0.6, 0.3, 0.08, 0.02])
+    split = [
+        blocked_split(centres, shape, patch=p, block=block, fraction=0.25,
+                      rng=np.random.default_rng(s), labels=labels)
+        for s in (seed, seed, seed + 100)
+    ]  # fmt: skip
+    (val, drop), again, other = split
+    np.testing.assert_array_equal(val, again[0])
+    np.testing.assert_array_equal(drop, again[1])
+    assert not np.array_equal(val, other[0])
+    train_ = ~val & ~drop
+    gap = np.abs(centres[train_][:, None, :] - centres[val][None, :, :]).max(axis=2)
+    assert gap.min() >= p  # windows p apart or more never share a pixel
+    # Dropped exactly where a held block is within p - 1 pixels along both axes.
+    held = np.unique(centres[val] // block, axis=0)
+    lo, hi = held * block, (held + 1) * block - 1
+    near = np.zeros(n, dtype=bool)
+    for (r0, c0), (r1, c1) in zip(lo, hi, strict=True):
+        dr = np.maximum(0, np.maximum(r0 - centres[:, 0], centres[:, 0] - r1))
+        dc = np.maximum(0, np.maximum(c0 - centres[:, 1], centres[:, 1] - c1))
+        near |= (dr <= p - 1) & (dc <= p - 1)
+    np.testing.assert_array_equal(drop, near & ~val)
+    assert set(np.unique(labels[train_])) == set(np.unique(labels))
+    assert set(np.unique(labels[val])) == set(np.unique(labels))  # many blocks: all covered
+    largest = np.bincount((centres[:, 0] // block) * 8 + centres[:, 1] // block).max()
+    assert abs(val.sum() - 0.25 * n) <= largest
