@@ -312,6 +312,8 @@ def _fmt_picked(v: Any) -> str:
         return pd.Timestamp(v).isoformat()
     if isinstance(v, cftime.datetime):
         return str(v.isoformat())
+    if isinstance(v, np.floating) and not float(v).is_integer():
+        return str(v)  # the shortest digits of its own precision: float32 0.1 is "0.1"
     return _fmt_label(v)
 
 

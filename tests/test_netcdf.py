@@ -6,6 +6,7 @@ lat/lon axes, curvilinear grids, broken files, and the CLI options that reach it
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,114 @@ def test_cftime_calendar_select_and_stack(tmp_path: Path) -> None:
     assert list(stacked["band"].values) == ["tas@2000-02-28", "tas@2000-02-29", "tas@2000-02-30"]
     with pytest.raises(InputError, match="not a date"):
         open_raster(path, select={"time": "February"})
+
+
+def _daily(times: list[str] | pd.DatetimeIndex, tmp_path: Path, name: str = "days.nc") -> Path:
+    return _write_nc(_projected(pd.DatetimeIndex(times), level=False), tmp_path / name)
+
+
+def test_date_far_from_every_step_is_refused_naming_nearest_range_and_fix(
+    tmp_path: Path,
+) -> None:
+    path = _daily(pd.date_range("1999-12-29", "1999-12-31"), tmp_path, "y1999.nc")
+    with pytest.raises(InputError) as err:
+        open_raster(path, select={"time": "2005-07-15"})
+    msg = str(err.value)
+    assert "y1999.nc: no time step at 2005-07-15" in msg, msg
+    assert "the nearest is 1999-12-31, 2023 days away (more than half a step)" in msg
+    assert "time runs from 1999-12-29 to 1999-12-31 (3 steps)" in msg
+    assert "use select={'time': '~2005-07-15'}" in msg and "--" not in msg
+    # Half a step before the first step or after the last is still that step.
+    arr = open_raster(path, select={"time": "1999-12-31T12:00"})
+    assert arr.attrs["selected"] == {"time": "1999-12-31T00:00:00"}
+    with pytest.raises(InputError, match="no time step at 1999-12-28T11:00"):
+        open_raster(path, select={"time": "1999-12-28T11:00"})
+
+
+def test_tilde_takes_the_nearest_step_records_logs_and_warns_when_far(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ds = _projected(TIMES, level=False)
+    path = _daily(TIMES, tmp_path)
+    with (
+        caplog.at_level("INFO", logger="georaster_cnn"),
+        pytest.warns(UserWarning, match=r"took 2020-01-03T00:00:00, 2020 days from 2025-07-15"),
+    ):
+        arr = open_raster(path, select={"time": "~2025-07-15"})
+    np.testing.assert_array_equal(arr.values[0], ds["tas"].values[2])
+    assert arr.attrs["selected"] == {"time": "2020-01-03T00:00:00"}
+    assert any(
+        "select time=~2025-07-15 picked 2020-01-03T00:00:00" in r.getMessage()
+        for r in caplog.records
+    )
+    # A near pick says nothing more than the log line: no warning (warnings are errors here).
+    arr = open_raster(path, select={"time": "~ 2020-01-02T05:00"})
+    assert arr.attrs["selected"] == {"time": "2020-01-02T00:00:00"}
+
+
+def test_a_date_in_a_gap_of_the_axis_is_refused(tmp_path: Path) -> None:
+    """Missing steps: the regular step counts, not the gap."""
+    path = _daily(["2020-01-01", "2020-01-02", "2020-01-04", "2020-01-05"], tmp_path)
+    with pytest.raises(InputError, match=r"no time step at 2020-01-03: the nearest is 2020-01-02"):
+        open_raster(path, select={"time": "2020-01-03"})
+    near = open_raster(path, select={"time": "2020-01-03T20:00"})  # 4 h before the 4th
+    assert near.attrs["selected"] == {"time": "2020-01-04T00:00:00"}
+
+
+def test_monthly_mid_month_stamps_match_any_date_of_the_month(tmp_path: Path) -> None:
+    months = ["2020-01-16T12:00", "2020-02-15T12:00", "2020-03-16T12:00", "2020-04-16T00:00"]
+    path = _daily(months, tmp_path, "monthly.nc")
+    for day, picked in [
+        ("2020-02-01", "2020-02-15T12:00:00"),
+        ("2020-03-05", "2020-03-16T12:00:00"),
+        ("2020-03-31", "2020-03-16T12:00:00"),
+    ]:
+        assert open_raster(path, select={"time": day}).attrs["selected"] == {"time": picked}
+
+
+def test_cftime_select_refuses_far_dates_in_the_files_calendar(tmp_path: Path) -> None:
+    ds = _projected(level=False)
+    times = xr.date_range("2000-02-28", periods=3, calendar="360_day", use_cftime=True)
+    path = _write_nc(ds.assign_coords(time=times), tmp_path / "model_360day.nc")
+    arr = open_raster(path, select={"time": "2000-02-30"})
+    assert arr.attrs["selected"] == {"time": "2000-02-30T00:00:00"}
+    with pytest.raises(InputError, match=r"nearest is 2000-02-30, 301 days away.*'~2001-01-01'"):
+        open_raster(path, select={"time": "2001-01-01"})
+    with pytest.warns(UserWarning, match="took 2000-02-30T00:00:00"):
+        arr = open_raster(path, select={"time": "~2001-01-01"})
+    np.testing.assert_array_equal(arr.values[0], ds["tas"].values[2])
+
+
+def test_levels_exact_or_nearest_with_tilde(tmp_path: Path) -> None:
+    base = _projected(TIMES[:1], level=False)
+    ds = base.expand_dims(level=np.array([500.0, 850.0], dtype="float32"), axis=1)
+    path = _write_nc(ds, tmp_path / "levels.nc")
+    arr = open_raster(path, select={"level": "850"})
+    assert arr.attrs["selected"] == {"level": "850"}
+    with pytest.raises(InputError) as err:
+        open_raster(path, select={"level": 700})
+    msg = str(err.value)
+    assert "'level' has no value 700; its values are 500, 850 (nearest: 850)" in msg, msg
+    assert "select={'level': '~700'}" in msg
+    with pytest.warns(UserWarning, match=r"took 850, 150 from 700 \(700 is not a value of"):
+        arr = open_raster(path, select={"level": "~700"})
+    assert arr.attrs["selected"] == {"level": "850"}
+    np.testing.assert_array_equal(arr.values[1], ds["pr"].values[0, 1])
+    # float32 levels match the decimal written for them.
+    tenth = base.expand_dims(sigma=np.array([0.1, 0.2], dtype="float32"), axis=1)
+    path = _write_nc(tenth, tmp_path / "sigma.nc")
+    assert open_raster(path, select={"sigma": "0.1"}).attrs["selected"] == {"sigma": "0.1"}
+
+
+def test_tilde_needs_an_ordered_axis(tmp_path: Path) -> None:
+    ds = _projected(TIMES[:1], level=False).isel(time=0, drop=True)
+    members = ds.expand_dims(member=["r1", "r2"])
+    path = _write_nc(members, tmp_path / "members.nc")
+    assert open_raster(path, select={"member": "r2"}).attrs["selected"] == {"member": "r2"}
+    with pytest.raises(InputError, match=r"'~' \(nearest\) needs a numeric or date axis"):
+        open_raster(path, select={"member": "~r2"})
+    with pytest.raises(InputError, match=r"'member' has no value 'r3'; its values are r1, r2"):
+        open_raster(path, select={"member": "r3"})
 
 
 def test_dimension_without_coordinate_selects_by_position(tmp_path: Path) -> None:
@@ -256,6 +365,64 @@ def test_broken_netcdf_is_a_read_error(tmp_path: Path, damage: str) -> None:
         path.write_bytes(whole[: len(whole) * 3 // 4])
     with pytest.raises(ReadError, match=r"broken\.nc: not a readable netCDF file"):
         open_raster(path, stack="time").values  # noqa: B018
+
+
+def _compressed_nc(path: Path, times: pd.DatetimeIndex = TIMES) -> tuple[Path, xr.Dataset]:
+    """A netCDF-4 file whose ``tas`` is zlib-compressed in 4x5 chunks."""
+    ds = _projected(times, level=False)
+    ds["tas"].encoding.update(zlib=True, complevel=4, shuffle=False, chunksizes=(1, 4, 5))
+    ds.to_netcdf(path, format="NETCDF4")
+    return path, ds
+
+
+def _corrupt_chunk(path: Path, block: np.ndarray) -> None:
+    """Flip bytes inside the compressed chunk that holds ``block`` (not at the file's end)."""
+    whole = bytearray(path.read_bytes())
+    packed = zlib.compress(np.ascontiguousarray(block).tobytes(), 4)  # as HDF5 deflates it
+    start = whole.find(packed[2:-4])  # the deflate stream, without zlib header and checksum
+    assert start > 0, "chunk not found"
+    middle = start + len(packed) // 2
+    for i in range(middle - 8, middle + 8):
+        whole[i] ^= 0xFF
+    path.write_bytes(bytes(whole))
+
+
+def test_corrupted_chunk_is_a_read_error_naming_file_and_variable(tmp_path: Path) -> None:
+    path, ds = _compressed_nc(tmp_path / "corrupt.nc")
+    _corrupt_chunk(path, ds["tas"].values[1, 4:8, 5:10])
+    arr = open_raster(path, stack="time")  # the header is intact: opening works
+    with pytest.raises(ReadError) as err:
+        arr.data.compute()  # the read happens inside the Dask computation
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: cannot read variable 'tas'"), msg
+    assert "damaged" in msg
+    assert isinstance(err.value.__cause__, RuntimeError)  # netCDF's own error, kept as cause
+    with pytest.raises(ReadError, match=r"corrupt\.nc: cannot read variable 'tas'"):
+        arr.values  # noqa: B018
+    # The same file undamaged reads as written.
+    clean, _ = _compressed_nc(tmp_path / "clean.nc")
+    np.testing.assert_array_equal(open_raster(clean, stack="time").values[:3], ds["tas"].values)
+
+
+def test_corrupted_chunk_in_one_of_several_files_names_that_file(tmp_path: Path) -> None:
+    first, _ = _compressed_nc(tmp_path / "part_a.nc", TIMES[:2])
+    second, ds2 = _compressed_nc(tmp_path / "part_b.nc", TIMES[2:])
+    _corrupt_chunk(second, ds2["tas"].values[0, 8:12, 0:5])
+    arr = open_raster([first, second], stack="time", variables=["tas"])
+    with pytest.raises(ReadError, match=r"part_b\.nc: cannot read variable 'tas'"):
+        arr.values  # noqa: B018
+
+
+def test_corrupted_zarr_chunk_is_a_read_error(tmp_path: Path) -> None:
+    ds = _projected(TIMES, level=False)
+    store = tmp_path / "cube.zarr"
+    ds.to_zarr(store, zarr_format=3, consolidated=False, encoding={"tas": {"chunks": (1, 4, 5)}})
+    # Zarr chunks carry no checksum: only a chunk that does not decode can be detected.
+    chunk = store / "tas" / "c" / "1" / "1" / "0"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])
+    arr = open_raster(store, stack="time", variables=["tas"])
+    with pytest.raises(ReadError, match=r"cube\.zarr: cannot read variable 'tas'"):
+        arr.values  # noqa: B018
 
 
 # --------------------------------------------------------------------------- several files
