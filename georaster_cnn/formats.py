@@ -12,8 +12,11 @@ input suffix                                       reader       default class ma
 ``.zarr`` (or any folder with Zarr metadata)       Zarr         COG ``.tif``
 =================================================  ===========  =====================
 
-A file named explicitly is read whatever its suffix (GDAL decides); folders and
-glob patterns contribute only the suffixes above.
+A GDAL file is opened only by the drivers its suffix names (:data:`GDAL_DRIVERS`:
+a ``.tif`` is a GeoTIFF, never a VRT in disguise). A file named explicitly with
+another suffix is read by any GDAL raster driver except those that read other
+files or the network by reference (:data:`REFERENCING_DRIVERS`, VRT among them);
+folders and glob patterns contribute only the suffixes above.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Literal
 from georaster_cnn.errors import InputError
 
 __all__ = [
+    "GDAL_DRIVERS",
     "INPUT_SUFFIXES",
     "NETCDF_SUFFIXES",
     "OUTPUT_FORMATS",
@@ -34,7 +38,9 @@ __all__ = [
     "InputFormat",
     "OutputFormat",
     "OutputSpec",
+    "REFERENCING_DRIVERS",
     "default_output_format",
+    "gdal_drivers",
     "input_family",
     "is_zarr_store",
     "output_format_for_path",
@@ -56,6 +62,8 @@ class InputFormat:
 
     family: InputFamily
     default_output: OutputFormat
+    #: GDAL drivers that may open it (GDAL family only).
+    drivers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,9 +76,31 @@ class OutputSpec:
     description: str
 
 
+#: GDAL suffix -> the drivers that may open it, the first one the format's own. ``.img``
+#: is Erdas Imagine, or an ENVI/EHdr raw file with its header beside it; ``.jp2`` any
+#: JPEG 2000 driver GDAL has.
+GDAL_DRIVERS: dict[str, tuple[str, ...]] = {
+    ".tif": ("GTiff",),
+    ".tiff": ("GTiff",),
+    ".vrt": ("VRT",),
+    ".img": ("HFA", "ENVI", "EHdr"),
+    ".jp2": ("JP2OpenJPEG", "JP2KAK", "JP2ECW", "JP2MrSID", "JPEG2000"),
+}
+
+#: GDAL drivers that read other files or the network by what a file says (VRT, tile
+#: indexes, web services, catalogues, some product formats): never used for a file
+#: whose suffix does not name them (a ``.vrt`` is checked before GDAL opens it).
+REFERENCING_DRIVERS = frozenset(
+    {
+        "VRT", "GTI", "DERIVED", "HTTP", "WMS", "WMTS", "WCS", "DAAS", "EEDA", "EEDAI",
+        "PLMOSAIC", "STACIT", "STACTA", "ESRIC", "KMLSUPEROVERLAY", "MRF", "TIL",
+        "ECRGTOC", "RPFTOC", "OGCAPI", "NGW", "GNMFile", "GNMDatabase", "Rasterlite",
+    }
+)  # fmt: skip
+
 #: Lower-case suffix -> how it is read. Folders and glob patterns take these suffixes.
 INPUT_SUFFIXES: dict[str, InputFormat] = {
-    **{s: InputFormat("gdal", "cog") for s in (".tif", ".tiff", ".vrt", ".img", ".jp2")},
+    **{s: InputFormat("gdal", "cog", d) for s, d in GDAL_DRIVERS.items()},
     **{
         s: InputFormat("netcdf", "netcdf")
         for s in (".nc", ".nc4", ".netcdf", ".cdf", ".h5", ".hdf5")
@@ -114,6 +144,15 @@ def input_family(path: str | os.PathLike[str]) -> InputFamily:
         return "zarr"
     fmt = INPUT_SUFFIXES.get(Path(path).suffix.lower())
     return "gdal" if fmt is None or fmt.family == "zarr" else fmt.family
+
+
+def gdal_drivers(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
+    """The GDAL drivers that may open ``path``, by its suffix.
+
+    ``None`` for another suffix: any GDAL raster driver except
+    :data:`REFERENCING_DRIVERS`.
+    """
+    return GDAL_DRIVERS.get(Path(path).suffix.lower())
 
 
 def default_output_format(path: str | os.PathLike[str]) -> OutputFormat:

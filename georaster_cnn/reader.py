@@ -18,30 +18,32 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import dask.array as da
 import numpy as np
-import rasterio
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from dask.base import tokenize
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from georaster_cnn._canonical import (
     BandSelector,
     Chunks,
     _canonical,
+    _check_dtypes,
+    _check_size,
     _resolve_chunks,
     _root_message,
     _select,
+    _size_limit,
 )
+from georaster_cnn._gdal_open import _QUIET_OPEN_LOCK as _QUIET_OPEN_LOCK  # vector_labels' lock
+from georaster_cnn._gdal_open import is_remote, open_input
 from georaster_cnn._xarray_open import (
     _from_dataset,
     _is_multi,
@@ -51,6 +53,7 @@ from georaster_cnn._xarray_open import (
 )
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.formats import input_family
+from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
 
 __all__ = ["open_raster", "valid_mask"]
 
@@ -65,13 +68,23 @@ def open_raster(
     variables: Sequence[str] | None = None,
     select: Mapping[str, Any] | None = None,
     stack: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_remote: bool = False,
 ) -> xr.DataArray:
     """Open a raster lazily as a ``float32`` ``(band, y, x)`` DataArray; invalid pixels are NaN.
+
+    Inputs are opened on purpose: a GDAL file only by the driver its suffix names
+    (a ``.tif`` is a GeoTIFF, never a VRT in disguise; another suffix: any raster
+    driver except VRT and others that read files by reference); a ``.vrt`` is
+    checked before GDAL opens it (local rasters only: no raw files, no network
+    sources unless ``allow_remote``); nothing is read from the network by default.
+    The declared size is checked before any pixel is read.
 
     Parameters
     ----------
     path
-        Any file rasterio/GDAL opens (GeoTIFF, COG, VRT, ...), a netCDF file
+        A GDAL raster (GeoTIFF/COG ``.tif``, ``.vrt``, ``.img``, ``.jp2``, or a file
+        of any other GDAL raster format named explicitly), a netCDF file
         (``.nc``), a Zarr store (a ``*.zarr`` folder, v2 or v3), or several netCDF
         files read as one dataset (a list of paths, or a glob pattern with ``*``,
         e.g. time split over yearly files). In netCDF and Zarr, each numeric
@@ -93,6 +106,12 @@ def open_raster(
     stack
         netCDF/Zarr only: a dimension whose every step becomes a band, named
         ``<variable>@<date>`` for time axes, else ``<variable>@<dim>=<value>``.
+    max_pixels
+        The largest declared size accepted, in pixel values (height x width x
+        selected bands); default 2**36. Larger rasters are refused before reading.
+    allow_remote
+        Allow network locations (``/vsicurl/``, ``/vsis3/``, ``https://`` ...) as
+        the input (GDAL rasters other than VRT) and as sources of a local ``.vrt``.
 
     Returns
     -------
@@ -104,9 +123,13 @@ def open_raster(
     Raises
     ------
     ReadError
-        The file does not exist or cannot be opened.
+        The file does not exist, is not a regular file (a device, FIFO), is not in
+        the format its suffix names, or cannot be opened.
     InputError
-        Bad band/variable selection; netCDF options given for a GDAL raster; a
+        A declared size above ``max_pixels``; complex bands (convert them first); a
+        VRT with raw bands, Python pixel functions or refused sources; a network
+        location without ``allow_remote``; bad band/variable selection; netCDF
+        options given for a GDAL raster; a
         netCDF/Zarr grid that is not regular (irregular axes, curvilinear
         grids: regrid first); an extra dimension (time, level) of length > 1
         that is neither selected nor stacked.
@@ -120,25 +143,54 @@ def open_raster(
     >>> gc.open_raster("era5_*.nc", stack="time")  # doctest: +SKIP
     """
     opts: dict[str, Any] = {"variables": variables, "select": select, "stack": stack}
+    max_pixels = check_max_pixels(max_pixels)
     if _is_multi(path):
-        ds, label = _open_multi(path)
-        return _from_dataset(ds, label, bands=bands, chunks=chunks, **opts)
-    p = Path(path)  # type: ignore[arg-type]
+        if isinstance(path, (list, tuple)):
+            for f in path:
+                _check_regular(Path(f))
+        with _size_limit(max_pixels):
+            ds, label = _open_multi(path)
+            return _from_dataset(ds, label, bands=bands, chunks=chunks, **opts)
+    name = os.fspath(path)  # type: ignore[arg-type]
+    if is_remote(name):  # before Path(), which would fold the // of a URL
+        if not allow_remote:
+            raise InputError(
+                f"{name}: a network location; inputs are read from local files only unless "
+                "allow_remote=True"
+            )
+        if input_family(name) != "gdal":
+            raise InputError(f"{name}: netCDF and Zarr inputs must be local; download it first")
+        _gdal_options_only(name, opts)
+        return _open_gdal(name, bands, chunks, max_pixels=max_pixels, allow_remote=True)
+    p = Path(name)
     if not p.exists():
         raise ReadError(f"{p}: no such file")
+    _check_regular(p)
     family = input_family(p)
-    if family == "zarr":
-        return _from_dataset(_open_zarr(p), p, bands=bands, chunks=chunks, **opts)
-    if family == "netcdf":
-        return _from_dataset(_open_dataset_file(p), p, bands=bands, chunks=chunks, **opts)
+    if family in ("zarr", "netcdf"):
+        with _size_limit(max_pixels):
+            ds = _open_zarr(p) if family == "zarr" else _open_dataset_file(p)
+            return _from_dataset(ds, p, bands=bands, chunks=chunks, **opts)
+    _gdal_options_only(p, opts)
+    return _open_gdal(p, bands, chunks, max_pixels=max_pixels, allow_remote=allow_remote)
+
+
+def _check_regular(p: Path) -> None:
+    """Refuse what exists but is neither a regular file nor a folder (devices, FIFOs)."""
+    if p.exists() and not p.is_dir() and not p.is_file():
+        raise ReadError(
+            f"{p}: not a regular file (a device, FIFO or socket); give a raster file or folder"
+        )
+
+
+def _gdal_options_only(path: Path | str, opts: Mapping[str, Any]) -> None:
     given = [k for k, v in opts.items() if v is not None and v != {}]
     if given:
         flags = ", ".join(f"{k}=" for k in given)
         raise InputError(
-            f"{p}: {flags} apply only to netCDF and Zarr inputs; this is a GDAL raster "
+            f"{path}: {flags} apply only to netCDF and Zarr inputs; this is a GDAL raster "
             "(choose its bands with bands=)"
         )
-    return _open_gdal(p, bands=bands, chunks=chunks)
 
 
 def valid_mask(data: xr.DataArray) -> xr.DataArray:
@@ -163,9 +215,11 @@ class _WindowReader:
         shape: tuple[int, int, int],
         use_masks: bool,
         georeferenced: bool = True,
+        allow_remote: bool = False,
     ) -> None:
         self.path = path
         self.georeferenced = georeferenced
+        self.allow_remote = allow_remote
         self.indexes = indexes
         self.shape = shape
         self.dtype = np.dtype("float32")
@@ -179,7 +233,9 @@ class _WindowReader:
         x0, x1, _ = xsl.indices(self.shape[2])
         window = Window(x0, y0, x1 - x0, y1 - y0)
         try:
-            with _open(self.path, quiet=not self.georeferenced) as src:
+            with _open(
+                self.path, quiet=not self.georeferenced, allow_remote=self.allow_remote
+            ) as src:
                 out = src.read(idx, window=window, out_dtype="float32")
                 # +-inf is invalid like NaN; every NaN becomes a quiet one (a signalling NaN
                 # from a damaged file would make later arithmetic raise FP warnings)
@@ -196,33 +252,33 @@ class _WindowReader:
         return out
 
 
-# warnings.catch_warnings() swaps process-wide filters and is not thread-safe: two
-# Dask threads entering and leaving it concurrently can leave a warning unfiltered.
-# The lock serialises every such swap, and only the open itself (where rasterio emits
-# NotGeoreferencedWarning) runs inside it.
-_QUIET_OPEN_LOCK = threading.Lock()
+def _open(path: str | Path, *, quiet: bool, allow_remote: bool = False) -> Any:
+    """The input opened by :func:`georaster_cnn._gdal_open.open_input` (its suffix's driver).
 
-
-def _open(path: str | Path, *, quiet: bool) -> Any:
-    """``rasterio.open(path)``; with ``quiet``, without rasterio's NotGeoreferencedWarning.
-
-    A file without a geotransform is supported (its output is in pixel
-    coordinates); the reader logs that once instead of warning on every block read.
+    With ``quiet``, without rasterio's NotGeoreferencedWarning: a file without a
+    geotransform is supported (its output is in pixel coordinates); the reader logs
+    that once instead of warning on every block read.
     """
-    if not quiet:
-        return rasterio.open(path)
-    with _QUIET_OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path)
+    return open_input(path, allow_remote=allow_remote, quiet=quiet)
 
 
-def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArray:
+def _open_gdal(
+    path: Path | str,
+    bands: BandSelector,
+    chunks: Chunks,
+    *,
+    max_pixels: int,
+    allow_remote: bool,
+) -> xr.DataArray:
     try:
-        with _open(path, quiet=True) as src:
+        with _open(path, quiet=True, allow_remote=allow_remote) as src:
             names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
             if len(set(names)) != len(names):  # duplicate descriptions: fall back to numbers
                 names = [f"band_{i + 1}" for i in range(src.count)]
             sel = _select(names, bands, path)
+            # Declared size and types, before anything else is asked of the file.
+            _check_size(path, len(sel), src.height, src.width, max_pixels)
+            _check_dtypes(path, {names[i]: src.dtypes[i] for i in sel})
             indexes = [i + 1 for i in sel]
             use_masks = any(src.mask_flag_enums[i] != [MaskFlags.all_valid] for i in sel)
             dtypes = {src.dtypes[i] for i in sel}
@@ -244,9 +300,12 @@ def _open_gdal(path: Path, *, bands: BandSelector, chunks: Chunks) -> xr.DataArr
     if not georeferenced:
         log.info("%s has no georeferencing; the output will be in pixel coordinates", path)
     reader = _WindowReader(
-        str(path), indexes, (len(indexes), height, width), use_masks, georeferenced
+        str(path), indexes, (len(indexes), height, width), use_masks, georeferenced, allow_remote
     )
-    token = tokenize(str(path.resolve()), os.path.getmtime(path), indexes, cy, cx)
+    if isinstance(path, Path):
+        token = tokenize(str(path.resolve()), os.path.getmtime(path), indexes, cy, cx)
+    else:  # a network location: no modification time to key on
+        token = tokenize(path, indexes, cy, cx)
     data = da.from_array(
         reader,
         chunks=(len(indexes), cy, cx),

@@ -260,15 +260,17 @@ def test_reads_are_lazy_and_per_chunk(
     tmp_path: Path, make_raster: MakeRaster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_raster(tmp_path, "lazy.tif", height=64, width=64, blocksize=16)
-    opened: list[str] = []
-    real_open = rasterio.open
+    from georaster_cnn import _gdal_open
 
-    def counting_open(fp: object, *args: object, **kwargs: object) -> object:
+    opened: list[str] = []
+    real_open = _gdal_open._reader
+
+    def counting_open(fp: str, drivers: list[str]) -> object:
         opened.append(str(fp))
-        return real_open(fp, *args, **kwargs)  # type: ignore[arg-type]
+        return real_open(fp, drivers)
 
     arr = open_raster(path, chunks=32)
-    monkeypatch.setattr(rasterio, "open", counting_open)
+    monkeypatch.setattr(_gdal_open, "_reader", counting_open)
     sub = arr[:, :32, :32] + 1  # still lazy
     assert opened == []
     sub.compute()
