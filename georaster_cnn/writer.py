@@ -87,13 +87,29 @@ def _overview_options(height: int, width: int) -> dict[str, str]:
     return {"OVERVIEW_COUNT": str(levels)} if levels else {"OVERVIEWS": "NONE"}
 
 
+class _Sink:
+    """An open dataset shared by the writer threads; closed to them before it is closed.
+
+    When the computation stops early (an error, Ctrl-C, SIGTERM) Dask threads may
+    still be finishing blocks: they must not write into a dataset being closed.
+    """
+
+    def __init__(self, dst: Any) -> None:
+        self.dst = dst
+        self.lock = threading.Lock()
+        self.open = True
+
+    def close(self) -> None:
+        with self.lock:
+            self.open = False
+
+
 class _BandWriter:
     """``__setitem__`` target for :func:`dask.array.store` writing bands of an open dataset."""
 
-    def __init__(self, dst: Any, first_band: int, lock: threading.Lock) -> None:
-        self.dst = dst
+    def __init__(self, sink: _Sink, first_band: int) -> None:
+        self.sink = sink
         self.first_band = first_band
-        self.lock = lock
 
     def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
         if value.ndim == 2:
@@ -106,8 +122,9 @@ class _BandWriter:
                 self.first_band + (bsl.start or 0) + value.shape[0],
             )
         )
-        with self.lock:
-            self.dst.write(value, indexes=indexes, window=window)
+        with self.sink.lock:
+            if self.sink.open:
+                self.sink.dst.write(value, indexes=indexes, window=window)
 
 
 def _probability_percent(p: np.ndarray) -> np.ndarray:
@@ -202,19 +219,21 @@ def _write_tiff(
         }  # fmt: skip
         if crs is None:
             profile.pop("crs")
-        lock = threading.Lock()
         with rasterio.open(staging, "w", **profile) as dst:
+            sink = _Sink(dst)
             sources: list[da.Array] = [cls]
-            targets: list[Any] = [_BandWriter(dst, 1, lock)]
+            targets: list[Any] = [_BandWriter(sink, 1)]
             if probabilities:
                 sources.append(probs.map_blocks(_probability_percent, dtype=np.uint8))
-                targets.append(_BandWriter(dst, 2, lock))
+                targets.append(_BandWriter(sink, 2))
             try:
                 da.store(sources, targets, lock=False, compute=True)
             except RasterioError as exc:
                 raise ReadError(
                     f"{pred.attrs.get('source', 'input')}: read failed ({exc})"
                 ) from exc
+            finally:
+                sink.close()
             _describe(dst, names, colors, pred.attrs, probabilities)
         if cog:
             rasterio.shutil.copy(

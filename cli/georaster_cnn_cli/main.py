@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -25,6 +28,34 @@ from georaster_cnn_cli.vectorize import vectorize
 
 __all__ = ["cli"]
 
+#: Exit status after Ctrl-C (SIGINT) and after SIGTERM: 128 + the signal number.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every ``finally`` and cleanup runs.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: a batch's per-tile error
+    handling (``except Exception``) does not swallow it.
+    """
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def _handle_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into :class:`Terminated` for this invocation; returns the restorer."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signal handlers can only be set from the main thread
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
 
 class _Group(click.Group):
     """A group that turns expected failures into one ``error:`` line and an exit status.
@@ -39,6 +70,12 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except KeyboardInterrupt:
+            report_error(get_state(ctx), "interrupted (Ctrl-C); unfinished outputs removed")
+            ctx.exit(EXIT_INTERRUPTED)
+        except Terminated:
+            report_error(get_state(ctx), "terminated (SIGTERM); unfinished outputs removed")
+            ctx.exit(EXIT_TERMINATED)
         except CLIError as exc:
             report_error(get_state(ctx), exc)
             ctx.exit(exc.exit_code)
@@ -66,7 +103,8 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     many tiles at once; every output is a georeferenced class map.
 
     Exit status: 0 success, 1 something failed (e.g. one tile of a batch),
-    2 bad usage or unusable model (nothing was done).
+    2 bad usage or unusable model (nothing was done), 130 interrupted (Ctrl-C),
+    143 terminated (SIGTERM); an interrupted run leaves no partial output.
 
     \b
     Example:
@@ -79,6 +117,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     state = CLIState(verbosity=-1 if quiet else verbose)
     ctx.obj = state
     ctx.call_on_close(configure_logging(state.verbosity, state.err))
+    ctx.call_on_close(_handle_sigterm())
 
 
 cli.add_command(predict)
