@@ -181,7 +181,7 @@ class GeoModel:
         if version >= 2:
             _check_digest(meta, _CARD_DIGEST, card_digest, "its card does", "it", source)
             _check_digest(meta, _WEIGHTS_DIGEST, weights_digest, "its weights do", "them", source)
-        c = _check_card(card, source)
+        c = _check_card(card, version, source)
         module = _build(c, tensors, source)
         model = cls(
             module=module,
@@ -298,7 +298,9 @@ def _pack(state: Mapping[str, torch.Tensor], card: Mapping[str, Any]) -> bytes:
 def _encode(model: GeoModel, source: str) -> bytes:
     state = {k: v.detach().cpu().contiguous() for k, v in model.module.state_dict().items()}
     card = {**model.card(), "format_version": FORMAT_VERSION}
-    _check_card(json.loads(_canonical(card)), f"{source}: cannot save", fix=_FIX_SAVE)
+    _check_card(
+        json.loads(_canonical(card)), FORMAT_VERSION, f"{source}: cannot save", fix=_FIX_SAVE
+    )
     _check_finite(state, f"{source}: cannot save")
     return _pack(state, card)
 
@@ -395,7 +397,10 @@ def _is_int(v: object) -> bool:
 
 
 def _is_num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+    # JSON integers are unbounded; beyond float range they would overflow in NumPy.
+    if isinstance(v, int) and not isinstance(v, bool):
+        return abs(v) < 2**1000
+    return isinstance(v, float)
 
 
 def _names(v: object, least: int, most: int) -> bool:
@@ -417,13 +422,18 @@ def _is_dtype(v: object) -> bool:
         return False
 
 
+_MAX_PATCH = 2**16
 _STATS_KEYS = ("count", "mean", "m2", "min", "max")
 
 #: field -> (check, what it should be, default when missing; ``...``: required)
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "arch": (lambda v: isinstance(v, str) and v != "", "an architecture name", ...),
     "hparams": (lambda v: isinstance(v, dict), "a JSON object of hyper-parameters", ...),
-    "patch_size": (lambda v: _is_int(v) and v > 0, "a positive whole number", ...),
+    "patch_size": (
+        lambda v: _is_int(v) and 0 < v <= _MAX_PATCH,
+        f"a whole number from 1 to {_MAX_PATCH}",
+        ...,
+    ),
     "bands": (lambda v: _names(v, 1, 10**6), "a non-empty list of band names", ...),
     "classes": (lambda v: _names(v, 2, 255), "a list of 2 to 255 class names", ...),
     "colors": (
@@ -442,7 +452,7 @@ _FIELDS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
 }
 
 
-def _check_card(card: object, source: str, *, fix: str = "") -> dict[str, Any]:
+def _check_card(card: object, version: int, source: str, *, fix: str = "") -> dict[str, Any]:
     """The card's fields (defaults filled in), each checked; a :class:`ModelFileError` otherwise."""
 
     def bad(name: str, expected: str, found: object) -> ModelFileError:
@@ -460,6 +470,9 @@ def _check_card(card: object, source: str, *, fix: str = "") -> dict[str, Any]:
         if value is ... or not check(value):
             raise bad(name, expected, value)
         out[name] = value
+    found = card.get("format_version", version)  # it repeats the file's, when there
+    if not (_is_int(found) and found == version):
+        raise bad("format_version", f"{version}, the file's format version", found)
     n_bands, n_classes = len(out["bands"]), len(out["classes"])
     if len(out["colors"]) != n_classes:
         raise bad("colors", f"one RGB triple per class ({n_classes})", out["colors"])

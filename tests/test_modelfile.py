@@ -521,13 +521,17 @@ MALFORMED: dict[str, tuple[Callable[[dict], None], str]] = {
     "stats key missing": (lambda c: c["stats"].pop("m2"), "'stats'"),
     "stats mean short": (_set_stats("mean", [0.0]), "'stats.mean'"),
     "stats count text": (_set_stats("count", ["1", "2", "3"]), "'stats.count'"),
+    "stats mean beyond float": (_set_stats("mean", [0, 10**400, 0]), "'stats.mean'"),
+    "format_version other": (_set("format_version", 1), "'format_version'"),
+    "format_version text": (_set("format_version", "2"), "'format_version'"),
     "stats not object": (_set("stats", [1, 2, 3]), "'stats'"),
     "min_valid string": (_set("min_valid", "0.5"), "'min_valid'.*number in"),
     "min_valid zero": (_set("min_valid", 0), "'min_valid'"),
     "min_valid above 1": (_set("min_valid", 1.5), "'min_valid'"),
     "min_valid NaN": (_set("min_valid", float("nan")), "'min_valid'"),
     "min_valid bool": (_set("min_valid", True), "'min_valid'"),
-    "patch_size zero": (_set("patch_size", 0), "'patch_size'.*positive whole number"),
+    "patch_size zero": (_set("patch_size", 0), "'patch_size'.*whole number from 1"),
+    "patch_size huge": (_set("patch_size", 10**30), "'patch_size'"),
     "patch_size negative": (_set("patch_size", -16), "'patch_size'"),
     "patch_size float": (_set("patch_size", 16.0), "'patch_size'"),
     "patch_size string": (_set("patch_size", "16"), "'patch_size'"),
@@ -604,7 +608,8 @@ def test_info_says_verified(tmp_path: Path, model: GeoModel) -> None:
     v2 = save_model(model, tmp_path / "v2.gcnn")
     state = {k: v.contiguous() for k, v in model.module.state_dict().items()}
     v1 = tmp_path / "v1.gcnn"
-    meta = {"format": FORMAT, "format_version": "1", "card": json.dumps(model.card())}
+    card = {**model.card(), "format_version": 1}
+    meta = {"format": FORMAT, "format_version": "1", "card": json.dumps(card)}
     v1.write_bytes(st_save(state, metadata=meta))
     runner = CliRunner()
     out = runner.invoke(cli, ["info", str(v2)])
