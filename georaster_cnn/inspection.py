@@ -3,7 +3,9 @@
 :func:`inspect_raster` (the ``inspect`` command) describes a raster (driver, bands,
 grid, nodata, per-band statistics) and adds its spatial structure from
 :mod:`georaster_cnn.spatial`: Moran's I per band and lag, the verdict per band,
-and one overall verdict for the raster.
+and one overall verdict for the raster. Its cost is bounded whatever the raster's
+size: above ``max_pixels`` cells, statistics, nodata fractions and Moran's I all
+come from the same seeded sample of windows.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import dask
 import dask.array as da
-import rasterio
+import numpy as np
 import xarray as xr
 from rasterio.errors import RasterioError
 
-from georaster_cnn.formats import NETCDF_SUFFIXES
+from georaster_cnn._gdal_open import open_input
+from georaster_cnn.errors import GeorasterCNNError, InputError
+from georaster_cnn.formats import NETCDF_SUFFIXES, input_family
 from georaster_cnn.reader import open_raster
 from georaster_cnn.spatial import (
     DEFAULT_LAGS,
@@ -27,11 +32,12 @@ from georaster_cnn.spatial import (
     Structure,
     _dask_data,
     _morans_i,
+    _sample_windows,
     _strength,
     _to_dict,
     structure_verdict,
 )
-from georaster_cnn.stats import compute_stats
+from georaster_cnn.stats import ChannelStats, compute_stats
 
 __all__ = ["inspect_raster"]
 
@@ -81,11 +87,39 @@ def _overall(kinds: Mapping[str, Structure], values: Mapping[str, Mapping[int, f
 def _driver(path: Path) -> str | None:
     if path.suffix.lower() in NETCDF_SUFFIXES:
         return "netCDF"
+    if input_family(path) == "zarr":
+        return "Zarr"
     try:
-        with rasterio.open(path) as src:
+        with open_input(path, quiet=True) as src:  # as open_raster opened it
             return str(src.driver)
-    except (RasterioError, OSError):
+    except (RasterioError, OSError, GeorasterCNNError):
         return None
+
+
+def _window_summary(block: np.ndarray, names: tuple[str, ...]) -> tuple[ChannelStats, int]:
+    """Statistics of one sampled window and its cells where any band is invalid."""
+    return ChannelStats.from_array(block, names), int(np.isnan(block).any(axis=0).sum())
+
+
+def _sampled_summary(
+    arr: da.Array, names: list[str], windows: list[tuple[int, int, int, int]]
+) -> tuple[ChannelStats, int]:
+    """Per-band statistics and invalid cells over the sampled windows only."""
+    parts = [
+        dask.delayed(_window_summary)(arr[:, y0:y1, x0:x1], tuple(names))
+        for y0, y1, x0, x1 in windows
+    ]
+    (done,) = dask.compute(parts)
+    stats = ChannelStats.merge_all(s for s, _ in done)
+    empty = [n for n, c in zip(names, stats.count, strict=True) if c == 0]
+    if empty:
+        sampled = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in windows)
+        raise InputError(
+            f"band(s) {', '.join(empty)} have no valid pixel in the {sampled:,} sampled pixels "
+            f"({len(windows)} windows); the raster is (nearly) all nodata, or pass a larger "
+            "max_pixels= to sample more"
+        )
+    return stats, sum(n for _, n in done)
 
 
 def _geometry(data: xr.DataArray) -> dict[str, Any]:
@@ -125,7 +159,14 @@ def inspect_raster(
         A raster path (anything :func:`~georaster_cnn.open_raster` opens) or a
         canonical ``(band, y, x)`` array.
     lags, max_pixels, seed
-        Passed to :func:`morans_i`.
+        Passed to :func:`morans_i`. ``max_pixels`` (default 2 million) bounds the
+        whole report's reads: a raster with more cells than that is described
+        from a seeded sample of non-overlapping windows of up to 512 x 512 pixels,
+        about ``max_pixels`` cells in all (each window reads the Dask chunks it
+        touches), and its statistics, nodata fractions and Moran's I are
+        estimates from that sample (``sampling["subsampled"]`` is true; counts are
+        the sample's). A path is opened with :func:`~georaster_cnn.open_raster`'s
+        defaults; open it yourself for other options (e.g. its size limit).
 
     Returns
     -------
@@ -154,14 +195,24 @@ def inspect_raster(
     else:
         path = Path(source)
         data = open_raster(path)
-    stats = compute_stats(data)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise InputError(f"max_pixels must be >= 1; found {max_pixels!r}")
     names = [str(b) for b in data["band"].values]
     arr = _dask_data(data)
-    invalid = da.isnan(arr).any(axis=0).sum()
-    values, _, lag_t, details = _morans_i(
-        data, lags=lags, max_pixels=max_pixels, seed=seed, stats=stats, extra={"invalid": invalid}
-    )
     n_cells = int(data.sizes["y"] * data.sizes["x"])
+    extra: dict[str, Any] = {}
+    if n_cells > max_pixels:  # the same windows as Moran's I (same size and seed)
+        windows = _sample_windows(int(data.sizes["y"]), int(data.sizes["x"]), max_pixels, seed)
+        stats, invalid = _sampled_summary(arr, names, windows)
+        n_cells = sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in windows)
+    else:
+        stats = compute_stats(data)
+        extra["invalid"] = da.isnan(arr).any(axis=0).sum()
+    values, _, lag_t, details = _morans_i(
+        data, lags=lags, max_pixels=max_pixels, seed=seed, stats=stats, extra=extra
+    )
+    if "invalid" in extra:
+        invalid = int(details["extra"]["invalid"])
     mi = _to_dict(values, names, lag_t)
     constant = (stats.minimum >= stats.maximum) | ~(stats.std > 0)
     kinds: dict[str, Structure] = {}
@@ -178,7 +229,7 @@ def inspect_raster(
         **_geometry(data),
         "nodata": None if nodata is None else _json_float(float(nodata)),
         "nodata_fraction": {
-            "overall": int(details["extra"]["invalid"]) / n_cells,
+            "overall": invalid / n_cells,
             "bands": {n: 1.0 - float(stats.count[b]) / n_cells for b, n in enumerate(names)},
         },
         "stats": {

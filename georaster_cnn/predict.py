@@ -77,6 +77,11 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
     expected bands and the file. Warns (:class:`DataRangeWarning`) when the dtype
     differs from training or when a few sampled blocks have per-band means or
     spreads far from the training statistics.
+
+    The cost is bounded whatever the raster's size: at most ``sample_blocks`` Dask
+    chunks are read (:func:`~georaster_cnn.open_raster` aligns them to the file's
+    blocks, about 1024 x 1024 pixels), spread over rows and columns like a Latin
+    square (seeded, so the same raster is always sampled the same way).
     """
     source = data.attrs.get("source", "the input")
     names = [str(b) for b in data["band"].values]
@@ -111,10 +116,12 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.data))
     # A few blocks spread over the raster, each reduced to per-band statistics inside
     # the graph: cheap, bounded memory, and enough to catch unit or band-order mix-ups.
-    nb = arr.numblocks
-    steps = max(1, sample_blocks - 1)
+    # One block per band of rows, in a seeded permutation of the bands of columns:
+    # spread over both axes, and away from the corners, where nodata collects.
+    nb, k = arr.numblocks, max(1, sample_blocks)
+    cols = np.random.default_rng(0).permutation(k)
     picks = sorted(
-        {(0, i * (nb[1] - 1) // steps, i * (nb[2] - 1) // steps) for i in range(sample_blocks)}
+        {(0, int((i + 0.5) * nb[1] / k), int((c + 0.5) * nb[2] / k)) for i, c in enumerate(cols)}
     )
     parts = [dask.delayed(ChannelStats.from_array)(arr.blocks[p], names) for p in picks]
     (sample,) = dask.compute(dask.delayed(ChannelStats.merge_all)(parts))
