@@ -231,8 +231,10 @@ def load_model(path: str | os.PathLike[str]) -> GeoModel:
     """
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            # Never read a device or pipe (``/dev/zero`` would fill the memory).
+        # Never read a device or pipe: /dev/zero would fill the memory, and opening a
+        # FIFO would wait for a writer (non-blocking open; no effect on regular files).
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise ModelFileError(f"{p}: not a regular file; give the path of a model file")
             raw = f.read()

@@ -630,3 +630,11 @@ def test_info_says_verified(tmp_path: Path, model: GeoModel) -> None:
     assert out.exit_code == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "corrupt" in lines[0] and "flipped.gcnn" in lines[0]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes")
+def test_named_pipe_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.gcnn"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelFileError, match=r"pipe\.gcnn: not a regular file"):
+        load_model(fifo)  # opening it for reading would wait for a writer
