@@ -114,6 +114,7 @@ def _open_dataset_file(path: Path) -> xr.Dataset:
             decode_coords="all",
             mask_and_scale=True,
             decode_timedelta=False,
+            auto_complex=True,  # complex variables as complex (refused by name), not skipped
         )
     except Exception as exc:  # netCDF4/h5netcdf raise assorted types for broken files
         raise ReadError(f"{path}: not a readable netCDF file ({_detail(exc)})") from exc
