@@ -583,7 +583,7 @@ def _pick_bands(
 def _stack_layers(
     layers: list[tuple[str, str, xr.DataArray]], grid: tuple[str, str], chunks: Chunks
 ) -> da.Array:
-    """The layers as one ``(band, y, x)`` float32 Dask array; +-inf becomes NaN."""
+    """The layers as one ``(band, y, x)`` float32 Dask array; +-inf becomes a quiet NaN."""
     ydim, xdim = grid
     arrays = []
     for _, _, layer in layers:
@@ -592,7 +592,9 @@ def _stack_layers(
             layer.data if isinstance(layer.data, da.Array) else da.from_array(layer.values)
         )
     data = da.stack(arrays).astype("float32")
-    data = da.where(da.isinf(data), np.float32(np.nan), data)  # +-inf is invalid, like NaN
+    # +-inf is invalid like NaN; every NaN becomes a quiet one (a signalling NaN from a
+    # damaged chunk would make later arithmetic raise floating-point warnings)
+    data = da.where(da.isfinite(data), data, np.float32(np.nan))
     h, w = data.shape[1:]
     cy, cx = _resolve_chunks(chunks, (h, w), (min(h, 512), min(w, 512)))
     return data.rechunk((len(layers), cy, cx))
