@@ -118,12 +118,15 @@ class _Blocks:
         return True
 
 
-def _cover_classes(blocks: _Blocks, cap: float, rng: np.random.Generator) -> None:
+def _cover_classes(
+    blocks: _Blocks, cap: float, rng: np.random.Generator, *, one: bool = False
+) -> None:
     """Hold blocks until every class is in a held block where that is possible.
 
     Rarest class first; for a class not yet covered, its blocks are tried in a seeded
     random order weighted by their windows of that class, skipping a block that would
     take the held windows beyond ``cap`` or leave a class without training windows.
+    With ``one``, stop after the first block held.
     """
     covered = np.zeros(blocks.n_classes, dtype=bool)
     for k in np.argsort(blocks.counts.sum(axis=0), kind="stable"):
@@ -135,6 +138,8 @@ def _cover_classes(blocks: _Blocks, cap: float, rng: np.random.Generator) -> Non
         for j in cand[np.argsort(-keys, kind="stable")]:
             if blocks.n_held + blocks.size[j] <= cap and blocks.hold(int(j)):
                 covered |= blocks.counts[j] > 0
+                if one:
+                    return
                 break
 
 
@@ -165,7 +170,8 @@ def blocked_split(
        with probability proportional to its windows of that class. A square is
        passed over when the held windows would then exceed
        :data:`COVER_SHARE_FACTOR` x ``fraction`` of all windows (at most half; at
-       least ``fraction``).
+       least ``fraction``); when none fits, the one square step 2 holds out anyway is
+       drawn here, covering the rarest class it can.
     2. *Meet the share*: the remaining squares in random order, each held out while
        it brings the held windows closer to ``fraction`` of all windows; at least one
        square when two or more hold windows.
@@ -210,6 +216,10 @@ def blocked_split(
     target = fraction * n
     if blocks.n_classes >= 2:
         _cover_classes(blocks, max(target, min(0.5, COVER_SHARE_FACTOR * fraction) * n), rng)
+        if blocks.n_held == 0 and len(blocks.ids) >= 2:
+            # No covering square fits the share, but one square is held out anyway
+            # (step 2): let it be one that covers a class, the rarest it can.
+            _cover_classes(blocks, math.inf, rng, one=True)
     if len(blocks.ids) >= 2:
         for j in rng.permutation(len(blocks.ids)):
             if blocks.n_held >= target:
