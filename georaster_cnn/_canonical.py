@@ -124,7 +124,7 @@ def _check_size(
     if total > limit:
         raise InputError(
             f"{source}: {height:,} x {width:,} pixels x {bands} band(s) = {total:,} pixel values, "
-            f"more than the limit max_pixels={limit:,}; nothing was read. If the size is real, "
+            f"more than the limit max_pixels={limit}; nothing was read. If the size is real, "
             "pass a larger max_pixels= (or select fewer bands with bands=)"
         )
 
