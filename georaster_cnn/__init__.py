@@ -36,6 +36,7 @@ _LAZY: dict[str, str] = {
     "PatchGrid": "geometry",
     "ReadError": "errors",
     "TrainingError": "errors",
+    "ValidationWarning": "errors",
     "build_model": "models",
     "check_inputs": "predict",
     "compute_stats": "stats",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         OutputExistsError,
         ReadError,
         TrainingError,
+        ValidationWarning,
     )
     from georaster_cnn.evaluate import evaluate, evaluate_chips
     from georaster_cnn.formats import is_vector_file
@@ -120,6 +122,7 @@ __all__ = [
     "PatchGrid",
     "ReadError",
     "TrainingError",
+    "ValidationWarning",
     "__version__",
     "build_model",
     "check_inputs",

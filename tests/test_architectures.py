@@ -124,6 +124,7 @@ def tiny_scene(tmp_path: Path, make_raster: MakeRaster) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("arch", ["resnet", "mlp"])
+@pytest.mark.filterwarnings("ignore::georaster_cnn.errors.ValidationWarning")  # tiny scene
 def test_train_save_load_round_trip(
     arch: str, tiny_scene: tuple[Path, Path], tmp_path: Path
 ) -> None:

@@ -325,10 +325,9 @@ def test_blocked_split_no_validation_window_overlaps_a_training_window(seed: int
     assert val.any() and train.any()
     gap = np.abs(centres[train][:, None, :] - centres[val][None, :, :]).max(axis=2)
     assert gap.min() >= p  # windows p apart or more never share a pixel
-    # Nothing more than needed is dropped: each dropped window is within p-1 of a held block.
-    n_blocks = -(-shape[0] // block) * -(-shape[1] // block)
-    held = {tuple(b) for b in centres[val] // block}
-    assert len(held) <= round(0.25 * n_blocks)
+    # About a quarter of the windows is held out: off by at most the largest block's windows.
+    per_block = np.unique(centres // block, axis=0, return_counts=True)[1]
+    assert abs(int(val.sum()) - 0.25 * len(centres)) <= per_block.max()
     for r, c in centres[drop]:
         assert not val[(centres[:, 0] == r) & (centres[:, 1] == c)].any()
 
@@ -336,6 +335,7 @@ def test_blocked_split_no_validation_window_overlaps_a_training_window(seed: int
 # --------------------------------------------------------------------------- training
 
 
+@pytest.mark.filterwarnings("ignore::georaster_cnn.errors.ValidationWarning")  # tiny scene
 def test_train_points_in_4326_over_two_projected_crs(two_crs: dict) -> None:
     rasters = [gc.open_raster(two_crs["a"]), gc.open_raster(two_crs["b"])]
     assert rasters[0].rio.crs != rasters[1].rio.crs
@@ -357,6 +357,7 @@ def test_train_points_in_4326_over_two_projected_crs(two_crs: dict) -> None:
     assert prov["labels"] == [str(two_crs["points"])] * 2
 
 
+@pytest.mark.filterwarnings("ignore::georaster_cnn.errors.ValidationWarning")  # tiny scene
 def test_train_polygons_min_cover(two_crs: dict) -> None:
     raster = gc.open_raster(two_crs["a"])
     polys = gpd.read_file(two_crs["polygons"])
