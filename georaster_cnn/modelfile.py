@@ -492,8 +492,8 @@ def _check_card(card: object, version: int, source: str, *, fix: str = "") -> di
             count > 0 and not (all(math.isfinite(x) for x in values.values()) and values["m2"] >= 0)
         ):
             raise ModelFileError(
-                f"{source}: normalisation statistics of band {band!r} are not finite "
-                f"(count {count}, mean {values['mean']}, m2 {values['m2']}, min {values['min']}, "
+                f"{source}: normalisation statistics of band {band!r} are not finite or have "
+                f"a negative variance (count {count}, mean {values['mean']}, m2 {values['m2']}, min {values['min']}, "
                 f"max {values['max']}); the model is broken: retrain it"
             )
     return out

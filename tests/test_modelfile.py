@@ -479,6 +479,15 @@ def test_non_finite_statistics_refused_on_save_and_load(
     assert not (tmp_path / "out.gcnn").exists()
 
 
+def test_negative_variance_refused(tmp_path: Path, model: GeoModel) -> None:
+    d = model.stats.to_dict()
+    d["m2"][2] = -1.0
+    path = tmp_path / "neg.gcnn"
+    path.write_bytes(_rewrite(model, card={**model.card(), "stats": d}))
+    with pytest.raises(ModelFileError, match=r"neg\.gcnn.*band 'B04'.*negative variance"):
+        load_model(path)
+
+
 def test_band_without_values_may_have_infinite_range(tmp_path: Path, model: GeoModel) -> None:
     d = model.stats.to_dict()
     d["count"][0], d["mean"][0], d["m2"][0] = 0.0, 0.0, 0.0
