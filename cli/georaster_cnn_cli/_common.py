@@ -33,6 +33,7 @@ __all__ = [
     "EXIT_USAGE",
     "CLIError",
     "CLIState",
+    "class_counts_table",
     "error_message",
     "escape",
     "exit_status",
@@ -46,6 +47,7 @@ __all__ = [
     "load_model_or_exit",
     "plural",
     "report_error",
+    "report_selected",
     "report_warnings",
     "strip_path",
     "usage_errors",
@@ -95,6 +97,7 @@ def get_state(ctx: click.Context) -> CLIState:
 #: Library keywords that a command-line option sets under the same name
 #: (``min_valid`` -> ``--min-valid``). Library messages name these keywords.
 _KEYWORDS = (
+    "allow_remote",
     "arch",
     "augment",
     "bands",
@@ -112,6 +115,7 @@ _KEYWORDS = (
     "overwrite",
     "patience",
     "probabilities",
+    "sample_pixels",
     "seed",
     "select",
     "simplify",
@@ -356,6 +360,28 @@ def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[
         yield
 
 
+def report_selected(
+    state: CLIState,
+    selected: Mapping[str, Any] | None,
+    select: Mapping[str, Any] | None,
+    *,
+    context: str | os.PathLike[str],
+) -> None:
+    """One stderr line (unless ``-q``) of the values ``--select`` picked from an input.
+
+    ``selected`` is the opened array's ``attrs["selected"]`` (dimension -> value
+    picked), ``select`` what was asked for: ``cube.nc: --select time=2020-07-01 ->
+    2020-07-01T12:00:00``.
+    """
+    if state.quiet or not select or not selected:
+        return
+    picks = ", ".join(
+        f"--select {dim}={select[dim]} -> {selected[dim]}" for dim in select if dim in selected
+    )
+    if picks:
+        state.err.print(Text(f"{os.fspath(context)}: {picks}"), soft_wrap=True, highlight=False)
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -394,4 +420,35 @@ def kv_table(title: str) -> Table:
     table.title_style = "bold"
     table.add_column(style="dim", no_wrap=True)
     table.add_column(overflow="fold")
+    return table
+
+
+#: Rows of the per-class table: provenance key -> column heading.
+_COUNT_COLUMNS = {
+    "train": "train",
+    "validation": "validation",
+    "dropped_in_buffer": "dropped in buffer",
+}
+
+
+def class_counts_table(provenance: Mapping[str, Any]) -> Table | None:
+    """Per-class training / validation (/ dropped in buffer) counts, or None if not recorded.
+
+    From a model's ``provenance["windows_per_class"]`` (rasters) or
+    ``["chips_per_class"]`` (chip sets): ``{"train": {name: n}, "validation": ...}``.
+    """
+    unit = "windows" if "windows_per_class" in provenance else "chips"
+    counts = provenance.get(f"{unit}_per_class")
+    if not isinstance(counts, Mapping) or not counts:
+        return None
+    columns = [k for k in _COUNT_COLUMNS if isinstance(counts.get(k), Mapping)]
+    names = list(dict.fromkeys(n for k in columns for n in counts[k]))
+    table = Table(title=f"Training {unit} per class", title_justify="left")
+    table.add_column("class")
+    for k in columns:
+        table.add_column(_COUNT_COLUMNS[k], justify="right")
+    for name in names:
+        table.add_row(Text(str(name)), *(f"{int(counts[k].get(name, 0)):,}" for k in columns))
+    totals = [f"{sum(int(v) for v in counts[k].values()):,}" for k in columns]
+    table.add_row(Text("all", style="bold"), *totals)
     return table

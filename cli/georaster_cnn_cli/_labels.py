@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from georaster_cnn_cli._common import fail, plural
+from georaster_cnn_cli._common import CLIState, fail, plural, report_selected
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -218,17 +218,24 @@ def read_labels(source: LabelSource, *, cache: dict[Path, Any] | None = None) ->
 
 
 def open_labelled(
+    state: CLIState,
     pairs: Sequence[tuple[Path, LabelSource]],
     *,
     bands: list[int | str] | None,
     open_options: Mapping[str, Any],
 ) -> tuple[list[xr.DataArray], list[Any]]:
-    """Open every INPUT raster (lazily) and read its labels, in order."""
+    """Open every INPUT raster (lazily) and read its labels, in order.
+
+    What ``--select`` picked from each INPUT is said on stderr.
+    """
     import georaster_cnn as gc
 
     datas, labs = [], []
     cache: dict[Path, Any] = {}
     for data_path, label_source in pairs:
-        datas.append(gc.open_raster(data_path, bands=bands, **open_options))
+        data = gc.open_raster(data_path, bands=bands, **open_options)
+        select = open_options.get("select")
+        report_selected(state, data.attrs.get("selected"), select, context=data_path)
+        datas.append(data)
         labs.append(read_labels(label_source, cache=cache))
     return datas, labs

@@ -8,20 +8,23 @@ from typing import Any, TypeVar
 
 import click
 
-from georaster_cnn.options import DEFAULT_BATCH_SIZE
+from georaster_cnn.options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_PIXELS
 
 __all__ = [
     "BandList",
     "NameList",
     "SelectItem",
+    "allow_remote_option",
     "bands_option",
-    "dataset_options",
     "batch_size_option",
+    "dataset_options",
     "device_option",
     "inference_options",
     "input_options",
+    "max_pixels_option",
     "min_valid_option",
     "overwrite_option",
+    "source_options",
     "stride_option",
 ]
 
@@ -163,37 +166,56 @@ class SelectItem(click.ParamType):
         return dim.strip(), label.strip()
 
 
+def _into_open_options(f: F, take: Callable[[dict[str, Any]], dict[str, Any]]) -> F:
+    """``f`` receiving the values ``take`` pops from its keyword arguments inside ``open_options``.
+
+    Several such decorators add to one ``open_options`` dict, in any order.
+    """
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        opts = dict(kwargs.pop("open_options", None) or {})
+        opts.update(take(kwargs))
+        return f(*args, open_options=opts, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _dataset_values(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``--variables/--select/--stack`` as ``open_raster`` keywords (only those given)."""
+    variables = kwargs.pop("variables", None)
+    select: tuple[tuple[str, str], ...] = kwargs.pop("select", ())
+    stack = kwargs.pop("stack", None)
+    chosen: dict[str, str] = {}
+    for dim, label in select:
+        if dim in chosen:
+            raise click.BadParameter(
+                f"dimension {dim!r} is selected twice ({chosen[dim]}, {label})",
+                param_hint="'--select'",
+            )
+        chosen[dim] = label
+    opts: dict[str, Any] = {}
+    if variables is not None:
+        opts["variables"] = list(variables)
+    if chosen:
+        opts["select"] = chosen
+    if stack is not None:
+        opts["stack"] = stack
+    return opts
+
+
 def dataset_options() -> Callable[[F], F]:
     """``--variables``, ``--select`` (repeatable) and ``--stack`` for netCDF and Zarr inputs.
 
-    The command receives them as one ``open_options`` keyword: a dict holding only
+    The command receives them in its ``open_options`` keyword: a dict holding only
     the options given, ready to pass on as ``open_raster(path, **open_options)``
-    (the reader rejects them for GDAL rasters with a clear message).
+    (the reader rejects them for GDAL rasters with a clear message). A ``~`` before
+    a ``--select`` value (``time=~2005-07-15``) reaches the reader as it is: the
+    nearest step, however far.
     """
 
     def decorator(f: F) -> F:
-        @functools.wraps(f)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            variables = kwargs.pop("variables", None)
-            select: tuple[tuple[str, str], ...] = kwargs.pop("select", ())
-            stack = kwargs.pop("stack", None)
-            chosen: dict[str, str] = {}
-            for dim, label in select:
-                if dim in chosen:
-                    raise click.BadParameter(
-                        f"dimension {dim!r} is selected twice ({chosen[dim]}, {label})",
-                        param_hint="'--select'",
-                    )
-                chosen[dim] = label
-            opts: dict[str, Any] = {}
-            if variables is not None:
-                opts["variables"] = list(variables)
-            if chosen:
-                opts["select"] = chosen
-            if stack is not None:
-                opts["stack"] = stack
-            return f(*args, open_options=opts, **kwargs)
-
+        wrapper = _into_open_options(f, _dataset_values)
         wrapper = click.option(
             "--stack",
             metavar="DIM",
@@ -206,16 +228,69 @@ def dataset_options() -> Callable[[F], F]:
             type=SelectItem(),
             multiple=True,
             help="netCDF/Zarr: keep one value of an extra dimension, e.g. time=2020-01-01 "
-            "(nearest date) or level=850 (exact); repeatable.",
+            "(the step within half a step of it) or level=850 (exact); time=~2005-07-15 "
+            "takes the nearest step however far. The value picked is printed. Repeatable.",
         )(wrapper)
-        wrapper = click.option(
+        return click.option(
             "--variables",
             type=NameList(),
             default=None,
             help="netCDF/Zarr: data variables to use as bands, in order, e.g. t2m,tp. "
             "[default: all on the grid]",
         )(wrapper)
-        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def _check_max_pixels(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    """The library's check of ``max_pixels=``, as a usage error naming ``--max-pixels``."""
+    from georaster_cnn.errors import InputError
+    from georaster_cnn.options import check_max_pixels
+
+    try:
+        return check_max_pixels(value)
+    except InputError as exc:
+        from georaster_cnn_cli._common import flag_wording
+
+        raise click.BadParameter(flag_wording(str(exc)), ctx, param) from exc
+
+
+def max_pixels_option() -> Callable[[F], F]:
+    """``--max-pixels N``: the largest input opened (API ``open_raster(max_pixels=)``).
+
+    The command receives it in ``open_options`` (see :func:`dataset_options`).
+    """
+
+    def decorator(f: F) -> F:
+        wrapper = _into_open_options(f, lambda kw: {"max_pixels": kw.pop("max_pixels")})
+        return click.option(
+            "--max-pixels",
+            type=int,
+            default=DEFAULT_MAX_PIXELS,
+            show_default=True,
+            metavar="N",
+            callback=_check_max_pixels,
+            help="Refuse an input declaring more than N pixel values (height x width x "
+            "bands) before reading any; the default is 2**36.",
+        )(wrapper)
+
+    return decorator
+
+
+def allow_remote_option() -> Callable[[F], F]:
+    """``--allow-remote``: network inputs and VRT sources (API ``open_raster(allow_remote=True)``).
+
+    The command receives it in ``open_options`` (see :func:`dataset_options`).
+    """
+
+    def decorator(f: F) -> F:
+        wrapper = _into_open_options(f, lambda kw: {"allow_remote": kw.pop("allow_remote")})
+        return click.option(
+            "--allow-remote",
+            is_flag=True,
+            help="Let inputs, and the sources of a .vrt, be network locations (/vsicurl/, "
+            "/vsis3/, https://, ...). [default: local files only]",
+        )(wrapper)
 
     return decorator
 
@@ -231,9 +306,17 @@ def _stacked(*decorators: Callable[[F], F]) -> Callable[[F], F]:
     return decorator
 
 
+def source_options() -> Callable[[F], F]:
+    """How any input is opened: ``--variables/--select/--stack``, ``--max-pixels``, ``--allow-remote``.
+
+    The command receives them all in one ``open_options`` keyword.
+    """
+    return _stacked(dataset_options(), max_pixels_option(), allow_remote_option())
+
+
 def input_options() -> Callable[[F], F]:
-    """How INPUT rasters are read: ``--bands``, and ``--variables/--select/--stack``."""
-    return _stacked(bands_option(), dataset_options())
+    """How INPUT rasters are read: ``--bands`` and :func:`source_options`."""
+    return _stacked(bands_option(), source_options())
 
 
 def inference_options(stride_text: str, stride_default: str) -> Callable[[F], F]:

@@ -94,7 +94,7 @@ def _evaluate_rasters(
     import georaster_cnn as gc
 
     with report_warnings(state), make_progress(state) as progress:
-        datas, labs = open_labelled(pairs, **read)
+        datas, labs = open_labelled(state, pairs, **read)
         task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
         with DaskProgress(progress, task):
             return gc.evaluate(

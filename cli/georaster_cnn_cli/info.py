@@ -13,6 +13,7 @@ from rich.text import Text
 
 from georaster_cnn_cli._common import (
     CLIState,
+    class_counts_table,
     format_metrics,
     get_state,
     kv_table,
@@ -38,6 +39,8 @@ _PROVENANCE_LABELS = {
     "class_counts": "class counts",
     "split": "validation split",
 }
+#: Provenance entries shown as their own table (:func:`class_counts_table`).
+_TABLES = ("windows_per_class", "chips_per_class")
 
 
 @click.command("info", short_help="Show what a model file holds.")
@@ -136,6 +139,10 @@ def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     out.print()
 
     out.print(_provenance_table(model))
+    counts = class_counts_table(model.provenance or {})
+    if counts is not None:
+        out.print()
+        out.print(counts)
 
 
 def _provenance_table(model: GeoModel) -> Table:
@@ -145,7 +152,7 @@ def _provenance_table(model: GeoModel) -> Table:
         table.add_row("", "none recorded")
         return table
     keys = [k for k in _PROVENANCE_LABELS if k in prov]
-    keys += [k for k in prov if k not in _PROVENANCE_LABELS]
+    keys += [k for k in prov if k not in _PROVENANCE_LABELS and k not in _TABLES]
     for key in keys:
         value = prov[key]
         label = _PROVENANCE_LABELS.get(key, key.replace("_", " "))

@@ -14,15 +14,17 @@ from rich.text import Text
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
     CLIState,
+    error_message,
     get_state,
     kv_table,
     plural,
     report_error,
+    report_selected,
     report_warnings,
     usage_errors,
 )
 from georaster_cnn_cli._inputs import InputProblem, expand_inputs
-from georaster_cnn_cli._options import dataset_options
+from georaster_cnn_cli._options import source_options
 
 __all__ = ["LagList", "inspect_cmd"]
 
@@ -48,14 +50,28 @@ class LagList(click.ParamType):
             )
 
 
-def _check_options(lags: list[int], max_pixels: int) -> None:
+def _check_options(lags: list[int], sample_pixels: int) -> None:
     """Checked once by the library, not once per INPUT."""
     from georaster_cnn import options
 
     with usage_errors():
         for lag in lags:
             options.check_positive("lags", lag, unit=" pixel")
-        options.check_positive("max_pixels", max_pixels)
+        options.check_positive("sample_pixels", sample_pixels)
+
+
+def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
+    """One ``error:`` line; ``inspect_raster``'s ``max_pixels`` (its sample) is ``--sample-pixels``.
+
+    (``--max-pixels`` is the size limit of :func:`georaster_cnn.open_raster`.)
+    """
+    message = error_message(exc, item)
+    sampling = "--max-pixels to sample more"
+    if sampling in message:
+        message = message.replace(sampling, "--sample-pixels to sample more")
+        report_error(state, message, context=item)
+    else:
+        report_error(state, exc, context=item)
 
 
 @click.command("inspect", short_help="Describe rasters and how image-like they are.")
@@ -68,20 +84,22 @@ def _check_options(lags: list[int], max_pixels: int) -> None:
     help="Distances in pixels at which Moran's I is measured.",
 )
 @click.option(
-    "--max-pixels",
+    "--sample-pixels",
     type=int,
     default=2_000_000,
     show_default=True,
-    help="Larger rasters are measured on a seeded sample of 512 x 512 windows.",
+    metavar="N",
+    help="Rasters of more than N cells are measured on a seeded sample of 512 x 512 "
+    "windows, about N cells in all.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as a JSON list.")
-@dataset_options()
+@source_options()
 @click.pass_context
 def inspect_cmd(
     ctx: click.Context,
     inputs: tuple[str, ...],
     lags: list[int],
-    max_pixels: int,
+    sample_pixels: int,
     as_json: bool,
     open_options: dict[str, Any],
 ) -> None:
@@ -91,7 +109,8 @@ def inspect_cmd(
     Moran's I of every band at each lag: near 1 where neighbouring cells are
     alike, near 0 where cells behave like unrelated values. A verdict says
     whether a CNN can exploit local patterns (docs/image-like.md explains it).
-    INPUT may be files, folders or quoted glob patterns.
+    INPUT may be files, folders or quoted glob patterns. Large rasters are
+    described from a sample (--sample-pixels), whatever their size.
 
     \b
     Examples:
@@ -99,7 +118,7 @@ def inspect_cmd(
       georaster-cnn inspect 'tiles/*.tif' --lags 1,4,16 --json
     """
     state = get_state(ctx)
-    _check_options(lags, max_pixels)
+    _check_options(lags, sample_pixels)
     expanded = expand_inputs(inputs)
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
 
@@ -112,11 +131,13 @@ def inspect_cmd(
             continue
         try:
             with report_warnings(state, context=str(item)):
-                # netCDF/Zarr options: open here (inspect_raster opens paths without them)
-                source = gc.open_raster(item, **open_options) if open_options else item
-                report = gc.inspect_raster(source, lags=lags, max_pixels=max_pixels)
+                # opened here: inspect_raster opens a path with the reader's defaults
+                source = gc.open_raster(item, **open_options)
+                select = open_options.get("select")
+                report_selected(state, source.attrs.get("selected"), select, context=item)
+                report = gc.inspect_raster(source, lags=lags, max_pixels=sample_pixels)
         except (gc.GeorasterCNNError, OSError) as exc:
-            report_error(state, exc, context=item)
+            _report_failure(state, exc, item)
             failed = True
             continue
         if as_json:

@@ -25,6 +25,7 @@ from georaster_cnn_cli._common import (
     load_model_or_exit,
     plural,
     report_error,
+    report_selected,
     report_warnings,
     usage_errors,
 )
@@ -32,10 +33,10 @@ from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outpu
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
-    dataset_options,
     device_option,
     min_valid_option,
     overwrite_option,
+    source_options,
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
@@ -139,7 +140,7 @@ def _format_help() -> str:
     "--probabilities", is_flag=True, help="Also write one probability band (percent) per class."
 )
 @bands_option()
-@dataset_options()
+@source_options()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
@@ -284,6 +285,8 @@ def _predict_one(
     try:
         with report_warnings(state, context=name):
             data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
+            select = settings.open_options.get("select")
+            report_selected(state, data.attrs.get("selected"), select, context=name)
             pred = gc.predict(
                 data,
                 model,

@@ -12,6 +12,7 @@ from rich.progress import TextColumn
 from georaster_cnn import options
 from georaster_cnn_cli._common import (
     CLIState,
+    class_counts_table,
     escape,
     format_metrics,
     format_number,
@@ -115,7 +116,7 @@ def _fit(
             chipset = merge_chips([gc.load_chips(p, class_names=names) for p in found.chips])
             model = gc.train_chips(chipset, **common, progress=reporter)
         else:
-            datas, labs = open_labelled(found.pairs, **read)
+            datas, labs = open_labelled(state, found.pairs, **read)
             model = gc.train(datas, labs, **common, **rasters, class_names=names, progress=reporter)
     return model, reporter.last
 
@@ -278,7 +279,10 @@ def train(
 
 
 def _print_result(state: CLIState, model: GeoModel, path: Path, last: Mapping[str, Any]) -> None:
-    """One line: what was saved and how well it validates."""
+    """The windows (chips) per class in training and validation; what was saved, how it validates."""
+    counts = class_counts_table(model.provenance)
+    if counts is not None:
+        state.out.print(counts)
     best = model.provenance.get("metrics") or last
     epochs = model.provenance.get("epochs", len(model.provenance.get("history", [])))
     where = f" (best epoch {best['epoch']})" if "epoch" in best else ""
