@@ -31,6 +31,7 @@ from dask.array.core import getter
 from dask.base import tokenize
 
 from georaster_cnn._canonical import (
+    DEFAULT_CHUNK_PX,
     BandSelector,
     Chunks,
     _canonical,
@@ -78,9 +79,11 @@ def _guarded_getter(
 def _guard_reads(ds: xr.Dataset, source: Path) -> xr.Dataset:
     """``ds`` (opened lazily, without Dask) with every data variable chunked through the guard.
 
-    The chunks are the file's own (``preferred_chunks``), one chunk where it has
-    none: what ``chunks={}`` gives. Reads then happen inside the Dask computation,
-    where an error would otherwise surface as a bare ``RuntimeError``.
+    The chunks are the file's own (``preferred_chunks``); where it has none (contiguous
+    storage), the last two dimensions (y, x) are cut at ``DEFAULT_CHUNK_PX`` and the
+    others take one step a chunk, so that no read holds a whole large variable. Reads
+    then happen inside the Dask computation, where an error would otherwise surface
+    as a bare ``RuntimeError``.
     """
     try:
         stamp = os.stat(source).st_mtime_ns
@@ -91,7 +94,11 @@ def _guard_reads(ds: xr.Dataset, source: Path) -> xr.Dataset:
         if var.ndim == 0:
             continue
         preferred = var.encoding.get("preferred_chunks") or {}
-        chunks = {d: preferred.get(d, n) for d, n in var.sizes.items()}
+        last_two = set(var.dims[-2:])
+        chunks = {
+            d: preferred.get(d, min(n, DEFAULT_CHUNK_PX) if d in last_two else 1)
+            for d, n in var.sizes.items()
+        }
         chunked[name] = var.chunk(
             chunks,
             name_prefix="open-",

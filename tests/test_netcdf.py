@@ -554,3 +554,18 @@ def test_cli_takes_zarr_stores_as_inputs(
         with rasterio.open(out / "a.tif") as src:
             assert src.crs == rasterio.crs.CRS.from_epsg(32633)
             assert src.transform.almost_equals(UTM * Affine.scale(4), precision=1e-6)
+
+
+def test_contiguous_variables_are_read_in_bounded_chunks(tmp_path: Path) -> None:
+    """A variable stored without chunks is not read whole by every block."""
+    ny, nx = 2100, 1300
+    ds = xr.Dataset(
+        {"t": (("y", "x"), np.zeros((ny, nx), dtype="float32"))},
+        coords={"y": 5_000_000.0 - 10.0 * np.arange(ny), "x": 400_000.0 + 10.0 * np.arange(nx)},
+    )
+    path = tmp_path / "contiguous.nc"
+    ds.to_netcdf(path, encoding={"t": {"contiguous": True}})
+    data = open_raster(path)
+    reads = [k for k in data.data.dask if isinstance(k, tuple) and str(k[0]).startswith("open-")]
+    assert len(reads) == 3 * 2  # reads of at most 1024 x 1024, not one of 2100 x 1300
+    np.testing.assert_array_equal(data.values[0], ds["t"].values)
