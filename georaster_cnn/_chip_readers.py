@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from georaster_cnn.chipdata import CHIP_FILE_SUFFIXES, ChipSet, _visible
-from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.errors import GeorasterCNNError, InputError, TrainingError
 
 log = logging.getLogger(__name__)
 
@@ -65,21 +64,18 @@ def _read_chip_file(path: Path) -> tuple[np.ndarray, str, tuple[str, ...] | None
                     )
                 arr = z[key]
             return _float(_as_chw(arr, str(path))), str(arr.dtype), None
-        import rasterio
-        from rasterio.errors import NotGeoreferencedWarning
+        from georaster_cnn._gdal_open import open_input
 
-        with warnings.catch_warnings():
-            # chips need no georeferencing: it is ignored
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
-        with src:
+        # chips need no georeferencing (quiet: no warning); by the input rules (a .tif
+        # is a GeoTIFF, never a VRT in disguise)
+        with open_input(path, quiet=True) as src:
             masked = src.read(masked=True)
             dtype = src.dtypes[0]
             desc = tuple(src.descriptions)
         arr = np.ma.filled(masked.astype(np.float32), np.nan)
         names = desc if all(desc) else None
         return arr, str(dtype), names
-    except InputError:
+    except GeorasterCNNError:
         raise
     except Exception as exc:  # numpy/rasterio raise assorted types for broken files
         raise InputError(f"{path}: cannot read chip ({exc})") from exc

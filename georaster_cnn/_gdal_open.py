@@ -168,7 +168,7 @@ def _wrong_format(name: str, drivers: tuple[str, ...], exc: Exception) -> ReadEr
     if suffix in GDAL_DRIVERS:
         want = _FORMAT_NAMES.get(drivers[0], f"{drivers[0]} file")
         return ReadError(
-            f"{name}: is not a {want} (GDAL sees {_a(seen)}); rename it {_suffix_for(seen)} "
+            f"{name}: not a {want} (GDAL sees {_a(seen)}); rename it {_suffix_for(seen)} "
             "if you mean it"
         )
     return ReadError(

@@ -136,9 +136,18 @@ def test_vrt_disguised_as_tif_never_reads_its_raw_source(tmp_path: Path, fifo: P
     fake.write_text(_raw_vrt(fifo))
     exc = _call(lambda: open_raster(fake), fifo)
     assert isinstance(exc, ReadError)
-    assert str(exc) == (
-        f"{fake}: is not a GeoTIFF (GDAL sees a VRT); rename it .vrt if you mean it"
-    )
+    assert str(exc) == (f"{fake}: not a GeoTIFF (GDAL sees a VRT); rename it .vrt if you mean it")
+
+
+def test_chip_disguised_as_tif_is_refused(tmp_path: Path, fifo: Path) -> None:
+    from georaster_cnn import load_chips
+
+    for cls in ("a", "b"):
+        (tmp_path / "chips" / cls).mkdir(parents=True)
+        np.save(tmp_path / "chips" / cls / "0.npy", np.zeros((1, 8, 8), dtype="float32"))
+    (tmp_path / "chips" / "a" / "1.tif").write_text(_raw_vrt(fifo))
+    exc = _call(lambda: load_chips(tmp_path / "chips"), fifo)
+    assert isinstance(exc, ReadError) and "not a GeoTIFF (GDAL sees a VRT)" in str(exc)
 
 
 def test_vrt_disguised_as_tif_never_reads_its_simple_source(tmp_path: Path, fifo: Path) -> None:
@@ -163,7 +172,7 @@ def test_other_format_under_tif_names_what_it_is(tmp_path: Path) -> None:
         dst.write(np.ones((1, 6, 8), dtype="uint8"))
     assert open_raster(png).shape == (1, 6, 8)  # named as what it is: any safe driver
     disguised = png.rename(tmp_path / "image.tif")
-    with pytest.raises(ReadError, match=r"is not a GeoTIFF \(GDAL sees a PNG file\); rename it"):
+    with pytest.raises(ReadError, match=r"not a GeoTIFF \(GDAL sees a PNG file\); rename it"):
         open_raster(disguised)
 
 
