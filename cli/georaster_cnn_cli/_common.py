@@ -431,18 +431,20 @@ _COUNT_COLUMNS = {
 }
 
 
-def class_counts_table(provenance: Mapping[str, Any]) -> Table | None:
+def class_counts_table(model: GeoModel) -> Table | None:
     """Per-class training / validation (/ dropped in buffer) counts, or None if not recorded.
 
-    From a model's ``provenance["windows_per_class"]`` (rasters) or
-    ``["chips_per_class"]`` (chip sets): ``{"train": {name: n}, "validation": ...}``.
+    From the model's ``provenance["windows_per_class"]`` (rasters) or
+    ``["chips_per_class"]`` (chip sets): ``{"train": {name: n}, "validation": ...}``;
+    one row per class in the model's order, then the totals.
     """
+    provenance = model.provenance or {}
     unit = "windows" if "windows_per_class" in provenance else "chips"
     counts = provenance.get(f"{unit}_per_class")
     if not isinstance(counts, Mapping) or not counts:
         return None
     columns = [k for k in _COUNT_COLUMNS if isinstance(counts.get(k), Mapping)]
-    names = list(dict.fromkeys(n for k in columns for n in counts[k]))
+    names = list(dict.fromkeys([*model.class_names, *(n for k in columns for n in counts[k])]))
     table = Table(title=f"Training {unit} per class", title_justify="left")
     table.add_column("class")
     for k in columns:

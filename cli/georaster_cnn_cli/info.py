@@ -139,7 +139,7 @@ def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     out.print()
 
     out.print(_provenance_table(model))
-    counts = class_counts_table(model.provenance or {})
+    counts = class_counts_table(model)
     if counts is not None:
         out.print()
         out.print(counts)

@@ -280,7 +280,7 @@ def train(
 
 def _print_result(state: CLIState, model: GeoModel, path: Path, last: Mapping[str, Any]) -> None:
     """The windows (chips) per class in training and validation; what was saved, how it validates."""
-    counts = class_counts_table(model.provenance)
+    counts = class_counts_table(model)
     if counts is not None:
         state.out.print(counts)
     best = model.provenance.get("metrics") or last
