@@ -30,6 +30,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from affine import Affine
 
+from georaster_cnn._gdal_open import open_input
 from georaster_cnn.errors import GeorasterCNNError, InputError, ReadError
 from georaster_cnn.formats import input_family
 
@@ -226,10 +227,9 @@ class ClassMap:
         h, w = out_shape or (self.height, self.width)
         try:
             if self.family == "gdal":
-                import rasterio
                 from rasterio.enums import Resampling
 
-                with rasterio.open(self.path) as src:
+                with open_input(self.path) as src:
                     return src.read(1, out_shape=(h, w), resampling=Resampling.nearest)
             with _open_cf(self.path, self.family) as ds:
                 var = ds["class"].transpose("y", "x")
@@ -246,10 +246,9 @@ class ClassMap:
         k = len(self.names)
         try:
             if self.family == "gdal":
-                import rasterio
                 from rasterio.windows import Window
 
-                with rasterio.open(self.path) as src:
+                with open_input(self.path) as src:
                     for r0 in range(0, self.height, rows):
                         n = min(rows, self.height - r0)
                         window = Window(0, r0, self.width, n)
@@ -318,11 +317,10 @@ def open_class_map(path: str | os.PathLike[str], *, what: str = "Use") -> ClassM
 
 
 def _open_tiff(path: Path, what: str) -> ClassMap:
-    import rasterio
     from rasterio.errors import RasterioError
 
     try:
-        with rasterio.open(path) as src:
+        with open_input(path) as src:
             tags = src.tags()
             if "CLASS_NAMES" not in tags or src.dtypes[0] != "uint8":
                 found = f"expected a uint8 band 1 and a CLASS_NAMES tag; found {src.dtypes[0]}, "
@@ -388,9 +386,7 @@ def read_class_info(
     family = input_family(p)
     try:
         if family == "gdal":
-            import rasterio
-
-            with rasterio.open(p) as src:
+            with open_input(p) as src:
                 tag = src.tags().get("CLASS_NAMES") or src.tags(1).get("CLASS_NAMES")
                 try:
                     cmap = src.colormap(1)
