@@ -4,6 +4,10 @@ Registered architectures (``build_model(name, in_channels, n_classes, patch_size
 
 ``cnn``
     :class:`SmallCNN`, the default: small and fast.
+``cnn_dense``
+    :class:`DenseCNN`, a small CNN whose output for a window depends only on the
+    window's own pixels (valid convolutions), so :func:`~georaster_cnn.predict`
+    can evaluate it densely: the trunk once per block, whatever the stride.
 ``resnet``
     :class:`ResNet`, a deeper residual CNN (BasicBlocks with identity shortcuts).
 ``mlp``
@@ -15,9 +19,11 @@ Registered architectures (``build_model(name, in_channels, n_classes, patch_size
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from georaster_cnn.errors import InputError
@@ -25,10 +31,13 @@ from georaster_cnn.errors import InputError
 __all__ = [
     "ARCHITECTURES",
     "MLP",
+    "DenseCNN",
+    "DenseGeometry",
     "ResNet",
     "SmallCNN",
     "build_model",
     "check_arch",
+    "dense_geometry",
     "register_architecture",
 ]
 
@@ -279,3 +288,173 @@ class MLP(nn.Module):
                 f"{x.shape[-2]} x {x.shape[-1]}. Use the model's patch size."
             )
         return self.net(x)
+
+
+@dataclass(frozen=True)
+class DenseGeometry:
+    """Receptive-field geometry of a dense-capable trunk (one axis; both are the same).
+
+    Feature pixel ``k`` of the trunk's output on an input that starts at pixel 0
+    depends on input pixels ``offset + D*k`` to ``offset + D*k + receptive_field - 1``
+    and on nothing else.
+
+    Attributes
+    ----------
+    downsampling
+        ``D``, the trunk's total downsampling factor (a power of two).
+    receptive_field
+        Side of the input square one feature pixel sees.
+    offset
+        Input pixel where feature pixel 0's receptive field starts (0 for valid
+        convolutions without padding).
+    """
+
+    downsampling: int
+    receptive_field: int
+    offset: int = 0
+
+    def feature_size(self, patch: int) -> int:
+        """Feature pixels (per side) of one ``patch x patch`` window: ``(p - rf) // D + 1``."""
+        return (patch - self.receptive_field) // self.downsampling + 1
+
+
+@register_architecture("cnn_dense")
+class DenseCNN(nn.Module):
+    """A small CNN whose output for a window depends only on the window's own pixels.
+
+    One stage per entry of ``widths``, each of ``convs`` valid (unpadded) conv3x3-BN-ReLU
+    layers; a 2x2 max-pooling (step 2) between stages; then a global average over
+    the window's feature map, dropout and a linear classifier. Stages are added
+    while their receptive field fits in the patch, so small patches get fewer stages
+    (the attribute ``widths`` lists the stages built).
+
+    Because nothing is padded, feature pixel ``k`` depends on input pixels
+    ``D*k .. D*k + rf - 1`` only (:attr:`geometry`), so the trunk can run once over a
+    whole block and each window's output be pooled from the block's feature map
+    (dense evaluation, see ``docs/resolution-and-cost.md``); in eval mode batch norm
+    is a per-channel affine map and does not break this. For windows whose origins
+    are not multiples of ``D``, :meth:`trunk` with a smaller ``step`` keeps the later
+    pools at step 1 and dilates what follows ("à trous"), so every stride works.
+
+    Parameters
+    ----------
+    in_channels, n_classes
+        Input bands and output classes.
+    patch_size
+        Window side in pixels; decides how many stages fit (at least ``2*convs + 1``).
+    widths
+        Channels of each stage.
+    convs
+        Valid conv3x3-BN-ReLU layers per stage.
+    dropout
+        Dropout before the classifier.
+
+    Raises
+    ------
+    InputError
+        Fewer than one channel or two classes, empty ``widths``, ``convs < 1``, or a
+        patch smaller than the first stage's receptive field.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        patch_size: int = 64,
+        widths: tuple[int, ...] | list[int] = (16, 32, 64),
+        convs: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
+        super().__init__()
+        _check_sizes(in_channels, n_classes)
+        if len(widths) == 0 or convs < 1:
+            raise InputError(
+                f"cnn_dense needs at least one stage and one convolution per stage; found "
+                f"widths {list(widths)} and convs={convs}. Pass e.g. widths=[16, 32, 64], convs=2."
+            )
+        if patch_size < 2 * convs + 1:
+            raise InputError(
+                f"cnn_dense with convs={convs} needs patches of at least {2 * convs + 1} pixels "
+                f"(its valid convolutions shrink the window); found {patch_size}. Use a larger "
+                "patch size, fewer convs, or the 'cnn' architecture."
+            )
+        stages: list[nn.Module] = []
+        c, rf, jump = in_channels, 1, 1
+        for k, w in enumerate(widths):
+            # receptive field after this stage (a pool first, unless it is the first stage)
+            nxt, njump = (rf, jump) if k == 0 else (rf + jump, 2 * jump)
+            nxt += 2 * convs * njump
+            if nxt > patch_size:
+                break
+            rf, jump = nxt, njump
+            layers: list[nn.Module] = []
+            for _ in range(convs):
+                layers += [nn.Conv2d(c, w, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c = w
+            stages.append(nn.Sequential(*layers))
+        self.stages = nn.ModuleList(stages)
+        self.in_channels = in_channels
+        self.widths = [int(w) for w in widths[: len(stages)]]
+        self.geometry = DenseGeometry(downsampling=jump, receptive_field=rf)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(c, n_classes)
+
+    def trunk(self, x: torch.Tensor, *, step: int | None = None) -> torch.Tensor:
+        """The convolutional part: ``(n, c, H, W)`` -> features ``(n, width, h, w)``.
+
+        Parameters
+        ----------
+        x
+            Input of any size at least the receptive field.
+        step
+            Spacing of the output's feature pixels in input pixels: a power of two
+            dividing ``D`` (default ``D``, the training-time network). Pools beyond
+            ``step`` keep step 1 and everything after them is dilated, so feature
+            pixel ``m`` sees input pixels ``step*m .. step*m + rf - 1`` and the
+            features of a window at origin ``step*m`` are ``m + (D // step)*k``.
+        """
+        d = self.geometry.downsampling
+        step = d if step is None else step
+        if step < 1 or d % step or step & (step - 1):
+            raise InputError(f"step must be a power of two dividing {d}; found {step}")
+        taken, dil = 1, 1
+        for k, stage in enumerate(self.stages):
+            if k > 0:
+                if taken < step:
+                    x = F.max_pool2d(x, 2, stride=2)
+                    taken *= 2
+                else:
+                    x = F.max_pool2d(x, 2, stride=1, dilation=dil)
+                    dil *= 2
+            for layer in stage.children():
+                if dil > 1 and isinstance(layer, nn.Conv2d):
+                    x = F.conv2d(x, layer.weight, layer.bias, dilation=dil)
+                else:
+                    x = layer(x)
+        return x
+
+    def activation_bytes(self, step: int, *, itemsize: int = 4) -> float:
+        """Peak bytes per input pixel of one layer's input plus output in :meth:`trunk`.
+
+        The working set of a dense evaluation is about this times the block's pixels.
+        """
+        density, peak, c, taken = 1.0, 0.0, self.in_channels, 1
+        for k, w in enumerate(self.widths):
+            if k > 0 and taken < step:
+                taken *= 2
+                density /= 4
+            peak = max(peak, (c + w) * density, 2 * w * density)
+            c = w
+        return peak * itemsize
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(self.trunk(x).mean(dim=(2, 3))))
+
+
+def dense_geometry(module: nn.Module) -> DenseGeometry | None:
+    """The :class:`DenseGeometry` of a dense-capable network, ``None`` for the others."""
+    geometry = getattr(module, "geometry", None)
+    trunk, head = getattr(module, "trunk", None), getattr(module, "head", None)
+    if isinstance(geometry, DenseGeometry) and callable(trunk) and isinstance(head, nn.Linear):
+        return geometry
+    return None
