@@ -685,6 +685,22 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
         ("val_block must be >= 1 pixel", "--val-block must be >= 1 pixel"),
         ("augment=False", "--no-augment"),
         ("pass format= (cog, zarr)", "pass --format (cog, zarr)"),
+        (
+            "more than the limit max_pixels=68719476736; nothing was read. If the size is real, "
+            "pass a larger max_pixels= (or select fewer bands with bands=)",
+            "more than the limit --max-pixels 68719476736; nothing was read. If the size is real, "
+            "pass a larger --max-pixels (or select fewer bands with --bands)",
+        ),
+        ("max_pixels= must be a whole number >= 1", "--max-pixels must be a whole number >= 1"),
+        (
+            "a network location; inputs read local files only unless allow_remote=True",
+            "a network location; inputs read local files only unless --allow-remote",
+        ),
+        (
+            "To take the nearest value anyway, use select={'time': '~2005-07-15'}",
+            "To take the nearest value anyway, use --select time=~2005-07-15",
+        ),
+        ("sample_pixels= must be a whole number", "--sample-pixels must be a whole number"),
         # not an option of the CLI, inside paths, or already a flag: as it was
         ("set crs= on the labels", "set crs= on the labels"),
         ("/data/min_valid/scene.tif: bad", "/data/min_valid/scene.tif: bad"),

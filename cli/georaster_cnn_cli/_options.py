@@ -252,7 +252,9 @@ def _check_max_pixels(ctx: click.Context, param: click.Parameter, value: int) ->
     except InputError as exc:
         from georaster_cnn_cli._common import flag_wording
 
-        raise click.BadParameter(flag_wording(str(exc)), ctx, param) from exc
+        # click names the option itself: "Invalid value for '--max-pixels': must be ..."
+        message = flag_wording(str(exc)).removeprefix("--max-pixels ")
+        raise click.BadParameter(message, ctx, param) from exc
 
 
 def max_pixels_option() -> Callable[[F], F]:
