@@ -257,15 +257,23 @@ def _check_max_pixels(ctx: click.Context, param: click.Parameter, value: int) ->
         raise click.BadParameter(message, ctx, param) from exc
 
 
+def _open_option(keyword: str, option: Callable[[F], F]) -> Callable[[F], F]:
+    """``option``, whose value the command receives as ``open_options[keyword]``."""
+
+    def decorator(f: F) -> F:
+        return option(_into_open_options(f, lambda kwargs: {keyword: kwargs.pop(keyword)}))
+
+    return decorator
+
+
 def max_pixels_option() -> Callable[[F], F]:
     """``--max-pixels N``: the largest input opened (API ``open_raster(max_pixels=)``).
 
     The command receives it in ``open_options`` (see :func:`dataset_options`).
     """
-
-    def decorator(f: F) -> F:
-        wrapper = _into_open_options(f, lambda kw: {"max_pixels": kw.pop("max_pixels")})
-        return click.option(
+    return _open_option(
+        "max_pixels",
+        click.option(
             "--max-pixels",
             type=int,
             default=DEFAULT_MAX_PIXELS,
@@ -274,9 +282,8 @@ def max_pixels_option() -> Callable[[F], F]:
             callback=_check_max_pixels,
             help="Refuse an input declaring more than N pixel values (height x width x "
             "bands) before reading any; the default is 2**36.",
-        )(wrapper)
-
-    return decorator
+        ),
+    )
 
 
 def allow_remote_option() -> Callable[[F], F]:
@@ -284,17 +291,15 @@ def allow_remote_option() -> Callable[[F], F]:
 
     The command receives it in ``open_options`` (see :func:`dataset_options`).
     """
-
-    def decorator(f: F) -> F:
-        wrapper = _into_open_options(f, lambda kw: {"allow_remote": kw.pop("allow_remote")})
-        return click.option(
+    return _open_option(
+        "allow_remote",
+        click.option(
             "--allow-remote",
             is_flag=True,
             help="Let inputs, and the sources of a .vrt, be network locations (/vsicurl/, "
             "/vsis3/, https://, ...). [default: local files only]",
-        )(wrapper)
-
-    return decorator
+        ),
+    )
 
 
 def _stacked(*decorators: Callable[[F], F]) -> Callable[[F], F]:
