@@ -25,6 +25,7 @@ import xarray as xr
 from georaster_cnn.classmap import CLASS_NODATA, default_colors, read_class_info
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.geometry import RasterGrid
+from georaster_cnn.options import DEFAULT_MAX_PIXELS
 from georaster_cnn.reader import open_raster
 from georaster_cnn.vector_labels import VectorLabels, prepare_vector_labels
 
@@ -37,7 +38,12 @@ LabelsArg: TypeAlias = xr.DataArray | gpd.GeoDataFrame
 """One raster's labels: a label raster, or vector labels (points/polygons) in any CRS."""
 
 
-def open_labels(path: str | os.PathLike[str]) -> xr.DataArray:
+def open_labels(
+    path: str | os.PathLike[str],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    allow_remote: bool = False,
+) -> xr.DataArray:
     """Open a class-label raster: ``(y, x)`` float32 class ids, NaN = unlabelled.
 
     The first band is used; nodata (and GDAL masks) become NaN. Class names and
@@ -50,6 +56,8 @@ def open_labels(path: str | os.PathLike[str]) -> xr.DataArray:
     ----------
     path
         Any raster :func:`~georaster_cnn.open_raster` reads.
+    max_pixels, allow_remote
+        As for :func:`~georaster_cnn.open_raster`.
 
     Returns
     -------
@@ -62,7 +70,8 @@ def open_labels(path: str | os.PathLike[str]) -> xr.DataArray:
     >>> labels.attrs.get("class_names")  # doctest: +SKIP
     ['water', 'forest']
     """
-    lab = open_raster(path, bands=[1]).isel(band=0, drop=True)
+    lab = open_raster(path, bands=[1], max_pixels=max_pixels, allow_remote=allow_remote)
+    lab = lab.isel(band=0, drop=True)
     names, colors = read_class_info(path)
     if names:
         lab.attrs["class_names"] = list(names)

@@ -520,3 +520,16 @@ def test_one_bit_geotiff_reads_as_zero_and_one(tmp_path: Path) -> None:
     ) as dst:  # fmt: skip
         dst.write(bits[None])
     np.testing.assert_array_equal(open_raster(path).values[0], bits.astype("float32"))
+
+
+def test_label_rasters_follow_the_input_rules(
+    tmp_path: Path, make_raster: Callable[..., Path]
+) -> None:
+    from georaster_cnn import open_labels
+
+    labels = make_raster(tmp_path, "labels.tif", height=20, width=30, count=1)
+    assert open_labels(labels).shape == (20, 30)
+    with pytest.raises(InputError, match="max_pixels=100"):
+        open_labels(labels, max_pixels=100)
+    with pytest.raises(InputError, match="allow_remote=True"):
+        open_labels("/vsicurl/https://example.com/labels.tif")

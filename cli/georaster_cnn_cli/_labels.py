@@ -201,16 +201,27 @@ def merge_chips(sets: Sequence[ChipSet]) -> ChipSet:
     )
 
 
-def read_labels(source: LabelSource, *, cache: dict[Path, Any] | None = None) -> Any:
+#: The options of ``open_raster`` that label rasters follow too (not bands or select).
+_LABEL_RULES = frozenset({"max_pixels", "allow_remote"})
+
+
+def read_labels(
+    source: LabelSource,
+    *,
+    cache: dict[Path, Any] | None = None,
+    open_options: Mapping[str, Any] | None = None,
+) -> Any:
     """Labels of one INPUT: a label raster, or a GeoDataFrame for vector files.
 
     A vector file is read once per ``cache`` (the same GeoDataFrame then serves every
-    INPUT, which the library treats as one set of labels).
+    INPUT, which the library treats as one set of labels). A label raster is opened
+    with the input rules of ``open_options`` (``max_pixels``, ``allow_remote``).
     """
     import georaster_cnn as gc
 
     if not source.is_vector:
-        return gc.open_labels(source.path)
+        rules = {k: v for k, v in (open_options or {}).items() if k in _LABEL_RULES}
+        return gc.open_labels(source.path, **rules)
     cache = {} if cache is None else cache
     if source.path not in cache:
         cache[source.path] = gc.read_vector_labels(source.path)
@@ -237,5 +248,5 @@ def open_labelled(
         select = open_options.get("select")
         report_selected(state, data.attrs.get("selected"), select, context=data_path)
         datas.append(data)
-        labs.append(read_labels(label_source, cache=cache))
+        labs.append(read_labels(label_source, cache=cache, open_options=open_options))
     return datas, labs
