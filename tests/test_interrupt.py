@@ -2,7 +2,7 @@
 
 A real ``georaster-cnn predict`` process is signalled once its staged output exists
 (it is then computing blocks); after SIGINT and SIGTERM it cleans up and exits
-130/143; after SIGKILL a rerun removes the dead run's temporaries and writes the
+130/143; after three SIGKILLs a rerun removes the dead run's temporaries and writes the
 same map as an uninterrupted run.
 """
 
@@ -73,8 +73,10 @@ def test_sigkilled_run_then_rerun_gives_the_uninterrupted_map(
     model, scene = job
     out = tmp_path / "out"
     args = _cli("predict", model, scene, "-o", out, "--stride", "2")
-    for _ in range(2):
+    rng = np.random.default_rng(11)
+    for _ in range(3):  # three SIGKILLs at random moments of the computation
         proc = _start_and_wait_for_staging(args, out)
+        time.sleep(float(rng.uniform(0.0, 2.0)))
         proc.kill()
         proc.communicate()
     assert any(".gcnn-" in p.name for p in out.iterdir())  # a dead run's temporaries
