@@ -3,23 +3,33 @@
 :func:`resolve_device` maps ``auto|cpu|cuda[:N]|mps`` to a :class:`torch.device`;
 :class:`Classifier` runs normalised windows through a model on that device (batched,
 ``inference_mode``, fp16 autocast on CUDA, softmax) for :func:`~georaster_cnn.predict`
-and :func:`~georaster_cnn.evaluate` alike. A classifier pickles as the model file's
-bytes and a device *name*, and rebuilds once per process (cached by the model's
-checksum), so a Dask worker loads the model once, not per task.
+and :func:`~georaster_cnn.evaluate` alike.
+
+How a classifier travels to Dask workers: it pickles as the model's checksum and a
+device *name*. When the model was shipped to the cluster
+(:func:`georaster_cnn.cluster.ship_model`, done for the active client when a
+classifier is made and by :func:`~georaster_cnn.write_prediction`), that is all a
+task carries: the worker finds the model file's bytes in its
+:class:`~georaster_cnn.cluster.ModelPlugin`. Otherwise the model file's bytes travel
+with the classifier, as a fallback. Either way the model is loaded lazily, on a
+worker's first model call, and once per process (cached by checksum): a scheduler
+that unpickles a graph never loads it.
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import sys
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from georaster_cnn.errors import InputError
+from georaster_cnn.errors import InputError, ModelFileError
 
 if TYPE_CHECKING:
     from georaster_cnn.modelfile import GeoModel
@@ -72,7 +82,17 @@ _MODEL_LOCK = threading.Lock()
 # One model resident per process, keyed by (checksum, device): modules moved to the
 # device, and models unpickled on Dask workers.
 _MODULE_CACHE: dict[tuple[str, str], torch.nn.Module] = {}
-_MODEL_CACHE: dict[tuple[str, str], GeoModel] = {}
+_MODEL_CACHE: dict[str, GeoModel] = {}
+_RESOLVE_LOCK = threading.Lock()
+# The models classifiers of this process were made of, by checksum, for shipping a
+# prediction's model to a cluster by the checksum in its attributes.
+_LOCAL_MODELS: weakref.WeakValueDictionary[str, GeoModel] = weakref.WeakValueDictionary()
+
+
+def local_model(checksum: str) -> GeoModel | None:
+    """The model with this checksum that a classifier of this process holds, if any."""
+    found = _LOCAL_MODELS.get(checksum)
+    return found if found is not None else _MODEL_CACHE.get(checksum)
 
 
 class Classifier:
@@ -90,27 +110,41 @@ class Classifier:
     """
 
     def __init__(self, model: GeoModel, device: str | torch.device = "auto") -> None:
-        self.model = model
+        self._model: GeoModel | None = model
+        self._raw: bytes | None = None
         # A torch.device was resolved by the caller (once per call, in InferenceOptions).
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.key = (model.checksum, str(self.device))
+        _LOCAL_MODELS[model.checksum] = model
+        if "distributed" in sys.modules:  # a client may be active: ship the model once
+            from georaster_cnn.cluster import _ship_from_classifier
+
+            _ship_from_classifier(model)
+
+    @property
+    def model(self) -> GeoModel:
+        """The model; on a worker, loaded on first use (once per process)."""
+        if self._model is None:
+            self._model = _resolve_model(self.key[0], self._raw)
+            self._raw = None
+        return self._model
 
     def __dask_tokenize__(self) -> tuple[str, str]:
         return self.key
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"raw": self.model.to_bytes(), "key": self.key}
+        # The digest alone once the model was shipped to the cluster; the bytes
+        # otherwise (or what this copy received, when a scheduler forwards it).
+        raw: bytes | None = None
+        if not _is_shipped(self.key[0]):
+            raw = self._model.to_bytes() if self._model is not None else self._raw
+        return {"key": self.key, "raw": raw}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from georaster_cnn.modelfile import GeoModel
-
-        self.key = state["key"]
+        self.key = tuple(state["key"])
         self.device = torch.device(self.key[1])
-        cached = _MODEL_CACHE.get(self.key)
-        self.model = cached if cached is not None else GeoModel.from_bytes(state["raw"])
-        _MODEL_CACHE.clear()
-        _MODEL_CACHE[self.key] = self.model
-        _cap_torch_threads_on_worker()
+        self._raw = state["raw"]
+        self._model = _MODEL_CACHE.get(self.key[0])  # None: loaded on first use
 
     def _module(self) -> torch.nn.Module:
         mod = _MODULE_CACHE.get(self.key)
@@ -152,12 +186,75 @@ class Classifier:
         return out
 
 
+def _is_shipped(checksum: str) -> bool:
+    cluster = sys.modules.get("georaster_cnn.cluster")
+    return cluster is not None and bool(cluster.is_shipped(checksum))
+
+
+def _resolve_model(checksum: str, raw: bytes | None) -> GeoModel:
+    """The model with ``checksum``: cached, from ``raw``, or from this worker's plugin.
+
+    Raises
+    ------
+    ModelFileError
+        Neither bytes came with the task nor does this worker hold the model.
+    """
+    from georaster_cnn.modelfile import GeoModel
+
+    with _RESOLVE_LOCK:
+        cached = _MODEL_CACHE.get(checksum)
+        if cached is not None:
+            return cached
+        if raw is None:
+            raw = _plugin_bytes(checksum)
+        model = GeoModel.from_bytes(raw, source=f"model {checksum}")
+        if model.checksum != checksum:
+            raise ModelFileError(
+                f"the model sent for {checksum} has checksum {model.checksum}; "
+                "the cluster holds another model under this name. Restart the workers."
+            )
+        _MODEL_CACHE.clear()  # keep one model per process resident
+        _MODEL_CACHE[checksum] = model
+        _cap_torch_threads_on_worker()
+        return model
+
+
+def _plugin_bytes(checksum: str) -> bytes:
+    """The model file's bytes from this Dask worker's :class:`~georaster_cnn.cluster.ModelPlugin`."""
+    from georaster_cnn.cluster import plugin_name
+
+    where = "this process (not a Dask worker)"
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        where = f"worker {worker.address}"
+        raw = getattr(worker.plugins.get(plugin_name(checksum)), "raw", None)
+    except (ImportError, ValueError):
+        raw = None
+    if not isinstance(raw, bytes):
+        raise ModelFileError(
+            f"model {checksum} is not available on {where}: the task carries only its "
+            "digest, but the model was not shipped to this cluster. Compute through "
+            "write_prediction, or call georaster_cnn.cluster.ship_model(client, model) first."
+        )
+    return raw
+
+
 def _cap_torch_threads_on_worker() -> None:
-    """On a Dask worker, give torch ``cores // worker threads`` threads, not all cores."""
+    """On a Dask worker, cap torch's threads so the workers of a machine share its cores.
+
+    ``GCNN_TORCH_THREADS`` in the worker's environment decides (``local:N`` clusters
+    set it to ``cores // N``); otherwise ``cores // worker threads``.
+    """
     try:
         from distributed import get_worker
 
         nthreads = get_worker().state.nthreads
     except (ImportError, ValueError, AttributeError):
+        return
+    configured = os.environ.get("GCNN_TORCH_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        torch.set_num_threads(int(configured))
         return
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, nthreads)))
