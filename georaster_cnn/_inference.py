@@ -24,6 +24,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -157,19 +158,29 @@ class Classifier:
             _MODULE_CACHE[self.key] = mod
         return mod
 
-    def __call__(self, windows: np.ndarray) -> np.ndarray:
-        """Probabilities ``(n, classes)`` of one batch of windows, as ``float32``."""
+    @contextmanager
+    def running(self) -> Iterator[torch.nn.Module]:
+        """The module on :attr:`device` in eval mode, under the model lock and inference mode.
+
+        Autocast to fp16 on CUDA, as for :meth:`__call__`. For callers that use more of
+        the network than its forward pass (dense evaluation, :mod:`georaster_cnn._dense`).
+        """
         with _MODEL_LOCK:
             mod = self._module()
             dev = self.device
-            x = torch.from_numpy(np.ascontiguousarray(windows)).to(dev, non_blocking=True)
             with (
                 torch.inference_mode(),
                 torch.autocast(
                     device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"
                 ),
             ):
-                logits = mod(x)
+                yield mod
+
+    def __call__(self, windows: np.ndarray) -> np.ndarray:
+        """Probabilities ``(n, classes)`` of one batch of windows, as ``float32``."""
+        with self.running() as mod:
+            x = torch.from_numpy(np.ascontiguousarray(windows)).to(self.device, non_blocking=True)
+            logits = mod(x)
             return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
     def batches(self, windows: np.ndarray, batch_size: int) -> Iterator[tuple[slice, np.ndarray]]:

@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 from dask.base import tokenize
 
+from georaster_cnn._dense import classify_block_dense, dense_block_cells
 from georaster_cnn._inference import Classifier
 from georaster_cnn.chips import (
     iter_batches,
@@ -30,6 +31,7 @@ from georaster_cnn.classmap import CLASS_NODATA, prediction_attrs
 from georaster_cnn.errors import BandMismatchError, DataRangeWarning, InputError
 from georaster_cnn.geometry import PatchGrid, RasterGrid
 from georaster_cnn.modelfile import GeoModel
+from georaster_cnn.models import dense_geometry
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
 from georaster_cnn.stats import ChannelStats, normalize
 
@@ -151,6 +153,7 @@ def predict(
     min_valid: float | None = None,
     block_cells: int | None = None,
     check: bool = True,
+    dense: bool | None = None,
 ) -> xr.Dataset:
     """Classify every output cell of a raster; lazy and georeferenced.
 
@@ -173,9 +176,17 @@ def predict(
         default: the model's (0.5 unless trained otherwise).
     block_cells
         Dask block side in output cells; default ``1024 // stride`` so that a block
-        is about 1024 x 1024 input pixels whatever the stride.
+        is about 1024 x 1024 input pixels whatever the stride (dense evaluation: as
+        large as that while the block's feature maps stay within about 256 MiB).
     check
         Check the input contract first (see :func:`check_inputs`).
+    dense
+        Evaluate densely: run the network's convolutional trunk once per block and
+        pool every window from its feature map, so a fine stride costs about what
+        the coarsest does. Same classes as one forward pass per window (probabilities
+        equal up to float rounding). ``None`` (default): dense whenever the model's
+        architecture allows it (``cnn_dense``); ``False``: one forward pass per
+        window, the reference; ``True``: dense, or an :class:`InputError`.
 
     Returns
     -------
@@ -189,7 +200,8 @@ def predict(
     BandMismatchError
         The raster's band count is not the model's.
     InputError
-        Bad stride, batch size, ``min_valid`` or device.
+        Bad stride, batch size, ``min_valid`` or device; ``dense=True`` for a model
+        that cannot be evaluated densely.
     """
     opts = InferenceOptions.resolve(
         model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=device
@@ -203,25 +215,34 @@ def predict(
     norm = normalize(data, model.stats).data
     if not isinstance(norm, da.Array):
         norm = da.from_array(norm)
+    use_dense = _use_dense(model, dense)
     if block_cells is None:
-        block_cells = max(1, BLOCK_PX // opts.stride)
+        block_cells = (
+            dense_block_cells(model.module, stride=grid.stride, halo=grid.halo_before)
+            if use_dense
+            else max(1, BLOCK_PX // opts.stride)
+        )
     plan = plan_blocks(norm, grid, block_cells=block_cells)
     k = model.n_classes
     classifier = Classifier(model, opts.device)
+    per_block: dict[str, Any] = {
+        "classifier": classifier,
+        "patch": grid.patch,
+        "stride": grid.stride,
+        "halo": grid.halo_before,
+        "min_valid": opts.min_valid,
+        "n_classes": k,
+    }
+    if not use_dense:
+        per_block["batch_size"] = opts.batch_size
     probs = da.map_blocks(
-        _classify_block,
+        classify_block_dense if use_dense else _classify_block,
         plan.blocks,
-        classifier=classifier,
-        patch=grid.patch,
-        stride=grid.stride,
-        halo=grid.halo_before,
-        min_valid=opts.min_valid,
-        batch_size=opts.batch_size,
-        n_classes=k,
+        **per_block,
         chunks=((k,), *plan.cell_chunks),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
-        name="predict-"
+        name=("predict-dense-" if use_dense else "predict-")
         + tokenize(plan.blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
     )
     oh, ow = grid.out_shape
@@ -230,6 +251,19 @@ def predict(
     nodata = da.isnan(probs[0])
     cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
     return _wrap(cls, probs, data, model, grid)
+
+
+def _use_dense(model: GeoModel, dense: bool | None) -> bool:
+    """Whether to evaluate densely: ``dense`` checked against what the model allows."""
+    if dense is not None and not isinstance(dense, bool):
+        raise InputError(f"dense= must be True, False or None (automatic); found {dense!r}")
+    capable = dense_geometry(model.module) is not None
+    if dense and not capable:
+        raise InputError(
+            f"dense=True needs an architecture that can be evaluated densely (cnn_dense); "
+            f"this model is {model.arch!r}. Use dense=None (automatic) or dense=False."
+        )
+    return capable if dense is None else dense
 
 
 def _wrap(
