@@ -81,6 +81,7 @@ class _Settings:
     bands: list[int | str] | None = None
     open_options: dict[str, Any] = field(default_factory=dict)
     extras: Sequence[_Extra] = ()
+    dense: bool | None = None
 
 
 def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
@@ -162,6 +163,13 @@ def _format_help() -> str:
     default=None,
     help=_format_help(),
 )
+@click.option(
+    "--dense/--no-dense",
+    default=None,
+    help="Run the network's convolutional trunk once per block and pool every window from "
+    "it (same classes, a fine --stride at about the cost of the coarsest), or one forward "
+    "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
+)
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -180,6 +188,7 @@ def predict(
     qml: bool,
     quicklook: bool,
     output_format: str | None,
+    dense: bool | None,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
 
@@ -221,6 +230,7 @@ def predict(
         bands=bands,
         open_options=open_options,
         extras=_extras(vector, qml, quicklook),
+        dense=dense,
     )
     plan = _plan(state, inputs, output_dir, output_format)
     results = _run(state, plan, geo_model, settings)
@@ -296,6 +306,7 @@ def _predict_one(
                 # though its annotation still says str
                 device=opts.device,
                 min_valid=opts.min_valid,
+                dense=settings.dense,
             )
             with DaskProgress(progress, task):
                 written = gc.write_prediction(
