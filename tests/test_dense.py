@@ -1,0 +1,366 @@
+"""Dense evaluation (``_dense.py``) against one forward pass per window (``dense=False``).
+
+Every stride from 1 to the patch size, rasters of odd sizes with NaN holes (some in
+one band only), normalisation statistics that are not the identity, several Dask
+chunkings: dense and per-window probabilities agree within 1e-4 and the classes are
+identical. The networks are small ``cnn_dense`` models with seeded weights and
+non-trivial batch-norm statistics (eval mode: a per-channel affine map).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import dask.array
+import numpy as np
+import pytest
+import rasterio
+import rioxarray  # noqa: F401  (the .rio accessor)
+import torch
+import xarray as xr
+from click.testing import CliRunner
+from geo import NORTH_UP
+from georaster_cnn_cli.main import cli
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import georaster_cnn as gc
+from georaster_cnn import GeoModel, InputError, build_model, predict
+from georaster_cnn._dense import DENSE_BLOCK_BYTES, dense_block_cells, dense_logits
+from georaster_cnn.classmap import default_colors
+from georaster_cnn.models import DenseCNN, dense_geometry
+from georaster_cnn.stats import ChannelStats
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "scene.tif"
+#: Narrow stages so per-window references at stride 1 stay fast.
+TINY = [4, 8, 8]
+
+
+def _randomise_batch_norm(module: nn.Module, rng: torch.Generator) -> None:
+    """Running statistics and affine parameters away from (0, 1): eval-mode BN does something."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=rng) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=rng) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=rng) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=rng) - 0.3)
+
+
+def dense_model(
+    n_bands: int = 2,
+    n_classes: int = 3,
+    *,
+    patch: int = 36,
+    widths: Sequence[int] = TINY,
+    min_valid: float = 0.5,
+    seed: int = 0,
+) -> GeoModel:
+    """A ``cnn_dense`` GeoModel with seeded weights, non-trivial BN and statistics."""
+    torch.manual_seed(seed)
+    module = build_model("cnn_dense", n_bands, n_classes, patch, widths=list(widths))
+    gen = torch.Generator().manual_seed(seed)
+    _randomise_batch_norm(module, gen)
+    with torch.no_grad():  # a wide logit spread: no near-ties between classes
+        module.head.weight.mul_(20.0)
+    names = tuple(f"band_{i + 1}" for i in range(n_bands))
+    count = np.full(n_bands, 1000.0)
+    std = np.linspace(0.5, 2.0, n_bands)
+    lo, hi = np.full(n_bands, -10.0), np.full(n_bands, 10.0)
+    stats = ChannelStats(names, count, np.linspace(-0.3, 0.4, n_bands), count * std**2, lo, hi)
+    return GeoModel(
+        module=module.eval(),
+        arch="cnn_dense",
+        hparams={"widths": list(widths)},
+        band_names=names,
+        class_names=tuple(f"c{k}" for k in range(n_classes)),
+        class_colors=default_colors(n_classes),
+        stats=stats,
+        patch_size=patch,
+        min_valid=min_valid,
+        source_dtype="float32",
+        provenance={"data": ["<test_dense>"], "epochs": 0},
+    )
+
+
+def raster(height: int, width: int, *, bands: int = 2, seed: int = 0) -> xr.DataArray:
+    """A canonical ``(band, y, x)`` array with NaN holes: rectangles, pixels, one-band gaps."""
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((bands, height, width)).astype(np.float32)
+    # smooth-ish structure so windows differ
+    values += np.sin(np.arange(width) / 3.0)[None, None, :].astype(np.float32)
+    values[:, rng.random((height, width)) < 0.05] = np.nan
+    h0, w0 = rng.integers(0, height), rng.integers(0, width)
+    values[:, h0 : h0 + max(1, height // 3), w0 : w0 + max(1, width // 4)] = np.nan
+    values[-1, : max(1, height // 4), -max(1, width // 3) :] = np.nan  # last band only
+    if height > 8:
+        values[:, 2:5, :] = np.nan  # whole rows of nodata
+    da = xr.DataArray(
+        values,
+        dims=("band", "y", "x"),
+        coords={"band": [f"band_{i + 1}" for i in range(bands)]},
+    )
+    return da.rio.write_transform(NORTH_UP).rio.write_crs("EPSG:32633")
+
+
+def _compare(
+    data: xr.DataArray,
+    model: GeoModel,
+    stride: int,
+    *,
+    chunks: int | None = None,
+    block_cells: int | None = None,
+) -> None:
+    if chunks is not None:
+        data = data.chunk({"band": -1, "y": chunks, "x": chunks})
+    ref = predict(data, model, stride=stride, dense=False, check=False).compute()
+    got = predict(
+        data, model, stride=stride, dense=True, check=False, block_cells=block_cells
+    ).compute()
+    p_ref, p_got = ref["probability"].values, got["probability"].values
+    assert p_got.shape == p_ref.shape
+    np.testing.assert_array_equal(np.isnan(p_got), np.isnan(p_ref))
+    np.testing.assert_allclose(p_got, p_ref, rtol=0, atol=1e-4, equal_nan=True)
+    np.testing.assert_array_equal(got["class"].values, ref["class"].values)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+@pytest.mark.parametrize("patch", [5, 9, 13, 14, 16, 31, 32, 36, 40, 64, 66, 71])
+def test_geometry_matches_the_network(patch: int) -> None:
+    net = build_model("cnn_dense", 3, 4, patch).eval()
+    g = dense_geometry(net)
+    assert g is not None and g.receptive_field <= patch
+    with torch.inference_mode():
+        feats = net.trunk(torch.zeros(1, 3, patch, patch))
+    assert feats.shape[-2:] == (g.feature_size(patch),) * 2
+    # as many stages as fit: the next would see rf + D (its pool) + 4 * 2D (two convs)
+    assert len(net.widths) == 3 or g.receptive_field + 9 * g.downsampling > patch
+
+
+def test_defaults_and_training_mode() -> None:
+    net = build_model("cnn_dense", 4, 3, 64)
+    assert isinstance(net, DenseCNN)
+    g = net.geometry
+    assert (g.downsampling, g.receptive_field, g.feature_size(64), net.widths) == (
+        4,
+        32,
+        9,
+        [16, 32, 64],
+    )
+    net.train()
+    out = net(torch.randn(5, 4, 64, 64))
+    assert out.shape == (5, 3)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_window_output_depends_only_on_its_pixels() -> None:
+    net = build_model("cnn_dense", 2, 3, 32, widths=TINY).eval()
+    a = torch.randn(1, 2, 48, 48)
+    b = a.clone()
+    b[..., 32:, :] = 100.0  # change everything outside the window at the origin
+    b[..., :, 32:] = -7.0
+    with torch.inference_mode():
+        fa = net.trunk(a)[..., :1, :1]
+        fb = net.trunk(b)[..., :1, :1]
+    torch.testing.assert_close(fa, fb)
+
+
+@pytest.mark.parametrize(("channels", "classes", "patch"), [(0, 2, 64), (3, 1, 64), (3, 2, 4)])
+def test_rejects_bad_sizes(channels: int, classes: int, patch: int) -> None:
+    with pytest.raises(InputError):
+        build_model("cnn_dense", channels, classes, patch)
+
+
+@pytest.mark.parametrize("step", [1, 2, 4])
+def test_a_trous_trunk_gives_every_window_its_features(step: int) -> None:
+    net = build_model("cnn_dense", 2, 3, 40, widths=TINY).eval()
+    _randomise_batch_norm(net, torch.Generator().manual_seed(1))
+    g, p = net.geometry, 40
+    r, f = g.downsampling // step, g.feature_size(p)
+    x = torch.randn(1, 2, 61, 70)
+    with torch.inference_mode():
+        feats = net.trunk(x, step=step)
+        for o in range(0, 61 - p + 1, step):
+            for q in range(0, 70 - p + 1, 3 * step):
+                want = net.trunk(x[..., o : o + p, q : q + p])
+                m, n = o // step, q // step
+                got = feats[..., m : m + r * (f - 1) + 1 : r, n : n + r * (f - 1) + 1 : r]
+                torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    with pytest.raises(InputError, match="power of two"):
+        net.trunk(x, step=3)
+
+
+@pytest.mark.parametrize("stride", [1, 3, 4, 6, 8, 13, 36])
+def test_dense_logits_equal_the_forward_pass(stride: int) -> None:
+    net = build_model("cnn_dense", 2, 3, 36, widths=TINY).eval()
+    _randomise_batch_norm(net, torch.Generator().manual_seed(2))
+    x = torch.randn(1, 2, 36 + 5 * stride, 36 + 3 * stride + stride // 2)
+    with torch.inference_mode():
+        logits = dense_logits(net, x, patch=36, stride=stride)
+        assert logits.shape == (1, 3, 6, 4)
+        windows = torch.stack(
+            [
+                x[0, :, stride * i : stride * i + 36, stride * j : stride * j + 36]
+                for i in range(6)
+                for j in range(4)
+            ]
+        )
+        want = net(windows).T.reshape(3, 6, 4)
+    torch.testing.assert_close(logits[0], want, rtol=0, atol=1e-4)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@pytest.mark.parametrize("patch", [16, 36])
+def test_every_stride_agrees_with_per_window(patch: int) -> None:
+    """Strides 1..patch on odd-sized rasters with holes, two chunkings each."""
+    model = dense_model(patch=patch)
+    small = raster(47, 53, seed=patch)
+    for stride in range(1, patch + 1):
+        # several blocks per raster: a few cells, or the default (one block here)
+        _compare(small, model, stride, chunks=17, block_cells=max(1, 24 // stride))
+        if stride in (1, 2, 3, patch // 2, patch - 1, patch):
+            _compare(small, model, stride, chunks=None, block_cells=None)
+
+
+def test_rasters_smaller_than_a_patch_and_tiny_blocks() -> None:
+    model = dense_model(patch=36)
+    for h, w in [(1, 1), (7, 40), (35, 36), (36, 1)]:
+        data = raster(h, w, seed=h * 100 + w)
+        for stride in (1, 5, 36):
+            _compare(data, model, stride, block_cells=1)
+
+
+@settings(max_examples=25)
+@given(
+    height=st.integers(1, 70),
+    width=st.integers(1, 70),
+    patch=st.sampled_from([9, 14, 16, 24, 36, 40]),
+    stride_frac=st.floats(0.0, 1.0),
+    chunks=st.integers(5, 80),
+    block_cells=st.one_of(st.none(), st.integers(1, 12)),
+    min_valid=st.sampled_from([0.01, 0.3, 0.5, 0.9]),
+    seed=st.integers(0, 2**16),
+)
+def test_dense_equals_per_window_property(
+    height: int,
+    width: int,
+    patch: int,
+    stride_frac: float,
+    chunks: int,
+    block_cells: int | None,
+    min_valid: float,
+    seed: int,
+) -> None:
+    stride = 1 + round(stride_frac * (patch - 1))
+    model = dense_model(patch=patch, min_valid=min_valid, seed=seed % 7)
+    _compare(
+        raster(height, width, seed=seed), model, stride, chunks=chunks, block_cells=block_cells
+    )
+
+
+def test_dense_is_the_default_for_capable_models_only(
+    make_model: Callable[..., GeoModel],
+) -> None:
+    model = dense_model(patch=16)
+    data = raster(40, 40)
+    auto = predict(data, model, stride=4, check=False)
+    assert any("predict-dense" in str(k) for k in auto["probability"].data.dask)
+    off = predict(data, model, stride=4, check=False, dense=False)
+    assert not any("predict-dense" in str(k) for k in off["probability"].data.dask)
+    cnn = make_model(2, arch="cnn", patch_size=16)
+    plain = predict(data, cnn, stride=4, check=False)
+    assert not any("predict-dense" in str(k) for k in plain["probability"].data.dask)
+    with pytest.raises(InputError, match="cnn_dense"):
+        predict(data, cnn, stride=4, check=False, dense=True)
+    with pytest.raises(InputError, match="dense="):
+        predict(data, model, stride=4, check=False, dense="yes")  # type: ignore[arg-type]
+
+
+def test_model_file_round_trip_predicts_densely(tmp_path: Path) -> None:
+    model = dense_model(patch=16)
+    path = gc.save_model(model, tmp_path / "m.safetensors")
+    loaded = gc.load_model(path)
+    assert loaded.arch == "cnn_dense" and dense_geometry(loaded.module) is not None
+    data = raster(33, 29, seed=3)
+    a = predict(data, model, stride=3, check=False).compute()
+    b = predict(data, loaded, stride=3, check=False).compute()
+    np.testing.assert_array_equal(a["class"].values, b["class"].values)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def test_block_size_from_the_widths_and_flat_in_the_raster_size() -> None:
+    net = build_model("cnn_dense", 4, 4, 64)
+    for stride in (1, 2, 3, 4, 8, 16, 64):
+        halo = math.ceil((64 - stride) / 2)
+        cells = dense_block_cells(net, stride=stride, halo=halo)
+        side = cells * stride + 2 * halo
+        step = math.gcd(stride, 4)
+        # the largest layer of one block stays within the budget (or one cell)
+        assert side**2 * net.activation_bytes(step) <= DENSE_BLOCK_BYTES or cells == 1
+        assert cells * stride <= 1024
+    # wider networks get smaller blocks at stride 1, none below one cell
+    wide = build_model("cnn_dense", 4, 4, 64, widths=[64, 128, 256])
+    assert dense_block_cells(wide, stride=1, halo=32) < dense_block_cells(net, stride=1, halo=32)
+    assert dense_block_cells(wide, stride=1, halo=32, budget=1) == 1
+    # the plan's blocks do not grow with the raster
+    model = dense_model(patch=64, widths=[16, 32, 64])
+    sizes = []
+    for n in (1500, 6000):
+        zeros = xr.DataArray(
+            dask.array.zeros((2, n, n), chunks=(2, 512, 512), dtype=np.float32),
+            dims=("band", "y", "x"),
+            coords={"band": ["band_1", "band_2"]},
+        ).rio.write_transform(NORTH_UP)
+        pred = predict(zeros, model, stride=2, check=False)
+        sizes.append(max(pred["probability"].data.chunks[1]))  # lazy: nothing computed
+    assert sizes[0] == sizes[1] == dense_block_cells(model.module, stride=2, halo=31)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_dense_and_no_dense_give_the_same_map(tmp_path: Path) -> None:
+    """The bundled scene (512 x 512, 3 bands) with a cnn_dense model built here."""
+    data = gc.open_raster(SAMPLE)
+    torch.manual_seed(0)
+    module = build_model("cnn_dense", 3, 4, 64)
+    _randomise_batch_norm(module, torch.Generator().manual_seed(0))
+    model = GeoModel(
+        module=module.eval(),
+        arch="cnn_dense",
+        hparams={},
+        band_names=tuple(str(b) for b in data["band"].values),
+        class_names=("a", "b", "c", "d"),
+        class_colors=default_colors(4),
+        stats=gc.compute_stats(data),
+        patch_size=64,
+        source_dtype=str(data.attrs.get("source_dtype", "float32")),
+        provenance={"data": ["<test_dense>"], "epochs": 0},
+    )
+    path = gc.save_model(model, tmp_path / "dense.safetensors")
+    runner = CliRunner()
+    maps = {}
+    for flag in ("--dense", "--no-dense"):
+        out = tmp_path / flag.strip("-")
+        args = ["predict", str(path), str(SAMPLE), "-o", str(out), "--stride", "8"]
+        result = runner.invoke(cli, [*args, "--probabilities", flag])
+        assert result.exit_code == 0, result.output
+        with rasterio.open(out / "scene.tif") as src:
+            maps[flag] = src.read()
+    dense, ref = maps["--dense"], maps["--no-dense"]
+    assert dense.shape == (5, 64, 64)
+    np.testing.assert_array_equal(dense[0], ref[0])  # classes
+    # probabilities in percent: equal, or one apart where rounding fell differently
+    assert np.abs(dense[1:].astype(int) - ref[1:]).max() <= 1
+    assert (dense[1:] == ref[1:]).mean() > 0.99
