@@ -39,14 +39,22 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "scene.tif"
 TINY = [4, 8, 8]
 
 
+def net_of(channels: int, classes: int, patch: int, **hparams: object) -> DenseCNN:
+    """``build_model("cnn_dense", ...)``, typed."""
+    net = build_model("cnn_dense", channels, classes, patch, **hparams)
+    if not isinstance(net, DenseCNN):
+        raise TypeError(type(net))
+    return net
+
+
 def _randomise_batch_norm(module: nn.Module, rng: torch.Generator) -> None:
     """Running statistics and affine parameters away from (0, 1): eval-mode BN does something."""
     with torch.no_grad():
         for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 n = m.num_features
-                m.running_mean.copy_(torch.rand(n, generator=rng) - 0.5)
-                m.running_var.copy_(torch.rand(n, generator=rng) + 0.5)
+                m.running_mean = torch.rand(n, generator=rng) - 0.5
+                m.running_var = torch.rand(n, generator=rng) + 0.5
                 m.weight.copy_(torch.rand(n, generator=rng) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=rng) - 0.3)
 
@@ -62,7 +70,7 @@ def dense_model(
 ) -> GeoModel:
     """A ``cnn_dense`` GeoModel with seeded weights, non-trivial BN and statistics."""
     torch.manual_seed(seed)
-    module = build_model("cnn_dense", n_bands, n_classes, patch, widths=list(widths))
+    module = net_of(n_bands, n_classes, patch, widths=list(widths))
     gen = torch.Generator().manual_seed(seed)
     _randomise_batch_norm(module, gen)
     with torch.no_grad():  # a wide logit spread: no near-ties between classes
@@ -133,7 +141,7 @@ def _compare(
 
 @pytest.mark.parametrize("patch", [5, 9, 13, 14, 16, 31, 32, 36, 40, 64, 66, 71])
 def test_geometry_matches_the_network(patch: int) -> None:
-    net = build_model("cnn_dense", 3, 4, patch).eval()
+    net = net_of(3, 4, patch).eval()
     g = dense_geometry(net)
     assert g is not None and g.receptive_field <= patch
     with torch.inference_mode():
@@ -144,7 +152,7 @@ def test_geometry_matches_the_network(patch: int) -> None:
 
 
 def test_defaults_and_training_mode() -> None:
-    net = build_model("cnn_dense", 4, 3, 64)
+    net = net_of(4, 3, 64)
     assert isinstance(net, DenseCNN)
     g = net.geometry
     assert (g.downsampling, g.receptive_field, g.feature_size(64), net.widths) == (
@@ -161,7 +169,7 @@ def test_defaults_and_training_mode() -> None:
 
 
 def test_window_output_depends_only_on_its_pixels() -> None:
-    net = build_model("cnn_dense", 2, 3, 32, widths=TINY).eval()
+    net = net_of(2, 3, 32, widths=TINY).eval()
     a = torch.randn(1, 2, 48, 48)
     b = a.clone()
     b[..., 32:, :] = 100.0  # change everything outside the window at the origin
@@ -175,12 +183,12 @@ def test_window_output_depends_only_on_its_pixels() -> None:
 @pytest.mark.parametrize(("channels", "classes", "patch"), [(0, 2, 64), (3, 1, 64), (3, 2, 4)])
 def test_rejects_bad_sizes(channels: int, classes: int, patch: int) -> None:
     with pytest.raises(InputError):
-        build_model("cnn_dense", channels, classes, patch)
+        net_of(channels, classes, patch)
 
 
 @pytest.mark.parametrize("step", [1, 2, 4])
 def test_a_trous_trunk_gives_every_window_its_features(step: int) -> None:
-    net = build_model("cnn_dense", 2, 3, 40, widths=TINY).eval()
+    net = net_of(2, 3, 40, widths=TINY).eval()
     _randomise_batch_norm(net, torch.Generator().manual_seed(1))
     g, p = net.geometry, 40
     r, f = g.downsampling // step, g.feature_size(p)
@@ -199,7 +207,7 @@ def test_a_trous_trunk_gives_every_window_its_features(step: int) -> None:
 
 @pytest.mark.parametrize("stride", [1, 3, 4, 6, 8, 13, 36])
 def test_dense_logits_equal_the_forward_pass(stride: int) -> None:
-    net = build_model("cnn_dense", 2, 3, 36, widths=TINY).eval()
+    net = net_of(2, 3, 36, widths=TINY).eval()
     _randomise_batch_norm(net, torch.Generator().manual_seed(2))
     x = torch.randn(1, 2, 36 + 5 * stride, 36 + 3 * stride + stride // 2)
     with torch.inference_mode():
@@ -300,7 +308,7 @@ def test_model_file_round_trip_predicts_densely(tmp_path: Path) -> None:
 
 
 def test_block_size_from_the_widths_and_flat_in_the_raster_size() -> None:
-    net = build_model("cnn_dense", 4, 4, 64)
+    net = net_of(4, 4, 64)
     for stride in (1, 2, 3, 4, 8, 16, 64):
         halo = math.ceil((64 - stride) / 2)
         cells = dense_block_cells(net, stride=stride, halo=halo)
@@ -310,7 +318,7 @@ def test_block_size_from_the_widths_and_flat_in_the_raster_size() -> None:
         assert side**2 * net.activation_bytes(step) <= DENSE_BLOCK_BYTES or cells == 1
         assert cells * stride <= 1024
     # wider networks get smaller blocks at stride 1, none below one cell
-    wide = build_model("cnn_dense", 4, 4, 64, widths=[64, 128, 256])
+    wide = net_of(4, 4, 64, widths=[64, 128, 256])
     assert dense_block_cells(wide, stride=1, halo=32) < dense_block_cells(net, stride=1, halo=32)
     assert dense_block_cells(wide, stride=1, halo=32, budget=1) == 1
     # the plan's blocks do not grow with the raster
@@ -334,7 +342,7 @@ def test_cli_dense_and_no_dense_give_the_same_map(tmp_path: Path) -> None:
     """The bundled scene (512 x 512, 3 bands) with a cnn_dense model built here."""
     data = gc.open_raster(SAMPLE)
     torch.manual_seed(0)
-    module = build_model("cnn_dense", 3, 4, 64)
+    module = net_of(3, 4, 64)
     _randomise_batch_norm(module, torch.Generator().manual_seed(0))
     model = GeoModel(
         module=module.eval(),
