@@ -10,6 +10,20 @@ are staged with their raster and renamed after it, so a sidecar never appears
 before its raster. Folders (Zarr stores) replace an existing folder through a
 rename-away, so at no moment is a partial store under the final name.
 
+Resumable outputs (a class map computed block by block) are staged under a name
+derived from a *resume key* instead of the process id
+(``.NAME.gcnn-resume-<key>.partial<suffix>``, with more names of the same form from
+:meth:`Staged.resumable`). The key is a digest of everything the output's content
+depends on (inputs, model, options), so a rerun with the same key finds and
+continues the unfinished output, and one with another key never does. Such names
+are exempt from the dead-process cleanup (they carry no process id); instead every
+staged write of an output removes the resumable temporaries of other keys, unless a
+live run holds their lock. An interrupted resumable write (Ctrl-C, SIGTERM turned
+into an exception, any ``BaseException`` that is not an ``Exception``) keeps its
+resumable names for the rerun once the writer has something worth resuming
+(:attr:`Staged.progress` set: a finished block); an error removes them as any
+temporary.
+
 Used for COG/GeoTIFF class maps and their sidecars, Zarr and netCDF outputs,
 model files, evaluation reports, QGIS styles, quicklooks and vector files.
 """
@@ -17,6 +31,8 @@ model files, evaluation reports, QGIS styles, quicklooks and vector files.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -27,12 +43,26 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from georaster_cnn.errors import GeorasterCNNError
+from georaster_cnn.errors import GeorasterCNNError, OutputExistsError
 
-__all__ = ["Staged", "atomic_write", "remove_stale_temporaries", "staged", "staging_folder"]
+try:  # advisory locks; without them (Windows) concurrent resumable runs are not detected
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "Staged",
+    "atomic_write",
+    "remove_stale_temporaries",
+    "resume_key",
+    "staged",
+    "staging_folder",
+]
 
 #: Marks every temporary name the library makes, so strays are recognisable.
 TEMP_TAG = "gcnn"
+#: Marks resumable temporaries: ``.NAME.gcnn-resume-<key>...`` (no host, no process id).
+RESUME_TAG = f"{TEMP_TAG}-resume"
 #: Free space below which a failed write is reported as a full disk (GDAL and HDF5
 #: often say "IO error" or "HDF error" when the disk is full).
 FULL_DISK_BYTES = 16 * 1024**2
@@ -46,6 +76,20 @@ def _host() -> str:
 def _temp_name(path: Path, suffix: str) -> Path:
     token = f"{TEMP_TAG}-{_host()}-{os.getpid()}-{secrets.token_hex(4)}"
     return path.with_name(f".{path.name}.{token}.partial{suffix}")
+
+
+def resume_key(fields: Any) -> str:
+    """The key of a resumable output: a digest of the JSON of ``fields``.
+
+    ``fields`` holds everything the output's content depends on; any change gives
+    another key, so old blocks are never reused for a different output.
+    """
+    text = json.dumps(fields, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _resume_name(path: Path, key: str, ext: str) -> Path:
+    return path.with_name(f".{path.name}.{RESUME_TAG}-{key}{ext}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -84,6 +128,73 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
             _remove(entry)
             removed.append(entry)
+    return removed
+
+
+class _ResumeLock:
+    """An exclusive advisory lock on ``.NAME.gcnn-resume-<key>.lock``, held while a run writes.
+
+    The kernel drops it when the process dies, so a SIGKILLed run never blocks the rerun.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return False
+        self._fd = fd
+        return True
+
+    def release(self, *, remove: bool) -> None:
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self._fd)  # also releases the lock
+        self._fd = None
+
+
+def remove_other_resume_state(path: str | os.PathLike[str], keep: str | None = None) -> list[Path]:
+    """Remove the resumable temporaries of ``path`` whose key is not ``keep``.
+
+    They were left by an interrupted run with other inputs, model or options and can
+    never be reused. Those of a run still in progress (its lock is held) stay.
+
+    Returns
+    -------
+    list of Path
+        What was removed.
+    """
+    final = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(final.name)}\.{RESUME_TAG}-([0-9a-f]+)\.")
+    try:
+        entries = list(final.parent.iterdir())
+    except OSError:
+        return []
+    by_key: dict[str, list[Path]] = {}
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if m and m.group(1) != keep:
+            by_key.setdefault(m.group(1), []).append(entry)
+    removed: list[Path] = []
+    for key, found in by_key.items():
+        lock = _ResumeLock(_resume_name(final, key, ".lock"))
+        if not lock.acquire():
+            continue  # a live run writes this output with other options
+        try:
+            for entry in found:
+                if entry != lock.path:
+                    _remove(entry)
+                    removed.append(entry)
+        finally:
+            lock.release(remove=True)
     return removed
 
 
@@ -126,19 +237,58 @@ class Staged:
         Where the output will be.
     path
         The temporary file or folder to write.
+    key
+        The resume key, or ``None`` for an ordinary staged output.
+    resumed
+        Whether :attr:`path` was left by an interrupted run with the same key
+        (always ``False`` without a key).
+    progress
+        Set by the writer once a rerun would have something to continue from; an
+        interruption before that removes the resumable names too.
     """
 
-    def __init__(self, final: Path, *, folder: bool, suffix: str) -> None:
+    def __init__(self, final: Path, *, folder: bool, suffix: str, key: str | None = None) -> None:
         self.final = final
         self.folder = folder
-        self.path = _temp_name(final, suffix)
+        self.key = key
+        self.resumed = False
+        self.progress = False
         self._sidecars: dict[str, Path] = {}
         self._scratch: list[Path] = []
+        self._resumables: list[Path] = []
+        self._lock: _ResumeLock | None = None
+        if key is not None:
+            self._lock = _ResumeLock(_resume_name(final, key, ".lock"))
+            if not self._lock.acquire():
+                raise OutputExistsError(
+                    f"another run is writing {final} with the same inputs, model and options "
+                    f"(it holds {self._lock.path.name}); wait for it to finish or stop it"
+                )
+            self.path = _resume_name(final, key, ".partial" + suffix)
+            if self.path.is_dir() if folder else self.path.is_file():
+                self.resumed = True
+                return
+            _remove(self.path)  # a stray of the wrong kind
+        else:
+            self.path = _temp_name(final, suffix)
         if folder:
             self.path.mkdir()
         else:
             # Exclusive creation: two writers never share a temporary file.
             os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+
+    def resumable(self, ext: str) -> Path:
+        """One more name kept with a resumable output (e.g. its block journal).
+
+        Same lifecycle as :attr:`path`: kept when the write is interrupted, removed
+        when it completes or fails. Only for outputs staged with a resume key.
+        """
+        if self.key is None:
+            raise ValueError("resumable names need staged(..., resume_key=...)")
+        p = _resume_name(self.final, self.key, ext)
+        if p not in self._resumables:
+            self._resumables.append(p)
+        return p
 
     def sidecar(self, ext: str) -> Path:
         """The staged name of ``<final><ext>`` (e.g. ``.aux.xml``), renamed in after the output."""
@@ -160,13 +310,21 @@ class Staged:
                 _mode_like_new(tmp)
                 os.replace(tmp, Path(str(self.final) + ext))
 
-    def _cleanup(self, *, failed: bool) -> None:
+    def _cleanup(self, *, failed: bool, interrupted: bool = False) -> None:
+        """Remove the temporaries; an interrupted resumable write keeps what a rerun continues."""
         leftovers = [*self._scratch, *(Path(str(s) + ".aux.xml") for s in self._scratch)]
+        keep = interrupted and self.key is not None and self.progress
         if failed:
-            leftovers += [self.path, Path(str(self.path) + ".aux.xml"), *self._sidecars.values()]
+            leftovers += [Path(str(self.path) + ".aux.xml"), *self._sidecars.values()]
+            if not keep:
+                leftovers.append(self.path)
+        if not keep:
+            leftovers += self._resumables
         for p in leftovers:
             if p.exists() or p.is_symlink():
                 _remove(p)
+        if self._lock is not None:
+            self._lock.release(remove=not keep)
 
 
 @contextmanager
@@ -176,6 +334,7 @@ def staged(
     folder: bool = False,
     suffix: str = "",
     validate: Callable[[Path], None] | None = None,
+    resume_key: str | None = None,
 ) -> Iterator[Staged]:
     """Write an output under a temporary name, then rename it (and its sidecars) into place.
 
@@ -191,11 +350,21 @@ def staged(
     validate
         Called on the finished temporary output before the rename; raising
         aborts the write.
+    resume_key
+        Make the output resumable (see the module docstring): its temporary name
+        comes from this key (:func:`resume_key`), ``.resumed`` says whether an
+        interrupted run left it, and an interruption keeps it for the rerun.
 
     Yields
     ------
     Staged
-        ``.path`` to write to, ``.sidecar(ext)`` and ``.scratch(suffix)`` for more names.
+        ``.path`` to write to, ``.sidecar(ext)`` and ``.scratch(suffix)`` for more
+        names, ``.resumable(ext)`` for names kept with a resumable output.
+
+    Raises
+    ------
+    OutputExistsError
+        A live run holds the resumable output of the same key.
 
     Examples
     --------
@@ -204,14 +373,16 @@ def staged(
     ...     write_pam(st.sidecar(".aux.xml"))
     """
     remove_stale_temporaries(path)
-    st = Staged(Path(path), folder=folder, suffix=suffix)
+    # A write that does not continue them supersedes other runs' resumable temporaries.
+    remove_other_resume_state(path, keep=resume_key)
+    st = Staged(Path(path), folder=folder, suffix=suffix, key=resume_key)
     try:
         yield st
         if validate is not None:
             validate(st.path)
         st._commit()
     except BaseException as exc:
-        st._cleanup(failed=True)
+        st._cleanup(failed=True, interrupted=not isinstance(exc, Exception))
         full = _as_full_disk(exc, st.final)
         if full is not None:
             raise full from exc

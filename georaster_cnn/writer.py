@@ -28,6 +28,21 @@ Other formats (``format=``, or the output's suffix):
   ``GeoTransform`` attribute, the only georeferencing of rotated grids) and
   ``x``/``y`` cell-centre coordinates on north-up grids. Both are written under a
   temporary name in the output folder and renamed into place when complete.
+
+Where the blocks are computed (``scheduler=``, :mod:`georaster_cnn.cluster`): on the
+threaded scheduler each finished block is written by the thread that computed it;
+on a distributed cluster, GeoTIFF blocks stream back to this process (a bounded
+number in flight), which writes them into the staged file, so workers need not
+see the output folder, while Zarr blocks are written by the workers themselves,
+each into its own chunks (the output folder must then be shared with them).
+
+Resume (``resume=True``, the default, for COG, GeoTIFF and Zarr): every finished
+block is recorded in a journal beside the staged output (:mod:`georaster_cnn._resume`),
+under a key made of the inputs, the model and every option the output depends on.
+A write that was killed (SIGKILL, a lost node) or interrupted (Ctrl-C) and is run
+again with the same arguments continues from the recorded blocks; the result is
+the same as an uninterrupted run's. A different key (another model, stride, format,
+input file...) never reuses them, and the next write of the output removes them.
 """
 
 from __future__ import annotations
@@ -37,9 +52,12 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import dask
 import dask.array as da
 import numpy as np
 import rasterio
@@ -49,7 +67,8 @@ from rasterio.enums import ColorInterp
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from georaster_cnn._staging import staged
+from georaster_cnn._resume import BlockIndex, BlockJournal, input_identity
+from georaster_cnn._staging import Staged, resume_key, staged
 from georaster_cnn.classmap import (
     CLASS_NODATA,
     PREDICTION_ATTRS,
@@ -60,6 +79,11 @@ from georaster_cnn.classmap import (
 from georaster_cnn.errors import ReadError
 from georaster_cnn.formats import OUTPUT_FORMATS, OutputFormat, resolve_output_format
 from georaster_cnn.options import check_output
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from georaster_cnn.cluster import ClusterSession
 
 __all__ = ["OutputFormat", "write_prediction"]
 
@@ -104,29 +128,6 @@ class _Sink:
             self.open = False
 
 
-class _BandWriter:
-    """``__setitem__`` target for :func:`dask.array.store` writing bands of an open dataset."""
-
-    def __init__(self, sink: _Sink, first_band: int) -> None:
-        self.sink = sink
-        self.first_band = first_band
-
-    def __setitem__(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        if value.ndim == 2:
-            key, value = (slice(0, 1), *key), value[None]
-        bsl, ysl, xsl = key
-        window = Window.from_slices(ysl, xsl)
-        indexes = list(
-            range(
-                self.first_band + (bsl.start or 0),
-                self.first_band + (bsl.start or 0) + value.shape[0],
-            )
-        )
-        with self.sink.lock:
-            if self.sink.open:
-                self.sink.dst.write(value, indexes=indexes, window=window)
-
-
 def _probability_percent(p: np.ndarray) -> np.ndarray:
     out = np.where(np.isnan(p), CLASS_NODATA, np.rint(np.nan_to_num(p) * 100))
     return out.astype(np.uint8)
@@ -140,6 +141,11 @@ def write_prediction(
     probabilities: bool = False,
     overwrite: bool = False,
     compress: str = "DEFLATE",
+    scheduler: str | Client | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    resume: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+    max_in_flight: int | None = None,
 ) -> Path:
     """Compute a prediction and write it, atomically, as a COG, GeoTIFF, Zarr or netCDF.
 
@@ -163,6 +169,25 @@ def write_prediction(
     compress
         GDAL compression for the GeoTIFF formats (Zarr uses zarr's default codec,
         netCDF zlib level 4).
+    scheduler
+        Where the blocks are computed: ``None`` (an active ``distributed.Client``,
+        else threads), ``"threads"``, ``"local"``/``"local:N"`` (a local cluster of
+        N worker processes, started and closed here), a scheduler address
+        ``"tcp://HOST:PORT"`` or a client (:func:`georaster_cnn.cluster.use_scheduler`).
+        On a cluster the inputs must be readable by the workers under the same
+        paths; a Zarr output's folder too.
+    scheduler_file
+        A scheduler file (``dask scheduler --scheduler-file``) instead of ``scheduler``.
+    resume
+        Record finished blocks beside the staged output, and continue from those a
+        killed or interrupted write with the same arguments recorded (COG, GeoTIFF,
+        Zarr). ``False``: start from scratch, remove everything on interruption.
+    progress
+        Called as ``progress(finished blocks, all blocks)`` when the work is known
+        and after every block (from Dask threads on the threaded scheduler).
+    max_in_flight
+        On a cluster, most blocks submitted and not yet written; default four per
+        worker thread (at least 8).
 
     Returns
     -------
@@ -173,9 +198,11 @@ def write_prediction(
     ------
     InputError
         Unknown ``format``, a suffix that implies none, or one that contradicts
-        ``format`` (e.g. ``format="zarr"`` for ``map.tif``).
+        ``format`` (e.g. ``format="zarr"`` for ``map.tif``); a malformed or
+        unreachable ``scheduler``.
     OutputExistsError
-        ``path`` exists and ``overwrite`` is false.
+        ``path`` exists and ``overwrite`` is false; another run is writing it with
+        the same arguments.
     ReadError
         An input block could not be read (corrupt or truncated file).
 
@@ -183,29 +210,212 @@ def write_prediction(
     --------
     >>> write_prediction(pred, "maps/scene.tif")  # doctest: +SKIP
     >>> write_prediction(pred, "maps/scene.zarr", probabilities=True)  # doctest: +SKIP
+    >>> write_prediction(pred, "maps/scene.tif", scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
+    from georaster_cnn.cluster import ship_model, use_scheduler
+
     out = check_output(path, overwrite=overwrite)
     fmt = resolve_output_format(out, format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt in ("zarr", "netcdf"):
-        return _write_cf(pred, out, fmt, probabilities=probabilities)
-    return _write_tiff(pred, out, cog=fmt == "cog", probabilities=probabilities, compress=compress)
+    with use_scheduler(scheduler, scheduler_file=scheduler_file) as session:
+        checksum = str(pred.attrs.get("model_checksum", ""))
+        if session.client is not None and checksum:
+            ship_model(session.client, checksum)  # tasks then carry only the digest
+        job = _BlockJob(
+            pred,
+            probabilities=probabilities,
+            session=session,
+            resume=resume,
+            progress=progress,
+            max_in_flight=max_in_flight,
+        )
+        if fmt == "netcdf":
+            return _write_netcdf(pred, out, job)
+        if fmt == "zarr":
+            return _write_zarr(pred, out, job)
+        return _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress)
 
 
-def _write_tiff(
-    pred: xr.Dataset, out: Path, *, cog: bool, probabilities: bool, compress: str
-) -> Path:
-    """COG (tiled GeoTIFF streamed from Dask, then GDAL's COG driver) or the tiled GeoTIFF alone."""
-    cls = da.asarray(pred["class"].data)  # also accepts an already computed prediction
-    probs = da.asarray(pred["probability"].data)
+@contextmanager
+def _reading(pred: xr.Dataset) -> Iterator[None]:
+    """A GDAL error while the graph computes is a failed read of the input."""
+    try:
+        yield
+    except RasterioError as exc:
+        raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
+
+
+class _BlockJob:
+    """One prediction's output bands, computed block by block wherever ``session`` says.
+
+    The bands are one ``uint8`` Dask array ``(1 + classes?, y, x)``: the class, then
+    (with probabilities) one percent band per class, in chunks of whole prediction
+    blocks (uniform, so Zarr chunks can match them one to one).
+    """
+
+    def __init__(
+        self,
+        pred: xr.Dataset,
+        *,
+        probabilities: bool,
+        session: ClusterSession,
+        resume: bool,
+        progress: Callable[[int, int], None] | None,
+        max_in_flight: int | None,
+    ) -> None:
+        self.pred = pred
+        self.probabilities = probabilities
+        self.session = session
+        self.resume = resume
+        self._progress = progress
+        self._max_in_flight = max_in_flight
+        cls = _uniform_chunks(da.asarray(pred["class"].data))
+        parts = [cls[None]]
+        if probabilities:
+            probs = da.asarray(pred["probability"].data)
+            parts.append(probs.map_blocks(_probability_percent, dtype=np.uint8))
+        bands = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+        self.bands = bands.rechunk({0: -1, 1: cls.chunks[0], 2: cls.chunks[1]})
+        self.y0 = np.cumsum((0, *self.bands.chunks[1]))
+        self.x0 = np.cumsum((0, *self.bands.chunks[2]))
+        self.grid = (len(self.bands.chunks[1]), len(self.bands.chunks[2]))
+        self._lock = threading.Lock()
+        self._finished = 0
+
+    def region(self, index: BlockIndex) -> tuple[slice, slice]:
+        """Rows and columns of block ``index`` in the output."""
+        i, j = index
+        return (
+            slice(int(self.y0[i]), int(self.y0[i + 1])),
+            slice(int(self.x0[j]), int(self.x0[j + 1])),
+        )
+
+    def fields(self, fmt: str, **options: Any) -> dict[str, Any]:
+        """Everything the output depends on: the resume key's fields."""
+        attrs = self.pred.attrs
+        transform = self.pred.rio.transform()
+        crs = self.pred.rio.crs
+        return {
+            "inputs": input_identity(str(attrs.get("source", ""))),
+            "model": str(attrs.get("model_checksum", "")),
+            "stride": attrs.get("stride"),
+            "patch_size": attrs.get("patch_size"),
+            "classes": attrs.get("class_names"),
+            "colors": attrs.get("class_colors"),
+            # The Dask name digests the whole graph: the input's own token (path and
+            # modification time), normalisation, device, min_valid, blocks, dense or not.
+            "graph": self.bands.name,
+            "format": fmt,
+            "probabilities": self.probabilities,
+            "shape": list(self.bands.shape),
+            "chunks": [list(c) for c in self.bands.chunks[1:]],
+            "transform": [
+                transform.a,
+                transform.b,
+                transform.c,
+                transform.d,
+                transform.e,
+                transform.f,
+            ],
+            "crs": crs.to_wkt() if crs is not None else None,
+            **options,
+        }
+
+    @contextmanager
+    def journal(
+        self, st: Staged, fields: dict[str, Any], *, keep_data: bool
+    ) -> Iterator[BlockJournal | None]:
+        """The staged output's block journal (``None`` without resume)."""
+        if st.key is None:
+            yield None
+            return
+        with self.scratch_journal(st, fields, keep_data=keep_data) as journal:
+            yield journal
+
+    @contextmanager
+    def scratch_journal(
+        self, st: Staged, fields: dict[str, Any], *, keep_data: bool
+    ) -> Iterator[BlockJournal]:
+        """A block journal: resumable with a resume key, a scratch file without."""
+        name = st.resumable if st.key is not None else st.scratch
+        journal = BlockJournal(
+            name(".blocks"),
+            name(".manifest.json"),
+            fields,
+            keep_data=keep_data,
+            on_record=lambda: setattr(st, "progress", True),
+        )
+        st.progress = bool(journal.done)
+        try:
+            yield journal
+        finally:
+            journal.close()
+
+    def key(self, fields: dict[str, Any]) -> str | None:
+        return resume_key(fields) if self.resume else None
+
+    def advance(self, n: int = 1) -> None:
+        """Count finished blocks and report progress."""
+        with self._lock:
+            self._finished += n
+            if self._progress is not None:
+                self._progress(self._finished, self.grid[0] * self.grid[1])
+
+    def run(
+        self,
+        piece: Callable[[BlockIndex, Any], Any],
+        on_done: Callable[[BlockIndex, Any], None],
+        *,
+        done: set[BlockIndex] | frozenset[BlockIndex] = frozenset(),
+    ) -> None:
+        """Compute every block not in ``done``: ``on_done(index, result of piece(index, block))``.
+
+        ``piece`` turns a block's delayed value into the task to compute (the block
+        itself, or a task that writes it where it is computed). ``on_done`` runs in
+        a Dask thread (threaded scheduler) or in this thread (cluster).
+        """
+        ny, nx = self.grid
+        todo = [(i, j) for i in range(ny) for j in range(nx) if (i, j) not in done]
+        self.advance(len(done) if done else 0)
+        if not todo:
+            return
+        blocks = self.bands.to_delayed(optimize_graph=True)
+        pieces = ((ij, piece(ij, blocks[0, ij[0], ij[1]])) for ij in todo)
+        client = self.session.client
+        if client is None:
+            name = f"write-{self.bands.name}"
+            tasks = [
+                dask.delayed(_deliver, pure=True)(p, ij, on_done, dask_key_name=(name, *ij))
+                for ij, p in pieces
+            ]
+            local = "sync" if self.session.scheduler == "sync" else "threads"
+            with _reading(self.pred):
+                dask.compute(*tasks, scheduler=local)
+            return
+        from georaster_cnn.cluster import stream_blocks
+
+        limit = self._max_in_flight or max(8, 4 * self.session.worker_threads())
+        with _reading(self.pred):
+            stream_blocks(client, pieces, on_done, max_in_flight=limit)
+
+
+def _deliver(result: Any, index: BlockIndex, on_done: Callable[[BlockIndex, Any], None]) -> None:
+    on_done(index, result)
+
+
+def _write_tiff(pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compress: str) -> Path:
+    """COG (tiled GeoTIFF streamed block by block, then GDAL's COG driver) or the tiled GeoTIFF alone."""
     names = json.loads(pred.attrs["class_names"])
     colors = json.loads(pred.attrs["class_colors"])
-    height, width = cls.shape
-    count = 1 + (len(names) if probabilities else 0)
+    count, height, width = job.bands.shape
     crs = pred.rio.crs
     transform = pred.rio.transform()
+    fields = job.fields("cog" if cog else "gtiff", compress=compress)
 
-    with staged(out, suffix=".tif") as st:
+    with (
+        staged(out, suffix=".tif", resume_key=job.key(fields)) as st,
+        job.journal(st, fields, keep_data=True) as journal,
+    ):
         # The COG is a copy of a staging GeoTIFF; a plain GeoTIFF is the staging file itself.
         staging = st.scratch(".staging.tif") if cog else st.path
         profile: dict[str, Any] = {
@@ -221,20 +431,25 @@ def _write_tiff(
             profile.pop("crs")
         with rasterio.open(staging, "w", **profile) as dst:
             sink = _Sink(dst)
-            sources: list[da.Array] = [cls]
-            targets: list[Any] = [_BandWriter(sink, 1)]
-            if probabilities:
-                sources.append(probs.map_blocks(_probability_percent, dtype=np.uint8))
-                targets.append(_BandWriter(sink, 2))
+
+            def write(index: BlockIndex, block: np.ndarray) -> None:
+                ysl, xsl = job.region(index)
+                with sink.lock:
+                    if sink.open:
+                        dst.write(block, window=Window.from_slices(ysl, xsl))
+                if journal is not None:  # the record, not the GeoTIFF, is what a rerun trusts
+                    journal.record(index, block)
+                job.advance()
+
             try:
-                da.store(sources, targets, lock=False, compute=True)
-            except RasterioError as exc:
-                raise ReadError(
-                    f"{pred.attrs.get('source', 'input')}: read failed ({exc})"
-                ) from exc
+                if journal is not None:
+                    for index, block in journal.blocks():  # finished by an earlier run
+                        ysl, xsl = job.region(index)
+                        dst.write(block, window=Window.from_slices(ysl, xsl))
+                job.run(lambda _, block: block, write, done=journal.done if journal else set())
             finally:
                 sink.close()
-            _describe(dst, names, colors, pred.attrs, probabilities)
+            _describe(dst, names, colors, pred.attrs, job.probabilities)
         if cog:
             rasterio.shutil.copy(
                 staging, st.path, driver="COG", COMPRESS=compress, BLOCKSIZE=_BLOCK,
@@ -290,46 +505,135 @@ def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
     return ds
 
 
-def _write_cf(
-    pred: xr.Dataset, out: Path, fmt: Literal["zarr", "netcdf"], *, probabilities: bool
-) -> Path:
-    """Zarr folder or netCDF file, streamed block by block under a temporary name, then renamed."""
-    ds = _cf_dataset(pred, probabilities=probabilities)
+def _cf_encoding(ds: xr.Dataset, fmt: Literal["zarr", "netcdf"]) -> dict[str, dict[str, Any]]:
     # An ``encoding`` argument replaces each variable's encoding: keep grid_mapping.
     encoding: dict[str, dict[str, Any]] = {
         str(name): {**var.encoding, "_FillValue": np.uint8(CLASS_NODATA), "dtype": "uint8"}
         for name, var in ds.data_vars.items()
     }
     if fmt == "zarr":
-        for enc in encoding.values():
+        for name, enc in encoding.items():
             # Zarr's own fill value too: a chunk never written then reads as "no
-            # prediction", not as class 0.
+            # prediction", not as class 0. One chunk per prediction block, so each
+            # block's write touches its own chunks only.
             enc["fill_value"] = CLASS_NODATA
+            enc["chunks"] = tuple(c[0] for c in ds[name].chunks or ())
     else:
         for enc in encoding.values():
             enc.update(zlib=True, complevel=4)
-        if "probability" in ds:  # netCDF keeps the type: float32 scale, float32 values
-            ds["probability"].attrs["scale_factor"] = np.float32(0.01)
-    with staged(out, folder=fmt == "zarr", suffix=OUTPUT_FORMATS[fmt].suffix) as st:
-        try:
-            if fmt == "zarr":
-                with warnings.catch_warnings():
-                    # Consolidated metadata lets xarray open the store in one read and
-                    # without a fallback warning; zarr flags it as not (yet) in the v3 spec.
-                    warnings.filterwarnings(
-                        "ignore", "Consolidated metadata is currently not part", UserWarning
-                    )
-                    ds.to_zarr(
-                        st.path, mode="w", zarr_format=3, consolidated=True, encoding=encoding
-                    )
-            else:
-                ds.to_netcdf(
-                    st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding
+    return encoding
+
+
+def _write_zarr_block(block: np.ndarray, store: str, region: tuple[slice, slice]) -> int:
+    """Write one block's class (and percent) chunks into the Zarr store; runs on a worker.
+
+    Idempotent: a retried task (a lost worker) writes the same bytes to the same chunks.
+    """
+    import zarr
+
+    ysl, xsl = region
+    zarr.open_array(store, path="class", mode="r+")[ysl, xsl] = block[0]
+    if block.shape[0] > 1:
+        zarr.open_array(store, path="probability", mode="r+")[:, ysl, xsl] = block[1:]
+    return int(block.shape[1] * block.shape[2])
+
+
+def _zarr_store_ready(path: Path, probabilities: bool) -> bool:
+    """Whether an earlier run's staged store has its variables (then its blocks are reused)."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        return "class" in group and (not probabilities or "probability" in group)
+    except Exception:  # missing or broken metadata: start the store afresh
+        return False
+
+
+def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
+    """Zarr folder: metadata here, then every block's chunks written where it is computed."""
+    ds = _cf_dataset(pred, probabilities=job.probabilities)
+    encoding = _cf_encoding(ds, "zarr")
+    fields = job.fields("zarr")
+    with (
+        staged(out, folder=True, suffix=".zarr", resume_key=job.key(fields)) as st,
+        job.journal(st, fields, keep_data=False) as journal,
+    ):
+        done: set[BlockIndex] = set(journal.done) if journal is not None else set()
+        if not (done and _zarr_store_ready(st.path, job.probabilities)):
+            done.clear()
+            with warnings.catch_warnings():
+                # Consolidated metadata lets xarray open the store in one read and
+                # without a fallback warning; zarr flags it as not (yet) in the v3 spec.
+                warnings.filterwarnings(
+                    "ignore", "Consolidated metadata is currently not part", UserWarning
                 )
-        except RasterioError as exc:
-            raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
-    log.info("wrote %s (%s, %d x %d)", out, fmt, ds.sizes["y"], ds.sizes["x"])
+                # Metadata and coordinates only; the data are written block by block.
+                ds.to_zarr(
+                    st.path,
+                    mode="w",
+                    zarr_format=3,
+                    consolidated=True,
+                    encoding=encoding,
+                    compute=False,
+                )
+        store = str(st.path.resolve())  # workers open it by this path
+
+        def finished(index: BlockIndex, _: Any) -> None:
+            if journal is not None:  # the completion record: the chunks are complete
+                journal.record(index)
+            job.advance()
+
+        job.run(
+            lambda ij, block: dask.delayed(_write_zarr_block, pure=True)(
+                block, store, job.region(ij), dask_key_name=("zarr-block", job.bands.name, *ij)
+            ),
+            finished,
+            done=done,
+        )
+    log.info("wrote %s (zarr, %d x %d)", out, ds.sizes["y"], ds.sizes["x"])
     return out
+
+
+def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
+    """netCDF file: blocks computed into a journal, then written here from it, then renamed.
+
+    One file cannot take writes from many workers, so the blocks come back to this
+    process first (their journal doubles as the resume record), and the file is
+    written from them on this process's threads.
+    """
+    ds = _cf_dataset(pred, probabilities=job.probabilities)
+    encoding = _cf_encoding(ds, "netcdf")
+    if "probability" in ds:  # netCDF keeps the type: float32 scale, float32 values
+        ds["probability"].attrs["scale_factor"] = np.float32(0.01)
+    fields = job.fields("netcdf")
+    with (
+        staged(out, suffix=OUTPUT_FORMATS["netcdf"].suffix, resume_key=job.key(fields)) as st,
+        job.scratch_journal(st, fields, keep_data=True) as journal,
+    ):
+
+        def finished(index: BlockIndex, block: np.ndarray) -> None:
+            journal.record(index, block)
+            job.advance()
+
+        job.run(lambda _, block: block, finished, done=journal.done)
+        bands = da.map_blocks(
+            _journal_block,
+            journal=journal,
+            chunks=job.bands.chunks,
+            dtype=np.uint8,
+            name=f"journal-{job.bands.name}",
+        )
+        ds["class"] = ds["class"].copy(data=bands[0])
+        if "probability" in ds:
+            ds["probability"] = ds["probability"].copy(data=bands[1:])
+        with dask.config.set(scheduler="threads"):  # the journal is this process's
+            ds.to_netcdf(st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
+    log.info("wrote %s (netcdf, %d x %d)", out, ds.sizes["y"], ds.sizes["x"])
+    return out
+
+
+def _journal_block(journal: BlockJournal, block_id: tuple[int, int, int]) -> np.ndarray:
+    return journal.read((block_id[1], block_id[2]))
 
 
 def _describe(
