@@ -15,31 +15,30 @@ provenance), and, from format 2 on, two digests:
     (``json.dumps([key, dtype, shape])``) followed by its bytes.
 
 Loading never executes code (no pickle), recomputes both digests and refuses a
-file whose weights or card do not match them, and refuses a malformed card or
-non-finite weights or statistics. Format 1 files (no digests) still load, marked
-``verified=False``.
+file whose weights or card do not match them, and refuses a malformed card (see
+:mod:`georaster_cnn._card`) or non-finite weights or statistics. Format 1 files (no
+digests) still load, marked ``verified=False``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from georaster_cnn._card import _FIX, _check_card
 from georaster_cnn._staging import atomic_write
 from georaster_cnn.errors import ModelFileError
 from georaster_cnn.models import build_model
@@ -60,7 +59,6 @@ FORMAT_VERSION = 2
 
 _CARD_DIGEST = "card_sha256"
 _WEIGHTS_DIGEST = "weights_sha256"
-_FIX = "copy or download the file again, or retrain the model"
 _FIX_SAVE = "Give the GeoModel valid values."
 
 
@@ -389,116 +387,3 @@ def _check_finite(state: Mapping[str, torch.Tensor], prefix: str) -> None:
                 f"{prefix}: weight tensor {key!r} holds {n} NaN or infinite value(s) "
                 f"of {t.numel()}; the model is broken: retrain it"
             )
-
-
-# --------------------------------------------------------------------------- the card
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: object) -> bool:
-    # JSON integers are unbounded; beyond float range they would overflow in NumPy.
-    if isinstance(v, int) and not isinstance(v, bool):
-        return abs(v) < 2**1000
-    return isinstance(v, float)
-
-
-def _names(v: object, least: int, most: int) -> bool:
-    return (
-        isinstance(v, list)
-        and least <= len(v) <= most
-        and all(isinstance(s, str) and s != "" for s in v)
-    )
-
-
-def _is_rgb(v: object) -> bool:
-    return isinstance(v, list) and len(v) == 3 and all(_is_int(c) and 0 <= c <= 255 for c in v)
-
-
-def _is_dtype(v: object) -> bool:
-    try:
-        return isinstance(v, str) and np.dtype(v).kind in "biuf"
-    except TypeError:
-        return False
-
-
-_MAX_PATCH = 2**16
-_STATS_KEYS = ("count", "mean", "m2", "min", "max")
-
-#: field -> (check, what it should be, default when missing; ``...``: required)
-_FIELDS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
-    "arch": (lambda v: isinstance(v, str) and v != "", "an architecture name", ...),
-    "hparams": (lambda v: isinstance(v, dict), "a JSON object of hyper-parameters", ...),
-    "patch_size": (
-        lambda v: _is_int(v) and 0 < v <= _MAX_PATCH,
-        f"a whole number from 1 to {_MAX_PATCH}",
-        ...,
-    ),
-    "bands": (lambda v: _names(v, 1, 10**6), "a non-empty list of band names", ...),
-    "classes": (lambda v: _names(v, 2, 255), "a list of 2 to 255 class names", ...),
-    "colors": (
-        lambda v: isinstance(v, list) and all(_is_rgb(c) for c in v),
-        "a list of RGB triples (whole numbers 0-255)",
-        ...,
-    ),
-    "stats": (
-        lambda v: isinstance(v, dict) and all(k in v for k in ("names", *_STATS_KEYS)),
-        f"a JSON object with {', '.join(('names', *_STATS_KEYS))}",
-        ...,
-    ),
-    "min_valid": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]", ...),
-    "source_dtype": (_is_dtype, "a numeric data type name such as 'float32'", "float32"),
-    "provenance": (lambda v: isinstance(v, dict), "a JSON object", {}),
-}
-
-
-def _check_card(card: object, version: int, source: str, *, fix: str = "") -> dict[str, Any]:
-    """The card's fields (defaults filled in), each checked; a :class:`ModelFileError` otherwise."""
-
-    def bad(name: str, expected: str, found: object) -> ModelFileError:
-        shown = "nothing (missing)" if found is ... else _short(found)
-        return ModelFileError(
-            f"{source}: model card field {name!r} should be {expected}; found {shown}. "
-            + (fix or f"The file is damaged or was not written by georaster_cnn: {_FIX}")
-        )
-
-    if not isinstance(card, dict):
-        raise bad("card", "a JSON object", card)
-    out: dict[str, Any] = {}
-    for name, (check, expected, default) in _FIELDS.items():
-        value = card.get(name, default)
-        if value is ... or not check(value):
-            raise bad(name, expected, value)
-        out[name] = value
-    found = card.get("format_version", version)  # it repeats the file's, when there
-    if not (_is_int(found) and found == version):
-        raise bad("format_version", f"{version}, the file's format version", found)
-    n_bands, n_classes = len(out["bands"]), len(out["classes"])
-    if len(out["colors"]) != n_classes:
-        raise bad("colors", f"one RGB triple per class ({n_classes})", out["colors"])
-    stats = out["stats"]
-    if not _names(stats["names"], n_bands, n_bands):
-        raise bad("stats.names", f"one band name per band ({n_bands})", stats["names"])
-    for key in _STATS_KEYS:
-        v = stats[key]
-        if not (isinstance(v, list) and len(v) == n_bands and all(_is_num(x) for x in v)):
-            raise bad(f"stats.{key}", f"one number per band ({n_bands})", v)
-    for k, band in enumerate(out["bands"]):
-        count = stats["count"][k]
-        values = {key: stats[key][k] for key in _STATS_KEYS[1:]}
-        if not (math.isfinite(count) and count >= 0) or (
-            count > 0 and not (all(math.isfinite(x) for x in values.values()) and values["m2"] >= 0)
-        ):
-            raise ModelFileError(
-                f"{source}: normalisation statistics of band {band!r} are not finite or have "
-                f"a negative variance (count {count}, mean {values['mean']}, m2 {values['m2']}, min {values['min']}, "
-                f"max {values['max']}); the model is broken: retrain it"
-            )
-    return out
-
-
-def _short(value: object, limit: int = 80) -> str:
-    text = json.dumps(value) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
