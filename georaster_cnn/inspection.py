@@ -5,7 +5,10 @@ grid, nodata, per-band statistics) and adds its spatial structure from
 :mod:`georaster_cnn.spatial`: Moran's I per band and lag, the verdict per band,
 and one overall verdict for the raster. Its cost is bounded whatever the raster's
 size: above ``max_pixels`` cells, statistics, nodata fractions and Moran's I all
-come from the same seeded sample of windows.
+come from the same seeded sample of non-overlapping windows of up to 512 x 512
+pixels, about ``max_pixels`` cells in all (each window reads the Dask chunks it
+touches), and are estimates from that sample (``sampling["subsampled"]`` is true;
+counts are the sample's).
 """
 
 from __future__ import annotations
@@ -144,6 +147,29 @@ def _json_float(v: float) -> float | None:
     return float(v) if math.isfinite(v) else None
 
 
+def _opened(source: str | os.PathLike[str] | xr.DataArray) -> tuple[xr.DataArray, Path | None]:
+    """The array to inspect and the path it comes from (``None``: made in memory)."""
+    if isinstance(source, xr.DataArray):
+        src = source.attrs.get("source")
+        return source, Path(src) if src else None
+    path = Path(source)
+    return open_raster(path), path
+
+
+def _band_stats(stats: ChannelStats, names: Sequence[str]) -> dict[str, dict[str, float]]:
+    """The report's ``stats``: count, mean, std, min and max per band name."""
+    return {
+        n: {
+            "count": int(stats.count[b]),
+            "mean": float(stats.mean[b]),
+            "std": float(stats.std[b]),
+            "min": float(stats.minimum[b]),
+            "max": float(stats.maximum[b]),
+        }
+        for b, n in enumerate(names)
+    }
+
+
 def inspect_raster(
     source: str | os.PathLike[str] | xr.DataArray,
     *,
@@ -160,13 +186,10 @@ def inspect_raster(
         canonical ``(band, y, x)`` array.
     lags, max_pixels, seed
         Passed to :func:`morans_i`. ``max_pixels`` (default 2 million) bounds the
-        whole report's reads: a raster with more cells than that is described
-        from a seeded sample of non-overlapping windows of up to 512 x 512 pixels,
-        about ``max_pixels`` cells in all (each window reads the Dask chunks it
-        touches), and its statistics, nodata fractions and Moran's I are
-        estimates from that sample (``sampling["subsampled"]`` is true; counts are
-        the sample's). A path is opened with :func:`~georaster_cnn.open_raster`'s
-        defaults; open it yourself for other options (e.g. its size limit).
+        whole report's reads: a larger raster is described from a seeded sample of
+        windows (see the module docs). A path is opened with
+        :func:`~georaster_cnn.open_raster`'s defaults; open it yourself for other
+        options (e.g. its size limit).
 
     Returns
     -------
@@ -188,13 +211,7 @@ def inspect_raster(
     InputError
         Bad options, or a band without any valid pixel.
     """
-    if isinstance(source, xr.DataArray):
-        data = source
-        src = data.attrs.get("source")
-        path = Path(src) if src else None
-    else:
-        path = Path(source)
-        data = open_raster(path)
+    data, path = _opened(source)
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise InputError(f"max_pixels must be >= 1; found {max_pixels!r}")
     names = [str(b) for b in data["band"].values]
@@ -232,16 +249,7 @@ def inspect_raster(
             "overall": invalid / n_cells,
             "bands": {n: 1.0 - float(stats.count[b]) / n_cells for b, n in enumerate(names)},
         },
-        "stats": {
-            n: {
-                "count": int(stats.count[b]),
-                "mean": float(stats.mean[b]),
-                "std": float(stats.std[b]),
-                "min": float(stats.minimum[b]),
-                "max": float(stats.maximum[b]),
-            }
-            for b, n in enumerate(names)
-        },
+        "stats": _band_stats(stats, names),
         "lags": list(lag_t),
         "morans_i": {n: {d: _json_float(v) for d, v in mi[n].items()} for n in names},
         "sampling": {k: details[k] for k in ("subsampled", "windows", "pixels", "max_pixels")},

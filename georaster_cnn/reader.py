@@ -12,6 +12,13 @@ rioxarray's ``isel`` for windows). netCDF files, several netCDF files combined
 by coordinates, and Zarr stores are opened with xarray and share one path from
 Dataset to canonical array (variables, ``select``/``stack`` of extra dimensions,
 CRS and transform from the coordinates); docs/netcdf-zarr.md describes the rules.
+
+Inputs are opened on purpose: a GDAL file only by the driver its suffix names (a
+``.tif`` is a GeoTIFF, never a VRT in disguise; another suffix: any raster driver
+except VRT and others that read files by reference); a ``.vrt`` is checked before
+GDAL opens it (local rasters only: no raw files, no network sources unless
+``allow_remote``); nothing is read from the network by default. The declared size is
+checked before any pixel is read.
 """
 
 from __future__ import annotations
@@ -73,39 +80,28 @@ def open_raster(
 ) -> xr.DataArray:
     """Open a raster lazily as a ``float32`` ``(band, y, x)`` DataArray; invalid pixels are NaN.
 
-    Inputs are opened on purpose: a GDAL file only by the driver its suffix names
-    (a ``.tif`` is a GeoTIFF, never a VRT in disguise; another suffix: any raster
-    driver except VRT and others that read files by reference); a ``.vrt`` is
-    checked before GDAL opens it (local rasters only: no raw files, no network
-    sources unless ``allow_remote``); nothing is read from the network by default.
-    The declared size is checked before any pixel is read.
+    Inputs are opened on purpose and sized before any pixel is read (module docs).
 
     Parameters
     ----------
     path
-        A GDAL raster (GeoTIFF/COG ``.tif``, ``.vrt``, ``.img``, ``.jp2``, or a file
-        of any other GDAL raster format named explicitly), a netCDF file
-        (``.nc``), a Zarr store (a ``*.zarr`` folder, v2 or v3), or several netCDF
-        files read as one dataset (a list of paths, or a glob pattern with ``*``,
-        e.g. time split over yearly files). In netCDF and Zarr, each numeric
-        variable on one regular (y, x) or (lat, lon) grid becomes a band.
+        A GDAL raster (GeoTIFF/COG ``.tif``, ``.vrt``, ``.img``, ``.jp2``, or any
+        other GDAL raster format named explicitly), a netCDF file (``.nc``), a Zarr
+        store (a ``*.zarr`` folder, v2 or v3), or several netCDF files read as one
+        dataset (a list of paths, or a glob pattern with ``*``). In netCDF and Zarr,
+        each numeric variable on one regular (y, x) or (lat, lon) grid becomes a band.
     bands
         Bands to keep, in order: 1-based indexes or band names (GeoTIFF band
-        descriptions, netCDF/Zarr variable names or stacked band names). ``None``
-        keeps all.
+        descriptions, netCDF/Zarr variable names or stacked band names); ``None``: all.
     chunks
-        ``"auto"`` aligns chunks to the file's internal blocks near
-        1024 x 1024 pixels; an int or ``(y, x)`` sets the chunk size in pixels.
-    variables
-        netCDF/Zarr only: data variables to use, in order (same as ``bands``
-        with names; give one or the other).
-    select
-        netCDF/Zarr only: one value per extra dimension, e.g.
-        ``{"time": "2020-01-01", "level": 850}``. Dates pick the nearest time
-        step; other values must match a coordinate value exactly.
-    stack
-        netCDF/Zarr only: a dimension whose every step becomes a band, named
-        ``<variable>@<date>`` for time axes, else ``<variable>@<dim>=<value>``.
+        ``"auto"`` aligns chunks to the file's internal blocks near 1024 x 1024
+        pixels; an int or ``(y, x)`` sets the chunk size in pixels.
+    variables, select, stack
+        netCDF/Zarr only (docs/netcdf-zarr.md): the data variables to use, in order
+        (``bands`` by name: give one or the other); one value per extra dimension,
+        e.g. ``{"time": "2020-01-01", "level": 850}`` (dates within half a step, other
+        values exactly; ``"~VALUE"``: the nearest); a dimension whose every step becomes
+        a band (``<variable>@<date>`` for time axes, else ``<variable>@<dim>=<value>``).
     max_pixels
         The largest declared size accepted, in pixel values (height x width x
         selected bands); default 2**36. Larger rasters are refused before reading.
@@ -117,8 +113,8 @@ def open_raster(
     -------
     xarray.DataArray
         Lazy array with ``.rio.crs`` (``None`` when the file has none),
-        ``.rio.transform()``, a ``band`` coordinate of names and attrs
-        ``source``, ``source_dtype`` and ``source_nodata``.
+        ``.rio.transform()``, a ``band`` coordinate of names and attrs ``source``,
+        ``source_dtype``, ``source_nodata`` (and ``selected``: the values picked).
 
     Raises
     ------
@@ -129,10 +125,9 @@ def open_raster(
         A declared size above ``max_pixels``; complex bands (convert them first); a
         VRT with raw bands, Python pixel functions or refused sources; a network
         location without ``allow_remote``; bad band/variable selection; netCDF
-        options given for a GDAL raster; a
-        netCDF/Zarr grid that is not regular (irregular axes, curvilinear
-        grids: regrid first); an extra dimension (time, level) of length > 1
-        that is neither selected nor stacked.
+        options given for a GDAL raster; a netCDF/Zarr grid that is not regular
+        (irregular axes, curvilinear grids: regrid first); an extra dimension (time,
+        level) of length > 1 that is neither selected nor stacked.
 
     Examples
     --------
@@ -153,14 +148,7 @@ def open_raster(
             return _from_dataset(ds, label, bands=bands, chunks=chunks, **opts)
     name = os.fspath(path)  # type: ignore[arg-type]
     if is_remote(name):  # before Path(), which would fold the // of a URL
-        if not allow_remote:
-            raise InputError(
-                f"{name}: a network location; inputs are read from local files only unless "
-                "allow_remote=True"
-            )
-        if input_family(name) != "gdal":
-            raise InputError(f"{name}: netCDF and Zarr inputs must be local; download it first")
-        _gdal_options_only(name, opts)
+        _check_remote(name, opts, allow_remote=allow_remote)
         return _open_gdal(name, bands, chunks, max_pixels=max_pixels, allow_remote=True)
     p = Path(name)
     if not p.exists():
@@ -173,6 +161,18 @@ def open_raster(
             return _from_dataset(ds, p, bands=bands, chunks=chunks, **opts)
     _gdal_options_only(p, opts)
     return _open_gdal(p, bands, chunks, max_pixels=max_pixels, allow_remote=allow_remote)
+
+
+def _check_remote(name: str, opts: Mapping[str, Any], *, allow_remote: bool) -> None:
+    """Refuse a network location unless ``allow_remote``, and any but a GDAL raster."""
+    if not allow_remote:
+        raise InputError(
+            f"{name}: a network location; inputs are read from local files only unless "
+            "allow_remote=True"
+        )
+    if input_family(name) != "gdal":
+        raise InputError(f"{name}: netCDF and Zarr inputs must be local; download it first")
+    _gdal_options_only(name, opts)
 
 
 def _check_regular(p: Path) -> None:

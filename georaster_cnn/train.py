@@ -8,6 +8,23 @@ a buffer, so that no validation window overlaps a training window).
 stratified random split. Both share one loop (:func:`georaster_cnn._fit.fit`): flips
 and 90-degree rotations, class-weighted loss, batch-norm recalibration after each
 epoch, early stopping on the validation loss, and the weights of the best epoch.
+
+How labels become windows (docs/vector-labels.md): vector labels are reprojected to
+each raster's CRS; points give the window centred on each point; polygons give the
+stride-grid windows whose centre lies inside and that have at least ``min_cover`` of
+their pixels inside polygons of that class.
+
+How :func:`train` splits (:func:`~georaster_cnn.splits.blocked_split`): about
+``val_fraction`` of the labelled windows of each raster is held out in whole
+``val_block``-pixel squares, chosen so that every class is in validation where that
+leaves it training windows; training windows within ``patch_size - 1`` pixels of a
+held-out square are dropped, so no validation window overlaps a training window.
+
+How :func:`train_chips` splits (docs/training-chips.md): the patch size is the chip
+size; per-channel statistics come from the chips (NaN ignored), chips are normalised
+with them and NaN becomes 0; a stratified random split (seeded) holds out about
+``val_fraction`` of every class (at least one chip of each class with two or more
+chips); 0 trains on all chips.
 """
 
 from __future__ import annotations
@@ -74,107 +91,79 @@ def train(
     data: xr.DataArray | Sequence[xr.DataArray],
     labels: LabelsArg | Sequence[LabelsArg],
     *,
-    label_column: str | None = None,
-    class_names: Sequence[str] | None = None,
-    arch: str = DEFAULT_ARCH,
-    epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
-    stride: int | None = None,
-    patch_size: int = DEFAULT_PATCH,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    device: str = "auto",
-    seed: int = 0,
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-    val_block: int = DEFAULT_VAL_BLOCK,
-    min_valid: float = DEFAULT_MIN_VALID,
-    min_cover: float = DEFAULT_MIN_COVER,
-    augment: bool = True,
-    patience: int | None = DEFAULT_PATIENCE,
-    hparams: dict[str, Any] | None = None,
-    max_chip_bytes: int = 2 * 1024**3,
-    progress: ProgressFn | None = None,
-) -> GeoModel:
+    label_column: str | None = None, class_names: Sequence[str] | None = None,
+    arch: str = DEFAULT_ARCH, epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE, stride: int | None = None,
+    patch_size: int = DEFAULT_PATCH, learning_rate: float = DEFAULT_LEARNING_RATE,
+    device: str = "auto", seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_block: int = DEFAULT_VAL_BLOCK, min_valid: float = DEFAULT_MIN_VALID,
+    min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
+    patience: int | None = DEFAULT_PATIENCE, hparams: dict[str, Any] | None = None,
+    max_chip_bytes: int = 2 * 1024**3, progress: ProgressFn | None = None,
+) -> GeoModel:  # fmt: skip
     """Train a classifier from rasters and their labels: label rasters or vector labels.
 
     Parameters
     ----------
     data
-        One or more canonical ``(band, y, x)`` arrays with the same bands; they may
-        differ in CRS, resolution and size.
+        One or more canonical ``(band, y, x)`` arrays with the same bands; they may differ in
+        CRS, resolution and size.
     labels
-        Per raster, in order, either a ``(y, x)`` label raster on exactly its grid
-        (see :func:`open_labels`: class ids ``0..K-1``, NaN = unlabelled) or a
-        :class:`geopandas.GeoDataFrame` of points and/or polygons in any CRS
-        (reprojected to the raster's). One GeoDataFrame alone serves all rasters.
-        Points give the window centred on each point; polygons the stride-grid
-        windows whose centre lies inside and that have at least ``min_cover`` of
-        their pixels inside polygons of that class.
-    label_column
-        Vector labels: the column holding each feature's class, as names or as ids
-        ``0..K-1``; default: the only non-geometry column.
-    class_names
-        Names of the ``K`` classes in id order; default: for label rasters their
-        ``class_names`` attribute, else ``class_0 ...``; for vector labels with a
-        column of names, the names sorted.
-    arch, hparams
-        Registered architecture name, and its keyword arguments.
-    epochs, batch_size, learning_rate
-        Optimiser settings (Adam, class-weighted cross-entropy).
+        Per raster, in order, a ``(y, x)`` label raster on exactly its grid (:func:`open_labels`:
+        class ids ``0..K-1``, NaN = unlabelled) or a :class:`geopandas.GeoDataFrame` of points
+        and/or polygons in any CRS (one serves all rasters); how each becomes windows: module docs.
+    label_column, class_names
+        Vector labels: the column of each feature's class, as names or ids ``0..K-1`` (default:
+        the only non-geometry column). Names of the ``K`` classes in id order (default: a label
+        raster's ``class_names`` attribute, else ``class_0 ...``; a column's names, sorted).
+    arch, hparams, epochs, batch_size, learning_rate
+        Registered architecture name and its keyword arguments; optimiser settings (Adam,
+        class-weighted cross-entropy).
     patch_size, stride
-        Window side, and spacing of the windows on the grid (default
-        ``patch_size // 4``), in pixels.
-    device
-        ``auto``, ``cpu``, ``cuda`` or ``mps``; mixed precision on CUDA.
-    seed
-        Seeds the split, shuffling, augmentation and weights: a run is reproducible.
+        Window side and window spacing on the grid, in pixels (stride default ``patch_size // 4``).
+    device, seed
+        ``auto``, ``cpu``, ``cuda`` or ``mps`` (mixed precision on CUDA); the seed of the split,
+        shuffling, augmentation and weights: a run is reproducible.
     val_fraction, val_block
-        Share of the labelled windows held out for validation (per raster), in whole
-        ``val_block``-pixel squares chosen so that every class is in validation where
-        that leaves it training windows. Training windows within ``patch_size - 1``
-        pixels of a held-out square are dropped, so no validation window overlaps a
-        training window (see :func:`~georaster_cnn.splits.blocked_split`).
-    min_valid
-        Minimum valid fraction of a training window; stored as the model's default.
-    min_cover
-        Polygon labels: minimum share of a window inside polygons of its class.
-    augment
-        Random flips and 90-degree rotations of training batches.
-    patience
-        Stop when the validation loss has not improved for this many epochs
-        (``None`` or 0: run all epochs). Needs validation windows.
+        Share of the labelled windows of each raster held out for validation, in whole
+        ``val_block``-pixel squares with a buffer (the split rules: module docs).
+    min_valid, min_cover
+        Minimum valid fraction of a training window (stored as the model's default); polygon
+        labels: minimum share of a window inside polygons of its class.
+    augment, patience
+        Random flips and 90-degree rotations of training batches; stop when the validation loss
+        has not improved for this many epochs (``None`` or 0: run all epochs; needs validation).
     max_chip_bytes
-        Memory cap for the training windows held in memory (all rasters together);
-        beyond it a seeded random subset of the labelled windows is used.
+        Memory cap for the training windows held in memory (all rasters together); beyond it a
+        seeded random subset of the labelled windows is used.
     progress
         Called as ``progress(epoch, epochs, metrics)`` after each epoch.
 
     Returns
     -------
     GeoModel
-        The weights of the epoch with the lowest validation loss. Its provenance
-        holds ``windows_per_class``: ``{"train": {name: n}, "validation": {name: n},
+        The weights of the epoch with the lowest validation loss. Its provenance holds
+        ``windows_per_class``: ``{"train": {name: n}, "validation": {name: n},
         "dropped_in_buffer": {name: n}}`` (also logged at INFO).
 
     Raises
     ------
     InputError
-        Bad options, misaligned or inconsistent inputs, unreadable vector labels,
-        or labels and rasters without a CRS to relate them.
+        Bad options, misaligned or inconsistent inputs, unreadable vector labels, or labels and
+        rasters without a CRS to relate them.
     TrainingError
-        No labelled window, fewer than two classes, or a class whose windows are all
-        held out (in validation or its buffer).
+        No labelled window, fewer than two classes, or a class whose windows are all held out
+        (in validation or its buffer).
 
     Warns
     -----
     ValidationWarning
-        Fewer than 100 validation windows
-        (:data:`~georaster_cnn.splits.MIN_VALIDATION_SAMPLES`), or a class that
-        trains but has no validation window.
+        Fewer than :data:`~georaster_cnn.splits.MIN_VALIDATION_SAMPLES` (100) validation windows,
+        or a class that trains but has no validation window.
 
     Examples
     --------
-    >>> import geopandas as gpd  # doctest: +SKIP
-    >>> points = gpd.read_file("field_points.gpkg")  # EPSG:4326, column "landcover"
+    >>> points = gpd.read_file("points.gpkg")  # EPSG:4326, column "landcover"  # doctest: +SKIP
     >>> rasters = [open_raster("utm32.tif"), open_raster("utm33.tif")]  # doctest: +SKIP
     >>> model = train(rasters, points, label_column="landcover", epochs=20)  # doctest: +SKIP
     """
@@ -188,6 +177,26 @@ def train(
         datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
         val_block=val_block, max_chip_bytes=max_chip_bytes, seed=seed,
     )  # fmt: skip
+    return _fit_windows(
+        datas, labels, spec, options, label_column=label_column, class_names=class_names,
+        arch=arch, hparams=hparams, val_block=val_block, val_fraction=val_fraction,
+    )  # fmt: skip
+
+
+def _fit_windows(
+    datas: list[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
+    spec: WindowSpec,
+    options: FitOptions,
+    *,
+    label_column: str | None,
+    class_names: Sequence[str] | None,
+    arch: str,
+    hparams: dict[str, Any] | None,
+    val_block: int,
+    val_fraction: float,
+) -> GeoModel:
+    """:func:`train` after its options are checked: the labelled windows, split, then fitted."""
     items, vector_names = resolve_labels(
         datas, labels, label_column=label_column, class_names=class_names
     )
@@ -204,7 +213,7 @@ def train(
     model = ModelSpec(
         arch=arch, hparams=dict(hparams or {}), band_names=found.stats.names,
         class_names=tuple(names), class_colors=training_class_colors(items, len(names)),
-        stats=found.stats, patch_size=patch_size, min_valid=min_valid,
+        stats=found.stats, patch_size=spec.patch, min_valid=spec.min_valid,
         source_dtype=_source_dtype(datas),
     )  # fmt: skip
     provenance = _raster_provenance(datas, items, spec, found.split, vector_names)
@@ -310,12 +319,8 @@ def train_chips(
 ) -> GeoModel:
     """Train a classifier on labelled chips without georeferencing.
 
-    The patch size is the chip size. Per-channel statistics come from the chips
-    (NaN ignored); chips are normalised with them and NaN becomes 0. A stratified
-    random split (seeded) holds out about ``val_fraction`` of every class; the
-    training loop is the one of :func:`train` (flips and rotations, class-weighted
-    loss, batch-norm recalibration, weights of the epoch with the lowest validation
-    loss).
+    Statistics, normalisation and the stratified split: module docs. The training
+    loop is the one of :func:`train`.
 
     Parameters
     ----------
@@ -326,8 +331,7 @@ def train_chips(
     seed
         Seeds the split, shuffling, augmentation and weights: a run is reproducible.
     val_fraction
-        Share of every class held out for validation (at least one chip of each
-        class with two or more chips); 0 trains on all chips.
+        Share of every class held out for validation; 0 trains on all chips.
     min_valid
         Chips with a smaller share of valid (non-NaN in every channel) pixels are
         left out of training, and counted in the log; stored as the model's default.
@@ -367,16 +371,11 @@ def train_chips(
     raw, y = chips.chips[keep], chips.labels[keep]
     stats = chip_stats(raw, chips.band_names)
     spec = ModelSpec(
-        arch=arch,
-        hparams=dict(hparams or {}),
-        band_names=tuple(chips.band_names),
-        class_names=tuple(chips.class_names),
-        class_colors=default_colors(len(chips.class_names)),
-        stats=stats,
-        patch_size=chips.patch_size,
-        min_valid=min_valid,
+        arch=arch, hparams=dict(hparams or {}), band_names=tuple(chips.band_names),
+        class_names=tuple(chips.class_names), class_colors=default_colors(len(chips.class_names)),
+        stats=stats, patch_size=chips.patch_size, min_valid=min_valid,
         source_dtype=chips.source_dtype,
-    )
+    )  # fmt: skip
     val = stratified_split(y, val_fraction, np.random.default_rng(seed))
     per_class = check_split(
         y, val, chips.class_names, unit="chips", val_fraction=val_fraction, advice=_CHIP_ADVICE

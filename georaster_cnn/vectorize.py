@@ -94,9 +94,8 @@ def vectorize(
         Drop polygons whose area is below this, in CRS units squared. Their cells
         are simply not in the output (the neighbouring polygons do not grow).
     simplify
-        Douglas-Peucker tolerance in CRS units (``shapely.simplify`` with
-        ``preserve_topology=True``), applied after ``area`` and ``cells`` are
-        computed: the geometry changes slightly and neighbours may no longer
+        Douglas-Peucker tolerance in CRS units (``shapely.simplify``, topology kept),
+        applied after ``area`` and ``cells`` are computed: neighbours may no longer
         share edges exactly. ``0`` keeps the exact cell outlines.
     probabilities
         Add ``mean_probability`` when the prediction has probabilities.
@@ -127,14 +126,7 @@ def vectorize(
     """
     check_non_negative("min_area", min_area, unit="an area in CRS units squared, 0 = off")
     check_non_negative("simplify", simplify, unit="a tolerance in CRS units, 0 = off")
-    if isinstance(prediction, xr.Dataset):
-        cmap = _from_dataset(prediction, probabilities)
-    else:
-        cmap = _from_file(Path(prediction))
-    want_probs = probabilities and (
-        (cmap.stored is not None and cmap.stored.has_probabilities)
-        or cmap.own_probability is not None
-    )
+    cmap, want_probs = _cells(prediction, probabilities)
 
     geoms, class_id = _pixel_polygons(cmap)
     n = len(geoms)
@@ -264,6 +256,21 @@ def write_vectors(
 
 
 # --------------------------------------------------------------------------- reading
+
+
+def _cells(
+    prediction: str | os.PathLike[str] | xr.Dataset, probabilities: bool
+) -> tuple[_Cells, bool]:
+    """The prediction's cells, and whether ``mean_probability`` is asked for and available."""
+    if isinstance(prediction, xr.Dataset):
+        cmap = _from_dataset(prediction, probabilities)
+    else:
+        cmap = _from_file(Path(prediction))
+    want_probs = probabilities and (
+        (cmap.stored is not None and cmap.stored.has_probabilities)
+        or cmap.own_probability is not None
+    )
+    return cmap, want_probs
 
 
 def _from_file(path: Path) -> _Cells:
