@@ -1,0 +1,396 @@
+"""Cluster jobs with real components on loopback: the result never depends on where it ran.
+
+* scheduler option parsing and sessions (fast);
+* how a classifier travels: the digest alone once the model is shipped (fast);
+* a ``LocalCluster`` with worker processes, and an active client picked up by
+  ``write_prediction`` (slow);
+* ``dask scheduler`` plus two ``dask worker`` processes started here on 127.0.0.1,
+  reached by address and by scheduler file (slow);
+* a worker killed mid-job, on both (slow).
+
+Every output is compared cell for cell with the single-process (threaded) result.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+
+from georaster_cnn import (
+    GeoModel,
+    InputError,
+    ModelFileError,
+    _inference,
+    open_raster,
+    predict,
+    write_prediction,
+)
+from georaster_cnn import cluster as gcc
+from georaster_cnn._inference import Classifier
+
+MakeRaster = Callable[..., Path]
+MakeModel = Callable[..., GeoModel]
+
+distributed = pytest.importorskip("distributed")
+
+#: Bounded waits for processes started here.
+START_TIMEOUT_S = 60
+
+
+# --------------------------------------------------------------------------- fast
+
+
+@pytest.mark.parametrize(
+    ("given", "kind", "workers", "target"),
+    [
+        (None, "auto", 0, ""),
+        ("threads", "threads", 0, ""),
+        ("sync", "sync", 0, ""),
+        ("local:3", "local", 3, ""),
+        ("LOCAL:1", "local", 1, ""),
+        ("tcp://127.0.0.1:8786", "address", 0, "tcp://127.0.0.1:8786"),
+        ("tls://scheduler.example:8786", "address", 0, "tls://scheduler.example:8786"),
+    ],
+)
+def test_scheduler_forms(given: str | None, kind: str, workers: int, target: str) -> None:
+    spec = gcc.parse_scheduler(given)
+    assert (spec.kind, spec.workers, spec.target) == (kind, workers, target)
+
+
+def test_local_defaults_to_one_worker_per_core() -> None:
+    assert gcc.parse_scheduler("local").workers == gcc._cores()
+
+
+@pytest.mark.parametrize("given", ["local:0", "local:x", "processes", "127.0.0.1:8786", ""])
+def test_bad_scheduler_forms_are_refused(given: str) -> None:
+    with pytest.raises(InputError, match="scheduler"):
+        gcc.parse_scheduler(given)
+
+
+def test_scheduler_file_checks(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        gcc.parse_scheduler(scheduler_file=tmp_path / "none.json")
+    f = tmp_path / "s.json"
+    f.write_text("{}")
+    assert gcc.parse_scheduler(scheduler_file=f).kind == "file"
+    with pytest.raises(InputError, match="one way only"):
+        gcc.parse_scheduler("threads", scheduler_file=f)
+
+
+def test_local_schedulers_are_local_sessions() -> None:
+    import dask
+
+    for name in ("threads", "sync"):
+        with gcc.use_scheduler(name) as session:
+            assert session.client is None and session.dashboard_link is None
+            assert session.scheduler == name
+            assert dask.config.get("scheduler") == name
+            assert gcc.current_client() is None
+    with gcc.use_scheduler() as session:
+        assert session.scheduler == "threads" and session.client is None
+
+
+def test_unreachable_scheduler_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gcc, "CONNECT_TIMEOUT_S", 1)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with (
+        pytest.raises(InputError, match="could not connect"),
+        gcc.use_scheduler(f"tcp://127.0.0.1:{port}"),
+    ):
+        pass
+
+
+def test_torch_threads_share_the_cores() -> None:
+    assert gcc.torch_threads_for(16, 4, 1) == 4
+    assert gcc.torch_threads_for(2, 2, 1) == 1
+    assert gcc.torch_threads_for(2, 8, 1) == 1
+
+
+class _FakeClient:
+    """Stands for a live client the model was shipped to (only its status is read)."""
+
+    status = "running"
+
+
+def test_a_shipped_classifier_pickles_as_its_digest(
+    make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(3, ("a", "b"), arch="cnn", seed=7)
+    clf = Classifier(model, "cpu")
+    raw = len(model.to_bytes())
+    assert len(pickle.dumps(clf)) > raw  # not shipped: the model's bytes travel
+    fake = _FakeClient()
+    gcc._SHIPPED.setdefault(model.checksum, weakref.WeakSet()).add(fake)
+    try:
+        digest_only = pickle.dumps(clf)
+    finally:
+        gcc._SHIPPED.pop(model.checksum)
+    assert len(digest_only) < 300 < raw
+    # Unpickled where the model is loaded: found by checksum, loaded lazily.
+    back = pickle.loads(digest_only)
+    assert back.key == clf.key
+    x = np.zeros((2, 3, 64, 64), np.float32)
+    np.testing.assert_array_equal(back(x), clf(x))
+    # Where neither the bytes nor a plugin are: a clear error, not a wrong model.
+    monkeypatch.setattr(_inference, "_MODEL_CACHE", {})
+    monkeypatch.setattr(_inference, "_MODULE_CACHE", {})
+    monkeypatch.setattr(_inference, "_LOCAL_MODELS", weakref.WeakValueDictionary())
+    lost = pickle.loads(digest_only)
+    with pytest.raises(ModelFileError, match="ship_model"):
+        lost(x)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(scope="module")
+def job(
+    tmp_path_factory: pytest.TempPathFactory, make_raster: MakeRaster, make_model: MakeModel
+) -> dict[str, Any]:
+    """A raster with nodata holes, a small CNN, and the threaded (reference) outputs."""
+    folder = tmp_path_factory.mktemp("cluster")
+    scene = make_raster(folder, "scene.tif", height=420, width=390, count=3, nan_holes=True)
+    # A registered architecture: worker processes know "cnn", not the tests' stand-in.
+    model = make_model(3, ("a", "b", "c"), arch="cnn", patch_size=16, seed=2)
+    ref = {
+        name: write_prediction(
+            _pred(scene, model),
+            folder / "ref" / name,
+            probabilities=True,
+            scheduler="threads",
+            resume=False,
+        )
+        for name in ("map.tif", "map.zarr", "map.nc")
+    }
+    return {"scene": scene, "model": model, "ref": ref}
+
+
+def _pred(scene: Path, model: GeoModel) -> xr.Dataset:
+    # stride 4: 105 x 98 cells, blocks of 16 x 16 cells: 7 x 7 = 49 blocks.
+    return predict(open_raster(scene, chunks=128), model, stride=4, block_cells=16)
+
+
+def _read(path: Path) -> np.ndarray:
+    if path.suffix == ".tif":
+        with rasterio.open(path) as src:
+            return src.read()
+    with xr.open_dataset(path, mask_and_scale=False) as ds:
+        return np.concatenate([ds["class"].values[None], ds["probability"].values])
+
+
+def _assert_same(out: Path, ref: Path) -> None:
+    np.testing.assert_array_equal(_read(out), _read(ref))
+    extra = [p.name for p in out.parent.iterdir() if ".gcnn-" in p.name]
+    assert extra == []  # nothing stray
+
+
+def _has_plugin(client: Any, checksum: str) -> dict[str, bool]:
+    name = gcc.plugin_name(checksum)
+    return client.run(lambda dask_worker: name in dask_worker.plugins)  # type: ignore[no-any-return]
+
+
+def _killer(kill: Callable[[], None], after: int) -> Callable[[int, int], None]:
+    """A progress callback that calls ``kill`` once, when ``after`` blocks are finished."""
+    fired: list[bool] = []
+
+    def progress(done: int, total: int) -> None:
+        if done >= after and not fired:
+            fired.append(True)
+            kill()
+
+    progress.fired = fired  # type: ignore[attr-defined]
+    return progress
+
+
+# --------------------------------------------------------------------------- LocalCluster
+
+
+@pytest.mark.slow
+def test_local_cluster_writes_what_threads_write(job: dict[str, Any], tmp_path: Path) -> None:
+    out = write_prediction(
+        _pred(job["scene"], job["model"]),
+        tmp_path / "map.tif",
+        probabilities=True,
+        scheduler="local:2",
+    )
+    _assert_same(out, job["ref"]["map.tif"])
+    assert gcc.current_client() is None  # the cluster was closed
+
+
+@pytest.fixture(scope="module")
+def local_client() -> Iterator[Any]:
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr", "map.nc"])
+def test_an_active_client_is_used_and_the_model_ships_once(
+    job: dict[str, Any], local_client: Any, tmp_path: Path, name: str
+) -> None:
+    pred = _pred(job["scene"], job["model"])
+    with gcc.use_scheduler() as session:
+        assert session.client is local_client
+        assert session.dashboard_link and session.dashboard_link.startswith("http")
+    out = write_prediction(pred, tmp_path / name, probabilities=True)
+    _assert_same(out, job["ref"][name])
+    assert all(_has_plugin(local_client, job["model"].checksum).values())
+    assert gcc.is_shipped(job["model"].checksum)
+
+
+@pytest.mark.slow
+def test_local_worker_killed_mid_job(
+    job: dict[str, Any], local_client: Any, tmp_path: Path
+) -> None:
+    """The nanny restarts the killed worker; the new worker gets the model from its plugin."""
+    pids = local_client.run(os.getpid)
+    victim = sorted(pids.values())[0]
+    progress = _killer(lambda: os.kill(victim, signal.SIGKILL), after=3)
+    out = write_prediction(
+        _pred(job["scene"], job["model"]), tmp_path / "map.tif", probabilities=True,
+        progress=progress, max_in_flight=8,
+    )  # fmt: skip
+    assert progress.fired  # type: ignore[attr-defined]
+    _assert_same(out, job["ref"]["map.tif"])
+    local_client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+    assert victim not in local_client.run(os.getpid).values()
+    assert all(_has_plugin(local_client, job["model"].checksum).values())
+
+
+# --------------------------------------------------------------------------- dask scheduler + dask worker
+
+
+class _Processes:
+    """A ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, stopped at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.scheduler_file = folder / "scheduler.json"
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._logs: list[Any] = []
+        env = {**os.environ, "GCNN_TORCH_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        self.env = env
+        self._start(
+            "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+            "--scheduler-file", str(self.scheduler_file),
+        )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.scheduler_file.exists():
+            if time.monotonic() > deadline or self.procs[0].poll() is not None:
+                raise RuntimeError("dask scheduler did not start")
+            time.sleep(0.1)
+
+    def _start(self, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.folder / f"{args[0]}-{len(self.procs)}.log", "wb")  # noqa: SIM115
+        self._logs.append(log)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dask", *args],  # = the `dask` command
+            cwd=self.folder,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def add_worker(self) -> subprocess.Popen[bytes]:
+        # No nanny: a killed worker stays dead, so the job must finish without it.
+        w = self._start(
+            "worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
+            "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60",
+        )  # fmt: skip
+        self.workers.append(w)
+        return w
+
+    def address(self) -> str:
+        import json
+
+        return str(json.loads(self.scheduler_file.read_text())["address"])
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=20)
+        for log in self._logs:
+            log.close()
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[_Processes]:
+    cluster = _Processes(tmp_path)
+    try:
+        cluster.add_worker()
+        cluster.add_worker()
+        with distributed.Client(cluster.address(), timeout=START_TIMEOUT_S) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.slow
+def test_scheduler_and_worker_processes(
+    job: dict[str, Any], processes: _Processes, tmp_path: Path
+) -> None:
+    """By address (COG) and by scheduler file (Zarr, written by the workers themselves)."""
+    pred = _pred(job["scene"], job["model"])
+    before = gcc.current_client()
+    tif = write_prediction(
+        pred, tmp_path / "out" / "map.tif", probabilities=True, scheduler=processes.address()
+    )
+    _assert_same(tif, job["ref"]["map.tif"])
+    zarr = write_prediction(
+        pred,
+        tmp_path / "out" / "map.zarr",
+        probabilities=True,
+        scheduler_file=processes.scheduler_file,
+    )
+    _assert_same(zarr, job["ref"]["map.zarr"])
+    assert gcc.current_client() is before  # disconnected again; the cluster still runs
+    with distributed.Client(processes.address(), timeout=START_TIMEOUT_S) as client:
+        assert all(_has_plugin(client, job["model"].checksum).values())
+        assert len(client.scheduler_info()["workers"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
+def test_worker_process_killed_mid_job(
+    job: dict[str, Any], processes: _Processes, tmp_path: Path, name: str
+) -> None:
+    victim = processes.workers[0]
+    progress = _killer(lambda: victim.send_signal(signal.SIGKILL), after=3)
+    out = write_prediction(
+        _pred(job["scene"], job["model"]), tmp_path / "out" / name, probabilities=True,
+        scheduler=processes.address(), progress=progress, max_in_flight=8,
+    )  # fmt: skip
+    assert progress.fired  # type: ignore[attr-defined]
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    _assert_same(out, job["ref"][name])
