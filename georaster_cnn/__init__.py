@@ -26,6 +26,7 @@ _LAZY: dict[str, str] = {
     "BandMismatchError": "errors",
     "ChannelStats": "stats",
     "ChipSet": "chipdata",
+    "ClusterSession": "cluster",
     "DataRangeWarning": "errors",
     "EvaluationReport": "report",
     "GeoModel": "modelfile",
@@ -59,6 +60,7 @@ _LAZY: dict[str, str] = {
     "save_model": "modelfile",
     "train": "train",
     "train_chips": "train",
+    "use_scheduler": "cluster",
     "valid_mask": "reader",
     "vectorize": "vectorize",
     "write_prediction": "writer",
@@ -70,6 +72,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn._inference import resolve_device
     from georaster_cnn.chipdata import ChipSet, is_chip_dataset, load_chips
+    from georaster_cnn.cluster import ClusterSession, use_scheduler
     from georaster_cnn.errors import (
         BandMismatchError,
         DataRangeWarning,
@@ -112,6 +115,7 @@ __all__ = [
     "CLASS_NODATA",
     "ChannelStats",
     "ChipSet",
+    "ClusterSession",
     "DataRangeWarning",
     "EvaluationReport",
     "GeoModel",
@@ -146,6 +150,7 @@ __all__ = [
     "save_model",
     "train",
     "train_chips",
+    "use_scheduler",
     "valid_mask",
     "vectorize",
     "write_prediction",
