@@ -491,7 +491,7 @@ def stream_blocks(
     max_in_flight = max(1, max_in_flight)
     refill = max(1, max_in_flight // 2)
     pending: dict[Any, tuple[Any, Any]] = {}  # future key -> (ident, future)
-    done = as_completed()
+    done = as_completed(loop=client.loop)
     count = 0
 
     def submit(n: int) -> None:
