@@ -13,8 +13,8 @@ running statistics reset, so eval mode is defined). For strides 64, 16, 8, 4 and
   by the number of classified windows (windows below ``min_valid`` near the crop's
   edge are not classified, so the time per classified window is what is scaled).
 * **bare forward**: the network alone (``module(x)`` under ``inference_mode``, batches
-  of 256 random windows already in memory), timed on 4096 windows in the same run and
-  scaled to each stride's number of windows.
+  of 256 random windows already in memory), timed right after each per-window
+  measurement on as many windows as it classified, and scaled the same way.
 
 Targets on a 2-core CPU (``docs/resolution-and-cost.md``): dense stride 16 and 8 within
 1.5 x of the dense stride-64 map, dense stride 1 within 25 x. Exit status 1 when a
@@ -179,7 +179,6 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
     _map(tile, model, 16, True, 256, dev)
     _map(tile, model, 64, False, 256, dev)
 
-    rate = _bare_rate(model, CROP_WINDOWS, args.device)
     rows = []
     for stride in STRIDES:
         full = _cells(size, stride)
@@ -193,6 +192,7 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
         pw_crop = None if stride == PATCH else min(size, PATCH * stride)
         if stride == 1 and args.skip_per_window_1:
             row["per_window_s"], row["per_window_note"] = math.nan, "skipped"
+            done = CROP_WINDOWS
         else:
             t, (cells, done) = _timed(
                 partial(_map, tile, model, stride, False, pw_crop, dev), args.repeat
@@ -201,7 +201,10 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
             row["per_window_note"] = (
                 "measured" if pw_crop is None else f"{pw_crop}^2 crop, {done} windows, scaled"
             )
+        n = done
+        rate, _ = _timed(partial(_bare_rate, model, max(n, BATCH), dev), args.repeat)
         row["bare_s"] = rate * full
+        row["bare_windows"] = max(n, BATCH)
         rows.append(row)
         print(
             f"  stride {stride:>2}: dense {row['dense_s']:8.2f} s, per-window "
@@ -209,7 +212,7 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
             file=sys.stderr,
             flush=True,
         )
-    return {"size": size, "fine_crop": fine_crop, "bare_rate_s": rate, "rows": rows}
+    return {"size": size, "fine_crop": fine_crop, "rows": rows}
 
 
 def report(result: dict[str, Any]) -> tuple[str, bool]:
