@@ -315,11 +315,12 @@ class _Processes:
         self.procs.append(proc)
         return proc
 
-    def add_worker(self) -> subprocess.Popen[bytes]:
+    def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
         # No nanny: a killed worker stays dead, so the job must finish without it.
         w = self._start(
             "worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
             "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60",
+            "--name", f"worker-{len(self.workers)}", *extra,
         )  # fmt: skip
         self.workers.append(w)
         return w
@@ -348,7 +349,7 @@ def processes(tmp_path: Path) -> Iterator[_Processes]:
     cluster = _Processes(tmp_path)
     try:
         cluster.add_worker()
-        cluster.add_worker()
+        cluster.add_worker("--resources", "GPU=1")  # stands for a GPU worker
         with distributed.Client(cluster.address(), timeout=START_TIMEOUT_S) as client:
             client.wait_for_workers(2, timeout=START_TIMEOUT_S)
         yield cluster
@@ -394,3 +395,23 @@ def test_worker_process_killed_mid_job(
     assert progress.fired  # type: ignore[attr-defined]
     assert victim.wait(timeout=10) == -signal.SIGKILL
     _assert_same(out, job["ref"][name])
+
+
+@pytest.mark.slow
+def test_resource_annotation_keeps_the_model_on_gpu_workers(
+    job: dict[str, Any], processes: _Processes, tmp_path: Path
+) -> None:
+    """docs/cluster.md: ``dask.annotate(resources={"GPU": 1})`` around ``predict``."""
+    import dask
+
+    with dask.annotate(resources={"GPU": 1}):
+        pred = _pred(job["scene"], job["model"])
+    with (
+        distributed.Client(processes.address(), timeout=START_TIMEOUT_S) as client,
+        distributed.get_task_stream(client) as stream,
+    ):
+        out = write_prediction(pred, tmp_path / "out" / "map.tif", probabilities=True)
+        names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
+    ran = {names[t["worker"]] for t in stream.data if str(t["key"][0]).startswith("predict-")}
+    assert ran == {"worker-1"}
+    _assert_same(out, job["ref"]["map.tif"])
