@@ -13,7 +13,9 @@ task carries: the worker finds the model file's bytes in its
 :class:`~georaster_cnn.cluster.ModelPlugin`. Otherwise the model file's bytes travel
 with the classifier, as a fallback. Either way the model is loaded lazily, on a
 worker's first model call, and once per process (cached by checksum): a scheduler
-that unpickles a graph never loads it.
+that unpickles a graph never loads it. A worker whose environment sets
+``GCNN_DEVICE`` (e.g. ``cuda`` on GPU workers) runs the model there, whatever device
+the client resolved.
 """
 
 from __future__ import annotations
@@ -143,19 +145,20 @@ class Classifier:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.key = tuple(state["key"])
-        self.device = torch.device(self.key[1])
+        self.device = _worker_device() or torch.device(self.key[1])
         self._raw = state["raw"]
         self._model = _MODEL_CACHE.get(self.key[0])  # None: loaded on first use
 
     def _module(self) -> torch.nn.Module:
-        mod = _MODULE_CACHE.get(self.key)
+        resident = (self.key[0], str(self.device))
+        mod = _MODULE_CACHE.get(resident)
         if mod is None:
             mod = self.model.module
             if self.device.type != "cpu":  # never move the caller's module
                 mod = copy.deepcopy(mod)
             mod = mod.to(self.device).eval()
             _MODULE_CACHE.clear()  # keep one model per process resident
-            _MODULE_CACHE[self.key] = mod
+            _MODULE_CACHE[resident] = mod
         return mod
 
     @contextmanager
@@ -195,6 +198,25 @@ class Classifier:
         for sl, probs in self.batches(windows, batch_size):
             out[sl] = probs.argmax(axis=1)
         return out
+
+
+def _worker_device() -> torch.device | None:
+    """``GCNN_DEVICE`` of a Dask worker: the device its model calls use, whatever the client chose.
+
+    The client resolves ``device=`` where it runs (``auto`` is the CPU on a login node
+    without GPU); a GPU worker started with ``GCNN_DEVICE=cuda`` runs on its GPU anyway.
+    ``None`` outside workers or without the variable.
+    """
+    name = os.environ.get("GCNN_DEVICE", "")
+    if not name:
+        return None
+    try:
+        from distributed import get_worker
+
+        get_worker()
+    except (ImportError, ValueError):
+        return None
+    return resolve_device(name)
 
 
 def _is_shipped(checksum: str) -> bool:

@@ -60,8 +60,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ClusterSession",
     "ModelPlugin",
+    "SchedulerSpec",
     "current_client",
+    "is_shipped",
     "parse_scheduler",
+    "plugin_name",
     "ship_model",
     "stream_blocks",
     "torch_threads_for",

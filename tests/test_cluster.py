@@ -156,6 +156,22 @@ def test_a_shipped_classifier_pickles_as_its_digest(
         lost(x)
 
 
+def test_a_worker_device_overrides_the_clients(
+    make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GPU workers started with GCNN_DEVICE run there, whatever the client resolved."""
+    clf = Classifier(make_model(3, ("a", "b"), arch="cnn", seed=8), "cpu")
+    state = {**clf.__getstate__(), "key": (clf.key[0], "cuda")}  # as a GPU client would send
+    monkeypatch.setenv("GCNN_DEVICE", "cpu")
+    outside = Classifier.__new__(Classifier)
+    outside.__setstate__(state)
+    assert outside.device.type == "cuda"  # not on a worker: the variable is ignored
+    monkeypatch.setattr(distributed, "get_worker", lambda: object())
+    on_worker = Classifier.__new__(Classifier)
+    on_worker.__setstate__(state)
+    assert on_worker.device.type == "cpu"
+
+
 # --------------------------------------------------------------------------- helpers
 
 
