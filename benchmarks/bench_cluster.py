@@ -11,10 +11,15 @@ Two jobs, each run on ``--schedulers`` (default ``threads`` and ``local:2``):
 
 Every (job, scheduler) runs in a fresh Python process that reports:
 
-* end-to-end seconds (``open_raster`` + ``predict`` + ``write_prediction``, all tiles);
-* the bare model-forward time for the same number of windows, measured in the same
-  process right after (the model on random windows, batches of 256, torch with all
-  cores, ``inference_mode``), and the ratio end-to-end / forward;
+* start seconds: starting the cluster and importing torch and the library in its
+  workers (0 for threads);
+* end-to-end wall seconds (``open_raster`` + ``predict`` + ``write_prediction``, all
+  tiles) and CPU seconds (user + system of the client and of every worker during the
+  job): on a shared machine wall time follows the neighbours' load, CPU time much less;
+* the bare model forward for the same number of windows, measured in the same process
+  first (the model on random windows, batches of 256, torch with all cores,
+  ``inference_mode``), wall and CPU seconds, and the ratio of CPU seconds end-to-end /
+  forward (the cost of everything around the model);
 * bytes per task: the pickle of one prediction task as it travels to a worker,
   before (the classifier carries the model file's bytes, as it did before the model
   was shipped once) and after (the model shipped as a worker plugin; the task
@@ -37,6 +42,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -161,8 +167,20 @@ def _task_bytes(pred: Any) -> int:
     raise RuntimeError("no prediction layer in the graph")
 
 
-def _forward_seconds(model: Any, windows: int) -> float:
-    """Seconds of the bare model forward for ``windows`` windows (batches of BATCH)."""
+def _cpu_seconds() -> float:
+    """CPU seconds (user + system, all threads) this process has used."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _warm_worker() -> None:
+    """Import what a prediction task needs (torch, the library) before the clock starts."""
+    import georaster_cnn._inference
+    import georaster_cnn.predict  # noqa: F401
+
+
+def _forward_seconds(model: Any, windows: int) -> tuple[float, float]:
+    """Wall and CPU seconds of the bare model forward for ``windows`` windows (batches of BATCH)."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -170,10 +188,10 @@ def _forward_seconds(model: Any, windows: int) -> float:
     x = torch.randn(BATCH, BANDS, PATCH, PATCH)
     with torch.inference_mode():
         module(x[:8])  # warm-up
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         for i in range(0, windows, BATCH):
             module(x[: min(BATCH, windows - i)])
-        return time.perf_counter() - start
+        return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
 def _child_measure(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -198,27 +216,34 @@ def _child_measure(cfg: dict[str, Any]) -> dict[str, Any]:
     for path in inputs:
         pred = gc.predict(gc.open_raster(path), model, check=False)
         windows += int(pred.sizes["y"] * pred.sizes["x"])
-    forward = _forward_seconds(model, windows)
+    forward, forward_cpu = _forward_seconds(model, windows)
 
     def one(path: Path) -> None:
         pred = gc.predict(gc.open_raster(path), model, check=False)
         gc.write_prediction(pred, out / path.name, resume=False)
 
     worker_base: dict[str, int] = {}
+    worker_cpu: dict[str, float] = {}
     start = time.perf_counter()
     with gc.use_scheduler(cfg["scheduler"]) as session:
         client = session.client
         if client is not None:
             client.wait_for_workers(1, timeout=120)
+            client.run(_warm_worker)
             worker_base = client.run(_reset_hwm)
+            worker_cpu = client.run(_cpu_seconds)
         started = time.perf_counter() - start
         client_base = _reset_hwm()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         with ThreadPoolExecutor(max_workers=cfg["tiles_in_flight"]) as pool:
             list(pool.map(one, inputs))
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
         client_peak = _hwm()
-        worker_peak = client.run(_hwm) if client is not None else {}
+        if client is not None:
+            worker_peak = client.run(_hwm)
+            cpu += sum(client.run(_cpu_seconds)[w] - worker_cpu[w] for w in worker_cpu)
+        else:
+            worker_peak = {}
         after = _task_bytes(gc.predict(gc.open_raster(inputs[0]), model, check=False))
     return {
         "job": cfg["job"],
@@ -226,8 +251,10 @@ def _child_measure(cfg: dict[str, Any]) -> dict[str, Any]:
         "inputs": len(inputs),
         "windows": windows,
         "seconds": seconds,
+        "cpu": cpu,
         "start": started,
         "forward": forward,
+        "forward_cpu": forward_cpu,
         "bytes_before": before if client is not None else 0,
         "bytes_after": after if client is not None else 0,
         "client_base": client_base,
@@ -270,10 +297,10 @@ def _mib(n: int) -> str:
 
 def _table(rows: list[dict[str, Any]], sizes: dict[str, int]) -> str:
     head = (
-        "| job | scheduler | windows | start s | seconds | forward s | ratio "
-        "| bytes/task before → after | client peak MiB | worker peaks MiB |"
+        "| job | scheduler | windows | start s | wall s | CPU s | forward wall s | forward CPU s "
+        "| CPU ratio | bytes/task before → after | client peak MiB | worker peaks MiB |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     names = {
         "tiles": f"{sizes['tiles']} x {sizes['tile']}²",
         "huge": f"1 x {sizes['huge']}²",
@@ -287,11 +314,15 @@ def _table(rows: list[dict[str, Any]], sizes: dict[str, int]) -> str:
         workers = ", ".join(_mib(w) for w in r["worker_peak"]) or "—"
         lines.append(
             f"| {names[r['job']]} | {r['scheduler']} | {r['windows']:,} | {r['start']:.1f} "
-            f"| {r['seconds']:.1f} "
-            f"| {r['forward']:.1f} | {r['seconds'] / r['forward']:.2f} | {moved} "
+            f"| {r['seconds']:.1f} | {r['cpu']:.1f} | {r['forward']:.1f} | {r['forward_cpu']:.1f} "
+            f"| {r['cpu'] / r['forward_cpu']:.2f} | {moved} "
             f"| {_mib(r['client_peak'])} | {workers} |"
         )
     return "\n".join(lines)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -312,6 +343,7 @@ def main() -> None:
     work = args.workdir or Path(tempfile.mkdtemp(prefix="bench_cluster_"))
     work.mkdir(parents=True, exist_ok=True)
     base = {"workdir": str(work), **sizes, "tiles_in_flight": args.tiles_in_flight}
+    load_before = _load()
     try:
         t = time.perf_counter()
         _run_child({**base, "what": "prepare"}, timeout=1800)
@@ -333,7 +365,8 @@ def main() -> None:
     print(
         f"\nbench_cluster ({'quick' if args.quick else 'full'}), {os.cpu_count()} CPU(s), "
         f"library {_git_revision()}, stride {PATCH}, SmallCNN widths {WIDTHS}, "
-        f"{args.tiles_in_flight} tiles in flight\n"
+        f"{args.tiles_in_flight} tiles in flight; load average {load_before} before, "
+        f"{_load()} after\n"
     )
     print(_table(rows, sizes))
     if args.json is not None:
