@@ -7,7 +7,7 @@ epoch the shuffled minibatch loop with augmentation (flips, 90-degree rotations)
 batch-norm recalibration and validation. Its throughput is the training windows
 it processed (provenance ``n_train`` x ``epochs_run``) per second of wall time.
 
-The bare loop trains the same architecture (``build_model("cnn", ...)``, library
+The bare loop trains the same architecture (``build_model("cnn", ...)``, or ``--arch cnn_dense``, library
 defaults) on the same number of random in-memory float32 chips, with the same batch
 size, Adam and cross-entropy, for the same number of epochs: a plain ``for`` loop over
 shuffled minibatches, no augmentation, no validation. Its throughput is chips x epochs
@@ -73,6 +73,8 @@ _fit_mod = importlib.import_module("georaster_cnn._fit")
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCH = 64
+#: Architecture of both loops (``--arch``).
+ARCH = "cnn"
 SIZE, QUICK_SIZE = 1024, 512
 EPOCHS, QUICK_EPOCHS = 3, 2
 STRIDE = 16
@@ -235,7 +237,7 @@ class PhaseTimer:
 def _warm_up(bands: int, n_classes: int, seed: int) -> None:
     """A few training steps and inference batches: oneDNN kernels and allocator warm for both."""
     torch.manual_seed(seed)
-    module = gc.build_model("cnn", bands, n_classes, PATCH)
+    module = gc.build_model(ARCH, bands, n_classes, PATCH)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(BATCH, bands, PATCH, PATCH)
@@ -276,7 +278,7 @@ class BareLoop:
         self.x = torch.randn(n_train, bands, PATCH, PATCH, generator=self.gen)
         self.y = torch.randint(0, n_classes, (n_train,), generator=self.gen)
         torch.manual_seed(self.seed)
-        self.module = gc.build_model("cnn", bands, n_classes, PATCH)
+        self.module = gc.build_model(ARCH, bands, n_classes, PATCH)
         self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -367,6 +369,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
         model = gc.train(
             data,
             labs,
+            arch=ARCH,
             epochs=args.epochs,
             batch_size=BATCH,
             stride=args.stride,
@@ -538,6 +541,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the scene, weights and shuffling")
     p.add_argument(
+        "--arch",
+        choices=["cnn", "cnn_dense"],
+        default="cnn",
+        help="architecture of both loops (default cnn)",
+    )
+    p.add_argument(
         "--max-others",
         type=float,
         default=MAX_OTHERS,
@@ -595,7 +604,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    global ARCH
     args = _parse_args(argv)
+    ARCH = args.arch
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     revision = _git_revision()
