@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -24,6 +25,7 @@ __all__ = [
     "max_pixels_option",
     "min_valid_option",
     "overwrite_option",
+    "scheduler_options",
     "source_options",
     "stride_option",
 ]
@@ -337,3 +339,47 @@ def inference_options(stride_text: str, stride_default: str) -> Callable[[F], F]
         device_option(),
         min_valid_option(),
     )
+
+
+def _scheduler_values(f: F) -> F:
+    """``f`` receiving ``--scheduler``/``--scheduler-file`` as one ``cluster`` keyword."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from georaster_cnn_cli._cluster import SchedulerChoice
+
+        choice = SchedulerChoice(kwargs.pop("scheduler"), kwargs.pop("scheduler_file"))
+        return f(*args, cluster=choice, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def scheduler_options() -> Callable[[F], F]:
+    """``--scheduler SPEC`` and ``--scheduler-file PATH``: where the Dask work runs.
+
+    The command receives both in one ``cluster`` keyword
+    (:class:`georaster_cnn_cli._cluster.SchedulerChoice`), checked when the command
+    starts (:func:`georaster_cnn_cli._cluster.cluster_session`).
+    """
+
+    def decorator(f: F) -> F:
+        wrapper = _scheduler_values(f)
+        wrapper = click.option(
+            "--scheduler-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            metavar="PATH",
+            help="Use the existing Dask cluster whose scheduler wrote PATH "
+            "(`dask scheduler --scheduler-file PATH`); instead of --scheduler.",
+        )(wrapper)
+        return click.option(
+            "--scheduler",
+            default=None,
+            metavar="SPEC",
+            help="Where the Dask work runs: threads (this process), local or local:N (a "
+            "cluster of N worker processes on this machine, started and closed here; "
+            "default N: one per core), or tcp://HOST:PORT (an existing cluster). "
+            "[default: threads]",
+        )(wrapper)
+
+    return decorator

@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from georaster_cnn.options import InferenceOptions, check_output, evaluation_stride
+from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
     CLIState,
     get_state,
@@ -26,7 +27,12 @@ from georaster_cnn_cli._labels import (
     merge_chips,
     open_labelled,
 )
-from georaster_cnn_cli._options import inference_options, input_options, overwrite_option
+from georaster_cnn_cli._options import (
+    inference_options,
+    input_options,
+    overwrite_option,
+    scheduler_options,
+)
 from georaster_cnn_cli._progress import DaskProgress, make_progress
 
 if TYPE_CHECKING:
@@ -139,6 +145,7 @@ def _evaluate_rasters(
 )
 @input_options()
 @overwrite_option("Replace a report that exists in REPORT_DIR.")
+@scheduler_options()
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -154,6 +161,7 @@ def evaluate(
     open_options: dict[str, Any],
     min_valid: float | None,
     overwrite: bool,
+    cluster: SchedulerChoice,
 ) -> None:
     """Compare MODEL's classes on INPUT rasters with reference labels.
 
@@ -181,6 +189,7 @@ def evaluate(
       georaster-cnn evaluate chips.safetensors test_chips/ -o report/
     """
     state = get_state(ctx)
+    check_scheduler(cluster)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     from georaster_cnn.report import REPORT_FILES
 
@@ -196,13 +205,14 @@ def evaluate(
         min_valid=min_valid,
         device=device,
     )
-    if found.chips:
-        report = _evaluate_chips(state, geo_model, found.chips, opts)
-    else:
-        read = {"bands": bands, "open_options": open_options}
-        report = _evaluate_rasters(
-            state, geo_model, found.pairs, opts, label_column=label_column, read=read
-        )
+    with cluster_session(state, cluster):
+        if found.chips:
+            report = _evaluate_chips(state, geo_model, found.chips, opts)
+        else:
+            read = {"bands": bands, "open_options": open_options}
+            report = _evaluate_rasters(
+                state, geo_model, found.pairs, opts, label_column=label_column, read=read
+            )
     _write_and_print(state, report, output_dir, overwrite=overwrite)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ from rich.text import Text
 
 from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
+from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
     CLIState,
@@ -36,6 +38,7 @@ from georaster_cnn_cli._options import (
     device_option,
     min_valid_option,
     overwrite_option,
+    scheduler_options,
     source_options,
     stride_option,
 )
@@ -170,6 +173,7 @@ def _format_help() -> str:
     "it (same classes, a fine --stride at about the cost of the coarsest), or one forward "
     "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
 )
+@scheduler_options()
 @click.pass_context
 def predict(
     ctx: click.Context,
@@ -189,6 +193,7 @@ def predict(
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
+    cluster: SchedulerChoice,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
 
@@ -216,6 +221,7 @@ def predict(
     """
     state = get_state(ctx)
     started = time.perf_counter()
+    check_scheduler(cluster)  # a bad --scheduler fails before the model is read
     geo_model = load_model_or_exit(state, model)
     with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
         options = InferenceOptions.resolve(
@@ -233,7 +239,8 @@ def predict(
         dense=dense,
     )
     plan = _plan(state, inputs, output_dir, output_format)
-    results = _run(state, plan, geo_model, settings)
+    with cluster_session(state, cluster) as session:
+        results = _run(state, plan, geo_model, settings, distributed=session.distributed)
     if not state.quiet:
         _print_summary(state, results, time.perf_counter() - started)
     if any(r.status == "failed" for r in results):
@@ -257,9 +264,19 @@ def _plan(
 
 
 def _run(
-    state: CLIState, plan: Sequence[Job | TileResult], model: GeoModel, settings: _Settings
+    state: CLIState,
+    plan: Sequence[Job | TileResult],
+    model: GeoModel,
+    settings: _Settings,
+    *,
+    distributed: bool = False,
 ) -> list[TileResult]:
-    """Run the jobs in order under one progress display; the result of every input."""
+    """Run the jobs in order under one progress display; the result of every input.
+
+    On a distributed cluster too the tiles run one after another (each one's
+    blocks spread over the workers); the block bar then follows the blocks
+    written, the tile bar the tiles finished.
+    """
     results: list[TileResult] = []
     with make_progress(state) as progress:
         overall = progress.add_task("tiles", total=sum(isinstance(j, Job) for j in plan))
@@ -269,7 +286,11 @@ def _run(
                 results.append(item)
                 continue
             progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
-            results.append(_predict_one(state, item, model, settings, progress, chunks))
+            results.append(
+                _predict_one(
+                    state, item, model, settings, progress, chunks, distributed=distributed
+                )
+            )
             progress.advance(overall)
         progress.update(chunks, visible=False)
     return results
@@ -282,6 +303,8 @@ def _predict_one(
     settings: _Settings,
     progress: Progress,
     task: TaskID,
+    *,
+    distributed: bool = False,
 ) -> TileResult:
     """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
     import georaster_cnn as gc
@@ -308,13 +331,19 @@ def _predict_one(
                 min_valid=opts.min_valid,
                 dense=settings.dense,
             )
-            with DaskProgress(progress, task):
+
+            def blocks(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            # Dask's local callbacks never fire on a cluster; the writer reports blocks there
+            with nullcontext() if distributed else DaskProgress(progress, task):
                 written = gc.write_prediction(
                     pred,
                     job.output,
                     format=job.format,
                     probabilities=settings.probabilities,
                     overwrite=settings.overwrite,
+                    progress=blocks if distributed else None,
                 )
     except Exception as exc:  # one bad tile must not stop the batch
         report_error(state, exc, context=name)

@@ -10,6 +10,7 @@ import click
 from rich.progress import TextColumn
 
 from georaster_cnn import options
+from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
     CLIState,
     class_counts_table,
@@ -34,6 +35,7 @@ from georaster_cnn_cli._options import (
     device_option,
     input_options,
     overwrite_option,
+    scheduler_options,
     stride_option,
 )
 from georaster_cnn_cli._progress import make_progress, shows_progress
@@ -205,6 +207,7 @@ def _fit(
     "[default: from the labels' CLASS_NAMES tag, else class_0, class_1, ...]",
 )
 @overwrite_option("Replace MODEL if it exists.")
+@scheduler_options()
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -227,6 +230,7 @@ def train(
     open_options: dict[str, Any],
     class_names: tuple[str, ...] | None,
     overwrite: bool,
+    cluster: SchedulerChoice,
 ) -> None:
     """Train a model on INPUT rasters and their class labels, and save it to MODEL.
 
@@ -254,6 +258,7 @@ def train(
       georaster-cnn train chips/ --epochs 20 -o chips.safetensors
     """
     state = get_state(ctx)
+    check_scheduler(cluster)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     with usage_errors():  # the library refuses only when it saves, after training
         options.check_output(output, overwrite=overwrite)
@@ -267,9 +272,10 @@ def train(
     }  # fmt: skip
     common["device"] = str(_checked(common, rasters))  # "auto" resolved once, here
     read = {"bands": bands, "open_options": open_options}
-    model, last = _fit(
-        state, found, common=common, rasters=rasters, class_names=class_names, read=read
-    )
+    with cluster_session(state, cluster):  # reading the training windows computes on it
+        model, last = _fit(
+            state, found, common=common, rasters=rasters, class_names=class_names, read=read
+        )
     import georaster_cnn as gc
 
     with report_warnings(state):
