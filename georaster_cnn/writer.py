@@ -20,7 +20,7 @@ Other formats (``format=``, or the output's suffix):
 * ``gtiff``: the same bands, tags and sidecar as the COG, as a plain tiled
   GeoTIFF (no COG layout, no overviews);
 * ``zarr`` (a ``.zarr`` folder) and ``netcdf`` (a ``.nc`` file): CF-1.8 datasets
-  written with xarray, block by block, with the variables ``class`` (``uint8``,
+  (metadata and coordinates written with xarray, data block by block), with the variables ``class`` (``uint8``,
   ``_FillValue`` 255, CF ``flag_values``/``flag_meanings``) and, with
   ``probabilities=True``, ``probability`` ``(class_name, y, x)`` (``uint8``
   percent, ``_FillValue`` 255, ``scale_factor`` 0.01, so decoders read 0-1),
@@ -35,8 +35,10 @@ on a distributed cluster, GeoTIFF blocks stream back to this process (a bounded
 number in flight), which writes them into the staged file, so workers need not
 see the output folder, while Zarr blocks are written by the workers themselves,
 each into its own chunks (the output folder must then be shared with them).
+netCDF blocks come back to this process too, into the block journal, from which
+the file is written here.
 
-Resume (``resume=True``, the default, for COG, GeoTIFF and Zarr): every finished
+Resume (``resume=True``, the default, every format): every finished
 block is recorded in a journal beside the staged output (:mod:`georaster_cnn._resume`),
 under a key made of the inputs, the model and every option the output depends on.
 A write that was killed (SIGKILL, a lost node) or interrupted (Ctrl-C) and is run
@@ -180,8 +182,8 @@ def write_prediction(
         A scheduler file (``dask scheduler --scheduler-file``) instead of ``scheduler``.
     resume
         Record finished blocks beside the staged output, and continue from those a
-        killed or interrupted write with the same arguments recorded (COG, GeoTIFF,
-        Zarr). ``False``: start from scratch, remove everything on interruption.
+        killed or interrupted write with the same arguments recorded (every
+        format). ``False``: start from scratch, remove everything on interruption.
     progress
         Called as ``progress(finished blocks, all blocks)`` when the work is known
         and after every block (from Dask threads on the threaded scheduler).
