@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -65,6 +66,9 @@ def cluster_session(state: CLIState, choice: SchedulerChoice) -> Iterator[Cluste
     from georaster_cnn.errors import InputError
 
     check_scheduler(choice)
+    # importing distributed set its loggers to INFO; hold them to the other libraries'
+    # level that -v/-q chose (root's), restored by the CLI's logging set-up on exit
+    logging.getLogger("distributed").setLevel(logging.getLogger().level)
     with ExitStack() as stack:
         try:  # connecting can fail too: an unreachable address or a stale file
             session = stack.enter_context(

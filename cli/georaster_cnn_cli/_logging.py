@@ -16,6 +16,9 @@ from georaster_cnn_cli._common import flag_wording
 
 __all__ = ["configure_logging"]
 
+#: Other libraries' loggers that set their own level; held to the "other libraries" level.
+_CHATTY_LOGGERS = ("distributed",)
+
 
 class _ConsoleHandler(logging.Handler):
     """Logging handler printing through a rich console, so records and progress bars mix."""
@@ -79,12 +82,17 @@ def configure_logging(verbosity: int, console: Console) -> Callable[[], None]:
         others = logging.WARNING
     root = logging.getLogger()
     handler = _ConsoleHandler(console, show_names=verbosity >= 2)
-    saved: Mapping[str, int] = {name: logging.getLogger(name).level for name in _OUR_LOGGERS}
+    # distributed sets its own loggers to INFO when imported: a local cluster would
+    # otherwise fill stderr with its start-up and shutdown chatter
+    named = (*_OUR_LOGGERS, *_CHATTY_LOGGERS)
+    saved: Mapping[str, int] = {name: logging.getLogger(name).level for name in named}
     saved_root = root.level
     root.addHandler(handler)
     root.setLevel(others)
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(ours)
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(others)
 
     def restore() -> None:
         root.removeHandler(handler)
