@@ -33,7 +33,7 @@ import numpy as np
 
 from georaster_cnn.errors import InputError
 from georaster_cnn.formats import INPUT_SUFFIXES, NETCDF_SUFFIXES
-from georaster_cnn.stats import ChannelStats
+from georaster_cnn.stats import ChannelStats, merged_stats
 
 __all__ = [
     "CHIP_FILE_SUFFIXES",
@@ -165,17 +165,12 @@ def chip_stats(chips: np.ndarray, band_names: Sequence[str]) -> ChannelStats:
         ChannelStats.from_array(np.moveaxis(chips[i : i + step], 1, 0), band_names)
         for i in range(0, max(1, chips.shape[0]), step)
     ]
-    stats = ChannelStats.merge_all(parts)
-    empty = [n for n, c in zip(stats.names, stats.count, strict=True) if c == 0]
-    if empty:
-        raise InputError(f"channel(s) {', '.join(empty)} have no valid value in any chip")
-    return stats
+    return merged_stats(parts, empty="channel(s) {names} have no valid value in any chip")
 
 
 def normalize_chips(chips: np.ndarray, stats: ChannelStats) -> np.ndarray:
     """``(x - mean) / std`` per channel (constant channels: std 1), then NaN -> 0."""
-    std = stats.std.copy()
-    std[~(std > 0)] = 1.0
+    std = stats.scale_std
     mean = stats.mean.astype(np.float32)[None, :, None, None]
     scale = (1.0 / std).astype(np.float32)[None, :, None, None]
     out = (chips.astype(np.float32) - mean) * scale

@@ -47,6 +47,13 @@ class ChannelStats:
             var = np.where(self.count > 1, self.m2 / np.maximum(self.count, 1), 0.0)
         return np.sqrt(var)
 
+    @property
+    def scale_std(self) -> np.ndarray:
+        """The spread normalisation divides by: ``std``, or 1 for constant bands."""
+        std = self.std.copy()
+        std[~(std > 0)] = 1.0
+        return std
+
     @classmethod
     def from_array(cls, block: np.ndarray, names: Sequence[str]) -> ChannelStats:
         """Partial statistics of one ``(band, ...)`` NumPy block; NaN and inf ignored.
@@ -178,25 +185,28 @@ def partial_stats(data: da.Array, names: Sequence[str]) -> list[Any]:
     return [dask.delayed(ChannelStats.from_array)(b, tuple(names)) for b in blocks]
 
 
-def merged_stats(parts: Sequence[ChannelStats]) -> ChannelStats:
+def merged_stats(
+    parts: Sequence[ChannelStats],
+    *,
+    empty: str = "band(s) {names} have no valid pixel (all nodata or NaN)",
+) -> ChannelStats:
     """The partial results merged in order.
 
     Raises
     ------
     InputError
-        A band has no valid pixel at all.
+        A band has no valid value at all (``empty``, with ``{names}``, says so).
     """
     merged = ChannelStats.merge_all(parts)
-    empty = [n for n, c in zip(merged.names, merged.count, strict=True) if c == 0]
-    if empty:
-        raise InputError(f"band(s) {', '.join(empty)} have no valid pixel (all nodata or NaN)")
+    missing = [n for n, c in zip(merged.names, merged.count, strict=True) if c == 0]
+    if missing:
+        raise InputError(empty.format(names=", ".join(missing)))
     return merged
 
 
 def normalize(data: xr.DataArray, stats: ChannelStats) -> xr.DataArray:
     """``(x - mean) / std`` per channel, lazily; NaN stays NaN. Constant bands get std 1."""
-    std = stats.std.copy()
-    std[~(std > 0)] = 1.0
+    std = stats.scale_std
     mean = xr.DataArray(stats.mean.astype("float32"), dims="band")
     scale = xr.DataArray((1.0 / std).astype("float32"), dims="band")
     return ((data - mean) * scale).astype("float32")
