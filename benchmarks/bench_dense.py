@@ -7,7 +7,9 @@ running statistics reset, so eval mode is defined). For strides 64, 16, 8, 4 and
 
 * **dense**: ``open_raster`` + ``predict(..., dense=True)`` + computing the class band
   and the probabilities (no writing). Strides 64..4 on the whole tile; stride 1 on the
-  central 1024 x 1024 crop, scaled by the number of cells (x 16).
+  central 1024 x 1024 crop, scaled by the number of cells (x 16). The strides are
+  interleaved round by round (``--repeat`` rounds, best wall time of each); the CPU
+  time of the process (all threads) is reported beside it.
 * **per-window**: the same with ``dense=False``. Stride 64 on the whole tile; the
   others on a central crop of about 4096 windows (64 * stride pixels a side), scaled
   by the number of classified windows (windows below ``min_valid`` near the crop's
@@ -179,32 +181,43 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
     _map(tile, model, 16, True, 256, dev)
     _map(tile, model, 64, False, 256, dev)
 
+    # Dense maps first, the strides interleaved round by round (best of --repeat), so a
+    # burst of other load on a shared machine does not fall on one stride only.
+    dense: dict[int, list[float]] = {s: [] for s in STRIDES}
+    dense_cpu: dict[int, list[float]] = {s: [] for s in STRIDES}
+    dense_cells: dict[int, int] = {}
+    for _ in range(args.repeat):
+        for stride in STRIDES:
+            crop = fine_crop if stride == 1 else None
+            t0, c0 = time.perf_counter(), time.process_time()
+            dense_cells[stride], _ = _map(tile, model, stride, True, crop, dev)
+            dense[stride].append(time.perf_counter() - t0)
+            dense_cpu[stride].append(time.process_time() - c0)
     rows = []
     for stride in STRIDES:
         full = _cells(size, stride)
         row: dict[str, Any] = {"stride": stride, "cells": full}
-        # dense
-        crop = fine_crop if stride == 1 else None
-        t, (cells, _) = _timed(partial(_map, tile, model, stride, True, crop, dev), args.repeat)
-        row["dense_s"] = t * full / cells
-        row["dense_note"] = f"{crop}^2 crop x {full / cells:.0f}" if crop else "measured"
+        scale = full / dense_cells[stride]
+        row["dense_s"] = min(dense[stride]) * scale
+        row["dense_cpu_s"] = min(dense_cpu[stride]) * scale
+        row["dense_runs_s"] = [t * scale for t in dense[stride]]
+        row["dense_note"] = f"{fine_crop}^2 crop x {scale:.0f}" if stride == 1 else "measured"
         # per-window
         pw_crop = None if stride == PATCH else min(size, PATCH * stride)
         if stride == 1 and args.skip_per_window_1:
             row["per_window_s"], row["per_window_note"] = math.nan, "skipped"
             done = CROP_WINDOWS
         else:
-            t, (cells, done) = _timed(
+            t, (_, done) = _timed(
                 partial(_map, tile, model, stride, False, pw_crop, dev), args.repeat
             )
             row["per_window_s"] = t / max(done, 1) * full
             row["per_window_note"] = (
                 "measured" if pw_crop is None else f"{pw_crop}^2 crop, {done} windows, scaled"
             )
-        n = done
-        rate = min(_bare_rate(model, max(n, BATCH), dev) for _ in range(args.repeat))
+        rate = min(_bare_rate(model, max(done, BATCH), dev) for _ in range(args.repeat))
         row["bare_s"] = rate * full
-        row["bare_windows"] = max(n, BATCH)
+        row["bare_windows"] = max(done, BATCH)
         rows.append(row)
         print(
             f"  stride {stride:>2}: dense {row['dense_s']:8.2f} s, per-window "
@@ -215,6 +228,10 @@ def _measure(tile: Path, size: int, fine_crop: int, args: argparse.Namespace) ->
     return {"size": size, "fine_crop": fine_crop, "rows": rows}
 
 
+def _ratio(x: float) -> str:
+    return f"{x:.1f}" if x < 10 else f"{x:,.0f}"
+
+
 def report(result: dict[str, Any]) -> tuple[str, bool]:
     rows = result["rows"]
     base = rows[0]["dense_s"]
@@ -222,14 +239,14 @@ def report(result: dict[str, Any]) -> tuple[str, bool]:
         f"one {result['size']}^2 {BANDS}-band tile, cnn_dense (widths 16, 32, 64; patch {PATCH}); "
         "seconds for the whole tile's map",
         "",
-        "| stride | cells | dense s | dense / dense@64 | per-window s | per-window / dense "
-        "| bare forward s | per-window note | dense note |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| stride | cells | dense s | dense / dense@64 | dense CPU s | per-window s "
+        "| per-window / dense | bare forward s | per-window note | dense note |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['stride']} | {r['cells']:,} | {r['dense_s']:.2f} | {r['dense_s'] / base:.2f} "
-            f"| {r['per_window_s']:,.1f} | {r['per_window_s'] / r['dense_s']:,.0f} "
+            f"| {r['dense_cpu_s']:.1f} | {r['per_window_s']:,.1f} | {_ratio(r['per_window_s'] / r['dense_s'])} "
             f"| {r['bare_s']:,.1f} | {r['per_window_note']} | {r['dense_note']} |"
         )
     by = {r["stride"]: r["dense_s"] / base for r in rows}
