@@ -304,6 +304,39 @@ def test_model_file_round_trip_predicts_densely(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a["class"].values, b["class"].values)
 
 
+@pytest.mark.filterwarnings("ignore::georaster_cnn.errors.ValidationWarning")  # tiny scene
+def test_trains_like_any_architecture_then_predicts_densely(tmp_path: Path) -> None:
+    """train() on windows as for 'cnn' (same loop), then dense = per-window on the result."""
+    rng = np.random.default_rng(0)
+    scene = rng.standard_normal((1, 64, 64)).astype(np.float32)
+    scene[0, :, 32:] = np.cumsum(scene[0, :, 32:], axis=1) / 6.0  # smooth right half
+    labels = np.zeros((64, 64), dtype=np.uint8)
+    labels[:, 32:] = 1
+    paths = []
+    layers: list[tuple[str, np.ndarray, str, int | None]] = [
+        ("scene.tif", scene, "float32", None),
+        ("labels.tif", labels[None], "uint8", 255),
+    ]
+    for name, values, dtype, nodata in layers:
+        profile = {"driver": "GTiff", "height": 64, "width": 64, "count": 1, "dtype": dtype}
+        profile.update(crs="EPSG:32633", transform=NORTH_UP, nodata=nodata)
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(values.astype(dtype))
+        paths.append(tmp_path / name)
+    data = gc.open_raster(paths[0])
+    hparams = {"widths": [4, 8]}
+    model = gc.train(
+        data, gc.open_labels(paths[1]), arch="cnn_dense", epochs=1, patch_size=16, stride=8,
+        batch_size=16, device="cpu", hparams=hparams, val_block=32,
+    )  # fmt: skip
+    assert model.arch == "cnn_dense" and model.hparams == hparams
+    assert np.isfinite(model.provenance["history"][0]["loss"])
+    back = gc.load_model(gc.save_model(model, tmp_path / "m.safetensors"))
+    assert isinstance(back.module, DenseCNN) and back.module.geometry.downsampling == 2
+    for stride in (1, 3, 8, 16):
+        _compare(data, back, stride)
+
+
 # --------------------------------------------------------------------------- memory
 
 
