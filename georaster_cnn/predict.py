@@ -261,7 +261,7 @@ def _use_dense(model: GeoModel, dense: bool | None) -> bool:
     if dense and not capable:
         raise InputError(
             f"dense=True needs an architecture that can be evaluated densely (cnn_dense); "
-            f"this model is {model.arch!r}. Use dense=None (automatic) or dense=False."
+            f"this model is {model.arch!r}. Leave dense unset (automatic) or use dense=False."
         )
     return capable if dense is None else dense
 

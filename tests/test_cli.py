@@ -697,6 +697,10 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
             "a network location; inputs read local files only unless --allow-remote",
         ),
         (
+            "dense=True needs a dense architecture; leave dense unset or use dense=False.",
+            "--dense needs a dense architecture; leave dense unset or use --no-dense.",
+        ),
+        (
             "To take the nearest value anyway, use select={'time': '~2005-07-15'}",
             "To take the nearest value anyway, use --select time=~2005-07-15",
         ),

@@ -103,6 +103,7 @@ _KEYWORDS = (
     "bands",
     "batch_size",
     "class_names",
+    "dense",
     "device",
     "epochs",
     "format",
