@@ -23,7 +23,7 @@ def test_predict_on_local_cluster_matches_threaded(
     local = predict(open_raster(path), model, stride=16).compute()
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster),
     ):
