@@ -420,12 +420,14 @@ def test_resource_annotation_keeps_the_model_on_gpu_workers(
     """docs/cluster.md: ``dask.annotate(resources={"GPU": 1})`` around ``predict``."""
     import dask
 
-    with dask.annotate(resources={"GPU": 1}):
-        pred = _pred(job["scene"], job["model"])
     with (
         distributed.Client(processes.address(), timeout=START_TIMEOUT_S) as client,
         distributed.get_task_stream(client) as stream,
     ):
+        # With the client active: predict's input check computes a few blocks, inside
+        # the annotation, so on this cluster's GPU worker too.
+        with dask.annotate(resources={"GPU": 1}):
+            pred = _pred(job["scene"], job["model"])
         out = write_prediction(pred, tmp_path / "out" / "map.tif", probabilities=True)
         names = {a: w["name"] for a, w in client.scheduler_info()["workers"].items()}
     ran = {names[t["worker"]] for t in stream.data if str(t["key"][0]).startswith("predict-")}
