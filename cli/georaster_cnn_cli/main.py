@@ -71,10 +71,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
-            report_error(get_state(ctx), "interrupted (Ctrl-C); unfinished outputs removed")
+            report_error(get_state(ctx), "interrupted (Ctrl-C); no partial output left in place")
             ctx.exit(EXIT_INTERRUPTED)
         except Terminated:
-            report_error(get_state(ctx), "terminated (SIGTERM); unfinished outputs removed")
+            report_error(get_state(ctx), "terminated (SIGTERM); no partial output left in place")
             ctx.exit(EXIT_TERMINATED)
         except CLIError as exc:
             report_error(get_state(ctx), exc)
