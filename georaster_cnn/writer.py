@@ -53,39 +53,32 @@ import json
 import logging
 import os
 import threading
-import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import dask
-import dask.array as da
 import numpy as np
 import rasterio
 import rasterio.shutil
 import xarray as xr
 from rasterio.enums import ColorInterp
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from georaster_cnn._resume import BlockIndex, BlockJournal, input_identity
-from georaster_cnn._staging import Staged, resume_key, staged
+from georaster_cnn._blocks import _BlockJob
+from georaster_cnn._cf_writer import _write_netcdf, _write_zarr
+from georaster_cnn._resume import BlockIndex
+from georaster_cnn._staging import staged
 from georaster_cnn.classmap import (
     CLASS_NODATA,
-    PREDICTION_ATTRS,
-    cf_class_attrs,
     pam_xml,
     tiff_tags,
 )
-from georaster_cnn.errors import ReadError
-from georaster_cnn.formats import OUTPUT_FORMATS, OutputFormat, resolve_output_format
+from georaster_cnn.formats import OutputFormat, resolve_output_format
 from georaster_cnn.options import check_output
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from georaster_cnn.cluster import ClusterSession
 
 __all__ = ["OutputFormat", "write_prediction"]
 
@@ -128,11 +121,6 @@ class _Sink:
     def close(self) -> None:
         with self.lock:
             self.open = False
-
-
-def _probability_percent(p: np.ndarray) -> np.ndarray:
-    out = np.where(np.isnan(p), CLASS_NODATA, np.rint(np.nan_to_num(p) * 100))
-    return out.astype(np.uint8)
 
 
 def write_prediction(
@@ -238,175 +226,6 @@ def write_prediction(
         return _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress)
 
 
-@contextmanager
-def _reading(pred: xr.Dataset) -> Iterator[None]:
-    """A GDAL error while the graph computes is a failed read of the input."""
-    try:
-        yield
-    except RasterioError as exc:
-        raise ReadError(f"{pred.attrs.get('source', 'input')}: read failed ({exc})") from exc
-
-
-class _BlockJob:
-    """One prediction's output bands, computed block by block wherever ``session`` says.
-
-    The bands are one ``uint8`` Dask array ``(1 + classes?, y, x)``: the class, then
-    (with probabilities) one percent band per class, in chunks of whole prediction
-    blocks (uniform, so Zarr chunks can match them one to one).
-    """
-
-    def __init__(
-        self,
-        pred: xr.Dataset,
-        *,
-        probabilities: bool,
-        session: ClusterSession,
-        resume: bool,
-        progress: Callable[[int, int], None] | None,
-        max_in_flight: int | None,
-    ) -> None:
-        self.pred = pred
-        self.probabilities = probabilities
-        self.session = session
-        self.resume = resume
-        self._progress = progress
-        self._max_in_flight = max_in_flight
-        cls = _uniform_chunks(da.asarray(pred["class"].data))
-        parts = [cls[None]]
-        if probabilities:
-            probs = da.asarray(pred["probability"].data)
-            parts.append(probs.map_blocks(_probability_percent, dtype=np.uint8))
-        bands = da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
-        self.bands = bands.rechunk({0: -1, 1: cls.chunks[0], 2: cls.chunks[1]})
-        self.y0 = np.cumsum((0, *self.bands.chunks[1]))
-        self.x0 = np.cumsum((0, *self.bands.chunks[2]))
-        self.grid = (len(self.bands.chunks[1]), len(self.bands.chunks[2]))
-        self._lock = threading.Lock()
-        self._finished = 0
-
-    def region(self, index: BlockIndex) -> tuple[slice, slice]:
-        """Rows and columns of block ``index`` in the output."""
-        i, j = index
-        return (
-            slice(int(self.y0[i]), int(self.y0[i + 1])),
-            slice(int(self.x0[j]), int(self.x0[j + 1])),
-        )
-
-    def fields(self, fmt: str, **options: Any) -> dict[str, Any]:
-        """Everything the output depends on: the resume key's fields."""
-        attrs = self.pred.attrs
-        transform = self.pred.rio.transform()
-        crs = self.pred.rio.crs
-        return {
-            "inputs": input_identity(str(attrs.get("source", ""))),
-            "model": str(attrs.get("model_checksum", "")),
-            "stride": attrs.get("stride"),
-            "patch_size": attrs.get("patch_size"),
-            "classes": attrs.get("class_names"),
-            "colors": attrs.get("class_colors"),
-            # The Dask name digests the whole graph: the input's own token (path and
-            # modification time), normalisation, device, min_valid, blocks, dense or not.
-            "graph": self.bands.name,
-            "format": fmt,
-            "probabilities": self.probabilities,
-            "shape": list(self.bands.shape),
-            "chunks": [list(c) for c in self.bands.chunks[1:]],
-            "transform": [
-                transform.a,
-                transform.b,
-                transform.c,
-                transform.d,
-                transform.e,
-                transform.f,
-            ],
-            "crs": crs.to_wkt() if crs is not None else None,
-            **options,
-        }
-
-    @contextmanager
-    def journal(
-        self, st: Staged, fields: dict[str, Any], *, keep_data: bool
-    ) -> Iterator[BlockJournal | None]:
-        """The staged output's block journal (``None`` without resume)."""
-        if st.key is None:
-            yield None
-            return
-        with self.scratch_journal(st, fields, keep_data=keep_data) as journal:
-            yield journal
-
-    @contextmanager
-    def scratch_journal(
-        self, st: Staged, fields: dict[str, Any], *, keep_data: bool
-    ) -> Iterator[BlockJournal]:
-        """A block journal: resumable with a resume key, a scratch file without."""
-        name = st.resumable if st.key is not None else st.scratch
-        journal = BlockJournal(
-            name(".blocks"),
-            name(".manifest.json"),
-            fields,
-            keep_data=keep_data,
-            on_record=lambda: setattr(st, "progress", True),
-        )
-        st.progress = bool(journal.done)
-        try:
-            yield journal
-        finally:
-            journal.close()
-
-    def key(self, fields: dict[str, Any]) -> str | None:
-        return resume_key(fields) if self.resume else None
-
-    def advance(self, n: int = 1) -> None:
-        """Count finished blocks and report progress."""
-        with self._lock:
-            self._finished += n
-            if self._progress is not None:
-                self._progress(self._finished, self.grid[0] * self.grid[1])
-
-    def run(
-        self,
-        piece: Callable[[BlockIndex, Any], Any],
-        on_done: Callable[[BlockIndex, Any], None],
-        *,
-        done: set[BlockIndex] | frozenset[BlockIndex] = frozenset(),
-    ) -> None:
-        """Compute every block not in ``done``: ``on_done(index, result of piece(index, block))``.
-
-        ``piece`` turns a block's delayed value into the task to compute (the block
-        itself, or a task that writes it where it is computed). ``on_done`` runs in
-        a Dask thread (threaded scheduler) or in this thread (cluster).
-        """
-        ny, nx = self.grid
-        todo = [(i, j) for i in range(ny) for j in range(nx) if (i, j) not in done]
-        self.advance(len(done) if done else 0)
-        if not todo:
-            return
-        # Unoptimised: graph optimisation would drop layer annotations such as
-        # dask.annotate(resources={"GPU": 1}) (measured: no slower on threads).
-        blocks = self.bands.to_delayed(optimize_graph=False)
-        pieces = ((ij, piece(ij, blocks[0, ij[0], ij[1]])) for ij in todo)
-        client = self.session.client
-        if client is None:
-            name = f"write-{self.bands.name}"
-            tasks = [
-                dask.delayed(_deliver, pure=True)(p, ij, on_done, dask_key_name=(name, *ij))
-                for ij, p in pieces
-            ]
-            local = "sync" if self.session.scheduler == "sync" else "threads"
-            with _reading(self.pred):
-                dask.compute(*tasks, scheduler=local)
-            return
-        from georaster_cnn.cluster import stream_blocks
-
-        limit = self._max_in_flight or max(8, 4 * self.session.worker_threads())
-        with _reading(self.pred):
-            stream_blocks(client, pieces, on_done, max_in_flight=limit)
-
-
-def _deliver(result: Any, index: BlockIndex, on_done: Callable[[BlockIndex, Any], None]) -> None:
-    on_done(index, result)
-
-
 def _write_tiff(pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compress: str) -> Path:
     """COG (tiled GeoTIFF streamed block by block, then GDAL's COG driver) or the tiled GeoTIFF alone."""
     names = json.loads(pred.attrs["class_names"])
@@ -467,177 +286,6 @@ def _write_tiff(pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compr
         "wrote %s (%s, %d x %d, %d band(s))", out, "COG" if cog else "GeoTIFF", height, width, count
     )
     return out
-
-
-def _uniform_chunks(arr: da.Array) -> da.Array:
-    """Rechunk to regular chunks (all equal but the last), which Zarr needs; a no-op if already."""
-    return arr.rechunk(tuple(c[0] for c in arr.chunks))
-
-
-def _cf_dataset(pred: xr.Dataset, *, probabilities: bool) -> xr.Dataset:
-    """The CF-1.8 dataset written to Zarr and netCDF (still lazy, integer-coded)."""
-    names = json.loads(pred.attrs["class_names"])
-    colors = json.loads(pred.attrs["class_colors"])
-    cls = _uniform_chunks(da.asarray(pred["class"].data))
-    variables: dict[str, xr.DataArray] = {
-        "class": xr.DataArray(cls, dims=("y", "x"), attrs=cf_class_attrs(names, colors))
-    }
-    if probabilities:
-        probs = _uniform_chunks(da.asarray(pred["probability"].data))
-        variables["probability"] = xr.DataArray(
-            da.map_blocks(_probability_percent, probs, dtype=np.uint8),
-            dims=("class_name", "y", "x"),
-            # Already packed as percent: scale_factor is an attribute (decoders apply
-            # it), not an encoding (xarray would divide by it again).
-            attrs={
-                "long_name": "class probability",
-                "units": "1",
-                "scale_factor": np.float32(0.01),
-            },
-        )
-    coords = {str(k): v for k, v in pred.coords.items() if k in ("x", "y", "spatial_ref")}
-    if probabilities:
-        coords["class_name"] = pred.coords["class_name"]
-    attrs = {k: pred.attrs[k] for k in PREDICTION_ATTRS if k in pred.attrs}
-    ds = xr.Dataset(variables, coords=coords, attrs={"Conventions": "CF-1.8", **attrs})
-    if "spatial_ref" in ds.coords:
-        ds = ds.rio.write_grid_mapping("spatial_ref")
-        if "x" in ds.coords and pred.rio.crs is not None:
-            # CF axis attributes (standard_name, units) so CF tools know longitude/latitude
-            # or projection_x/y_coordinate.
-            ds = ds.rio.write_crs(pred.rio.crs).rio.write_coordinate_system()
-    return ds
-
-
-def _cf_encoding(ds: xr.Dataset, fmt: Literal["zarr", "netcdf"]) -> dict[str, dict[str, Any]]:
-    # An ``encoding`` argument replaces each variable's encoding: keep grid_mapping.
-    encoding: dict[str, dict[str, Any]] = {
-        str(name): {**var.encoding, "_FillValue": np.uint8(CLASS_NODATA), "dtype": "uint8"}
-        for name, var in ds.data_vars.items()
-    }
-    if fmt == "zarr":
-        for name, enc in encoding.items():
-            # Zarr's own fill value too: a chunk never written then reads as "no
-            # prediction", not as class 0. One chunk per prediction block, so each
-            # block's write touches its own chunks only.
-            enc["fill_value"] = CLASS_NODATA
-            enc["chunks"] = tuple(c[0] for c in ds[name].chunks or ())
-    else:
-        for enc in encoding.values():
-            enc.update(zlib=True, complevel=4)
-    return encoding
-
-
-def _write_zarr_block(block: np.ndarray, store: str, region: tuple[slice, slice]) -> int:
-    """Write one block's class (and percent) chunks into the Zarr store; runs on a worker.
-
-    Idempotent: a retried task (a lost worker) writes the same bytes to the same chunks.
-    """
-    import zarr
-
-    ysl, xsl = region
-    zarr.open_array(store, path="class", mode="r+")[ysl, xsl] = block[0]
-    if block.shape[0] > 1:
-        zarr.open_array(store, path="probability", mode="r+")[:, ysl, xsl] = block[1:]
-    return int(block.shape[1] * block.shape[2])
-
-
-def _zarr_store_ready(path: Path, probabilities: bool) -> bool:
-    """Whether an earlier run's staged store has its variables (then its blocks are reused)."""
-    import zarr
-
-    try:
-        group = zarr.open_group(str(path), mode="r")
-        return "class" in group and (not probabilities or "probability" in group)
-    except Exception:  # missing or broken metadata: start the store afresh
-        return False
-
-
-def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
-    """Zarr folder: metadata here, then every block's chunks written where it is computed."""
-    ds = _cf_dataset(pred, probabilities=job.probabilities)
-    encoding = _cf_encoding(ds, "zarr")
-    fields = job.fields("zarr")
-    with (
-        staged(out, folder=True, suffix=".zarr", resume_key=job.key(fields)) as st,
-        job.journal(st, fields, keep_data=False) as journal,
-    ):
-        done: set[BlockIndex] = set(journal.done) if journal is not None else set()
-        if not (done and _zarr_store_ready(st.path, job.probabilities)):
-            done.clear()
-            with warnings.catch_warnings():
-                # Consolidated metadata lets xarray open the store in one read and
-                # without a fallback warning; zarr flags it as not (yet) in the v3 spec.
-                warnings.filterwarnings(
-                    "ignore", "Consolidated metadata is currently not part", UserWarning
-                )
-                # Metadata and coordinates only; the data are written block by block.
-                ds.to_zarr(
-                    st.path,
-                    mode="w",
-                    zarr_format=3,
-                    consolidated=True,
-                    encoding=encoding,
-                    compute=False,
-                )
-        store = str(st.path.resolve())  # workers open it by this path
-
-        def finished(index: BlockIndex, _: Any) -> None:
-            if journal is not None:  # the completion record: the chunks are complete
-                journal.record(index)
-            job.advance()
-
-        job.run(
-            lambda ij, block: dask.delayed(_write_zarr_block, pure=True)(
-                block, store, job.region(ij), dask_key_name=("zarr-block", job.bands.name, *ij)
-            ),
-            finished,
-            done=done,
-        )
-    log.info("wrote %s (zarr, %d x %d)", out, ds.sizes["y"], ds.sizes["x"])
-    return out
-
-
-def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
-    """netCDF file: blocks computed into a journal, then written here from it, then renamed.
-
-    One file cannot take writes from many workers, so the blocks come back to this
-    process first (their journal doubles as the resume record), and the file is
-    written from them on this process's threads.
-    """
-    ds = _cf_dataset(pred, probabilities=job.probabilities)
-    encoding = _cf_encoding(ds, "netcdf")
-    if "probability" in ds:  # netCDF keeps the type: float32 scale, float32 values
-        ds["probability"].attrs["scale_factor"] = np.float32(0.01)
-    fields = job.fields("netcdf")
-    with (
-        staged(out, suffix=OUTPUT_FORMATS["netcdf"].suffix, resume_key=job.key(fields)) as st,
-        job.scratch_journal(st, fields, keep_data=True) as journal,
-    ):
-
-        def finished(index: BlockIndex, block: np.ndarray) -> None:
-            journal.record(index, block)
-            job.advance()
-
-        job.run(lambda _, block: block, finished, done=journal.done)
-        bands = da.map_blocks(
-            _journal_block,
-            journal=journal,
-            chunks=job.bands.chunks,
-            dtype=np.uint8,
-            name=f"journal-{job.bands.name}",
-        )
-        ds["class"] = ds["class"].copy(data=bands[0])
-        if "probability" in ds:
-            ds["probability"] = ds["probability"].copy(data=bands[1:])
-        with dask.config.set(scheduler="threads"):  # the journal is this process's
-            ds.to_netcdf(st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
-    log.info("wrote %s (netcdf, %d x %d)", out, ds.sizes["y"], ds.sizes["x"])
-    return out
-
-
-def _journal_block(journal: BlockJournal, block_id: tuple[int, int, int]) -> np.ndarray:
-    return journal.read((block_id[1], block_id[2]))
 
 
 def _describe(
