@@ -215,7 +215,22 @@ def predict(
     norm = normalize(data, model.stats).data
     if not isinstance(norm, da.Array):
         norm = da.from_array(norm)
-    use_dense = _use_dense(model, dense)
+    probs = _probabilities(norm, model, grid, opts, _use_dense(model, dense), block_cells)
+    # Mask before argmax: numpy.argmax treats NaN as the maximum.
+    nodata = da.isnan(probs[0])
+    cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
+    return _wrap(cls, probs, data, model, grid)
+
+
+def _probabilities(
+    norm: da.Array,
+    model: GeoModel,
+    grid: PatchGrid,
+    opts: InferenceOptions,
+    use_dense: bool,
+    block_cells: int | None,
+) -> da.Array:
+    """The lazy ``(classes, y, x)`` probabilities of every output cell (NaN: no prediction)."""
     if block_cells is None:
         block_cells = (
             dense_block_cells(model.module, stride=grid.stride, halo=grid.halo_before)
@@ -246,11 +261,7 @@ def predict(
         + tokenize(plan.blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
     )
     oh, ow = grid.out_shape
-    probs = probs[:, :oh, :ow]
-    # Mask before argmax: numpy.argmax treats NaN as the maximum.
-    nodata = da.isnan(probs[0])
-    cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
-    return _wrap(cls, probs, data, model, grid)
+    return probs[:, :oh, :ow]
 
 
 def _use_dense(model: GeoModel, dense: bool | None) -> bool:

@@ -159,15 +159,11 @@ def write_prediction(
     compress
         GDAL compression for the GeoTIFF formats (Zarr uses zarr's default codec,
         netCDF zlib level 4).
-    scheduler
-        Where the blocks are computed: ``None`` (an active ``distributed.Client``,
-        else threads), ``"threads"``, ``"local"``/``"local:N"`` (a local cluster of
-        N worker processes, started and closed here), a scheduler address
-        ``"tcp://HOST:PORT"`` or a client (:func:`georaster_cnn.cluster.use_scheduler`).
-        On a cluster the inputs must be readable by the workers under the same
-        paths; a Zarr output's folder too.
-    scheduler_file
-        A scheduler file (``dask scheduler --scheduler-file``) instead of ``scheduler``.
+    scheduler, scheduler_file
+        Where the blocks are computed (:func:`georaster_cnn.cluster.use_scheduler`):
+        ``None`` (an active client, else threads), ``"threads"``, ``"local[:N]"``, an
+        address ``"tcp://HOST:PORT"``, a client, or a scheduler file. On a cluster,
+        workers must read the inputs (and a Zarr output's folder) under the same paths.
     resume
         Record finished blocks beside the staged output, and continue from those a
         killed or interrupted write with the same arguments recorded (every
