@@ -9,33 +9,18 @@ with a bare ``RuntimeError``/``KeyError``, a traceback from GDAL or HDF5, or a h
 from __future__ import annotations
 
 import shutil
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
+from fuzz import deadline
 
 from georaster_cnn import GeoModel, GeorasterCNNError, open_raster, predict
 
 CASES = 80
 SECONDS_PER_CASE = 10
-
-
-@contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    def hang(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _mutate(raw: bytes, rng: np.random.Generator) -> bytes:
@@ -104,7 +89,7 @@ def test_mutated_inputs_raise_only_library_errors(
         bad = tmp_path / f"bad{case}.{kind}"
         _mutated_copy(good, bad, rng)
         try:
-            with _deadline(SECONDS_PER_CASE):
+            with deadline(SECONDS_PER_CASE):
                 data = open_raster(bad)
                 predict(data, model, stride=16, check=False).compute()
         except GeorasterCNNError:

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import xarray as xr
+from fuzz import deadline
 
 from georaster_cnn import GeoModel, ModelFileError, load_model, open_raster, predict, save_model
 from georaster_cnn.modelfile import _pack
@@ -29,20 +28,6 @@ from georaster_cnn.modelfile import _pack
 BYTE_CASES = 500
 CARD_CASES = 200
 SECONDS_PER_CASE = 10
-
-
-@contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    def hang(signum: int, frame: object) -> None:
-        raise TimeoutError(f"no answer within {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, hang)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def _mutate(raw: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
@@ -107,7 +92,7 @@ def test_mutated_model_bytes(
         bad = tmp_path / "bad.safetensors"
         bad.write_bytes(mutated)
         try:
-            with _deadline(SECONDS_PER_CASE):
+            with deadline(SECONDS_PER_CASE):
                 back = load_model(bad)
         except ModelFileError:
             outcomes["refused"] += 1
@@ -160,7 +145,7 @@ def test_crafted_cards(
         bad = tmp_path / "crafted.safetensors"
         bad.write_bytes(_pack(state, card))
         try:
-            with _deadline(SECONDS_PER_CASE):
+            with deadline(SECONDS_PER_CASE):
                 back = load_model(bad)
         except ModelFileError:
             outcomes["refused"] += 1
