@@ -51,6 +51,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+# A sibling script in benchmarks/ (on sys.path when this file runs as a script).
+from bench_predict_memory import _git_revision
+
 PATCH = 64
 BANDS = 3
 CLASS_NAMES = ("water", "forest", "field", "urban")
@@ -80,46 +83,14 @@ def _reset_hwm() -> int:
     return _hwm()
 
 
-def _git_revision() -> str:
-    root = Path(__file__).resolve().parent.parent
-    try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "georaster_cnn"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return (rev or "unknown") + ("+dirty" if dirty else "")
-
-
 # --------------------------------------------------------------------------- children
 
 
 def _generate(path: Path, size: int, seed: int) -> None:
-    """A ``size x size x BANDS`` float32 tiled GeoTIFF of seeded noise, block by block."""
-    import numpy as np
-    import rasterio
-    from rasterio.transform import from_origin
+    """A ``size x size x BANDS`` tiled GeoTIFF of seeded noise (the memory benchmark's inputs)."""
+    from bench_predict_memory import _generate as generate
 
-    profile = {
-        "driver": "GTiff", "width": size, "height": size, "count": BANDS,
-        "dtype": "float32", "crs": "EPSG:32633",
-        "transform": from_origin(399960.0, 5_300_040.0, 10.0, 10.0),
-        "tiled": True, "blockxsize": 256, "blockysize": 256, "BIGTIFF": "IF_SAFER",
-    }  # fmt: skip
-    tmp = path.with_suffix(".partial.tif")
-    with rasterio.open(tmp, "w", **profile) as dst:
-        for (row, col), window in dst.block_windows(1):
-            rng = np.random.default_rng([seed, size, row, col])
-            noise = rng.standard_normal((BANDS, window.height, window.width), dtype=np.float32)
-            offsets = np.linspace(0.05, 0.35, BANDS, dtype=np.float32)[:, None, None]
-            dst.write(offsets + np.float32(0.05) * noise, window=window)
-    tmp.replace(path)
+    generate(path, size, BANDS, seed)
 
 
 def _child_prepare(cfg: dict[str, Any]) -> None:
