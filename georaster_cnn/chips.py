@@ -11,16 +11,28 @@ exactly the windows that :class:`~georaster_cnn.geometry.PatchGrid` defines:
 3. inside a block, :func:`numpy.lib.stride_tricks.sliding_window_view` exposes all
    windows without copying, and a summed-area table gives each window's valid
    fraction in O(1).
+
+Step 2 makes neighbouring blocks share the input chunks their halos come from, so
+Dask keeps about two rows of input chunks in memory: memory then grows with the
+raster's width. An array opened by a reader that can read any window itself (a
+GDAL raster from :func:`~georaster_cnn.reader.open_raster`) is registered with
+:func:`register_windowed`; :func:`plan_blocks` then reads each block together with
+its halo straight from the file instead (the halo is read twice, nothing is
+shared), and memory stays flat however wide the raster is.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
 from numpy.lib.stride_tricks import sliding_window_view
 
 from georaster_cnn.geometry import PatchGrid
@@ -29,12 +41,38 @@ __all__ = [
     "BlockPlan",
     "iter_batches",
     "plan_blocks",
+    "register_windowed",
     "valid_fraction",
     "window_view",
 ]
 
 #: Default block side, in output cells, for prediction (32 x 32 cells = 1024 windows).
 DEFAULT_BLOCK_CELLS = 32
+
+
+class WindowedSource(Protocol):
+    """An array-like that reads any ``[bands, rows, cols]`` window of slices itself."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray: ...
+
+
+#: Dask array name -> the source that reads its windows directly. A Dask array's name
+#: changes with every operation on it, so a hit means the array is the untouched
+#: source. Bounded: the oldest registrations are forgotten first.
+_WINDOWED: OrderedDict[str, WindowedSource] = OrderedDict()
+_WINDOWED_MAX = 256
+
+
+def register_windowed(data: da.Array, source: WindowedSource) -> None:
+    """Record that ``source[key]`` reads ``data[key]`` directly (see the module notes)."""
+    if tuple(source.shape) != tuple(data.shape):
+        raise ValueError(f"source shape {source.shape} is not the array's {data.shape}")
+    _WINDOWED[data.name] = source
+    _WINDOWED.move_to_end(data.name)
+    while len(_WINDOWED) > _WINDOWED_MAX:
+        _WINDOWED.popitem(last=False)
 
 
 def _axis_chunks(n_cells: int, cells_per_block: int, min_cells: int) -> tuple[int, ...]:
@@ -101,6 +139,12 @@ def plan_blocks(
         n_cells = max(math.ceil(n_px / s), min_cells)
         chunks_cells.append(_axis_chunks(n_cells, block_cells, min_cells))
         pads.append(n_cells * s - n_px)
+    cell_chunks = (chunks_cells[0], chunks_cells[1])
+    source = _WINDOWED.get(data.name)
+    if source is not None:
+        return BlockPlan(
+            blocks=_halo_reads(data, source, grid, cell_chunks), cell_chunks=cell_chunks, grid=grid
+        )
     if any(pads):
         data = da.pad(
             data, ((0, 0), (0, pads[0]), (0, pads[1])), mode="constant", constant_values=np.nan
@@ -116,7 +160,89 @@ def plan_blocks(
         data = da.overlap.overlap(
             data, depth={0: 0, 1: halo, 2: halo}, boundary={0: "none", 1: np.nan, 2: np.nan}
         )
-    return BlockPlan(blocks=data, cell_chunks=(chunks_cells[0], chunks_cells[1]), grid=grid)
+    return BlockPlan(blocks=data, cell_chunks=cell_chunks, grid=grid)
+
+
+class _HaloBlocks:
+    """The overlapped block array of a plan, each block read with its halo from ``source``.
+
+    Block ``(a, b)`` of the overlapped array covers source rows ``y0 - halo`` to
+    ``y1 + halo`` (and the same for columns), where ``y0:y1`` are the block's own
+    cells' pixels; what lies outside the source is NaN, as dask's overlap with a
+    NaN boundary and the NaN padding give.
+    """
+
+    def __init__(
+        self,
+        source: WindowedSource,
+        edges: tuple[tuple[int, ...], tuple[int, ...]],
+        halo: int,
+    ) -> None:
+        self.source = source
+        self.edges = edges  # block edges in source pixels, per axis: (0, e1, ..., n_px_padded)
+        self.halo = halo
+        bands = int(source.shape[0])
+        sides = [(len(e) - 1) * 2 * halo + e[-1] for e in edges]
+        self.shape = (bands, sides[0], sides[1])
+        self.dtype = np.dtype("float32")
+        self.ndim = 3
+
+    def _block_window(self, axis: int, start: int, stop: int) -> tuple[int, int]:
+        """Source pixels ``[lo, hi)`` of the overlapped range ``[start, stop)`` (one block)."""
+        edges, h = self.edges[axis], self.halo
+        # overlapped block k starts at edges[k] + 2*h*k
+        starts = [e + 2 * h * k for k, e in enumerate(edges[:-1])]
+        k = bisect.bisect_right(starts, start) - 1
+        offset = edges[k] - h - starts[k]
+        lo, hi = start + offset, stop + offset
+        if hi > edges[k + 1] + h:
+            raise IndexError(f"window {start}:{stop} spans more than one block")
+        return lo, hi
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        bsl, ysl, xsl = key
+        (y0, y1, ystep), (x0, x1, xstep) = (
+            sl.indices(n) for sl, n in ((ysl, self.shape[1]), (xsl, self.shape[2]))
+        )
+        if ystep != 1 or xstep != 1:  # not asked by the plan's users; read, then step
+            whole = self[bsl, slice(y0, y1), slice(x0, x1)]
+            return whole[:, ::ystep, ::xstep]
+        (y_lo, y_hi), (x_lo, x_hi) = self._block_window(0, y0, y1), self._block_window(1, x0, x1)
+        bands = range(self.shape[0])[bsl]
+        out = np.full((len(bands), y_hi - y_lo, x_hi - x_lo), np.nan, dtype=np.float32)
+        _, height, width = self.source.shape
+        ry0, ry1 = max(y_lo, 0), min(y_hi, height)
+        rx0, rx1 = max(x_lo, 0), min(x_hi, width)
+        if ry1 > ry0 and rx1 > rx0:
+            out[:, ry0 - y_lo : ry1 - y_lo, rx0 - x_lo : rx1 - x_lo] = self.source[
+                bsl, slice(ry0, ry1), slice(rx0, rx1)
+            ]
+        return out
+
+
+def _halo_reads(
+    data: da.Array,
+    source: WindowedSource,
+    grid: PatchGrid,
+    cell_chunks: tuple[tuple[int, ...], tuple[int, ...]],
+) -> da.Array:
+    """The plan's overlapped blocks, one direct read of ``source`` per block (no sharing)."""
+    s, halo = grid.stride, grid.halo_before
+    edges = tuple(tuple(int(e) * s for e in np.cumsum((0, *c))) for c in cell_chunks)
+    blocks = _HaloBlocks(source, (edges[0], edges[1]), halo)
+    chunks = (
+        (data.shape[0],),
+        *(tuple(c * s + 2 * halo for c in axis) for axis in cell_chunks),
+    )
+    return da.from_array(
+        blocks,
+        chunks=chunks,
+        name="halo-reads-" + tokenize(data.name, cell_chunks, s, halo),
+        lock=False,
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+    )
 
 
 def valid_fraction(

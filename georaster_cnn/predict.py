@@ -33,7 +33,7 @@ from georaster_cnn.geometry import PatchGrid, RasterGrid
 from georaster_cnn.modelfile import GeoModel
 from georaster_cnn.models import dense_geometry
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
-from georaster_cnn.stats import ChannelStats, normalize
+from georaster_cnn.stats import ChannelStats, normalize_bands
 
 if TYPE_CHECKING:
     import torch
@@ -212,10 +212,10 @@ def predict(
     if check:
         check_inputs(data, model)
     grid = PatchGrid(data.sizes["y"], data.sizes["x"], patch=model.patch_size, stride=opts.stride)
-    norm = normalize(data, model.stats).data
-    if not isinstance(norm, da.Array):
-        norm = da.from_array(norm)
-    probs = _probabilities(norm, model, grid, opts, _use_dense(model, dense), block_cells)
+    raw = data.data
+    if not isinstance(raw, da.Array):
+        raw = da.from_array(raw)
+    probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells)
     # Mask before argmax: numpy.argmax treats NaN as the maximum.
     nodata = da.isnan(probs[0])
     cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
@@ -223,21 +223,27 @@ def predict(
 
 
 def _probabilities(
-    norm: da.Array,
+    raw: da.Array,
     model: GeoModel,
     grid: PatchGrid,
     opts: InferenceOptions,
     use_dense: bool,
     block_cells: int | None,
 ) -> da.Array:
-    """The lazy ``(classes, y, x)`` probabilities of every output cell (NaN: no prediction)."""
+    """The lazy ``(classes, y, x)`` probabilities of every output cell (NaN: no prediction).
+
+    The blocks are planned on the raw input (so a file's blocks are read with their
+    halos directly, see :mod:`georaster_cnn.chips`) and normalised block by block:
+    the same arithmetic as :func:`~georaster_cnn.stats.normalize`, NaN stays NaN.
+    """
     if block_cells is None:
         block_cells = (
             dense_block_cells(model.module, stride=grid.stride, halo=grid.halo_before)
             if use_dense
             else max(1, BLOCK_PX // opts.stride)
         )
-    plan = plan_blocks(norm, grid, block_cells=block_cells)
+    plan = plan_blocks(raw, grid, block_cells=block_cells)
+    blocks = normalize_bands(plan.blocks, model.stats)
     k = model.n_classes
     classifier = Classifier(model, opts.device)
     per_block: dict[str, Any] = {
@@ -252,13 +258,13 @@ def _probabilities(
         per_block["batch_size"] = opts.batch_size
     probs = da.map_blocks(
         classify_block_dense if use_dense else _classify_block,
-        plan.blocks,
+        blocks,
         **per_block,
         chunks=((k,), *plan.cell_chunks),
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name=("predict-dense-" if use_dense else "predict-")
-        + tokenize(plan.blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
+        + tokenize(blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
     )
     oh, ow = grid.out_shape
     return probs[:, :oh, :ow]

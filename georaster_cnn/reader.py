@@ -58,6 +58,7 @@ from georaster_cnn._xarray_open import (
     _open_multi,
     _open_zarr,
 )
+from georaster_cnn.chips import register_windowed
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.formats import input_family
 from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
@@ -315,6 +316,8 @@ def _open_gdal(
         fancy=False,
         meta=np.empty((0, 0, 0), dtype="float32"),
     )
+    # predict reads each block with its halo straight from the file (flat memory)
+    register_windowed(data, reader)
     return _canonical(
         data,
         names=[names[i] for i in sel],

@@ -18,6 +18,7 @@ from georaster_cnn.chips import (
     BlockPlan,
     iter_batches,
     plan_blocks,
+    register_windowed,
     valid_fraction,
     window_view,
 )
@@ -217,3 +218,83 @@ def test_plan_blocks_shapes(
 def test_plan_blocks_rejects_wrong_grid() -> None:
     with pytest.raises(ValueError, match="grid"):
         plan_blocks(da.zeros((1, 10, 10)), PatchGrid(10, 11, patch=4, stride=4))
+
+
+class _CountingSource:
+    """A windowed source over an in-memory array that records every window read."""
+
+    def __init__(self, arr: np.ndarray) -> None:
+        self.arr = arr
+        self.shape = arr.shape
+        self.reads: list[tuple[slice, slice, slice]] = []
+
+    def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray:
+        self.reads.append(key)
+        return self.arr[key].copy()
+
+
+@given(
+    h=st.integers(1, 90),
+    w=st.integers(1, 90),
+    patch=st.sampled_from([1, 4, 16, 33, 64]),
+    stride_frac=st.floats(0.0, 1.0),
+    block_cells=st.integers(1, 30),
+    seed=st.integers(0, 2**16),
+)
+def test_halo_reads_equal_overlap_blocks(
+    h: int, w: int, patch: int, stride_frac: float, block_cells: int, seed: int
+) -> None:
+    """A registered windowed source gives the same blocks as dask's overlap, read directly:
+    one read per block, each inside the raster, nothing shared between blocks."""
+    stride = max(1, round(stride_frac * patch))
+    grid = PatchGrid(h, w, patch=patch, stride=stride)
+    block_cells = max(block_cells, math.ceil(max(grid.out_shape) / 8))
+    arr = _raster(h, w, 2, seed).astype(np.float32)
+    source = _CountingSource(arr)
+    direct = da.from_array(arr, chunks=(2, 16, 16), name=False)
+    register_windowed(direct, source)
+    plan = plan_blocks(direct, grid, block_cells=block_cells)
+    reference = plan_blocks(
+        da.from_array(arr, chunks=(2, 16, 16), name=False), grid, block_cells=block_cells
+    )
+    assert plan.blocks.name.startswith("halo-reads-")
+    assert plan.blocks.chunks == reference.blocks.chunks
+    assert plan.cell_chunks == reference.cell_chunks
+    np.testing.assert_array_equal(plan.blocks.compute(), reference.blocks.compute())
+    assert len(source.reads) <= plan.blocks.npartitions
+    for _, ysl, xsl in source.reads:
+        assert 0 <= ysl.start < ysl.stop <= h and 0 <= xsl.start < xsl.stop <= w
+
+
+def test_halo_reads_only_for_the_untouched_source() -> None:
+    """An operation on the registered array (a new name) plans with dask's overlap."""
+    arr = np.arange(2 * 40 * 50, dtype=np.float32).reshape(2, 40, 50)
+    direct = da.from_array(arr, chunks=(2, 20, 20), name=False)
+    register_windowed(direct, _CountingSource(arr))
+    grid = PatchGrid(40, 50, patch=8, stride=2)
+    assert plan_blocks(direct, grid, block_cells=4).blocks.name.startswith("halo-reads-")
+    assert not plan_blocks(direct + 0, grid, block_cells=4).blocks.name.startswith("halo-reads-")
+    with pytest.raises(ValueError, match="shape"):
+        register_windowed(direct, _CountingSource(arr[:, :10]))
+
+
+def test_open_raster_registers_its_windowed_reader(tmp_path: Any) -> None:
+    """GDAL rasters opened by open_raster are read block by block with their halos."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from georaster_cnn import open_raster
+
+    path = tmp_path / "r.tif"
+    arr = _raster(70, 90, 3, 7).astype(np.float32)
+    with rasterio.open(
+        path, "w", driver="GTiff", width=90, height=70, count=3, dtype="float32",
+        crs="EPSG:32633", transform=from_origin(500000, 6000000, 10, 10),
+    ) as dst:  # fmt: skip
+        dst.write(arr)
+    data = open_raster(path, chunks=32)
+    grid = PatchGrid(70, 90, patch=16, stride=4)
+    plan = plan_blocks(data.data, grid, block_cells=5)
+    assert plan.blocks.name.startswith("halo-reads-")
+    reference = plan_blocks(da.from_array(arr, chunks=(3, 32, 32), name=False), grid, block_cells=5)
+    np.testing.assert_array_equal(plan.blocks.compute(), reference.blocks.compute())
