@@ -35,6 +35,7 @@ from georaster_cnn import (
     InputError,
     ModelFileError,
     _inference,
+    _shipping,
     open_raster,
     predict,
     write_prediction,
@@ -136,11 +137,11 @@ def test_a_shipped_classifier_pickles_as_its_digest(
     raw = len(model.to_bytes())
     assert len(pickle.dumps(clf)) > raw  # not shipped: the model's bytes travel
     fake = _FakeClient()
-    gcc._SHIPPED.setdefault(model.checksum, weakref.WeakSet()).add(fake)
+    _shipping._SHIPPED.setdefault(model.checksum, weakref.WeakSet()).add(fake)
     try:
         digest_only = pickle.dumps(clf)
     finally:
-        gcc._SHIPPED.pop(model.checksum)
+        _shipping._SHIPPED.pop(model.checksum)
     assert len(digest_only) < 300 < raw
     # Unpickled where the model is loaded: found by checksum, loaded lazily.
     back = pickle.loads(digest_only)
