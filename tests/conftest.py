@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,3 +329,27 @@ def int_grid(shape: tuple[int, ...], seed: int, lo: int = -3, hi: int = 3) -> np
 def int_values() -> Callable[..., np.ndarray]:
     """``int_values(shape, seed)``: seeded small integers as float32."""
     return int_grid
+
+
+# --------------------------------------------------------------------------- a cluster of processes
+
+
+@pytest.fixture
+def dask_processes(tmp_path: Path) -> Iterator[Any]:
+    """A ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 (one thread each).
+
+    The second worker has the resource ``GPU=1`` (it stands for a GPU worker); workers
+    have no nanny, so a killed one stays dead. See :class:`dask_processes.DaskProcesses`.
+    """
+    distributed = pytest.importorskip("distributed")
+    from dask_processes import START_TIMEOUT_S, DaskProcesses
+
+    cluster = DaskProcesses(tmp_path)
+    try:
+        cluster.add_worker()
+        cluster.add_worker("--resources", "GPU=1")
+        with distributed.Client(cluster.address(), timeout=START_TIMEOUT_S) as client:
+            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
+        yield cluster
+    finally:
+        cluster.stop()

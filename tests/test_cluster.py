@@ -17,9 +17,6 @@ import os
 import pickle
 import signal
 import socket
-import subprocess
-import sys
-import time
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from dask_processes import START_TIMEOUT_S, DaskProcesses
 
 from georaster_cnn import (
     GeoModel,
@@ -47,9 +45,6 @@ MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
 
 distributed = pytest.importorskip("distributed")
-
-#: Bounded waits for processes started here.
-START_TIMEOUT_S = 60
 
 
 # --------------------------------------------------------------------------- fast
@@ -298,102 +293,26 @@ def test_local_worker_killed_mid_job(
 # --------------------------------------------------------------------------- dask scheduler + dask worker
 
 
-class _Processes:
-    """A ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, stopped at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.scheduler_file = folder / "scheduler.json"
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self._logs: list[Any] = []
-        env = {**os.environ, "GCNN_TORCH_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        self.env = env
-        self._start(
-            "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-            "--scheduler-file", str(self.scheduler_file),
-        )  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not self.scheduler_file.exists():
-            if time.monotonic() > deadline or self.procs[0].poll() is not None:
-                raise RuntimeError("dask scheduler did not start")
-            time.sleep(0.1)
-
-    def _start(self, *args: str) -> subprocess.Popen[bytes]:
-        log = open(self.folder / f"{args[0]}-{len(self.procs)}.log", "wb")  # noqa: SIM115
-        self._logs.append(log)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "dask", *args],  # = the `dask` command
-            cwd=self.folder,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def add_worker(self, *extra: str) -> subprocess.Popen[bytes]:
-        # No nanny: a killed worker stays dead, so the job must finish without it.
-        w = self._start(
-            "worker", "--scheduler-file", str(self.scheduler_file), "--host", "127.0.0.1",
-            "--nthreads", "1", "--no-nanny", "--no-dashboard", "--death-timeout", "60",
-            "--name", f"worker-{len(self.workers)}", *extra,
-        )  # fmt: skip
-        self.workers.append(w)
-        return w
-
-    def address(self) -> str:
-        import json
-
-        return str(json.loads(self.scheduler_file.read_text())["address"])
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=20)
-        for log in self._logs:
-            log.close()
-
-
-@pytest.fixture
-def processes(tmp_path: Path) -> Iterator[_Processes]:
-    cluster = _Processes(tmp_path)
-    try:
-        cluster.add_worker()
-        cluster.add_worker("--resources", "GPU=1")  # stands for a GPU worker
-        with distributed.Client(cluster.address(), timeout=START_TIMEOUT_S) as client:
-            client.wait_for_workers(2, timeout=START_TIMEOUT_S)
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 @pytest.mark.slow
 def test_scheduler_and_worker_processes(
-    job: dict[str, Any], processes: _Processes, tmp_path: Path
+    job: dict[str, Any], dask_processes: DaskProcesses, tmp_path: Path
 ) -> None:
     """By address (COG) and by scheduler file (Zarr, written by the workers themselves)."""
     pred = _pred(job["scene"], job["model"])
     before = gcc.current_client()
     tif = write_prediction(
-        pred, tmp_path / "out" / "map.tif", probabilities=True, scheduler=processes.address()
+        pred, tmp_path / "out" / "map.tif", probabilities=True, scheduler=dask_processes.address()
     )
     _assert_same(tif, job["ref"]["map.tif"])
     zarr = write_prediction(
         pred,
         tmp_path / "out" / "map.zarr",
         probabilities=True,
-        scheduler_file=processes.scheduler_file,
+        scheduler_file=dask_processes.scheduler_file,
     )
     _assert_same(zarr, job["ref"]["map.zarr"])
     assert gcc.current_client() is before  # disconnected again; the cluster still runs
-    with distributed.Client(processes.address(), timeout=START_TIMEOUT_S) as client:
+    with distributed.Client(dask_processes.address(), timeout=START_TIMEOUT_S) as client:
         assert all(_has_plugin(client, job["model"].checksum).values())
         assert len(client.scheduler_info()["workers"]) == 2
 
@@ -401,13 +320,13 @@ def test_scheduler_and_worker_processes(
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["map.tif", "map.zarr"])
 def test_worker_process_killed_mid_job(
-    job: dict[str, Any], processes: _Processes, tmp_path: Path, name: str
+    job: dict[str, Any], dask_processes: DaskProcesses, tmp_path: Path, name: str
 ) -> None:
-    victim = processes.workers[0]
+    victim = dask_processes.workers[0]
     progress = _killer(lambda: victim.send_signal(signal.SIGKILL), after=3)
     out = write_prediction(
         _pred(job["scene"], job["model"]), tmp_path / "out" / name, probabilities=True,
-        scheduler=processes.address(), progress=progress, max_in_flight=8,
+        scheduler=dask_processes.address(), progress=progress, max_in_flight=8,
     )  # fmt: skip
     assert progress.fired  # type: ignore[attr-defined]
     assert victim.wait(timeout=10) == -signal.SIGKILL
@@ -416,13 +335,13 @@ def test_worker_process_killed_mid_job(
 
 @pytest.mark.slow
 def test_resource_annotation_keeps_the_model_on_gpu_workers(
-    job: dict[str, Any], processes: _Processes, tmp_path: Path
+    job: dict[str, Any], dask_processes: DaskProcesses, tmp_path: Path
 ) -> None:
     """docs/cluster.md: ``dask.annotate(resources={"GPU": 1})`` around ``predict``."""
     import dask
 
     with (
-        distributed.Client(processes.address(), timeout=START_TIMEOUT_S) as client,
+        distributed.Client(dask_processes.address(), timeout=START_TIMEOUT_S) as client,
         distributed.get_task_stream(client) as stream,
     ):
         # With the client active: predict's input check computes a few blocks, inside
