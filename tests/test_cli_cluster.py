@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner, Result
+from dask_processes import DaskProcesses
+from georaster_cnn_cli._tiles import tiles_in_flight
 from georaster_cnn_cli.main import cli
 
 import georaster_cnn as gc
@@ -112,3 +119,148 @@ def test_scheduler_and_file_conflict(model_path: Path, tiles: list[Path], tmp_pa
 def test_help_shows_scheduler(command: str) -> None:
     result = run([command, "--help"])
     assert "--scheduler SPEC" in result.stdout and "--scheduler-file PATH" in result.stdout
+
+
+# --------------------------------------------------------------------------- tiles on a cluster
+
+
+def test_tiles_in_flight_is_bounded() -> None:
+    assert [tiles_in_flight(n) for n in (1, 2, 4, 6, 8, 64)] == [2, 2, 2, 3, 4, 4]
+
+
+@pytest.fixture
+def many_tiles(tmp_path: Path, make_raster: Callable[..., Path]) -> list[Path]:
+    """Five 3-band tiles of 2 x 2 prediction blocks each at --stride 4."""
+    return [
+        make_raster(tmp_path / "tiles", f"t{i}.tif", height=160, width=192, count=3, seed=i)
+        for i in range(5)
+    ]
+
+
+def _assert_same_maps(a: Path, b: Path, tiles: Sequence[Path]) -> None:
+    for tile in tiles:
+        with rasterio.open(a / tile.name) as x, rasterio.open(b / tile.name) as y:
+            assert x.profile == y.profile
+            np.testing.assert_array_equal(x.read(), y.read())
+    assert [p.name for p in b.iterdir() if ".gcnn-" in p.name] == []  # nothing stray
+
+
+def _rows(result: Result, tiles: Sequence[Path]) -> list[str]:
+    """The summary table's inputs, in the order printed."""
+    names = {str(t) for t in tiles}
+    return [w for line in result.stdout.splitlines() for w in line.split() if w in names]
+
+
+@pytest.fixture
+def inproc_cluster() -> Iterator[str]:
+    """A LocalCluster of 2 one-thread workers in this process, on a loopback TCP address."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
+        host="127.0.0.1", dashboard_address=None,
+    ) as cluster:  # fmt: skip
+        yield str(cluster.scheduler_address)
+
+
+def test_cluster_runs_tiles_concurrently_bounded_with_their_own_warnings(
+    model_path: Path,
+    many_tiles: list[Path],
+    tmp_path: Path,
+    inproc_cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """2 worker threads: 2 tiles in flight at once, never more; each warning names its tile."""
+    ref = predict(model_path, many_tiles, tmp_path / "threads", "--stride", "4")
+    assert ref.exit_code == 0, ref.output
+    real = gc.write_prediction
+    lock = threading.Lock()
+    in_flight = [0, 0]  # now, most
+    pair = threading.Barrier(2, timeout=20)  # two tiles meet here, or the test fails
+
+    def write(pred: Any, path: Path, **kwargs: Any) -> Path:
+        with lock:
+            in_flight[0] += 1
+            in_flight[1] = max(in_flight)
+        try:
+            if Path(path).stem != many_tiles[-1].stem:  # 5 tiles: the last one alone
+                pair.wait()
+            # both tiles of the pair are inside their warning blocks now
+            warnings.warn(f"look at {Path(path).stem}", UserWarning, stacklevel=1)
+            time.sleep(0.2)
+            return real(pred, path, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(gc, "write_prediction", write)
+    out = tmp_path / "cluster"
+    result = predict(model_path, many_tiles, out, "--stride", "4", "--scheduler", inproc_cluster)
+    assert result.exit_code == 0, result.output
+    assert "5 written, 0 skipped, 0 failed" in result.stdout
+    assert in_flight[1] == 2  # concurrent, and bounded by tiles_in_flight(2 threads)
+    said = [line for line in result.stderr.splitlines() if "look at" in line]
+    assert sorted(said) == sorted(f"warning: {t}: look at {t.stem}" for t in many_tiles)
+    assert _rows(result, many_tiles) == [str(t) for t in many_tiles]  # input order
+    _assert_same_maps(tmp_path / "threads", out, many_tiles)
+
+
+def test_one_failing_tile_on_a_cluster_does_not_stop_the_others(
+    model_path: Path, many_tiles: list[Path], tmp_path: Path, inproc_cluster: str
+) -> None:
+    broken = many_tiles[1]
+    broken.write_bytes(broken.read_bytes()[:2000])  # truncated: fails when its pixels are read
+    out = tmp_path / "cluster"
+    result = predict(model_path, many_tiles, out, "--stride", "4", "--scheduler", inproc_cluster)
+    assert result.exit_code == 1, result.output
+    assert "4 written, 0 skipped, 1 failed" in result.stdout
+    # (the in-process workers' own log records are error lines too: only the tiles' count)
+    errors = [line for line in error_lines(result) if str(tmp_path) in line]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {broken}: "), result.stderr
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tif") == sorted(
+        t.name for t in many_tiles if t != broken
+    )
+
+
+@pytest.mark.slow
+def test_scheduler_and_worker_processes_match_threads(
+    model_path: Path,
+    many_tiles: list[Path],
+    tmp_path: Path,
+    dask_processes: DaskProcesses,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`predict --scheduler tcp://...` on a scheduler and two worker processes, then with
+    one of them SIGKILLed mid-job: the same maps as --scheduler threads."""
+    ref = predict(model_path, many_tiles, tmp_path / "threads", "--stride", "4")
+    assert ref.exit_code == 0, ref.output
+    address = dask_processes.address()
+    result = predict(
+        model_path, many_tiles, tmp_path / "tcp", "--stride", "4", "--scheduler", address
+    )
+    assert result.exit_code == 0, result.output
+    assert "5 written, 0 skipped, 0 failed" in result.stdout
+    _assert_same_maps(tmp_path / "threads", tmp_path / "tcp", many_tiles)
+
+    victim = dask_processes.workers[0]
+    real = gc.write_prediction
+    blocks = [0]
+
+    def write(pred: Any, path: Path, **kwargs: Any) -> Path:
+        report = kwargs["progress"]
+
+        def progress(done: int, total: int) -> None:
+            report(done, total)
+            if done:
+                blocks[0] += 1
+                if blocks[0] == 3:  # the first tile's blocks are in, the others in flight
+                    victim.send_signal(signal.SIGKILL)
+
+        return real(pred, path, **{**kwargs, "progress": progress})
+
+    monkeypatch.setattr(gc, "write_prediction", write)
+    killed = predict(
+        model_path, many_tiles, tmp_path / "killed", "--stride", "4", "--scheduler", address
+    )
+    assert killed.exit_code == 0, killed.output
+    assert victim.wait(timeout=10) == -signal.SIGKILL
+    _assert_same_maps(tmp_path / "threads", tmp_path / "killed", many_tiles)

@@ -57,6 +57,12 @@ def _handle_sigterm() -> Callable[[], None]:
     return restore
 
 
+def _interrupted(what: str, exc: BaseException) -> str:
+    """The one line said on an interruption, with the notes a command added (what a rerun continues)."""
+    notes = [str(n) for n in getattr(exc, "__notes__", ())]
+    return "; ".join([what, "no partial output left in place", *notes])
+
+
 class _Group(click.Group):
     """A group that turns expected failures into one ``error:`` line and an exit status.
 
@@ -70,11 +76,11 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except KeyboardInterrupt:
-            report_error(get_state(ctx), "interrupted (Ctrl-C); no partial output left in place")
+        except KeyboardInterrupt as exc:
+            report_error(get_state(ctx), _interrupted("interrupted (Ctrl-C)", exc))
             ctx.exit(EXIT_INTERRUPTED)
-        except Terminated:
-            report_error(get_state(ctx), "terminated (SIGTERM); no partial output left in place")
+        except Terminated as exc:
+            report_error(get_state(ctx), _interrupted("terminated (SIGTERM)", exc))
             ctx.exit(EXIT_TERMINATED)
         except CLIError as exc:
             report_error(get_state(ctx), exc)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 from rich.table import Table
@@ -21,14 +19,11 @@ from georaster_cnn_cli._common import (
     EXIT_FAILED,
     CLIState,
     error_message,
-    escape,
     fail,
     get_state,
     load_model_or_exit,
     plural,
     report_error,
-    report_selected,
-    report_warnings,
     usage_errors,
 )
 from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outputs
@@ -42,52 +37,15 @@ from georaster_cnn_cli._options import (
     source_options,
     stride_option,
 )
-from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._tiles import Extra, TileSettings, run_tiles, tiles_in_flight
 from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
-
-if TYPE_CHECKING:
-    from rich.progress import Progress, TaskID
-
-    from georaster_cnn import GeoModel
 
 __all__ = ["predict"]
 
 _STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
 
 
-@dataclass(frozen=True)
-class _Extra:
-    """One more file made from each class map: ``--vector``, ``--qml``, ``--quicklook``.
-
-    Attributes
-    ----------
-    what
-        Names the output in error messages ("vector output", "QGIS style", ...).
-    suffix
-        Of the extra file, which lies beside the class map.
-    write
-        ``write(class map, overwrite)`` -> (file written, short summary or "").
-    """
-
-    what: str
-    suffix: str
-    write: Callable[[Path, bool], tuple[Path, str]]
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """What every tile of one call shares: checked options and the outputs asked for."""
-
-    options: InferenceOptions
-    probabilities: bool
-    overwrite: bool
-    bands: list[int | str] | None = None
-    open_options: dict[str, Any] = field(default_factory=dict)
-    extras: Sequence[_Extra] = ()
-    dense: bool | None = None
-
-
-def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
+def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[Extra]:
     """The extra outputs asked for, in the order they are made."""
     import georaster_cnn as gc
 
@@ -101,9 +59,9 @@ def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[_Extra]:
         return gc.write_quicklook(cmap, overwrite=overwrite), ""
 
     asked = [
-        (vector is not None, _Extra("vector output", f".{vector}", vectors)),
-        (qml, _Extra("QGIS style", ".qml", style)),
-        (quicklook, _Extra("quicklook", ".png", preview)),
+        (vector is not None, Extra("vector output", f".{vector}", vectors)),
+        (qml, Extra("QGIS style", ".qml", style)),
+        (quicklook, Extra("quicklook", ".png", preview)),
     ]
     return [extra for on, extra in asked if on]
 
@@ -173,6 +131,13 @@ def _format_help() -> str:
     "it (same classes, a fine --stride at about the cost of the coarsest), or one forward "
     "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
 )
+@click.option(
+    "--resume/--no-resume",
+    default=True,
+    help="Record each finished block beside the staged output, so that the same command "
+    "rerun after an interruption (Ctrl-C, SIGTERM, a killed process) continues from them; "
+    "--no-resume starts afresh and discards what an interrupted run kept. [default: resume]",
+)
 @scheduler_options()
 @click.pass_context
 def predict(
@@ -193,6 +158,7 @@ def predict(
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
+    resume: bool,
     cluster: SchedulerChoice,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
@@ -229,7 +195,7 @@ def predict(
         )
     if vector is not None:
         check_vector_output(output_dir / f"<stem>.{vector}", f"--vector {vector}")
-    settings = _Settings(
+    settings = TileSettings(
         options,
         probabilities=probabilities,
         overwrite=overwrite,
@@ -237,10 +203,13 @@ def predict(
         open_options=open_options,
         extras=_extras(vector, qml, quicklook),
         dense=dense,
+        resume=resume,
     )
     plan = _plan(state, inputs, output_dir, output_format)
     with cluster_session(state, cluster) as session:
-        results = _run(state, plan, geo_model, settings, distributed=session.distributed)
+        # on a cluster several tiles at once (bounded), else one after another
+        in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
+        results = run_tiles(state, plan, geo_model, settings, in_flight=in_flight)
     if not state.quiet:
         _print_summary(state, results, time.perf_counter() - started)
     if any(r.status == "failed" for r in results):
@@ -261,140 +230,6 @@ def _plan(
         except OSError as exc:
             fail(f"cannot create output folder {output_dir}: {error_message(exc)}")
     return plan
-
-
-def _run(
-    state: CLIState,
-    plan: Sequence[Job | TileResult],
-    model: GeoModel,
-    settings: _Settings,
-    *,
-    distributed: bool = False,
-) -> list[TileResult]:
-    """Run the jobs in order under one progress display; the result of every input.
-
-    On a distributed cluster too the tiles run one after another (each one's
-    blocks spread over the workers); the block bar then follows the blocks
-    written, the tile bar the tiles finished.
-    """
-    results: list[TileResult] = []
-    with make_progress(state) as progress:
-        overall = progress.add_task("tiles", total=sum(isinstance(j, Job) for j in plan))
-        chunks = progress.add_task("", total=None, visible=False)
-        for item in plan:
-            if isinstance(item, TileResult):
-                results.append(item)
-                continue
-            progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
-            results.append(
-                _predict_one(
-                    state, item, model, settings, progress, chunks, distributed=distributed
-                )
-            )
-            progress.advance(overall)
-        progress.update(chunks, visible=False)
-    return results
-
-
-def _predict_one(
-    state: CLIState,
-    job: Job,
-    model: GeoModel,
-    settings: _Settings,
-    progress: Progress,
-    task: TaskID,
-    *,
-    distributed: bool = False,
-) -> TileResult:
-    """open -> predict -> write one tile; every failure becomes a failed result, never a raise."""
-    import georaster_cnn as gc
-
-    name = str(job.source)
-    t0 = time.perf_counter()
-    if job.output.exists() and not settings.overwrite:
-        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
-        return _add_extras(state, skipped, settings.extras, overwrite=False, t0=t0)
-    opts = settings.options
-    try:
-        with report_warnings(state, context=name):
-            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
-            select = settings.open_options.get("select")
-            report_selected(state, data.attrs.get("selected"), select, context=name)
-            pred = gc.predict(
-                data,
-                model,
-                stride=opts.stride,
-                batch_size=opts.batch_size,
-                # resolved once for all tiles; predict takes the torch.device as it is,
-                # though its annotation still says str
-                device=opts.device,
-                min_valid=opts.min_valid,
-                dense=settings.dense,
-            )
-
-            def blocks(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
-
-            # Dask's local callbacks never fire on a cluster; the writer reports blocks there
-            with nullcontext() if distributed else DaskProgress(progress, task):
-                written = gc.write_prediction(
-                    pred,
-                    job.output,
-                    format=job.format,
-                    probabilities=settings.probabilities,
-                    overwrite=settings.overwrite,
-                    progress=blocks if distributed else None,
-                )
-    except Exception as exc:  # one bad tile must not stop the batch
-        report_error(state, exc, context=name)
-        message = error_message(exc, job.source)
-        return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
-    done = TileResult(name, "written", written, time.perf_counter() - t0)
-    return _add_extras(state, done, settings.extras, overwrite=settings.overwrite, t0=t0)
-
-
-def _add_extras(
-    state: CLIState,
-    result: TileResult,
-    extras: Sequence[_Extra],
-    *,
-    overwrite: bool,
-    t0: float,
-) -> TileResult:
-    """Make the tile's extra outputs from its class map, each unless it exists.
-
-    An extra file that exists is kept without ``--overwrite``; a missing one is
-    made even when the class map itself was skipped. Each extra is tried; any
-    failure fails the tile (the class map and the other extras stay).
-    """
-    if result.output is None or not extras:
-        return result
-    made, notes, failures = False, [result.message], []
-    for extra in extras:
-        out = result.output.with_suffix(extra.suffix)
-        if out.exists() and not overwrite:
-            notes.append(f"{out.name} exists (--overwrite)")
-            continue
-        try:
-            with report_warnings(state, context=result.input):
-                written, summary = extra.write(result.output, overwrite)
-        except Exception as exc:  # that tile's failure; the class map itself stays
-            message = f"{extra.what} {out}: {error_message(exc, out)}"
-            report_error(state, message, context=result.input)
-            failures.append(message)
-            continue
-        made = True
-        notes.append(f"+ {written.name} ({summary})" if summary else f"+ {written.name}")
-    seconds = time.perf_counter() - t0
-    if failures:
-        return replace(result, status="failed", seconds=seconds, message=_join(*failures))
-    if not made:
-        return replace(result, message=_join(*notes))
-    return replace(result, status="written", seconds=seconds, message=_join(*notes))
-
-
-def _join(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)
 
 
 def _print_summary(state: CLIState, results: list[TileResult], seconds: float) -> None:

@@ -1,0 +1,338 @@
+"""Running ``predict``'s tiles: one after another on this machine, several at once on a cluster.
+
+On the threaded scheduler each tile already keeps every core busy, so tiles run
+one after another in this thread. On a distributed cluster a tile alone leaves
+workers idle while the client opens it, builds its graph and finishes its file,
+so up to :func:`tiles_in_flight` tiles run at once, each in a thread of this
+process that writes its output as soon as its blocks are in. Their number is
+bounded so that the client's memory is: each tile in flight holds at most its
+writer's ``max_in_flight`` finished blocks.
+
+An interruption (Ctrl-C, SIGTERM: raised in the main thread) stops the tiles in
+flight at their next finished block; their staged outputs are removed, and the
+resume journals of their finished blocks kept, by the library's staging, before
+the interruption goes on to the command's edge, with a note naming the outputs
+that a rerun continues.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+from georaster_cnn.options import InferenceOptions
+from georaster_cnn_cli._common import (
+    CLIState,
+    capture_warnings,
+    error_message,
+    escape,
+    report_error,
+    report_selected,
+    report_warnings,
+)
+from georaster_cnn_cli._inputs import Job, TileResult
+from georaster_cnn_cli._progress import DaskProgress, make_progress
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from georaster_cnn import GeoModel
+
+__all__ = ["Extra", "TileSettings", "run_tiles", "tiles_in_flight"]
+
+#: Most tiles a cluster computes at once (see :func:`tiles_in_flight`).
+MAX_TILES_IN_FLIGHT = 4
+
+
+@dataclass(frozen=True)
+class Extra:
+    """One more file made from each class map: ``--vector``, ``--qml``, ``--quicklook``.
+
+    Attributes
+    ----------
+    what
+        Names the output in error messages ("vector output", "QGIS style", ...).
+    suffix
+        Of the extra file, which lies beside the class map.
+    write
+        ``write(class map, overwrite)`` -> (file written, short summary or "").
+    """
+
+    what: str
+    suffix: str
+    write: Callable[[Path, bool], tuple[Path, str]]
+
+
+@dataclass(frozen=True)
+class TileSettings:
+    """What every tile of one call shares: checked options and the outputs asked for."""
+
+    options: InferenceOptions
+    probabilities: bool
+    overwrite: bool
+    bands: list[int | str] | None = None
+    open_options: dict[str, Any] = field(default_factory=dict)
+    extras: Sequence[Extra] = ()
+    dense: bool | None = None
+    resume: bool = True
+
+
+class _Cancelled(BaseException):
+    """Stops a tile's thread once the run is interrupted.
+
+    A ``BaseException`` like ``KeyboardInterrupt``: the tile's error handling does
+    not turn it into a failed tile, and the library's staging treats it as an
+    interruption (resume state of finished blocks kept, the staged output removed).
+    """
+
+
+def tiles_in_flight(worker_threads: int) -> int:
+    """How many tiles run at once on a cluster whose workers have ``worker_threads`` threads.
+
+    Half the worker threads, at least 2 (so that one tile's client-side work
+    overlaps another's blocks) and at most :data:`MAX_TILES_IN_FLIGHT` (each tile
+    alone already keeps four blocks per worker thread in flight).
+    """
+    return max(2, min(MAX_TILES_IN_FLIGHT, worker_threads // 2))
+
+
+def run_tiles(
+    state: CLIState,
+    plan: Sequence[Job | TileResult],
+    model: GeoModel,
+    settings: TileSettings,
+    *,
+    in_flight: int | None = None,
+) -> list[TileResult]:
+    """Run the jobs under one progress display; the result of every input, in input order.
+
+    ``in_flight`` ``None``: one after another in this thread, on the local
+    scheduler (Dask's progress hooks drive the block bar). A number: at most that
+    many at once, on the active distributed cluster (a block bar per tile in
+    flight, driven by the writer). Either way the tile bar counts finished tiles.
+    """
+    try:
+        with make_progress(state) as progress:
+            overall = progress.add_task("tiles", total=sum(isinstance(j, Job) for j in plan))
+            if in_flight is not None:
+                return _concurrently(state, plan, model, settings, progress, overall, in_flight)
+            return _one_after_another(state, plan, model, settings, progress, overall)
+    except BaseException as exc:
+        if not isinstance(exc, Exception):  # Ctrl-C, SIGTERM: say what a rerun continues
+            _note_kept_state(exc, plan)
+        raise
+
+
+def _one_after_another(
+    state: CLIState,
+    plan: Sequence[Job | TileResult],
+    model: GeoModel,
+    settings: TileSettings,
+    progress: Progress,
+    overall: TaskID,
+) -> list[TileResult]:
+    results: list[TileResult] = []
+    chunks = progress.add_task("", total=None, visible=False)
+    for item in plan:
+        if isinstance(item, TileResult):
+            results.append(item)
+            continue
+        progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
+        results.append(_predict_one(state, item, model, settings, progress, chunks))
+        progress.advance(overall)
+    progress.update(chunks, visible=False)
+    return results
+
+
+def _concurrently(
+    state: CLIState,
+    plan: Sequence[Job | TileResult],
+    model: GeoModel,
+    settings: TileSettings,
+    progress: Progress,
+    overall: TaskID,
+    in_flight: int,
+) -> list[TileResult]:
+    """At most ``in_flight`` tiles at once, each in a pool thread; results in input order."""
+    cancel = threading.Event()
+
+    def check() -> None:
+        if cancel.is_set():
+            raise _Cancelled
+
+    def one(job: Job) -> TileResult:
+        check()
+        bar = progress.add_task(escape(job.source.name), total=None)
+        try:
+            return _predict_one(state, job, model, settings, progress, bar, check=check)
+        finally:
+            progress.remove_task(bar)
+            progress.advance(overall)
+
+    # netCDF tiles run alone, after the others: the netCDF writer assembles its file
+    # under dask.config.set(scheduler="threads"), a process-wide setting that would move
+    # the tiles in flight beside it off the cluster
+    alone = [i for i, item in enumerate(plan) if isinstance(item, Job) and item.format == "netcdf"]
+    results: list[TileResult | None] = [r if isinstance(r, TileResult) else None for r in plan]
+    # warnings are captured once, here; each tile's thread names its own (report_warnings)
+    with capture_warnings(state):
+        pool = ThreadPoolExecutor(max(1, in_flight), thread_name_prefix="georaster-cnn-tile")
+        futures: dict[int, Future[TileResult]] = {}
+        try:
+            for i, item in enumerate(plan):
+                if isinstance(item, Job) and i not in alone:  # a context each: own warnings
+                    futures[i] = pool.submit(contextvars.copy_context().run, one, item)
+            wait(futures.values())
+        except BaseException:
+            # Ctrl-C or SIGTERM: no new tile starts, those in flight stop at their next
+            # block and clean up before the interruption goes on (a second one: at once)
+            cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            wait(futures.values())
+            raise
+        pool.shutdown()
+        for i, f in futures.items():
+            results[i] = f.result()  # a tile's failures are failed results: this never raises
+        for i in alone:
+            results[i] = one(cast(Job, plan[i]))  # here an interruption stops it directly
+    return [r for r in results if r is not None]
+
+
+def _note_kept_state(exc: BaseException, plan: Sequence[Job | TileResult]) -> None:
+    """Add a note naming the outputs whose finished blocks an interrupted run kept."""
+    from georaster_cnn._staging import RESUME_TAG
+
+    kept = []
+    for job in plan:
+        if not isinstance(job, Job):
+            continue
+        prefix = f".{job.output.name}.{RESUME_TAG}-"
+        try:
+            if any(p.name.startswith(prefix) for p in job.output.parent.iterdir()):
+                kept.append(str(job.output))
+        except OSError:
+            continue
+    if kept:
+        exc.add_note(
+            f"finished blocks of {', '.join(kept)} are kept: rerun the same command to "
+            "continue (or --no-resume to start afresh)"
+        )
+
+
+def _predict_one(
+    state: CLIState,
+    job: Job,
+    model: GeoModel,
+    settings: TileSettings,
+    progress: Progress,
+    task: TaskID,
+    *,
+    check: Callable[[], None] | None = None,
+) -> TileResult:
+    """open -> predict -> write one tile; every failure becomes a failed result, never a raise.
+
+    ``check`` (given on a cluster) is called between the steps and after every
+    block; it raises to stop the tile. Without it the tile runs on the local
+    scheduler, whose progress hooks drive ``task``.
+    """
+    import georaster_cnn as gc
+
+    name = str(job.source)
+    t0 = time.perf_counter()
+    if job.output.exists() and not settings.overwrite:
+        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+        return _add_extras(state, skipped, settings.extras, overwrite=False, t0=t0)
+    opts = settings.options
+    distributed = check is not None
+    try:
+        with report_warnings(state, context=name):
+            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
+            select = settings.open_options.get("select")
+            report_selected(state, data.attrs.get("selected"), select, context=name)
+            pred = gc.predict(
+                data,
+                model,
+                stride=opts.stride,
+                batch_size=opts.batch_size,
+                # resolved once for all tiles; predict takes the torch.device as it is,
+                # though its annotation still says str
+                device=opts.device,
+                min_valid=opts.min_valid,
+                dense=settings.dense,
+            )
+
+            def blocks(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+                if check is not None:
+                    check()
+
+            if check is not None:
+                check()
+            # Dask's local callbacks never fire on a cluster; the writer reports blocks there
+            with nullcontext() if distributed else DaskProgress(progress, task):
+                written = gc.write_prediction(
+                    pred,
+                    job.output,
+                    format=job.format,
+                    probabilities=settings.probabilities,
+                    overwrite=settings.overwrite,
+                    resume=settings.resume,
+                    progress=blocks if distributed else None,
+                )
+    except Exception as exc:  # one bad tile must not stop the batch
+        report_error(state, exc, context=name)
+        message = error_message(exc, job.source)
+        return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
+    done = TileResult(name, "written", written, time.perf_counter() - t0)
+    return _add_extras(state, done, settings.extras, overwrite=settings.overwrite, t0=t0)
+
+
+def _add_extras(
+    state: CLIState,
+    result: TileResult,
+    extras: Sequence[Extra],
+    *,
+    overwrite: bool,
+    t0: float,
+) -> TileResult:
+    """Make the tile's extra outputs from its class map, each unless it exists.
+
+    An extra file that exists is kept without ``--overwrite``; a missing one is
+    made even when the class map itself was skipped. Each extra is tried; any
+    failure fails the tile (the class map and the other extras stay).
+    """
+    if result.output is None or not extras:
+        return result
+    made, notes, failures = False, [result.message], []
+    for extra in extras:
+        out = result.output.with_suffix(extra.suffix)
+        if out.exists() and not overwrite:
+            notes.append(f"{out.name} exists (--overwrite)")
+            continue
+        try:
+            with report_warnings(state, context=result.input):
+                written, summary = extra.write(result.output, overwrite)
+        except Exception as exc:  # that tile's failure; the class map itself stays
+            message = f"{extra.what} {out}: {error_message(exc, out)}"
+            report_error(state, message, context=result.input)
+            failures.append(message)
+            continue
+        made = True
+        notes.append(f"+ {written.name} ({summary})" if summary else f"+ {written.name}")
+    seconds = time.perf_counter() - t0
+    if failures:
+        return replace(result, status="failed", seconds=seconds, message=_join(*failures))
+    if not made:
+        return replace(result, message=_join(*notes))
+    return replace(result, status="written", seconds=seconds, message=_join(*notes))
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
