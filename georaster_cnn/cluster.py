@@ -17,8 +17,10 @@ the CLI's ``--scheduler``):
 * a :class:`distributed.Client`: that client.
 
 :func:`use_scheduler` is the context manager behind all of them: whatever computes
-inside it uses the chosen scheduler, and its :class:`ClusterSession` gives the
-dashboard link (``None`` without one).
+inside it uses the chosen scheduler (and, given a model, the model is shipped to the
+cluster's workers first), and its :class:`ClusterSession` gives the dashboard link
+(``None`` without one). :func:`track_progress` reports the progress of the
+computations inside it on any of them (from :mod:`georaster_cnn._progress`).
 
 The model travels once per worker, not with every task: :func:`ship_model`
 registers a :class:`ModelPlugin` (the model file's bytes) with the scheduler, which
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 
+from georaster_cnn._progress import _followed, _FollowedClient, track_progress
 from georaster_cnn._shipping import (
     ModelPlugin,
     _ship_from_classifier,  # noqa: F401  (imported from here by _inference)
@@ -60,6 +63,8 @@ from georaster_cnn.errors import InputError
 if TYPE_CHECKING:
     from distributed import Client
 
+    from georaster_cnn.modelfile import GeoModel
+
 __all__ = [
     "ClusterSession",
     "ModelPlugin",
@@ -71,6 +76,7 @@ __all__ = [
     "ship_model",
     "stream_blocks",
     "torch_threads_for",
+    "track_progress",
     "use_scheduler",
 ]
 
@@ -179,6 +185,8 @@ def current_client() -> Client | None:
     if "distributed" not in sys.modules:
         return None  # no client can exist without it
     configured = dask.config.get("scheduler", None)
+    if isinstance(configured, _FollowedClient):
+        return configured.client
     if configured is not None:
         if type(configured).__name__ == "Client" and hasattr(configured, "get"):
             return configured
@@ -293,6 +301,7 @@ def use_scheduler(
     scheduler: str | Client | None = None,
     *,
     scheduler_file: str | os.PathLike[str] | None = None,
+    model: GeoModel | str | None = None,
 ) -> Iterator[ClusterSession]:
     """Compute everything inside the block on the chosen scheduler.
 
@@ -304,6 +313,9 @@ def use_scheduler(
         :class:`distributed.Client`.
     scheduler_file
         A scheduler file written by ``dask scheduler --scheduler-file``.
+    model
+        On a cluster, ship this model (or the checksum of a model this process
+        holds) to the workers once (:func:`ship_model`); ignored on local schedulers.
 
     Yields
     ------
@@ -325,34 +337,37 @@ def use_scheduler(
     """
     spec = parse_scheduler(scheduler, scheduler_file=scheduler_file)
     with ExitStack() as stack:
-        if spec.kind == "auto":
-            client = current_client()
-            if client is None:
-                yield ClusterSession("threads")
-            else:
-                yield ClusterSession("client", client, _dashboard_link(client))
-            return
-        if spec.kind in LOCAL_SCHEDULERS:
-            stack.enter_context(dask.config.set(scheduler=spec.kind))
-            yield ClusterSession(spec.kind)
-            return
-        if spec.kind == "client":
-            client = scheduler  # type: ignore[assignment]
-            name = "client"
-        elif spec.kind == "local":
-            cluster, client = _start_local(spec.workers)
-            stack.callback(cluster.close)
-            stack.callback(client.close)
-            name = f"local:{spec.workers}"
-            log.info("started a local cluster of %d worker process(es)", spec.workers)
-        else:
-            client = _connect(spec)
-            stack.callback(client.close)
-            name = _address(client) if spec.kind == "file" else spec.target
-        assert client is not None  # for type checkers; every branch above set it
-        stack.enter_context(client.as_current())
-        stack.enter_context(dask.config.set(scheduler=client))
-        yield ClusterSession(name, client, _dashboard_link(client))
+        session = _enter(spec, scheduler, stack)
+        if session.client is not None and model:
+            ship_model(session.client, model)  # tasks then carry only the model's digest
+        yield session
+
+
+def _enter(spec: SchedulerSpec, given: Any, stack: ExitStack) -> ClusterSession:
+    """Make ``spec`` the scheduler until ``stack`` closes; the session it is."""
+    if spec.kind == "auto":
+        client = current_client()
+        if client is None:
+            return ClusterSession("threads")
+        return ClusterSession("client", client, _dashboard_link(client))
+    if spec.kind in LOCAL_SCHEDULERS:
+        stack.enter_context(dask.config.set(scheduler=spec.kind))
+        return ClusterSession(spec.kind)
+    if spec.kind == "client":
+        client, name = given, "client"
+    elif spec.kind == "local":
+        cluster, client = _start_local(spec.workers)
+        stack.callback(cluster.close)
+        stack.callback(client.close)
+        name = f"local:{spec.workers}"
+        log.info("started a local cluster of %d worker process(es)", spec.workers)
+    else:
+        client = _connect(spec)
+        stack.callback(client.close)
+        name = _address(client) if spec.kind == "file" else spec.target
+    stack.enter_context(client.as_current())
+    stack.enter_context(dask.config.set(scheduler=_followed(client)))
+    return ClusterSession(name, client, _dashboard_link(client))
 
 
 # --------------------------------------------------------------------------- streaming

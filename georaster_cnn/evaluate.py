@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -58,6 +59,7 @@ from georaster_cnn.vector_labels import (
 
 if TYPE_CHECKING:
     import torch
+    from distributed import Client
 
 __all__ = ["evaluate", "evaluate_chips"]
 
@@ -133,7 +135,7 @@ def _cell_rasters(
 
 
 def _cell_counts(model: GeoModel, cells: _Cells, opts: InferenceOptions) -> da.Array:
-    """Lazy count vector (see :func:`_block_counts`) of one raster's cells."""
+    """Lazy count vectors (see :func:`_block_counts`) of one raster's blocks of cells."""
     cls = predict(
         cells.data,
         model,
@@ -157,16 +159,21 @@ def _cell_counts(model: GeoModel, cells: _Cells, opts: InferenceOptions) -> da.A
         dtype=np.int64,
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
-    return per_block.sum(axis=(0, 1))
+    return per_block
 
 
 def _cell_totals(
     model: GeoModel, cells: Sequence[_Cells], opts: InferenceOptions
 ) -> tuple[np.ndarray, int]:
-    """Count vector of all rasters' cells (one Dask computation), and cells centred outside."""
+    """Count vector of all rasters' cells (one Dask computation), and cells centred outside.
+
+    The blocks' counts are its outputs, added up here: progress on a cluster counts them.
+    """
     k = model.n_classes
-    lazy = [_cell_counts(model, c, opts) for c in cells]
-    totals = np.sum([np.zeros(k * k + 2, np.int64), *dask.compute(*lazy)], axis=0)
+    blocks = [b for c in cells for b in _cell_counts(model, c, opts).to_delayed().ravel()]
+    totals = np.zeros(k * k + 2, np.int64)
+    for counts in dask.compute(*blocks):
+        totals += counts.reshape(-1)
     outside = sum(math.prod(c.grid.out_shape) - math.prod(c.centres.shape) for c in cells)
     return totals, outside
 
@@ -232,6 +239,8 @@ def evaluate(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "auto",
     min_valid: float | None = None,
+    scheduler: str | Client | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
 ) -> EvaluationReport:
     """Compare a model's predictions with reference labels: confusion matrix and metrics.
 
@@ -260,6 +269,11 @@ def evaluate(
         was trained with (its provenance), else ``patch_size // 4``.
     batch_size, device, min_valid
         As for :func:`~georaster_cnn.predict`.
+    scheduler, scheduler_file
+        Where the Dask work runs, as for :func:`~georaster_cnn.write_prediction`
+        (:func:`georaster_cnn.cluster.use_scheduler`). On a cluster the workers
+        classify the cells (the model is shipped once) and must read the inputs under
+        the same paths; points are classified here. The report does not change.
 
     Returns
     -------
@@ -272,7 +286,7 @@ def evaluate(
     InputError
         Bad options, unequal numbers of rasters and label arrays, labels not on the
         data's grid, label values that are not the model's class ids, or no cell to
-        evaluate.
+        evaluate; a malformed or unreachable ``scheduler``.
     BandMismatchError
         A raster's band count is not the model's.
 
@@ -284,6 +298,7 @@ def evaluate(
     >>> report.write("report/")  # doctest: +SKIP
     >>> points = geopandas.read_file("checks.gpkg")  # doctest: +SKIP
     >>> evaluate(open_raster("scene.tif"), model, points, label_column="class")  # doctest: +SKIP
+    >>> evaluate(rasters, model, label_rasters, scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
     datas = [data] if isinstance(data, xr.DataArray) else list(data)
     if not datas:
@@ -296,14 +311,17 @@ def evaluate(
         device=device,
     )
     check_label_dims(labels)
-    items, _ = resolve_labels(
-        datas, labels, label_column=label_column, class_names=list(model.class_names)
-    )
-    for d in datas:  # band count (BandMismatchError) and data-range warnings, once per raster
-        check_inputs(d, model)
-    cells = _cell_rasters(datas, items, model, opts.stride)
-    cell_counts, outside = _cell_totals(model, cells, opts)
-    point_counts, n_points, unseen = _point_totals(model, datas, items, opts)
+    from georaster_cnn.cluster import use_scheduler  # imports distributed: only when called
+
+    with use_scheduler(scheduler, scheduler_file=scheduler_file, model=model):
+        items, _ = resolve_labels(
+            datas, labels, label_column=label_column, class_names=list(model.class_names)
+        )
+        for d in datas:  # band count (BandMismatchError) and data-range warnings, once each
+            check_inputs(d, model)
+        cells = _cell_rasters(datas, items, model, opts.stride)
+        cell_counts, outside = _cell_totals(model, cells, opts)
+        point_counts, n_points, unseen = _point_totals(model, datas, items, opts)
     unit = "cells+points" if cells and n_points else "points" if n_points else "cells"
     names = [str(d.attrs.get("source", "<in-memory>")) for d in datas]
     sources = tuple(zip(names, label_sources(items), strict=True))

@@ -30,9 +30,10 @@ chips); 0 trains on all chips.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -71,6 +72,9 @@ from georaster_cnn.splits import SplitAdvice, check_split, stratified_split
 from georaster_cnn.vector_labels import VectorLabels
 from georaster_cnn.windows import TrainingWindows, WindowSpec, training_windows
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 # open_labels (georaster_cnn.labels) and blocked_split (georaster_cnn.splits) are
 # importable from here too, where they were documented.
 __all__ = ["train", "train_chips"]
@@ -100,6 +104,7 @@ def train(
     min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
     patience: int | None = DEFAULT_PATIENCE, hparams: dict[str, Any] | None = None,
     max_chip_bytes: int = 2 * 1024**3, progress: ProgressFn | None = None,
+    scheduler: str | Client | None = None, scheduler_file: str | os.PathLike[str] | None = None,
 ) -> GeoModel:  # fmt: skip
     """Train a classifier from rasters and their labels: label rasters or vector labels.
 
@@ -138,6 +143,10 @@ def train(
         seeded random subset of the labelled windows is used.
     progress
         Called as ``progress(epoch, epochs, metrics)`` after each epoch.
+    scheduler, scheduler_file
+        Where the labels are read and the windows cut (the Dask work), as for
+        :func:`~georaster_cnn.write_prediction`; the windows do not depend on it. A cluster
+        started for it is closed before training, which runs in this process.
 
     Returns
     -------
@@ -149,8 +158,8 @@ def train(
     Raises
     ------
     InputError
-        Bad options, misaligned or inconsistent inputs, unreadable vector labels, or labels and
-        rasters without a CRS to relate them.
+        Bad options, misaligned or inconsistent inputs, unreadable vector labels, labels and
+        rasters without a CRS to relate them, or a malformed or unreachable ``scheduler``.
     TrainingError
         No labelled window, fewer than two classes, or a class whose windows are all held out
         (in validation or its buffer).
@@ -180,6 +189,7 @@ def train(
     return _fit_windows(
         datas, labels, spec, options, label_column=label_column, class_names=class_names,
         arch=arch, hparams=hparams, val_block=val_block, val_fraction=val_fraction,
+        scheduler=scheduler, scheduler_file=scheduler_file,
     )  # fmt: skip
 
 
@@ -195,12 +205,21 @@ def _fit_windows(
     hparams: dict[str, Any] | None,
     val_block: int,
     val_fraction: float,
+    scheduler: str | Client | None,
+    scheduler_file: str | os.PathLike[str] | None,
 ) -> GeoModel:
-    """:func:`train` after its options are checked: the labelled windows, split, then fitted."""
-    items, vector_names = resolve_labels(
-        datas, labels, label_column=label_column, class_names=class_names
-    )
-    found = training_windows(datas, items, spec, val_block=val_block, val_fraction=val_fraction)
+    """:func:`train` after its options are checked: the labelled windows, split, then fitted.
+
+    The labels are read and the windows cut on the scheduler (which is closed
+    again before fitting, in this process).
+    """
+    from georaster_cnn.cluster import use_scheduler  # imports distributed: only when called
+
+    with use_scheduler(scheduler, scheduler_file=scheduler_file):
+        items, vector_names = resolve_labels(
+            datas, labels, label_column=label_column, class_names=class_names
+        )
+        found = training_windows(datas, items, spec, val_block=val_block, val_fraction=val_fraction)
     y = _window_class_ids(found, spec.min_cover if vector_names is not None else None)
     dropped = training_class_ids(found.dropped)
     names = training_class_names(

@@ -198,15 +198,13 @@ def write_prediction(
     >>> write_prediction(pred, "maps/scene.zarr", probabilities=True)  # doctest: +SKIP
     >>> write_prediction(pred, "maps/scene.tif", scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
-    from georaster_cnn.cluster import ship_model, use_scheduler
+    from georaster_cnn.cluster import use_scheduler
 
     out = check_output(path, overwrite=overwrite)
     fmt = resolve_output_format(out, format)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with use_scheduler(scheduler, scheduler_file=scheduler_file) as session:
-        checksum = str(pred.attrs.get("model_checksum", ""))
-        if session.client is not None and checksum:
-            ship_model(session.client, checksum)  # tasks then carry only the digest
+    checksum = str(pred.attrs.get("model_checksum", ""))
+    with use_scheduler(scheduler, scheduler_file=scheduler_file, model=checksum) as session:
         job = _BlockJob(
             pred,
             probabilities=probabilities,

@@ -1,11 +1,10 @@
-"""Progress display on stderr: rich bars, driven by hand or by the local Dask scheduler."""
+"""Progress display on stderr: rich bars, driven by hand or by Dask computations."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
+from contextlib import ExitStack
 
-from dask.callbacks import Callback
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -48,41 +47,36 @@ def make_progress(
     )
 
 
-class DaskProgress(Callback):
-    """Advance a rich progress task as the local Dask scheduler finishes tasks.
+class DaskProgress:
+    """Advance a rich progress task as Dask computations finish, on any scheduler.
 
-    Use as a context manager around a call that computes (e.g.
-    ``write_prediction``). Several computations inside one block add up into
-    one bar. Only local schedulers (threads, processes, synchronous) report
-    progress; a ``distributed`` cluster does not call these hooks.
+    Use as a context manager around a call that computes (e.g. ``evaluate``,
+    ``train``). Several computations inside one block add up into one bar. On
+    Dask's local schedulers every task counts; on a distributed client (the one
+    current when the block starts) every output of a computation counts
+    (:func:`georaster_cnn.cluster.track_progress`).
 
     Parameters
     ----------
     progress
         The rich :class:`~rich.progress.Progress` display.
     task
-        The task to drive; its total is set from the Dask graphs.
+        The task to drive; its total is set from the Dask computations.
     """
 
     def __init__(self, progress: Progress, task: TaskID) -> None:
-        super().__init__()
         self._progress = progress
         self._task = task
-        self._total = 0
-        self._done = 0
+        self._stack = ExitStack()
 
-    def _start_state(self, dsk: Mapping[Any, Any], state: Mapping[str, Any]) -> None:
-        pending = sum(len(state.get(k, ())) for k in ("ready", "waiting", "running"))
-        self._total += pending
-        self._progress.update(self._task, total=self._total, completed=self._done)
+    def _update(self, done: int, total: int) -> None:
+        self._progress.update(self._task, total=total, completed=done)
 
-    def _posttask(
-        self,
-        key: Any,
-        result: Any,
-        dsk: Mapping[Any, Any],
-        state: Mapping[str, Any],
-        worker_id: Any,
-    ) -> None:
-        self._done += 1
-        self._progress.update(self._task, completed=min(self._done, self._total))
+    def __enter__(self) -> DaskProgress:
+        from georaster_cnn.cluster import track_progress  # imports dask: only when used
+
+        self._stack.enter_context(track_progress(self._update))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()

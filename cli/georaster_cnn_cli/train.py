@@ -38,7 +38,7 @@ from georaster_cnn_cli._options import (
     scheduler_options,
     stride_option,
 )
-from georaster_cnn_cli._progress import make_progress, shows_progress
+from georaster_cnn_cli._progress import DaskProgress, make_progress, shows_progress
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +119,11 @@ def _fit(
             model = gc.train_chips(chipset, **common, progress=reporter)
         else:
             datas, labs = open_labelled(state, found.pairs, **read)
-            model = gc.train(datas, labs, **common, **rasters, class_names=names, progress=reporter)
+            # the bar follows the window reading (on any scheduler), then the epochs
+            with DaskProgress(progress, task):
+                model = gc.train(
+                    datas, labs, **common, **rasters, class_names=names, progress=reporter
+                )
     return model, reporter.last
 
 
