@@ -177,6 +177,43 @@ def test_training_windows_on_an_active_client_give_the_same_model(
     _same_model(_train(scene), reference["model"])
 
 
+def _vector_labels(scene: tuple[Path, Path]) -> Any:
+    """Points all over the scene and a polygon on each half, classes as ids."""
+    import geopandas as gpd
+    from rasterio.transform import xy
+    from shapely.geometry import box
+
+    data = open_raster(scene[0])
+    t = data.rio.transform()
+    rng = np.random.default_rng(8)
+    rows, cols = rng.integers(0, H, 80), rng.integers(0, W, 80)
+    xs, ys = xy(t, rows, cols)
+    (x0, y0), (x1, y1) = t * (0, H), t * (W, 0)
+    polys = [box(x0 + 0.05 * (x1 - x0), y0, x0 + 0.3 * (x1 - x0), y1),
+             box(x0 + 0.7 * (x1 - x0), y0, x0 + 0.95 * (x1 - x0), y1)]  # fmt: skip
+    return gpd.GeoDataFrame(
+        {"cls": [*(cols >= W // 2).astype(int), 0, 1]},
+        geometry=[*gpd.points_from_xy(xs, ys), *polys],
+        crs=data.rio.crs,
+    )
+
+
+def test_vector_labels_on_a_client_give_the_threaded_results(
+    scene: tuple[Path, Path], model: GeoModel, client: Any
+) -> None:
+    """Points are cut on the cluster and classified here; polygons rasterised on the cluster."""
+    data, labels = open_raster(scene[0]), _vector_labels(scene)
+    kw: dict[str, Any] = {"label_column": "cls", "stride": STRIDE, "device": "cpu"}
+    threads = evaluate(data, model, labels, scheduler="threads", **kw)
+    assert threads.unit == "cells+points"
+    _same_report(evaluate(data, model, labels, **kw), threads)
+    opts = {**TRAIN, "label_column": "cls", "class_names": ["class_0", "class_1"]}
+    _same_model(
+        train(data, labels, **opts, scheduler="threads"),  # type: ignore[arg-type]
+        train(data, labels, **opts),  # type: ignore[arg-type]
+    )
+
+
 def test_threads_ignores_an_active_client(
     scene: tuple[Path, Path], model: GeoModel, reference: dict[str, Any], client: Any
 ) -> None:
