@@ -76,9 +76,10 @@ class _FollowedClient:
 
         try:
             get_worker()
-            return self.client.get(dsk, keys, **kwargs)  # inside a task: as Dask would
         except ValueError:
-            pass
+            pass  # not inside a task: followed below
+        else:
+            return self.client.get(dsk, keys, **kwargs)  # inside a task: as Dask would
         packed = self.client.get(dsk, keys, sync=False, **kwargs)
         futures = futures_of(packed)
         self._tally.add(total=len(futures))
@@ -104,9 +105,9 @@ def track_progress(callback: Callable[[int, int], None]) -> Iterator[None]:
     """Report the progress of every Dask computation inside the block, wherever it runs.
 
     On Dask's local schedulers every task counts; on a distributed cluster (the
-    client current on entry, or one :func:`use_scheduler` connects inside the block)
-    every output of a computation counts (a block of a prediction, of an
-    evaluation, of training windows). Several computations add up.
+    client current on entry, or one :func:`~georaster_cnn.cluster.use_scheduler`
+    connects inside the block) every output of a computation counts (a block of
+    an evaluation, of training windows). Several computations add up.
 
     Parameters
     ----------
