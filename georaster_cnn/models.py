@@ -3,14 +3,15 @@
 Registered architectures (``build_model(name, in_channels, n_classes, patch_size, **hparams)``):
 
 ``cnn``
-    :class:`SmallCNN`: small and fast (padded convolutions). Every model file made
-    before ``cnn_dense`` existed says ``cnn`` and keeps meaning this network.
+    :class:`SmallCNN`: small and fast (padded convolutions); the default until
+    ``cnn_dense`` replaced it. Every model file made before says ``cnn`` and keeps
+    meaning this network.
 ``cnn_dense``
     :class:`DenseCNN`, a small CNN whose output for a window depends only on the
     window's own pixels (valid convolutions), so :func:`~georaster_cnn.predict`
     can evaluate it densely: the trunk once per block, whatever the stride. At
     least as accurate as ``cnn`` on the sample scene and the chip-structure check,
-    cheaper to train (``docs/resolution-and-cost.md``).
+    cheaper to train (``docs/resolution-and-cost.md``): the default for new models.
 ``resnet``
     :class:`ResNet`, a deeper residual CNN (BasicBlocks with identity shortcuts).
 ``mlp``

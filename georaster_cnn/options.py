@@ -57,7 +57,7 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_MIN_VALID = 0.5
 
 # Training defaults (train and train_chips; the CLI shows these).
-DEFAULT_ARCH = "cnn"
+DEFAULT_ARCH = "cnn_dense"
 DEFAULT_EPOCHS = 10
 DEFAULT_TRAIN_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 1e-3

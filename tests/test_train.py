@@ -128,7 +128,7 @@ def test_tiny_training_run(scene_files: tuple[Path, Path], tmp_path: Path) -> No
         progress=lambda e, n, m: seen.append((e, n, m)), **FAST,
     )  # fmt: skip
     assert isinstance(model, GeoModel)
-    assert model.arch == "cnn" and model.hparams == {"widths": [4, 8]}
+    assert model.arch == "cnn_dense" and model.hparams == {"widths": [4, 8]}  # the default
     assert model.class_names == ("noise", "smooth")  # from the labels' CLASS_NAMES tag
     assert model.band_names == ("reading",)
     assert model.patch_size == 16 and model.min_valid == 0.5
