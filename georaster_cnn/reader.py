@@ -246,9 +246,14 @@ class _WindowReader:
                     out[masks == 0] = np.nan
         except RasterioError as exc:
             detail = _root_message(exc)
+            cause = (
+                "a network source is unreachable, or the file is truncated or corrupt"
+                if self.allow_remote
+                else "the file is probably truncated or corrupt"
+            )
             raise ReadError(
                 f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({detail}); "
-                "the file is probably truncated or corrupt"
+                + cause
             ) from exc
         return out
 

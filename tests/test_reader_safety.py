@@ -533,3 +533,16 @@ def test_label_rasters_follow_the_input_rules(
         open_labels(labels, max_pixels=100)
     with pytest.raises(InputError, match="allow_remote=True"):
         open_labels("/vsicurl/https://example.com/labels.tif")
+
+
+def test_unreachable_network_source_names_the_network_as_a_cause(tmp_path: Path) -> None:
+    """With allow_remote, a VRT whose network source cannot be fetched fails at read time
+    with a ReadError that names the network, not only a corrupt file (port 9: discard,
+    closed on loopback, so nothing leaves the machine)."""
+    from georaster_cnn import ReadError
+
+    vrt = tmp_path / "remote.vrt"
+    vrt.write_text(_source_vrt("/vsicurl/http://127.0.0.1:9/x.tif", width=10))
+    data = open_raster(vrt, allow_remote=True)
+    with pytest.raises(ReadError, match="a network source is unreachable"):
+        data.compute()
