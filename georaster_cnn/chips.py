@@ -53,7 +53,8 @@ DEFAULT_BLOCK_CELLS = 32
 class WindowedSource(Protocol):
     """An array-like that reads any ``[bands, rows, cols]`` window of slices itself."""
 
-    shape: tuple[int, ...]
+    @property
+    def shape(self) -> tuple[int, ...]: ...
 
     def __getitem__(self, key: tuple[slice, slice, slice]) -> np.ndarray: ...
 
