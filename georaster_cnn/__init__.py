@@ -59,6 +59,7 @@ _LAZY: dict[str, str] = {
     "resolve_device": "_inference",
     "save_model": "modelfile",
     "train": "train",
+    "track_progress": "cluster",
     "train_chips": "train",
     "use_scheduler": "cluster",
     "valid_mask": "reader",
@@ -72,7 +73,7 @@ _LAZY: dict[str, str] = {
 if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn._inference import resolve_device
     from georaster_cnn.chipdata import ChipSet, is_chip_dataset, load_chips
-    from georaster_cnn.cluster import ClusterSession, use_scheduler
+    from georaster_cnn.cluster import ClusterSession, track_progress, use_scheduler
     from georaster_cnn.errors import (
         BandMismatchError,
         DataRangeWarning,
@@ -148,6 +149,7 @@ __all__ = [
     "register_architecture",
     "resolve_device",
     "save_model",
+    "track_progress",
     "train",
     "train_chips",
     "use_scheduler",

@@ -7,10 +7,10 @@ and :func:`~georaster_cnn.evaluate` alike.
 
 How a classifier travels to Dask workers: it pickles as the model's checksum and a
 device *name*. When the model was shipped to the cluster
-(:func:`georaster_cnn.cluster.ship_model`, done for the active client when a
+(:func:`georaster_cnn._shipping.ship_model`, done for the active client when a
 classifier is made and by :func:`~georaster_cnn.write_prediction`), that is all a
 task carries: the worker finds the model file's bytes in its
-:class:`~georaster_cnn.cluster.ModelPlugin`. Otherwise the model file's bytes travel
+:class:`~georaster_cnn._shipping.ModelPlugin`. Otherwise the model file's bytes travel
 with the classifier, as a fallback. Either way the model is loaded lazily, on a
 worker's first model call, and once per process (cached by checksum): a scheduler
 that unpickles a graph never loads it. A worker whose environment sets
@@ -120,7 +120,7 @@ class Classifier:
         self.key = (model.checksum, str(self.device))
         _LOCAL_MODELS[model.checksum] = model
         if "distributed" in sys.modules:  # a client may be active: ship the model once
-            from georaster_cnn.cluster import _ship_from_classifier
+            from georaster_cnn._shipping import _ship_from_classifier
 
             _ship_from_classifier(model)
 
@@ -220,8 +220,8 @@ def _worker_device() -> torch.device | None:
 
 
 def _is_shipped(checksum: str) -> bool:
-    cluster = sys.modules.get("georaster_cnn.cluster")
-    return cluster is not None and bool(cluster.is_shipped(checksum))
+    shipping = sys.modules.get("georaster_cnn._shipping")  # not loaded: nothing shipped
+    return shipping is not None and bool(shipping.is_shipped(checksum))
 
 
 def _resolve_model(checksum: str, raw: bytes | None) -> GeoModel:
@@ -253,8 +253,8 @@ def _resolve_model(checksum: str, raw: bytes | None) -> GeoModel:
 
 
 def _plugin_bytes(checksum: str) -> bytes:
-    """The model file's bytes from this Dask worker's :class:`~georaster_cnn.cluster.ModelPlugin`."""
-    from georaster_cnn.cluster import plugin_name
+    """The model file's bytes from this Dask worker's :class:`~georaster_cnn._shipping.ModelPlugin`."""
+    from georaster_cnn._shipping import plugin_name
 
     where = "this process (not a Dask worker)"
     try:
