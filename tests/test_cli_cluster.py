@@ -130,10 +130,19 @@ def test_tiles_in_flight_is_bounded() -> None:
 
 @pytest.fixture
 def many_tiles(tmp_path: Path, make_raster: Callable[..., Path]) -> list[Path]:
-    """Five 3-band tiles of 2 x 2 prediction blocks each at --stride 4."""
+    """Five small 3-band tiles (one prediction block each)."""
     return [
         make_raster(tmp_path / "tiles", f"t{i}.tif", height=160, width=192, count=3, seed=i)
         for i in range(5)
+    ]
+
+
+@pytest.fixture
+def big_tiles(tmp_path: Path, make_raster: Callable[..., Path]) -> list[Path]:
+    """Four 3-band tiles of 2 x 2 prediction blocks each (blocks are 1024 input pixels)."""
+    return [
+        make_raster(tmp_path / "big", f"b{i}.tif", height=1056, width=1056, count=3, seed=i)
+        for i in range(4)
     ]
 
 
@@ -224,22 +233,22 @@ def test_one_failing_tile_on_a_cluster_does_not_stop_the_others(
 @pytest.mark.slow
 def test_scheduler_and_worker_processes_match_threads(
     model_path: Path,
-    many_tiles: list[Path],
+    big_tiles: list[Path],
     tmp_path: Path,
     dask_processes: DaskProcesses,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`predict --scheduler tcp://...` on a scheduler and two worker processes, then with
     one of them SIGKILLed mid-job: the same maps as --scheduler threads."""
-    ref = predict(model_path, many_tiles, tmp_path / "threads", "--stride", "4")
+    ref = predict(model_path, big_tiles, tmp_path / "threads", "--stride", "16")
     assert ref.exit_code == 0, ref.output
     address = dask_processes.address()
     result = predict(
-        model_path, many_tiles, tmp_path / "tcp", "--stride", "4", "--scheduler", address
+        model_path, big_tiles, tmp_path / "tcp", "--stride", "16", "--scheduler", address
     )
     assert result.exit_code == 0, result.output
-    assert "5 written, 0 skipped, 0 failed" in result.stdout
-    _assert_same_maps(tmp_path / "threads", tmp_path / "tcp", many_tiles)
+    assert "4 written, 0 skipped, 0 failed" in result.stdout
+    _assert_same_maps(tmp_path / "threads", tmp_path / "tcp", big_tiles)
 
     victim = dask_processes.workers[0]
     real = gc.write_prediction
@@ -252,15 +261,50 @@ def test_scheduler_and_worker_processes_match_threads(
             report(done, total)
             if done:
                 blocks[0] += 1
-                if blocks[0] == 3:  # the first tile's blocks are in, the others in flight
+                if blocks[0] == 3:  # 3 of 16 blocks in, 2 tiles in flight
                     victim.send_signal(signal.SIGKILL)
 
         return real(pred, path, **{**kwargs, "progress": progress})
 
     monkeypatch.setattr(gc, "write_prediction", write)
     killed = predict(
-        model_path, many_tiles, tmp_path / "killed", "--stride", "4", "--scheduler", address
+        model_path, big_tiles, tmp_path / "killed", "--stride", "16", "--scheduler", address
     )
     assert killed.exit_code == 0, killed.output
     assert victim.wait(timeout=10) == -signal.SIGKILL
-    _assert_same_maps(tmp_path / "threads", tmp_path / "killed", many_tiles)
+    _assert_same_maps(tmp_path / "threads", tmp_path / "killed", big_tiles)
+
+
+def test_ctrl_c_stops_the_tiles_in_flight(
+    model_path: Path,
+    big_tiles: list[Path],
+    tmp_path: Path,
+    inproc_cluster: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C (in the main thread) while 2 tiles are in flight: both stop at their next
+    block, keep the resume state of their finished blocks, and no other tile starts."""
+    real = gc.write_prediction
+    started: list[str] = []
+
+    def write(pred: Any, path: Path, **kwargs: Any) -> Path:
+        started.append(Path(path).name)
+        report = kwargs["progress"]
+
+        def progress(done: int, total: int) -> None:
+            if done == 1 and Path(path).name == big_tiles[0].name:
+                # Ctrl-C: SIGINT to the main thread, which waits for the tiles
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
+            report(done, total)
+
+        return real(pred, path, **{**kwargs, "progress": progress})
+
+    monkeypatch.setattr(gc, "write_prediction", write)
+    out = tmp_path / "out"
+    result = predict(model_path, big_tiles, out, "--stride", "16", "--scheduler", inproc_cluster)
+    assert result.exit_code == 130, result.output
+    assert sorted(started) == ["b0.tif", "b1.tif"]
+    assert not [p for p in out.iterdir() if not p.name.startswith(".")]  # no map finished
+    assert all(".gcnn-resume-" in p.name for p in out.iterdir())
+    assert f"finished blocks of {out / 'b0.tif'}" in result.stderr
+    assert "rerun the same command to continue (or --no-resume to start afresh)" in result.stderr

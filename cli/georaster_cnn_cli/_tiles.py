@@ -195,7 +195,8 @@ def _concurrently(
             # block and clean up before the interruption goes on (a second one: at once)
             cancel.set()
             pool.shutdown(wait=False, cancel_futures=True)
-            wait(futures.values())
+            # (a future cancelled by shutdown never counts as done for wait: leave it out)
+            wait([f for f in futures.values() if not f.cancelled()])
             raise
         pool.shutdown()
         for i, f in futures.items():
