@@ -192,7 +192,8 @@ def _concurrently(
             wait(futures.values())
         except BaseException:
             # Ctrl-C or SIGTERM: no new tile starts, those in flight stop at their next
-            # block and clean up before the interruption goes on (a second one: at once)
+            # block and clean up before the interruption goes on (a second one stops the
+            # waiting here; the threads still stop at their next block)
             cancel.set()
             pool.shutdown(wait=False, cancel_futures=True)
             # (a future cancelled by shutdown never counts as done for wait: leave it out)

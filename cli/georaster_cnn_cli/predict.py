@@ -168,7 +168,10 @@ def predict(
     pattern such as 'tiles/*.tif' ('**' recurses). Outputs that exist are
     skipped unless --overwrite. A tile that fails is reported and the others
     go on; the exit status is 1 if any tile failed, 2 if nothing was tried
-    (unusable model or option).
+    (unusable model or option). On a cluster (--scheduler local, an address or
+    --scheduler-file) a few tiles run at once. An interrupted run keeps the
+    finished blocks of the tiles it was writing: the same command continues
+    from them, --no-resume starts afresh.
 
     The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
     for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
