@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+import xarray as xr
 from click.testing import CliRunner, Result
 from dask_processes import DaskProcesses
 from georaster_cnn_cli._tiles import tiles_in_flight
@@ -308,3 +309,23 @@ def test_ctrl_c_stops_the_tiles_in_flight(
     assert all(".gcnn-resume-" in p.name for p in out.iterdir())
     assert f"finished blocks of {out / 'b0.tif'}" in result.stderr
     assert "rerun the same command to continue (or --no-resume to start afresh)" in result.stderr
+
+
+def test_netcdf_tiles_on_a_cluster_match_threads(
+    model_path: Path, many_tiles: list[Path], tmp_path: Path, inproc_cluster: str
+) -> None:
+    """netCDF maps are written one at a time, after any others, and equal threads' maps."""
+    tiles = many_tiles[:3]
+    ref = predict(model_path, tiles, tmp_path / "threads", "--format", "netcdf")
+    assert ref.exit_code == 0, ref.output
+    out = tmp_path / "cluster"
+    result = predict(model_path, tiles, out, "--format", "netcdf", "--scheduler", inproc_cluster)
+    assert result.exit_code == 0, result.output
+    assert _rows(result, tiles) == [str(t) for t in tiles]
+    for tile in tiles:
+        name = tile.with_suffix(".nc").name
+        with (
+            xr.open_dataset(tmp_path / "threads" / name, mask_and_scale=False) as a,
+            xr.open_dataset(out / name, mask_and_scale=False) as b,
+        ):
+            np.testing.assert_array_equal(a["class"].values, b["class"].values)
