@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -23,6 +22,7 @@ from georaster_cnn._blocks import (
     _probability_percent,
     _uniform_chunks,
 )
+from georaster_cnn._quiet import ignore_warnings
 from georaster_cnn._resume import BlockIndex
 from georaster_cnn._staging import staged
 from georaster_cnn.classmap import (
@@ -132,12 +132,9 @@ def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
         done: set[BlockIndex] = set(journal.done) if journal is not None else set()
         if not (done and _zarr_store_ready(st.path, job.probabilities)):
             done.clear()
-            with warnings.catch_warnings():
-                # Consolidated metadata lets xarray open the store in one read and
-                # without a fallback warning; zarr flags it as not (yet) in the v3 spec.
-                warnings.filterwarnings(
-                    "ignore", "Consolidated metadata is currently not part", UserWarning
-                )
+            # Consolidated metadata lets xarray open the store in one read and without a
+            # fallback warning; zarr flags it as not (yet) in the v3 spec.
+            with ignore_warnings(UserWarning, "Consolidated metadata is currently not part"):
                 # Metadata and coordinates only; the data are written block by block.
                 ds.to_zarr(
                     st.path,

@@ -22,12 +22,11 @@ import functools
 import os
 import re
 import stat
-import threading
-import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from georaster_cnn._quiet import ignore_warnings
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.formats import GDAL_DRIVERS, REFERENCING_DRIVERS, gdal_drivers
 
@@ -57,12 +56,6 @@ _FORMAT_NAMES = {
     "HFA": "Erdas Imagine (HFA) or ENVI/EHdr raster",
     "JP2OpenJPEG": "JPEG 2000 file",
 }
-
-# warnings.catch_warnings() swaps process-wide filters and is not thread-safe: two
-# Dask threads entering and leaving it concurrently can leave a warning unfiltered.
-# The lock serialises every such swap, and only the open itself (where rasterio emits
-# NotGeoreferencedWarning) runs inside it.
-_QUIET_OPEN_LOCK = threading.Lock()
 
 
 def is_remote(name: str) -> bool:
@@ -132,8 +125,7 @@ def open_input(
     try:
         if not quiet:
             return _reader(name, list(drivers))
-        with _QUIET_OPEN_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with ignore_warnings(NotGeoreferencedWarning):  # only the open, where rasterio warns
             return _reader(name, list(drivers))
     except RasterioIOError as exc:
         if remote:
@@ -195,10 +187,8 @@ def _identify(name: str, *, exclude: tuple[str, ...]) -> str | None:
 
     others = [d for d in _safe_drivers() if d not in exclude]
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with _reader(name, others) as src:
-                return str(src.driver)
+        with ignore_warnings(), _reader(name, others) as src:
+            return str(src.driver)
     except (RasterioError, OSError):
         return None
 

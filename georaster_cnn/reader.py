@@ -49,7 +49,6 @@ from georaster_cnn._canonical import (
     _select,
     _size_limit,
 )
-from georaster_cnn._gdal_open import _QUIET_OPEN_LOCK as _QUIET_OPEN_LOCK  # vector_labels' lock
 from georaster_cnn._gdal_open import is_remote, open_input
 from georaster_cnn._xarray_open import (
     _from_dataset,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +43,10 @@ from rasterio import features
 from rasterio.enums import MergeAlg
 from rasterio.errors import NotGeoreferencedWarning
 
+from georaster_cnn._quiet import ignore_warnings
 from georaster_cnn.chipdata import chip_valid_fraction
 from georaster_cnn.errors import InputError
 from georaster_cnn.geometry import RasterGrid
-from georaster_cnn.reader import _QUIET_OPEN_LOCK
 
 __all__ = [
     "VectorLabels",
@@ -391,9 +390,8 @@ def _rasterize_block(
         )
 
     # rasterio's in-memory dataset can emit NotGeoreferencedWarning from inside its own
-    # catch_warnings, which is not thread-safe (see reader._QUIET_OPEN_LOCK): serialise.
-    with _QUIET_OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    # catch_warnings, which is not thread-safe: under the library's one lock (_quiet)
+    with ignore_warnings(NotGeoreferencedWarning):
         n = burn(np.ones_like(v))
         s1 = burn(v)
         s2 = burn(v * v)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ import shapely
 import xarray as xr
 from affine import Affine
 
+from georaster_cnn._quiet import ignore_warnings
 from georaster_cnn._staging import staging_folder
 from georaster_cnn.classmap import CLASS_NODATA, ClassMap, open_class_map, parse_names
 from georaster_cnn.errors import InputError
@@ -401,9 +401,10 @@ def _write_ogr(gdf: gpd.GeoDataFrame, staged: Path, driver: str) -> None:
         kwargs["promote_to_multi"] = True
     if driver == "GPKG":
         kwargs["layer"] = staged.stem
-    with warnings.catch_warnings():
-        if gdf.crs is None:  # a class map without CRS has none to give; said in the docs
-            warnings.filterwarnings("ignore", "'crs' was not provided", UserWarning)
+    if gdf.crs is None:  # a class map without CRS has none to give; said in the docs
+        with ignore_warnings(UserWarning, "'crs' was not provided"):
+            gdf.to_file(staged, **kwargs)
+    else:
         gdf.to_file(staged, **kwargs)
 
 
