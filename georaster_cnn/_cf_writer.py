@@ -194,7 +194,10 @@ def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
         ds["class"] = ds["class"].copy(data=bands[0])
         if "probability" in ds:
             ds["probability"] = ds["probability"].copy(data=bands[1:])
-        with dask.config.set(scheduler="threads"):  # the journal is this process's
-            ds.to_netcdf(st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding)
+        # the journal is this process's: threads here, for this computation only (a
+        # process-wide setting would move other work running beside it off a cluster)
+        ds.to_netcdf(
+            st.path, mode="w", format="NETCDF4", engine="netcdf4", encoding=encoding, compute=False
+        ).compute(scheduler="threads")
     log.info("wrote %s (netcdf, %d x %d)", out, ds.sizes["y"], ds.sizes["x"])
     return out

@@ -167,7 +167,7 @@ def inproc_cluster() -> Iterator[str]:
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=False, protocol="tcp",
-        host="127.0.0.1", dashboard_address=None,
+        host="127.0.0.1", dashboard_address=":0",
     ) as cluster:  # fmt: skip
         yield str(cluster.scheduler_address)
 
@@ -314,7 +314,8 @@ def test_ctrl_c_stops_the_tiles_in_flight(
 def test_netcdf_tiles_on_a_cluster_match_threads(
     model_path: Path, many_tiles: list[Path], tmp_path: Path, inproc_cluster: str
 ) -> None:
-    """netCDF maps are written one at a time, after any others, and equal threads' maps."""
+    """netCDF maps, written by the client while other tiles are in flight (the writer's
+    threaded assembly stays local to it), equal threads' maps."""
     tiles = many_tiles[:3]
     ref = predict(model_path, tiles, tmp_path / "threads", "--format", "netcdf")
     assert ref.exit_code == 0, ref.output

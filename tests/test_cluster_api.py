@@ -317,3 +317,30 @@ def test_local_cluster_gives_the_threaded_results(
     calls.check_finished(at_least=_n_blocks(scene, model))
     _same_model(_train(scene, scheduler="local:2"), reference["model"])
     assert gcc.current_client() is None  # the clusters were closed
+
+
+def test_netcdf_writing_leaves_the_process_scheduler_alone(
+    scene: tuple[Path, Path], model: GeoModel, client: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The netCDF writer assembles its file on threads for that computation only: work
+    running beside it in other threads (concurrent tiles) stays on the cluster."""
+    import dask
+    import xarray as xr
+
+    from georaster_cnn import write_prediction
+
+    seen: list[object] = []
+    real = xr.Dataset.to_netcdf
+
+    def spying(self: xr.Dataset, *args: Any, **kwargs: Any) -> Any:
+        seen.append(dask.config.get("scheduler", None))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(xr.Dataset, "to_netcdf", spying)
+    before = dask.config.get("scheduler", None)
+    out = write_prediction(
+        predict(open_raster(scene[0]), model, stride=STRIDE), tmp_path / "map.nc"
+    )
+    assert seen == [before]  # no process-wide scheduler while the file is assembled
+    with xr.open_dataset(out) as ds:
+        assert ds["class"].shape == (H // STRIDE, math.ceil(W / STRIDE))

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from georaster_cnn.options import InferenceOptions
 from georaster_cnn_cli._common import (
@@ -176,10 +176,6 @@ def _concurrently(
             progress.remove_task(bar)
             progress.advance(overall)
 
-    # netCDF tiles run alone, after the others: the netCDF writer assembles its file
-    # under dask.config.set(scheduler="threads"), a process-wide setting that would move
-    # the tiles in flight beside it off the cluster
-    alone = [i for i, item in enumerate(plan) if isinstance(item, Job) and item.format == "netcdf"]
     results: list[TileResult | None] = [r if isinstance(r, TileResult) else None for r in plan]
     # warnings are captured once, here; each tile's thread names its own (report_warnings)
     with capture_warnings(state):
@@ -187,7 +183,7 @@ def _concurrently(
         futures: dict[int, Future[TileResult]] = {}
         try:
             for i, item in enumerate(plan):
-                if isinstance(item, Job) and i not in alone:  # a context each: own warnings
+                if isinstance(item, Job):  # a context each: own warnings
                     futures[i] = pool.submit(contextvars.copy_context().run, one, item)
             wait(futures.values())
         except BaseException:
@@ -202,8 +198,6 @@ def _concurrently(
         pool.shutdown()
         for i, f in futures.items():
             results[i] = f.result()  # a tile's failures are failed results: this never raises
-        for i in alone:
-            results[i] = one(cast(Job, plan[i]))  # here an interruption stops it directly
     return [r for r in results if r is not None]
 
 
