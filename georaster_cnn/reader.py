@@ -243,18 +243,21 @@ class _WindowReader:
                 if self.use_masks:
                     masks = src.read_masks(idx, window=window)
                     out[masks == 0] = np.nan
+            return out
         except RasterioError as exc:
             detail = _root_message(exc)
-            cause = (
-                "a network source is unreachable, or the file is truncated or corrupt"
-                if self.allow_remote
-                else "the file is probably truncated or corrupt"
-            )
-            raise ReadError(
-                f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({detail}); "
-                + cause
-            ) from exc
-        return out
+        # Raised outside the except clause, so without rasterio's error attached: the
+        # message holds GDAL's detail, and rasterio's errors cannot be unpickled, so on a
+        # Dask cluster a ReadError chained to one reaches the client as a bare Exception.
+        cause = (
+            "a network source is unreachable, or the file is truncated or corrupt"
+            if self.allow_remote
+            else "the file is probably truncated or corrupt"
+        )
+        raise ReadError(
+            f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({detail}); "
+            + cause
+        )
 
 
 def _open(path: str | Path, *, quiet: bool, allow_remote: bool = False) -> Any:

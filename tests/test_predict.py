@@ -446,3 +446,23 @@ def test_prediction_fails_at_compute_when_file_vanishes(
     path.unlink()
     with pytest.raises(ReadError, match=r"scene\.tif"):
         pred.compute()
+
+
+def test_read_error_survives_a_dask_cluster_round_trip(
+    scene: tuple[Path, np.ndarray], make_model: MakeModel
+) -> None:
+    """A truncated file's ReadError, sent from a worker as distributed sends task errors,
+    reaches the client as a ReadError with its message (rasterio's error chain, which
+    cannot be unpickled, is not attached)."""
+    from georaster_cnn import ReadError
+
+    distributed_core = pytest.importorskip("distributed.core")
+    path, _ = scene
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ReadError) as info:
+        open_raster(path).compute()
+    message = distributed_core.error_message(info.value)  # what a worker sends
+    sent = {k: getattr(v, "data", v) for k, v in message.items()}  # the comm unwraps these
+    _, received, _ = distributed_core.clean_exception(**sent)  # what the client raises
+    assert isinstance(received, ReadError)
+    assert str(received) == str(info.value) and "truncated or corrupt" in str(received)
