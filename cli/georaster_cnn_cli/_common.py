@@ -1,4 +1,4 @@
-"""Plumbing shared by the commands: state, errors in the CLI's words, warnings, small helpers.
+"""Plumbing shared by the commands: state, errors in the CLI's words, small helpers.
 
 Nothing here imports the library at module level, so ``--help`` stays fast; the
 library's exception classes are looked up only when an exception is being
@@ -11,15 +11,12 @@ import math
 import os
 import re
 import sys
-import threading
 import traceback
-import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
-from contextvars import ContextVar
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, cast
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 from rich.console import Console
@@ -35,7 +32,6 @@ __all__ = [
     "EXIT_USAGE",
     "CLIError",
     "CLIState",
-    "capture_warnings",
     "class_counts_table",
     "error_message",
     "escape",
@@ -51,7 +47,6 @@ __all__ = [
     "plural",
     "report_error",
     "report_selected",
-    "report_warnings",
     "strip_path",
     "usage_errors",
 ]
@@ -312,115 +307,13 @@ def usage_errors() -> Iterator[None]:
 def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:
     """Load MODEL; any failure ends the command with one line and exit status 2."""
     import georaster_cnn as gc  # deferred: importing torch takes seconds
+    from georaster_cnn_cli._warnings import report_warnings  # it builds on this module
 
     try:
         with report_warnings(state, context=str(path)):
             return gc.load_model(path)
     except (gc.GeorasterCNNError, OSError) as exc:
         raise CLIError(f"cannot load model {path}: {error_message(exc, path)}") from exc
-
-
-class _WarningSink:
-    """Where the warnings of one piece of work go: ``warning: [<context>: ]<text>`` on stderr."""
-
-    def __init__(self, state: CLIState, context: str | None) -> None:
-        self.state = state
-        self.context = context
-        self.seen: set[tuple[type[Warning], str]] = set()
-        self.lock = threading.Lock()
-
-    def show(
-        self, message: Warning | str, category: type[Warning], filename: str, lineno: int
-    ) -> None:
-        text = flag_wording(strip_path(str(message), self.context))
-        with self.lock:  # a sink may hear from several threads (Dask's, a tile's)
-            if (category, text) in self.seen:
-                return  # the same warning from every Dask chunk is said once
-            self.seen.add((category, text))
-        if self.state.verbosity >= 2:
-            text = f"{text} ({category.__name__}, {filename}:{lineno})"
-        prefix = f"{self.context}: " if self.context else ""
-        self.state.err.print(
-            Text.assemble(("warning:", "bold yellow"), " ", prefix + text),
-            soft_wrap=True,
-            highlight=False,
-        )
-
-
-#: The sink of the work running now, set by :func:`report_warnings`: each thread, and
-#: each context copied into one (``contextvars.copy_context().run``), has its own.
-_SINK: ContextVar[_WarningSink | None] = ContextVar("georaster_cnn_warning_sink", default=None)
-
-
-class _Router:
-    """The process-wide ``warnings.showwarning`` while :func:`capture_warnings` runs.
-
-    Sends each warning to the sink of the context that raised it, else (a thread
-    that set none: Dask's worker threads, distributed's event loop) to ``fallback``.
-    """
-
-    def __init__(self, fallback: _WarningSink) -> None:
-        self.fallback = fallback
-
-    def __call__(
-        self,
-        message: Warning | str,
-        category: type[Warning],
-        filename: str,
-        lineno: int,
-        file: Any = None,
-        line: str | None = None,
-    ) -> None:
-        (_SINK.get() or self.fallback).show(message, category, filename, lineno)
-
-
-@contextmanager
-def capture_warnings(state: CLIState, *, context: str | None = None) -> Iterator[None]:
-    """Show the Python warnings of the whole process as ``warning:`` lines while the block runs.
-
-    The filters and ``warnings.showwarning`` are process-wide and
-    ``warnings.catch_warnings`` is not thread-safe, so the thread that starts the
-    work swaps them once, here; inside, :func:`report_warnings` only names the
-    context of its own thread (or copied context). Warnings from threads that
-    named none are said with ``context``.
-    """
-    with warnings.catch_warnings():
-        if state.quiet:
-            warnings.simplefilter("ignore")
-        else:
-            warnings.simplefilter("always")
-            if state.verbosity < 2:
-                warnings.filterwarnings("ignore", category=DeprecationWarning)
-                warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
-        warnings.showwarning = _Router(_WarningSink(state, context))
-        yield
-
-
-@contextmanager
-def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[None]:
-    """Show each distinct Python warning raised inside the block as one ``warning:`` line.
-
-    Warnings are printed as they happen (above any progress bar) rather than
-    turned into errors or lost, whatever the process-wide filters say, in the
-    CLI's words (:func:`flag_wording`), after ``<context>: ``. Deprecation
-    warnings are hidden unless ``-vv``; everything is hidden under ``-q``.
-
-    Inside :func:`capture_warnings` (entered first by the thread that starts the
-    threads) it is safe in several threads at once: each names its own warnings.
-    Outside one it is ``capture_warnings(state, context=context)``, for the
-    warnings of every thread (Dask's too).
-    """
-    with ExitStack() as stack:
-        if isinstance(warnings.showwarning, _Router):
-            sink = _WarningSink(state, context)
-        else:
-            stack.enter_context(capture_warnings(state, context=context))
-            sink = cast(_Router, warnings.showwarning).fallback
-        token = _SINK.set(sink)
-        try:
-            yield
-        finally:
-            _SINK.reset(token)
 
 
 def report_selected(

@@ -30,15 +30,14 @@ from typing import TYPE_CHECKING, Any
 from georaster_cnn.options import InferenceOptions
 from georaster_cnn_cli._common import (
     CLIState,
-    capture_warnings,
     error_message,
     escape,
     report_error,
     report_selected,
-    report_warnings,
 )
 from georaster_cnn_cli._inputs import Job, TileResult
 from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._warnings import capture_warnings, report_warnings
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

@@ -17,7 +17,6 @@ from georaster_cnn_cli._common import (
     get_state,
     load_model_or_exit,
     plural,
-    report_warnings,
     usage_errors,
 )
 from georaster_cnn_cli._labels import (
@@ -34,6 +33,7 @@ from georaster_cnn_cli._options import (
     scheduler_options,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._warnings import report_warnings
 
 if TYPE_CHECKING:
     from georaster_cnn import EvaluationReport, GeoModel

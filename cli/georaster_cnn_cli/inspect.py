@@ -20,11 +20,11 @@ from georaster_cnn_cli._common import (
     plural,
     report_error,
     report_selected,
-    report_warnings,
     usage_errors,
 )
 from georaster_cnn_cli._inputs import InputProblem, expand_inputs
 from georaster_cnn_cli._options import source_options
+from georaster_cnn_cli._warnings import report_warnings
 
 __all__ = ["LagList", "inspect_cmd"]
 

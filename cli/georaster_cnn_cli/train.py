@@ -19,7 +19,6 @@ from georaster_cnn_cli._common import (
     format_number,
     get_state,
     plural,
-    report_warnings,
     usage_errors,
 )
 from georaster_cnn_cli._labels import (
@@ -39,6 +38,7 @@ from georaster_cnn_cli._options import (
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress, shows_progress
+from georaster_cnn_cli._warnings import report_warnings
 
 if TYPE_CHECKING:
     import torch

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import click
 
-from georaster_cnn_cli._common import get_state, report_warnings
+from georaster_cnn_cli._common import get_state
 from georaster_cnn_cli._options import overwrite_option
 from georaster_cnn_cli._vectors import VECTOR_SUFFIXES, check_vector_output, write_vectors_of
+from georaster_cnn_cli._warnings import report_warnings
 
 __all__ = ["vectorize"]
 
