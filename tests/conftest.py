@@ -353,3 +353,19 @@ def dask_processes(tmp_path: Path) -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def window_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[slice, slice, slice]]:
+    """Every window read from a GDAL raster opened by ``open_raster``, in order."""
+    from georaster_cnn.reader import _WindowReader
+
+    reads: list[tuple[slice, slice, slice]] = []
+    real = _WindowReader.__getitem__
+
+    def counting(self: _WindowReader, key: tuple[slice, slice, slice]) -> np.ndarray:
+        reads.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(_WindowReader, "__getitem__", counting)
+    return reads

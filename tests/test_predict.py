@@ -30,7 +30,6 @@ from georaster_cnn import (
     open_raster,
     predict,
 )
-from georaster_cnn.reader import _WindowReader
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
@@ -407,18 +406,11 @@ def test_predictions_with_different_strides_computed_together(
 
 
 def test_predict_is_lazy(
-    scene: tuple[Path, np.ndarray], make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
+    scene: tuple[Path, np.ndarray], make_model: MakeModel, window_reads: list[tuple[slice, ...]]
 ) -> None:
     path, _ = scene
-    reads: list[tuple[slice, ...]] = []
-    real = _WindowReader.__getitem__
-
-    def counting(self: _WindowReader, key: tuple[slice, slice, slice]) -> np.ndarray:
-        reads.append(key)
-        return real(self, key)
-
-    monkeypatch.setattr(_WindowReader, "__getitem__", counting)
-    data = open_raster(path, chunks=32)  # 5 x 4 = 20 chunks
+    reads = window_reads
+    data = open_raster(path, chunks=32)
     pred = predict(data, make_model(2), stride=16, check=False)
     assert isinstance(pred["class"].data, da.Array)
     assert isinstance(pred["probability"].data, da.Array)
