@@ -98,7 +98,7 @@ def _child_prepare(cfg: dict[str, Any]) -> None:
     import torch
 
     import georaster_cnn as gc
-    from georaster_cnn.classmap import default_colors
+    from georaster_cnn.io.classmap import default_colors
 
     work = Path(cfg["workdir"])
     tiles = work / f"tiles_{cfg['tiles']}x{cfg['tile']}"
@@ -113,7 +113,9 @@ def _child_prepare(cfg: dict[str, Any]) -> None:
     model_path = work / "model.safetensors"
     if not model_path.exists():
         torch.manual_seed(0)
-        module = gc.build_model("cnn", BANDS, len(CLASS_NAMES), PATCH, widths=WIDTHS).eval()
+        module = gc.build_model(
+            "cnn", in_channels=BANDS, n_classes=len(CLASS_NAMES), patch_size=PATCH, widths=WIDTHS
+        ).eval()
         sample = gc.open_raster(tiles / "tile_000.tif")
         stats = gc.compute_stats(sample)
         model = gc.GeoModel(
@@ -146,8 +148,8 @@ def _cpu_seconds() -> float:
 
 def _warm_worker() -> None:
     """Import what a prediction task needs (torch, the library) before the clock starts."""
-    import georaster_cnn._inference
-    import georaster_cnn.predict  # noqa: F401
+    import georaster_cnn.model._inference
+    import georaster_cnn.prediction.blockwise  # noqa: F401
 
 
 def _forward_seconds(model: Any, windows: int) -> tuple[float, float]:

@@ -82,11 +82,11 @@ def _model(path: Path, seed: int) -> Any:
     import torch
 
     import georaster_cnn as gc
-    from georaster_cnn.classmap import default_colors
+    from georaster_cnn.io.classmap import default_colors
 
     data = gc.open_raster(path)
     torch.manual_seed(seed)
-    module = gc.build_model("cnn_dense", BANDS, CLASSES, PATCH)
+    module = gc.build_model("cnn_dense", in_channels=BANDS, n_classes=CLASSES, patch_size=PATCH)
     for m in module.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.reset_running_stats()
@@ -138,7 +138,7 @@ def _bare_rate(model: Any, n: int, device: str) -> float:
     """Seconds per window of the bare network on ``n`` random in-memory windows."""
     import torch
 
-    from georaster_cnn._inference import resolve_device
+    from georaster_cnn.model._inference import resolve_device
 
     dev = resolve_device(device)
     module = model.module.to(dev).eval()

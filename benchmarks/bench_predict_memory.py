@@ -196,7 +196,7 @@ def _child_prepare(cfg: dict[str, Any]) -> None:
     import torch
 
     import georaster_cnn as gc
-    from georaster_cnn.classmap import default_colors
+    from georaster_cnn.io.classmap import default_colors
 
     workdir = Path(cfg["workdir"])
     bands, seed = int(cfg["bands"]), int(cfg["seed"])
@@ -219,7 +219,9 @@ def _child_prepare(cfg: dict[str, Any]) -> None:
     torch.manual_seed(seed)
     hparams = MODELS[cfg["model"]]
     arch = str(cfg.get("arch", "cnn"))
-    module = gc.build_model(arch, bands, len(CLASS_NAMES), PATCH, **hparams)
+    module = gc.build_model(
+        arch, in_channels=bands, n_classes=len(CLASS_NAMES), patch_size=PATCH, **hparams
+    )
     model = gc.GeoModel(
         module=module.eval(),
         arch=arch,

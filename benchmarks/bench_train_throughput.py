@@ -28,8 +28,8 @@ bands, DEFLATE GeoTIFF with nodata holes, 4 classes, aligned uint8 label raster)
 ``--size`` pixels a side, or your own pair with ``--scene`` and ``--labels``.
 
 The breakdown of the pipeline's time comes from wrapping a few functions of the library
-(``georaster_cnn.windows._read_raster``: statistics and windows of a raster in one pass;
-``georaster_cnn.train.fit``; ``georaster_cnn._fit``'s ``_recalibrate_bn``, ``_evaluate``,
+(``georaster_cnn.training.windows._read_raster``: statistics and windows of a raster in one pass;
+``georaster_cnn.training.trainer.fit``; ``georaster_cnn.training._fit``'s ``_recalibrate_bn``, ``_evaluate``,
 ``_augment``) with timers; epochs end at the ``progress`` callback. The wrappers cost
 microseconds per call. If the library renames one, its column shows "n/a".
 
@@ -65,11 +65,9 @@ import torch
 from torch import nn
 
 import georaster_cnn as gc
-
-# ``georaster_cnn.train`` is shadowed by the function of that name in the package namespace.
-_train_mod = importlib.import_module("georaster_cnn.train")
-_windows_mod = importlib.import_module("georaster_cnn.windows")
-_fit_mod = importlib.import_module("georaster_cnn._fit")
+from georaster_cnn.training import _fit as _fit_mod
+from georaster_cnn.training import trainer as _train_mod
+from georaster_cnn.training import windows as _windows_mod
 
 ROOT = Path(__file__).resolve().parent.parent
 PATCH = 64
@@ -237,7 +235,7 @@ class PhaseTimer:
 def _warm_up(bands: int, n_classes: int, seed: int) -> None:
     """A few training steps and inference batches: oneDNN kernels and allocator warm for both."""
     torch.manual_seed(seed)
-    module = gc.build_model(ARCH, bands, n_classes, PATCH)
+    module = gc.build_model(ARCH, in_channels=bands, n_classes=n_classes, patch_size=PATCH)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     loss_fn = nn.CrossEntropyLoss()
     x = torch.randn(BATCH, bands, PATCH, PATCH)
@@ -278,7 +276,7 @@ class BareLoop:
         self.x = torch.randn(n_train, bands, PATCH, PATCH, generator=self.gen)
         self.y = torch.randint(0, n_classes, (n_train,), generator=self.gen)
         torch.manual_seed(self.seed)
-        self.module = gc.build_model(ARCH, bands, n_classes, PATCH)
+        self.module = gc.build_model(ARCH, in_channels=bands, n_classes=n_classes, patch_size=PATCH)
         self.opt = torch.optim.Adam(self.module.parameters(), lr=1e-3)
         self.loss_fn = nn.CrossEntropyLoss()
 

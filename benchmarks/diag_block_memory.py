@@ -15,7 +15,6 @@ on Dask's synchronous scheduler, so the numbers are per step, not per thread poo
 from __future__ import annotations
 
 import argparse
-import importlib
 import tracemalloc
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -24,11 +23,10 @@ from typing import Any
 import dask
 
 import georaster_cnn as gc
-from georaster_cnn.chips import plan_blocks
+from georaster_cnn.chips import BLOCK_PX, plan_blocks
+from georaster_cnn.prediction import blockwise as _predict_mod
 
 MIB = 1 << 20
-# ``georaster_cnn.predict`` is shadowed by the function of that name in the package namespace.
-_predict_mod = importlib.import_module("georaster_cnn.predict")
 
 
 def _traced(label: str, fn: Callable[[], Any]) -> Any:
@@ -63,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         grid = gc.PatchGrid(
             data.sizes["y"], data.sizes["x"], patch=model.patch_size, stride=args.stride
         )
-        block_cells = max(1, getattr(_predict_mod, "BLOCK_PX", 2048) // args.stride)
+        block_cells = max(1, BLOCK_PX // args.stride)
         plan = plan_blocks(gc.normalize(data, model.stats).data, grid, block_cells=block_cells)
         first = plan.blocks.blocks[0, 0, 0]
         block = _traced("read + normalize first block", first.compute)

@@ -30,7 +30,6 @@ Companion to ``bench_train_throughput.py``. Two reports:
 from __future__ import annotations
 
 import argparse
-import importlib
 import random
 import statistics
 import time
@@ -41,10 +40,8 @@ import torch
 from torch import nn
 
 import georaster_cnn as gc
-
-# ``georaster_cnn.train`` is shadowed by the function of that name in the package namespace.
-_train_mod = importlib.import_module("georaster_cnn.train")
-_fit_mod = importlib.import_module("georaster_cnn._fit")
+from georaster_cnn.training import _fit as _fit_mod
+from georaster_cnn.training import trainer as _train_mod
 
 PATCH, BATCH, BANDS, CLASSES = 64, 64, 3, 4
 RECAL_K = (1, 2, 5, 10, 50)
@@ -54,7 +51,7 @@ def costs(n: int, rounds: int) -> None:
     torch.manual_seed(0)
     x = torch.randn(n, BANDS, PATCH, PATCH)
     y = torch.randint(0, CLASSES, (n,))
-    module = gc.build_model("cnn", BANDS, CLASSES, PATCH)
+    module = gc.build_model("cnn", in_channels=BANDS, n_classes=CLASSES, patch_size=PATCH)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     plain = nn.CrossEntropyLoss()
     weighted = nn.CrossEntropyLoss(weight=torch.tensor([1.0, 0.9, 1.1, 1.0]))

@@ -4,75 +4,86 @@ Pipeline: :func:`open_raster` -> :func:`compute_stats` / :func:`train` ->
 :func:`predict` (lazy, blockwise over Dask) -> :func:`write_prediction`.
 
 Importing the package is cheap: each public name is imported from its module on
-first access (PEP 562), so ``import georaster_cnn`` does not load torch, Dask or
-GDAL until a name that needs them is used.
+first access (PEP 562, :mod:`georaster_cnn._lazy`), so ``import georaster_cnn`` does
+not load torch, Dask or GDAL until a name that needs them is used.
+
+The package is layered; a module imports only from its own layer and those below
+(``tests/test_layers.py`` checks it):
+
+* the core (``errors``, ``options``, ``geometry``, ``stats``, ``chips``, ``quiet``,
+  ``_lazy``): imports nothing of the package above it;
+* :mod:`georaster_cnn.cluster`: where Dask work runs (scheduler, shipping, progress);
+* :mod:`georaster_cnn.io`: readers, formats, the class-map contract, writers, staging;
+* :mod:`georaster_cnn.model`: architectures, the model file, the classifier;
+* :mod:`georaster_cnn.prediction`: the blockwise prediction graph;
+* :mod:`georaster_cnn.training`: labels, windows, splits, chips, the fit loop;
+* :mod:`georaster_cnn.evaluation`: the report and the assessment;
+* :mod:`georaster_cnn.products`: vectors, styles, spatial statistics, inspection.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
 from importlib.metadata import PackageNotFoundError, version
-from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-#: Public name -> the submodule of ``georaster_cnn`` that defines it, one line per name.
+from georaster_cnn._lazy import lazy_exports
+
+#: Public name -> the module of ``georaster_cnn`` that defines it, one line per name.
 #: A new public name also goes into the ``TYPE_CHECKING`` imports and ``__all__`` below;
 #: tests/test_import.py checks that the three agree and that every name resolves.
 _LAZY: dict[str, str] = {
-    "ARCHITECTURES": "models",
-    "CLASS_NODATA": "predict",
+    "ARCHITECTURES": "model.architectures",
+    "CLASS_NODATA": "io.classmap",
     "BandMismatchError": "errors",
     "ChannelStats": "stats",
-    "ChipSet": "chipdata",
+    "ChipSet": "training.chipdata",
     "ClusterSession": "cluster",
     "DataRangeWarning": "errors",
-    "EvaluationReport": "report",
-    "GeoModel": "modelfile",
+    "EvaluationReport": "evaluation.report",
+    "GeoModel": "model.modelfile",
     "GeorasterCNNError": "errors",
     "InputError": "errors",
     "ModelFileError": "errors",
     "OutputExistsError": "errors",
     "PatchGrid": "geometry",
+    "RasterGrid": "geometry",
     "ReadError": "errors",
     "TrainingError": "errors",
     "ValidationWarning": "errors",
-    "build_model": "models",
-    "check_inputs": "predict",
+    "build_model": "model.architectures",
+    "check_inputs": "prediction.blockwise",
     "compute_stats": "stats",
-    "evaluate": "evaluate",
-    "evaluate_chips": "evaluate",
-    "inspect_raster": "inspection",
-    "is_chip_dataset": "chipdata",
-    "is_vector_file": "formats",
-    "load_chips": "chipdata",
-    "load_model": "modelfile",
-    "morans_i": "spatial",
+    "evaluate": "evaluation.assessment",
+    "evaluate_chips": "evaluation.chipwise",
+    "inspect_raster": "products.inspection",
+    "is_chip_dataset": "training.chipfiles",
+    "is_vector_file": "io.formats",
+    "load_chips": "training.chipfiles",
+    "load_model": "model.modelfile",
+    "morans_i": "products.spatial",
     "normalize": "stats",
-    "open_labels": "labels",
-    "open_raster": "reader",
+    "open_labels": "training.labels",
+    "open_raster": "io.reader",
     "output_transform": "geometry",
-    "predict": "predict",
-    "read_vector_labels": "vector_labels",
-    "register_architecture": "models",
-    "resolve_device": "_inference",
-    "save_model": "modelfile",
-    "train": "train",
+    "predict": "prediction.blockwise",
+    "read_vector_labels": "training.vector_labels",
+    "register_architecture": "model.architectures",
+    "resolve_device": "model._inference",
+    "save_model": "model.modelfile",
+    "train": "training.trainer",
     "track_progress": "cluster",
-    "train_chips": "train",
+    "train_chips": "training.trainer",
     "use_scheduler": "cluster",
-    "valid_mask": "reader",
-    "vectorize": "vectorize",
-    "write_prediction": "writer",
-    "write_qml": "styles",
-    "write_quicklook": "styles",
-    "write_vectors": "vectorize",
+    "valid_mask": "io.reader",
+    "vectorize": "products.polygons",
+    "write_prediction": "io.writer",
+    "write_qml": "products.styles",
+    "write_quicklook": "products.styles",
+    "write_vectors": "products.polygons",
 }
 
 if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
-    from georaster_cnn._inference import resolve_device
-    from georaster_cnn.chipdata import ChipSet, is_chip_dataset, load_chips
     from georaster_cnn.cluster import ClusterSession, track_progress, use_scheduler
     from georaster_cnn.errors import (
         BandMismatchError,
@@ -85,23 +96,28 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         TrainingError,
         ValidationWarning,
     )
-    from georaster_cnn.evaluate import evaluate, evaluate_chips
-    from georaster_cnn.formats import is_vector_file
-    from georaster_cnn.geometry import PatchGrid, output_transform
-    from georaster_cnn.inspection import inspect_raster
-    from georaster_cnn.labels import open_labels
-    from georaster_cnn.modelfile import GeoModel, load_model, save_model
-    from georaster_cnn.models import ARCHITECTURES, build_model, register_architecture
-    from georaster_cnn.predict import CLASS_NODATA, check_inputs, predict
-    from georaster_cnn.reader import open_raster, valid_mask
-    from georaster_cnn.report import EvaluationReport
-    from georaster_cnn.spatial import morans_i
+    from georaster_cnn.evaluation.assessment import evaluate
+    from georaster_cnn.evaluation.chipwise import evaluate_chips
+    from georaster_cnn.evaluation.report import EvaluationReport
+    from georaster_cnn.geometry import PatchGrid, RasterGrid, output_transform
+    from georaster_cnn.io.classmap import CLASS_NODATA
+    from georaster_cnn.io.formats import is_vector_file
+    from georaster_cnn.io.reader import open_raster, valid_mask
+    from georaster_cnn.io.writer import write_prediction
+    from georaster_cnn.model._inference import resolve_device
+    from georaster_cnn.model.architectures import ARCHITECTURES, build_model, register_architecture
+    from georaster_cnn.model.modelfile import GeoModel, load_model, save_model
+    from georaster_cnn.prediction.blockwise import check_inputs, predict
+    from georaster_cnn.products.inspection import inspect_raster
+    from georaster_cnn.products.polygons import vectorize, write_vectors
+    from georaster_cnn.products.spatial import morans_i
+    from georaster_cnn.products.styles import write_qml, write_quicklook
     from georaster_cnn.stats import ChannelStats, compute_stats, normalize
-    from georaster_cnn.styles import write_qml, write_quicklook
-    from georaster_cnn.train import train, train_chips
-    from georaster_cnn.vector_labels import read_vector_labels
-    from georaster_cnn.vectorize import vectorize, write_vectors
-    from georaster_cnn.writer import write_prediction
+    from georaster_cnn.training.chipdata import ChipSet
+    from georaster_cnn.training.chipfiles import is_chip_dataset, load_chips
+    from georaster_cnn.training.labels import open_labels
+    from georaster_cnn.training.trainer import train, train_chips
+    from georaster_cnn.training.vector_labels import read_vector_labels
 
 try:
     __version__ = version("georaster-cnn")
@@ -125,6 +141,7 @@ __all__ = [
     "ModelFileError",
     "OutputExistsError",
     "PatchGrid",
+    "RasterGrid",
     "ReadError",
     "TrainingError",
     "ValidationWarning",
@@ -163,40 +180,4 @@ __all__ = [
 
 
 if not TYPE_CHECKING:  # hidden from type checkers, which would type any unknown name as Any
-
-    def __getattr__(name: str) -> Any:
-        """Import a public name from its submodule on first access, then keep it."""
-        try:
-            submodule = _LAZY[name]
-        except KeyError:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(f"{__name__}.{submodule}"), name)
-        globals()[name] = value
-        return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
-
-
-class _Package(ModuleType):
-    """The package's module type: a submodule never hides the public name it shares.
-
-    Importing ``georaster_cnn.predict`` makes the import system set the package
-    attribute ``predict`` to that module, which would hide the function of the
-    same name. The binding is refused here, so ``georaster_cnn.predict`` is always
-    the function (resolved by ``__getattr__``); the module stays reachable through
-    ``sys.modules`` and ``importlib.import_module``.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            name in _LAZY
-            and isinstance(value, ModuleType)
-            and value.__name__ == f"{__name__}.{name}"
-        ):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

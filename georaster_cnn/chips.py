@@ -15,7 +15,7 @@ exactly the windows that :class:`~georaster_cnn.geometry.PatchGrid` defines:
 Step 2 makes neighbouring blocks share the input chunks their halos come from, so
 Dask keeps about two rows of input chunks in memory: memory then grows with the
 raster's width. An array opened by a reader that can read any window itself (a
-GDAL raster from :func:`~georaster_cnn.reader.open_raster`) is registered with
+GDAL raster from :func:`~georaster_cnn.io.reader.open_raster`) is registered with
 :func:`register_windowed`; :func:`plan_blocks` then reads each block together with
 its halo straight from the file instead (the halo is read twice, nothing is
 shared), and memory stays flat however wide the raster is.
@@ -38,6 +38,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from georaster_cnn.geometry import PatchGrid
 
 __all__ = [
+    "BLOCK_PX",
     "BlockPlan",
     "iter_batches",
     "plan_blocks",
@@ -45,6 +46,12 @@ __all__ = [
     "valid_fraction",
     "window_view",
 ]
+
+#: Target block side in input pixels, the one size every blockwise step aims at: the
+#: chunks a reader picks when the caller does not choose, the blocks of per-window
+#: prediction (about this many pixels squared per Dask task), and the largest block
+#: of dense evaluation.
+BLOCK_PX = 1024
 
 #: Default block side, in output cells, for prediction (32 x 32 cells = 1024 windows).
 DEFAULT_BLOCK_CELLS = 32

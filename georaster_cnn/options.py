@@ -2,24 +2,22 @@
 
 The API validates here, once; the CLI passes its flags through unchanged and only
 rewords the library's messages at its edge (library messages name the Python
-keywords, ``stride=``, never a command-line flag). Importing this module does not
-import torch; resolving a device does.
+keywords, ``stride=``, never a command-line flag). Part of the core: it imports
+nothing but :mod:`georaster_cnn.errors`. Devices stay names here (``"auto"``,
+``"cuda:0"``, or a ``torch.device`` passed through); the classifier resolves them.
 """
 
 from __future__ import annotations
 
-import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from georaster_cnn.errors import InputError, OutputExistsError
+from georaster_cnn.errors import InputError
 
 if TYPE_CHECKING:
     import torch
-
-    from georaster_cnn.modelfile import GeoModel
 
 __all__ = [
     "DEFAULT_ARCH",
@@ -35,13 +33,14 @@ __all__ = [
     "DEFAULT_VAL_BLOCK",
     "DEFAULT_VAL_FRACTION",
     "InferenceOptions",
+    "ModelLimits",
     "check_batch_size",
+    "check_device",
     "check_epochs",
     "check_fraction",
     "check_max_pixels",
     "check_min_valid",
     "check_non_negative",
-    "check_output",
     "check_patience",
     "check_positive",
     "check_stride",
@@ -113,23 +112,6 @@ def check_patience(patience: Any) -> int | None:
     return patience
 
 
-def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """``path`` as a :class:`~pathlib.Path`, refused when it exists and ``overwrite`` is false.
-
-    Every writer asks this before its work; callers may ask it earlier, before slow
-    work, to fail fast.
-
-    Raises
-    ------
-    OutputExistsError
-        ``path`` (a file, folder or link) exists and ``overwrite`` is false.
-    """
-    p = Path(path)
-    if (p.exists() or p.is_symlink()) and not overwrite:
-        raise OutputExistsError(f"{p} exists; pass overwrite=True to replace it")
-    return p
-
-
 def check_stride(stride: Any, patch: int) -> int:
     """A stride between 1 and the patch size (windows farther apart would skip pixels)."""
     if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= patch:
@@ -139,6 +121,24 @@ def check_stride(stride: Any, patch: int) -> int:
             "(windows farther apart than the patch size would skip pixels)."
         )
     return int(stride)
+
+
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(device: Any) -> str | torch.device:
+    """A device name (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``) or a ``torch.device``.
+
+    Only the name is checked here (the core does not import torch); whether the
+    device is available is decided where the model meets it
+    (:func:`~georaster_cnn.resolve_device`).
+    """
+    if isinstance(device, str):
+        if _DEVICE_RE.match(device):
+            return device
+    elif type(device).__name__ == "device" and type(device).__module__.startswith("torch"):
+        return device
+    raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda, cuda:N or mps")
 
 
 def check_batch_size(batch_size: Any) -> int:
@@ -171,12 +171,25 @@ def check_min_valid(min_valid: Any) -> float:
     return check_fraction("min_valid", min_valid, low_open=True)
 
 
+class ModelLimits(Protocol):
+    """What the option checks need of a model (:class:`~georaster_cnn.GeoModel` has them)."""
+
+    @property
+    def patch_size(self) -> int: ...
+
+    @property
+    def min_valid(self) -> float: ...
+
+    @property
+    def provenance(self) -> Mapping[str, Any]: ...
+
+
 def training_stride(patch: int, stride: int | None = None) -> int:
     """Window spacing when cutting training windows: ``patch // 4`` unless given."""
     return check_stride(max(1, patch // 4) if stride is None else stride, patch)
 
 
-def evaluation_stride(model: GeoModel, stride: int | None = None) -> int:
+def evaluation_stride(model: ModelLimits, stride: int | None = None) -> int:
     """Cell size of an evaluation: the model's training stride unless given.
 
     Evaluation compares every labelled cell, so it defaults to the finer grid the
@@ -192,7 +205,8 @@ def evaluation_stride(model: GeoModel, stride: int | None = None) -> int:
 class InferenceOptions:
     """Validated options of one :func:`predict` or :func:`evaluate` call.
 
-    Build with :meth:`resolve`; the device is resolved there, once per call.
+    Build with :meth:`resolve`. The device is checked here and resolved to an
+    available :class:`torch.device` by the classifier, once per call.
 
     Attributes
     ----------
@@ -203,24 +217,26 @@ class InferenceOptions:
     min_valid
         Minimum valid fraction of a window for it to get a class.
     device
-        The :class:`torch.device` the model runs on.
+        The device the model runs on: a name (``auto``, ``cpu``, ``cuda``,
+        ``cuda:N``, ``mps``) or a :class:`torch.device`.
     """
 
     stride: int
     batch_size: int
     min_valid: float
-    device: torch.device
+    device: str | torch.device
 
     @classmethod
     def resolve(
         cls,
-        model: GeoModel,
+        model: ModelLimits,
         *,
         stride: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         min_valid: float | None = None,
         device: str | torch.device = "auto",
         default_stride: int | None = None,
+        options: InferenceOptions | None = None,
     ) -> InferenceOptions:
         """Apply the defaults and checks.
 
@@ -236,19 +252,42 @@ class InferenceOptions:
             As for :func:`~georaster_cnn.predict`.
         default_stride
             The caller's default when ``stride`` is None.
+        options
+            Options resolved before (e.g. once for a batch of tiles): returned as
+            they are, after checking that they fit ``model``, instead of the
+            separate keywords, which must then keep their defaults.
 
         Raises
         ------
         InputError
-            A value out of range, or a device that is unknown or not available.
+            A value out of range, or an unknown device name.
         """
-        from georaster_cnn._inference import resolve_device
-
+        if options is not None:
+            return cls._given(model, options, stride=stride, batch_size=batch_size,
+                              min_valid=min_valid, device=device)  # fmt: skip
         if stride is None:
             stride = model.patch_size if default_stride is None else default_stride
         return cls(
             stride=check_stride(stride, model.patch_size),
             batch_size=check_batch_size(batch_size),
             min_valid=check_min_valid(model.min_valid if min_valid is None else min_valid),
-            device=device if not isinstance(device, str) else resolve_device(device),
+            device=check_device(device),
         )
+
+    @classmethod
+    def _given(cls, model: ModelLimits, options: Any, **keywords: Any) -> InferenceOptions:
+        """``options`` checked against ``model``; refused beside a keyword it would ignore."""
+        if not isinstance(options, InferenceOptions):
+            raise InputError(
+                f"options= must be an InferenceOptions; found {type(options).__name__}"
+            )
+        defaults = {"stride": None, "batch_size": DEFAULT_BATCH_SIZE, "min_valid": None,
+                    "device": "auto"}  # fmt: skip
+        also = [k for k, v in keywords.items() if v is not defaults[k] and v != defaults[k]]
+        if also:
+            raise InputError(
+                f"options= already holds {', '.join(also)}; give either options= or "
+                f"{', '.join(f'{k}=' for k in also)}"
+            )
+        check_stride(options.stride, model.patch_size)
+        return options

@@ -23,9 +23,9 @@ from geo import NORTH_UP
 from hypothesis import HealthCheck, settings
 from torch import nn
 
-from georaster_cnn.classmap import default_colors
-from georaster_cnn.modelfile import GeoModel
-from georaster_cnn.models import build_model, register_architecture
+from georaster_cnn.io.classmap import default_colors
+from georaster_cnn.model.architectures import build_model, register_architecture
+from georaster_cnn.model.modelfile import GeoModel
 from georaster_cnn.stats import ChannelStats
 
 # Property tests: no per-example deadline (Dask/torch timings vary on shared CI
@@ -124,7 +124,9 @@ def _make_model(
     if hparams is None:
         hparams = {"widths": [4, 8]} if arch == "cnn" else {}
     torch.manual_seed(seed)
-    module = build_model(arch, n_bands, len(class_names), patch_size, **hparams)
+    module = build_model(
+        arch, in_channels=n_bands, n_classes=len(class_names), patch_size=patch_size, **hparams
+    )
     if arch == "cnn":
         # Fresh batch-norm running stats (mean 0, var 1) make eval mode well defined.
         for m in module.modules():
@@ -358,7 +360,7 @@ def dask_processes(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def window_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[slice, slice, slice]]:
     """Every window read from a GDAL raster opened by ``open_raster``, in order."""
-    from georaster_cnn.reader import _WindowReader
+    from georaster_cnn.io.reader import _WindowReader
 
     reads: list[tuple[slice, slice, slice]] = []
     real = _WindowReader.__getitem__

@@ -22,7 +22,7 @@ from georaster_cnn import (
     save_model,
     train,
 )
-from georaster_cnn.models import MLP, ResNet
+from georaster_cnn.model.architectures import MLP, ResNet
 
 MakeRaster = Callable[..., Path]
 
@@ -46,7 +46,7 @@ def test_forward_shapes(arch: str, channels: int, patch: int) -> None:
     torch.manual_seed(0)
     # Four stages like the default resnet, narrower so the test stays fast.
     hparams = {"widths": [8, 16, 16, 16]} if arch == "resnet" else {}
-    net = build_model(arch, channels, 4, patch, **hparams)
+    net = build_model(arch, in_channels=channels, n_classes=4, patch_size=patch, **hparams)
     x = torch.randn(3, channels, patch, patch)
     net.train()
     out = net(x)
@@ -61,39 +61,48 @@ def test_forward_shapes(arch: str, channels: int, patch: int) -> None:
 
 def test_resnet_small_patches_and_custom_widths() -> None:
     for patch in (1, 2, 5, 8):
-        net = build_model("resnet", 2, 3, patch, widths=[8, 16, 16], blocks=1).eval()
+        net = build_model(
+            "resnet", in_channels=2, n_classes=3, patch_size=patch, widths=[8, 16, 16], blocks=1
+        ).eval()
         with torch.inference_mode():
             assert net(torch.randn(2, 2, patch, patch)).shape == (2, 3)
 
 
 def test_parameter_counts() -> None:
-    resnet = build_model("resnet", 3, 4, 64)
-    cnn = build_model("cnn", 3, 4, 64)
+    resnet = build_model("resnet", in_channels=3, n_classes=4, patch_size=64)
+    cnn = build_model("cnn", in_channels=3, n_classes=4, patch_size=64)
     # Deeper and wider than the default CNN, still of modest size.
     assert n_params(cnn) < n_params(resnet) < 5_000_000
     # Convolutions do not depend on the patch size (global pooling).
-    assert n_params(build_model("resnet", 3, 4, 32)) == n_params(resnet)
+    assert n_params(build_model("resnet", in_channels=3, n_classes=4, patch_size=32)) == n_params(
+        resnet
+    )
     # The MLP's first layer has C * p * p * hidden weights: it grows with p**2 * C.
     for c, p, hidden in [(3, 64, 256), (13, 64, 256), (3, 16, 64)]:
         expected = (c * p * p + 1) * hidden + (hidden + 1) * hidden + (hidden + 1) * 4
-        assert n_params(build_model("mlp", c, 4, p, hidden=hidden)) == expected
-    assert n_params(build_model("mlp", 13, 4, 64)) > 4 * n_params(build_model("mlp", 3, 4, 64))
+        assert (
+            n_params(build_model("mlp", in_channels=c, n_classes=4, patch_size=p, hidden=hidden))
+            == expected
+        )
+    assert n_params(build_model("mlp", in_channels=13, n_classes=4, patch_size=64)) > 4 * n_params(
+        build_model("mlp", in_channels=3, n_classes=4, patch_size=64)
+    )
 
 
 def test_bad_hyper_parameters() -> None:
     with pytest.raises(InputError, match="widths"):
-        build_model("resnet", 3, 2, 64, widths=[])
+        build_model("resnet", in_channels=3, n_classes=2, patch_size=64, widths=[])
     with pytest.raises(InputError, match="blocks=0"):
-        build_model("resnet", 3, 2, 64, blocks=0)
+        build_model("resnet", in_channels=3, n_classes=2, patch_size=64, blocks=0)
     with pytest.raises(InputError, match="hidden"):
-        build_model("mlp", 3, 2, 64, hidden=0)
+        build_model("mlp", in_channels=3, n_classes=2, patch_size=64, hidden=0)
     for arch in ("resnet", "mlp"):
         with pytest.raises(InputError, match="2 classes"):
-            build_model(arch, 3, 1, 16)
+            build_model(arch, in_channels=3, n_classes=1, patch_size=16)
 
 
 def test_mlp_rejects_other_patch_size() -> None:
-    net = build_model("mlp", 2, 2, 16).eval()
+    net = build_model("mlp", in_channels=2, n_classes=2, patch_size=16).eval()
     with pytest.raises(InputError, match="built for 16 x 16 windows; found 8 x 8"):
         net(torch.zeros(1, 2, 8, 8))
 

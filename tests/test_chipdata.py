@@ -26,7 +26,7 @@ from georaster_cnn import (
     train_chips,
 )
 from georaster_cnn.errors import ValidationWarning
-from georaster_cnn.splits import stratified_split
+from georaster_cnn.training.splits import stratified_split
 
 SIDE = 16
 FAST = {"hparams": {"widths": [4, 8]}, "batch_size": 16, "device": "cpu"}

@@ -21,7 +21,7 @@ from georaster_cnn import (
     write_qml,
     write_quicklook,
 )
-from georaster_cnn.classmap import (
+from georaster_cnn.io.classmap import (
     CLASS_NODATA,
     default_colors,
     open_class_map,

@@ -28,7 +28,8 @@ from georaster_cnn_cli.main import cli
 
 import georaster_cnn as gc
 from georaster_cnn import load_model
-from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
+from georaster_cnn.io import formats
+from georaster_cnn.io.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
 
 HEIGHT, WIDTH = 100, 90
 TRANSFORM = Affine(10.0, 0.0, 500_000.0, 0.0, -10.0, 5_000_000.0)
@@ -544,7 +545,7 @@ def test_stride_larger_than_patch_says_the_library_message(
 def test_predict_resolves_the_device_once(
     model_path: Path, tiles: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import georaster_cnn._inference as inference
+    import georaster_cnn.model._inference as inference
 
     names: list[object] = []
     resolve = inference.resolve_device
@@ -554,6 +555,8 @@ def test_predict_resolves_the_device_once(
             names.append(device)
         return resolve(device)  # type: ignore[arg-type]
 
+    # the CLI resolves through the public name, each classifier through its module's
+    monkeypatch.setattr(gc, "resolve_device", counting)
     monkeypatch.setattr(inference, "resolve_device", counting)
     result = run(predict_args(model_path, [str(t) for t in tiles], tmp_path / "out"))
     assert result.exit_code == 0, result.output
@@ -627,9 +630,7 @@ def test_cli_plans_the_libraries_output_for_every_suffix(
     assert expand_inputs([str(tmp_path / "in")]).paths == (source,)  # folders find it
     plan = plan_outputs(expand_inputs([str(source)]), tmp_path / "out", format=format)
     assert not isinstance(plan[0], TileResult)
-    assert (plan[0].output, plan[0].format) == gc.formats.output_path(
-        source, tmp_path / "out", format
-    )
+    assert (plan[0].output, plan[0].format) == formats.output_path(source, tmp_path / "out", format)
 
 
 def test_format_choices_are_the_libraries() -> None:

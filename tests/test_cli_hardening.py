@@ -30,6 +30,7 @@ from pyproj import CRS
 from test_cli import CLASSES, ENV, error_lines, run, write_labels, write_scene, write_truncated
 
 import georaster_cnn as gc
+from georaster_cnn.io import formats
 from georaster_cnn.options import DEFAULT_MAX_PIXELS
 
 PATCH = 16
@@ -187,7 +188,7 @@ def expected_outputs(good: list[str]) -> set[str]:
     """The class maps of the good tiles and the COGs' .aux.xml sidecars."""
     names = set()
     for name in good:
-        out = gc.formats.output_path(Path(name), Path("."), None)[0].name
+        out = formats.output_path(Path(name), Path("."), None)[0].name
         names.add(out)
         if out.endswith(".tif"):
             names.add(out + ".aux.xml")

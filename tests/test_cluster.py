@@ -32,14 +32,14 @@ from georaster_cnn import (
     GeoModel,
     InputError,
     ModelFileError,
-    _inference,
-    _shipping,
     open_raster,
     predict,
     write_prediction,
 )
 from georaster_cnn import cluster as gcc
-from georaster_cnn._inference import Classifier
+from georaster_cnn.cluster import _shipping, scheduler
+from georaster_cnn.model import _inference
+from georaster_cnn.model._inference import Classifier
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]
@@ -68,7 +68,7 @@ def test_scheduler_forms(given: str | None, kind: str, workers: int, target: str
 
 
 def test_local_defaults_to_one_worker_per_core() -> None:
-    assert gcc.parse_scheduler("local").workers == gcc._cores()
+    assert gcc.parse_scheduler("local").workers == scheduler._cores()
 
 
 @pytest.mark.parametrize("given", ["local:0", "local:x", "processes", "127.0.0.1:8786", ""])
@@ -101,7 +101,7 @@ def test_local_schedulers_are_local_sessions() -> None:
 
 
 def test_unreachable_scheduler_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(gcc, "CONNECT_TIMEOUT_S", 1)
+    monkeypatch.setattr(scheduler, "CONNECT_TIMEOUT_S", 1)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -146,7 +146,7 @@ def test_a_shipped_classifier_pickles_as_its_digest(
     # Where neither the bytes nor a plugin are: a clear error, not a wrong model.
     monkeypatch.setattr(_inference, "_MODEL_CACHE", {})
     monkeypatch.setattr(_inference, "_MODULE_CACHE", {})
-    monkeypatch.setattr(_inference, "_LOCAL_MODELS", weakref.WeakValueDictionary())
+    monkeypatch.setattr(_shipping, "_LOCAL_MODELS", weakref.WeakValueDictionary())
     lost = pickle.loads(digest_only)
     with pytest.raises(ModelFileError, match="ship_model"):
         lost(x)

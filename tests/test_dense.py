@@ -29,9 +29,9 @@ from torch import nn
 
 import georaster_cnn as gc
 from georaster_cnn import GeoModel, InputError, build_model, predict
-from georaster_cnn._dense import DENSE_BLOCK_BYTES, dense_block_cells, dense_logits
-from georaster_cnn.classmap import default_colors
-from georaster_cnn.models import DenseCNN, dense_geometry
+from georaster_cnn.io.classmap import default_colors
+from georaster_cnn.model._dense import DENSE_BLOCK_BYTES, dense_block_cells, dense_logits
+from georaster_cnn.model.architectures import DenseCNN, dense_geometry
 from georaster_cnn.stats import ChannelStats
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "scene.tif"
@@ -41,7 +41,9 @@ TINY = [4, 8, 8]
 
 def net_of(channels: int, classes: int, patch: int, **hparams: object) -> DenseCNN:
     """``build_model("cnn_dense", ...)``, typed."""
-    net = build_model("cnn_dense", channels, classes, patch, **hparams)
+    net = build_model(
+        "cnn_dense", in_channels=channels, n_classes=classes, patch_size=patch, **hparams
+    )
     if not isinstance(net, DenseCNN):
         raise TypeError(type(net))
     return net

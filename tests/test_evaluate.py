@@ -38,7 +38,7 @@ from georaster_cnn import (
     open_raster,
     save_model,
 )
-from georaster_cnn.report import REPORT_FILES
+from georaster_cnn.evaluation.report import REPORT_FILES
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]

@@ -148,7 +148,7 @@ def test_gtiff_is_plain_tiled_geotiff(
 def test_suffix_inference(
     tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], name: str, fmt: str, kind: str
 ) -> None:
-    from georaster_cnn.formats import output_format_for_path
+    from georaster_cnn.io.formats import output_format_for_path
 
     assert output_format_for_path(name) == fmt
     out = write_prediction(prediction[0], tmp_path / name)
@@ -215,7 +215,7 @@ def test_zarr_replace_failure_restores_old_store(
     tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The old store is renamed away before the new one is renamed in, and put back on failure."""
-    import georaster_cnn.writer as writer
+    import georaster_cnn.io.writer as writer
 
     pred, _ = prediction
     out = tmp_path / "o.zarr"
@@ -311,7 +311,7 @@ def test_cli_extras_come_from_a_zarr_map(
 
 
 def test_every_input_suffix_has_a_reader_and_a_writable_default_output(tmp_path: Path) -> None:
-    from georaster_cnn.formats import (
+    from georaster_cnn.io.formats import (
         INPUT_SUFFIXES,
         NETCDF_SUFFIXES,
         OUTPUT_FORMATS,
@@ -336,7 +336,7 @@ def test_every_input_suffix_has_a_reader_and_a_writable_default_output(tmp_path:
 
 
 def test_unknown_suffix_is_read_by_gdal_and_mapped_to_cog(tmp_path: Path) -> None:
-    from georaster_cnn.formats import default_output_format, input_family, output_path
+    from georaster_cnn.io.formats import default_output_format, input_family, output_path
 
     assert input_family(tmp_path / "scene.dem") == "gdal"
     assert default_output_format(tmp_path / "scene.dem") == "cog"
@@ -346,7 +346,7 @@ def test_unknown_suffix_is_read_by_gdal_and_mapped_to_cog(tmp_path: Path) -> Non
 
 
 def test_zarr_store_without_suffix_is_a_zarr_input(tmp_path: Path) -> None:
-    from georaster_cnn.formats import input_family, is_zarr_store
+    from georaster_cnn.io.formats import input_family, is_zarr_store
 
     store = tmp_path / "store"
     store.mkdir()
@@ -357,7 +357,7 @@ def test_zarr_store_without_suffix_is_a_zarr_input(tmp_path: Path) -> None:
 
 def test_the_cli_guide_table_is_the_registry() -> None:
     """docs/cli.md's table of inputs lists exactly the registry's suffixes, by family."""
-    from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
+    from georaster_cnn.io.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
 
     text = (Path(__file__).parents[1] / "docs" / "cli.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.lstrip().startswith("| `.")]

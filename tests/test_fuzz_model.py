@@ -23,7 +23,7 @@ import xarray as xr
 from fuzz import deadline
 
 from georaster_cnn import GeoModel, ModelFileError, load_model, open_raster, predict, save_model
-from georaster_cnn.modelfile import _pack
+from georaster_cnn.model.modelfile import _pack
 
 BYTE_CASES = 500
 CARD_CASES = 200

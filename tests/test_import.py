@@ -9,7 +9,6 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,6 @@ import pytest
 import georaster_cnn as gc
 
 INIT = Path(gc.__file__)
-
-# The public names that are also submodules of the package.
-SHADOWED = ("evaluate", "predict", "train", "vectorize")
 
 
 def run_python(code: str) -> str:
@@ -110,42 +106,29 @@ def test_lazy_table_type_checking_imports_and_all_agree() -> None:
     assert len(gc.__all__) == len(set(gc.__all__))
 
 
-def test_submodule_import_does_not_shadow_function() -> None:
-    # Importing a submodule binds the package attribute to that module, which would
-    # hide the function of the same name; the package keeps the function.
+def test_importing_every_module_keeps_public_names_intact() -> None:
+    # No module is named like a public function (tests/test_layers.py), so importing
+    # every module of the package, in any order, binds no package attribute over a
+    # public name.
     code = (
-        "import types\n"
-        + "".join(f"import georaster_cnn.{name}\n" for name in SHADOWED)
-        + "import georaster_cnn as gc\n"
-        + f"for name in {SHADOWED!r}:\n"
-        "    value = getattr(gc, name)\n"
-        "    assert callable(value) and not isinstance(value, types.ModuleType), (name, value)\n"
-        "    assert value.__module__ == 'georaster_cnn.' + name, value.__module__\n"
-        "from georaster_cnn import predict\n"
-        "assert not isinstance(predict, types.ModuleType)\n"
-        "print('OK')\n"
-    )
-    assert run_python(code).strip() == "OK"
-
-
-def test_function_first_then_submodule_import() -> None:
-    # The other order: the function is resolved before the submodule is imported again.
-    code = (
-        "import types, importlib\n"
+        "import importlib, pkgutil, types\n"
         "import georaster_cnn as gc\n"
-        "first = gc.predict\n"
-        "import georaster_cnn.predict\n"
-        "module = importlib.import_module('georaster_cnn.predict')\n"
-        "assert isinstance(module, types.ModuleType) and module.predict is first\n"
-        "assert gc.predict is first\n"
+        "for info in pkgutil.walk_packages(gc.__path__, 'georaster_cnn.'):\n"
+        "    importlib.import_module(info.name)\n"
+        "for name in gc.__all__:\n"
+        "    value = getattr(gc, name)\n"
+        "    assert not isinstance(value, types.ModuleType), (name, value)\n"
         "print('OK')\n"
     )
     assert run_python(code).strip() == "OK"
 
 
-@pytest.mark.parametrize("name", SHADOWED)
-def test_public_name_is_not_the_submodule(name: str) -> None:
-    # In this process the submodules were imported long ago (by other tests, or here).
-    __import__(f"georaster_cnn.{name}")
-    value = getattr(gc, name)
-    assert callable(value) and not isinstance(value, types.ModuleType)
+@pytest.mark.parametrize("package", ["georaster_cnn", "georaster_cnn.cluster"])
+def test_lazy_packages_name_what_they_have(package: str) -> None:
+    import importlib
+
+    mod = importlib.import_module(package)
+    for name in mod.__all__:
+        assert getattr(mod, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        mod.nope  # noqa: B018

@@ -22,7 +22,7 @@ from georaster_cnn import (
     predict,
     save_model,
 )
-from georaster_cnn.modelfile import FORMAT, FORMAT_VERSION, _pack
+from georaster_cnn.model.modelfile import FORMAT, FORMAT_VERSION, _pack
 
 MakeModel = Callable[..., GeoModel]
 
@@ -315,7 +315,7 @@ def test_digests_are_stored_and_give_the_checksum(tmp_path: Path, model: GeoMode
 def test_load_hashes_the_weights_once(
     tmp_path: Path, model: GeoModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from georaster_cnn import modelfile
+    from georaster_cnn.model import modelfile
 
     path = save_model(model, tmp_path / "m.gcnn")
     expected = model.checksum

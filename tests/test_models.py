@@ -17,8 +17,8 @@ from georaster_cnn import (
     open_raster,
     predict,
 )
-from georaster_cnn._inference import resolve_device
-from georaster_cnn.models import SmallCNN
+from georaster_cnn.model._inference import resolve_device
+from georaster_cnn.model.architectures import SmallCNN
 
 HAS_CUDA = torch.cuda.is_available()
 
@@ -27,7 +27,7 @@ HAS_CUDA = torch.cuda.is_available()
 @pytest.mark.parametrize("patch", [64, 16, 5, 1])
 def test_small_cnn_forward(channels: int, patch: int) -> None:
     torch.manual_seed(0)
-    net = build_model("cnn", channels, 4, patch, widths=[4, 8, 8])
+    net = build_model("cnn", in_channels=channels, n_classes=4, patch_size=patch, widths=[4, 8, 8])
     assert isinstance(net, SmallCNN)
     net.eval()
     x = torch.randn(3, channels, patch, patch)
@@ -38,7 +38,7 @@ def test_small_cnn_forward(channels: int, patch: int) -> None:
 
 
 def test_small_cnn_default_widths_and_training_mode() -> None:
-    net = build_model("cnn", 3, 2, 64)
+    net = build_model("cnn", in_channels=3, n_classes=2, patch_size=64)
     net.train()
     out = net(torch.randn(2, 3, 64, 64))
     out.sum().backward()  # gradients flow
@@ -48,12 +48,12 @@ def test_small_cnn_default_widths_and_training_mode() -> None:
 @pytest.mark.parametrize(("channels", "classes"), [(0, 2), (3, 1)])
 def test_small_cnn_rejects_bad_sizes(channels: int, classes: int) -> None:
     with pytest.raises(InputError):
-        build_model("cnn", channels, classes, 64)
+        build_model("cnn", in_channels=channels, n_classes=classes, patch_size=64)
 
 
 def test_unknown_architecture() -> None:
     with pytest.raises(InputError, match="unknown architecture 'resnet9000'") as info:
-        build_model("resnet9000", 3, 2, 64)
+        build_model("resnet9000", in_channels=3, n_classes=2, patch_size=64)
     assert "cnn" in str(info.value)  # lists the choices
     assert isinstance(info.value, ValueError)
 

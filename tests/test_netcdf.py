@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from georaster_cnn_cli.main import cli
 
 from georaster_cnn import InputError, ReadError, open_raster
-from georaster_cnn.modelfile import GeoModel, save_model
+from georaster_cnn.model.modelfile import GeoModel, save_model
 
 TIMES = pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"])
 H, W = 12, 10

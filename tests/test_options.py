@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-import georaster_cnn._inference as inference
+import georaster_cnn.model._inference as inference
 from georaster_cnn import GeoModel, InputError, open_raster, predict, write_prediction
 from georaster_cnn.options import (
     InferenceOptions,
@@ -41,10 +41,12 @@ def test_resolve_applies_model_defaults_and_checks(make_model: MakeModel) -> Non
     model = make_model(2, min_valid=0.25)
     opts = InferenceOptions.resolve(model, device="cpu")
     assert (opts.stride, opts.batch_size, opts.min_valid) == (64, 256, 0.25)
-    assert opts.device == torch.device("cpu")
+    assert opts.device == "cpu"  # a name: the classifier resolves it (options import no torch)
+    assert InferenceOptions.resolve(model, device=torch.device("cpu")).device == torch.device("cpu")
+    assert InferenceOptions.resolve(model, device="cuda:1").device == "cuda:1"
     assert InferenceOptions.resolve(model, default_stride=8).stride == 8
     for bad in ({"stride": 0}, {"stride": 65}, {"stride": 2.5}, {"batch_size": 0},
-                {"batch_size": True}, {"min_valid": 0.0}, {"min_valid": "x"}, {"device": "tpu"}):  # fmt: skip
+                {"batch_size": True}, {"min_valid": 0.0}, {"min_valid": "x"}, {"device": "tpu"}, {"device": "cuda:x"}, {"device": 3}):  # fmt: skip
         with pytest.raises(InputError) as info:
             InferenceOptions.resolve(model, **bad)  # type: ignore[arg-type]
         # library messages name the Python keyword, never a command-line flag
@@ -105,8 +107,9 @@ def test_predict_resolves_the_device_once_and_hashes_the_model_once(
 
 def test_output_patience_and_architecture_checks(tmp_path: Path) -> None:
     from georaster_cnn import OutputExistsError
-    from georaster_cnn.models import check_arch
-    from georaster_cnn.options import check_output, check_patience
+    from georaster_cnn.io.staging import check_output
+    from georaster_cnn.model.architectures import check_arch
+    from georaster_cnn.options import check_patience
 
     out = tmp_path / "m.safetensors"
     assert check_output(out, overwrite=False) == out
@@ -140,3 +143,31 @@ def test_training_checks_patience_and_learning_rate(make_model: MakeModel) -> No
         train_chips(chips, epochs=1, patience=-2)
     with pytest.raises(InputError, match="learning_rate="):
         train_chips(chips, epochs=1, learning_rate=-0.1)
+
+
+def test_options_resolved_once_are_passed_as_they_are(
+    tmp_path: Path, make_raster: MakeRaster, make_model: MakeModel
+) -> None:
+    model = make_model(1)
+    data = open_raster(make_raster(tmp_path, "s.tif", height=90, width=70, count=1))
+    opts = InferenceOptions.resolve(model, stride=16, batch_size=7, min_valid=0.25, device="cpu")
+    by_options = predict(data, model, options=opts)
+    by_keywords = predict(data, model, stride=16, batch_size=7, min_valid=0.25, device="cpu")
+    assert by_options["class"].shape == (-(-90 // 16), -(-70 // 16))
+    np.testing.assert_array_equal(by_options["class"].values, by_keywords["class"].values)
+    with pytest.raises(InputError, match="options= already holds stride, device"):
+        predict(data, model, options=opts, stride=16, device="cpu")
+    with pytest.raises(InputError, match="must be an InferenceOptions"):
+        predict(data, model, options={"stride": 16})  # type: ignore[arg-type]
+    small = make_model(1, patch_size=8)  # options of another model: its stride is checked
+    with pytest.raises(InputError, match="stride= must be between 1 and the patch size 8"):
+        predict(data, small, options=opts)
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "mps"])
+def test_device_names_are_checked_without_torch(device: str) -> None:
+    from georaster_cnn.options import check_device
+
+    assert check_device(device) == device
+    with pytest.raises(InputError, match="unknown device"):
+        check_device(device.upper() + "x")

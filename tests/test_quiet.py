@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from georaster_cnn._quiet import ignore_warnings
+from georaster_cnn.quiet import ignore_warnings
 
 
 def test_ignores_only_what_it_names() -> None:

@@ -260,7 +260,7 @@ def test_reads_are_lazy_and_per_chunk(
     tmp_path: Path, make_raster: MakeRaster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = make_raster(tmp_path, "lazy.tif", height=64, width=64, blocksize=16)
-    from georaster_cnn import _gdal_open
+    from georaster_cnn.io import _gdal_open
 
     opened: list[str] = []
     real_open = _gdal_open._reader

@@ -28,8 +28,8 @@ from georaster_cnn import (
     inspect_raster,
     open_raster,
 )
-from georaster_cnn._gdal_open import check_vrt
-from georaster_cnn.formats import GDAL_DRIVERS, INPUT_SUFFIXES
+from georaster_cnn.io._gdal_open import check_vrt
+from georaster_cnn.io.formats import GDAL_DRIVERS, INPUT_SUFFIXES
 from georaster_cnn.options import DEFAULT_MAX_PIXELS
 
 MakeRaster = Callable[..., Path]

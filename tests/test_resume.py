@@ -23,8 +23,8 @@ import rasterio
 import xarray as xr
 
 from georaster_cnn import GeoModel, OutputExistsError, open_raster, predict, write_prediction
-from georaster_cnn._resume import BlockJournal
-from georaster_cnn._staging import remove_stale_temporaries, staged
+from georaster_cnn.io._resume import BlockJournal
+from georaster_cnn.io.staging import remove_stale_temporaries, staged
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., GeoModel]

@@ -17,7 +17,7 @@ from geo import NORTH_UP
 from georaster_cnn_cli.main import cli
 
 from georaster_cnn import InputError, inspect_raster, morans_i, open_raster
-from georaster_cnn.spatial import structure_verdict
+from georaster_cnn.products.spatial import structure_verdict
 
 MakeRaster = Callable[..., Path]
 LAGS = (1, 2, 4, 8, 16)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from georaster_cnn._staging import TEMP_TAG, atomic_write, staged
+from georaster_cnn.io.staging import TEMP_TAG, atomic_write, staged
 
 
 def _umask() -> int:
@@ -110,7 +110,7 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
     out = tmp_path / "map.tif"
     # A process that made temporaries for map.tif and died without cleaning up.
     code = (
-        "import sys; from pathlib import Path; from georaster_cnn._staging import staged;"
+        "import sys; from pathlib import Path; from georaster_cnn.io.staging import staged;"
         "cm = staged(Path(sys.argv[1]), suffix='.tif'); st = cm.__enter__();"
         "st.path.write_bytes(b'partial'); st.sidecar('.aux.xml').write_text('x');"
         "st.scratch('.staging.tif').write_bytes(b'x'); import os; os._exit(9)"
@@ -134,7 +134,7 @@ def test_failed_write_on_a_full_disk_says_so(
     import errno
     import shutil
 
-    import georaster_cnn._staging as staging
+    import georaster_cnn.io.staging as staging
 
     monkeypatch.setattr(
         staging.shutil,

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 from georaster_cnn_cli.main import cli
 
 import georaster_cnn as gc
-from georaster_cnn.styles import _preview_shape
+from georaster_cnn.products.styles import _preview_shape
 
 ENV: dict[str, str | None] = {"COLUMNS": "250", "NO_COLOR": "1", "FORCE_COLOR": None}
 NAMES = ["low", "high"]
@@ -125,7 +125,7 @@ def test_quicklook_shows_classes_in_their_colours(class_map: Path) -> None:
 
 
 def test_quicklook_decimates_large_maps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import georaster_cnn.styles as styles
+    import georaster_cnn.products.styles as styles
 
     cls = np.zeros((600, 1500), dtype=np.uint8)
     cls[:, 750:] = 1

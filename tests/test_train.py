@@ -33,8 +33,8 @@ from georaster_cnn import (
     train,
 )
 from georaster_cnn.errors import ValidationWarning
-from georaster_cnn.splits import MIN_VALIDATION_SAMPLES, blocked_split
-from georaster_cnn.windows import grid_windows
+from georaster_cnn.training.splits import MIN_VALIDATION_SAMPLES, blocked_split
+from georaster_cnn.training.windows import grid_windows
 
 # The scenes here are tiny: their validation sets have fewer than 100 windows. The tests
 # of the validation checks below catch their warnings explicitly.
@@ -591,7 +591,7 @@ def test_class_without_training_window_is_an_error(
     scene_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch, held: str
 ) -> None:
     """A split that holds out every window of a class (the old split could) is refused."""
-    import georaster_cnn.windows
+    import georaster_cnn.training.windows
 
     def naive(
         centres: np.ndarray, *args: object, labels: np.ndarray, **kwargs: object
@@ -601,7 +601,7 @@ def test_class_without_training_window_is_an_error(
             return smooth, np.zeros_like(smooth)
         return ~smooth & (centres[:, 0] < 32), smooth  # some validation, class 1 in the buffer
 
-    monkeypatch.setattr(georaster_cnn.windows, "blocked_split", naive)
+    monkeypatch.setattr(georaster_cnn.training.windows, "blocked_split", naive)
     data_path, lab_path = scene_files
     where = "128 in validation" if held == "validation" else "128 dropped in the buffer"
     with pytest.raises(

@@ -23,8 +23,8 @@ from rasterio.crs import CRS
 
 import georaster_cnn as gc
 from georaster_cnn.errors import InputError, TrainingError
-from georaster_cnn.splits import blocked_split
-from georaster_cnn.vector_labels import (
+from georaster_cnn.training.splits import blocked_split
+from georaster_cnn.training.vector_labels import (
     point_windows,
     prepare_vector_labels,
     rasterize_polygons,

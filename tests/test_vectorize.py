@@ -33,7 +33,7 @@ from georaster_cnn_cli.main import cli
 import georaster_cnn as gc
 
 # The module, not the function of the same name that georaster_cnn exports.
-vec_module = importlib.import_module("georaster_cnn.vectorize")
+vec_module = importlib.import_module("georaster_cnn.products.polygons")
 
 UTM = Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0)
 ROTATED = Affine.translation(1_000.0, 2_000.0) @ Affine.rotation(30.0) @ Affine.scale(10.0, -10.0)
@@ -313,7 +313,7 @@ def test_no_crs_round_trip(tmp_path: Path) -> None:
 
 
 def test_library_and_cli_agree_on_formats() -> None:
-    from georaster_cnn.formats import VECTOR_FORMATS
+    from georaster_cnn.io.formats import VECTOR_FORMATS
 
     assert tuple(s.lstrip(".") for s in VECTOR_FORMATS) == VECTOR_SUFFIXES
 

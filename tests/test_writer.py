@@ -252,7 +252,7 @@ def test_failure_keeps_existing_output(
 def test_interrupt_leaves_nothing(
     tmp_path: Path, prediction: tuple[xr.Dataset, GeoModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from georaster_cnn.reader import _WindowReader
+    from georaster_cnn.io.reader import _WindowReader
 
     pred, _ = prediction
 

@@ -43,7 +43,6 @@ __all__ = [
     "get_state",
     "is_reportable",
     "kv_table",
-    "load_model_or_exit",
     "plural",
     "report_error",
     "report_selected",
@@ -293,7 +292,7 @@ def usage_errors() -> Iterator[None]:
 
     Commands check every option once, up front, by calling the library's own checks
     (:mod:`georaster_cnn.options`), so a bad value fails once instead of on every tile;
-    and they ask :func:`georaster_cnn.options.check_output` before slow work about an
+    and they ask :func:`georaster_cnn.io.staging.check_output` before slow work about an
     output the library would refuse to replace only when it writes it, at the end.
     """
     import georaster_cnn as gc
@@ -302,18 +301,6 @@ def usage_errors() -> Iterator[None]:
         yield
     except (gc.InputError, gc.OutputExistsError) as exc:
         raise CLIError(error_message(exc)) from exc
-
-
-def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:
-    """Load MODEL; any failure ends the command with one line and exit status 2."""
-    import georaster_cnn as gc  # deferred: importing torch takes seconds
-    from georaster_cnn_cli._warnings import report_warnings  # it builds on this module
-
-    try:
-        with report_warnings(state, context=str(path)):
-            return gc.load_model(path)
-    except (gc.GeorasterCNNError, OSError) as exc:
-        raise CLIError(f"cannot load model {path}: {error_message(exc, path)}") from exc
 
 
 def report_selected(

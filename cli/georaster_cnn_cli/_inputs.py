@@ -1,7 +1,7 @@
 """INPUT arguments -> files, and files -> the class maps ``predict`` writes.
 
 Which suffixes are rasters and which class-map format each input gets come from
-:mod:`georaster_cnn.formats` (the library's one table; importing it loads
+:mod:`georaster_cnn.io.formats` (the library's one table; importing it loads
 neither torch nor GDAL, so ``--help`` stays fast).
 """
 
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from georaster_cnn.formats import INPUT_SUFFIXES, OutputFormat, is_zarr_store, output_path
+from georaster_cnn.io.formats import INPUT_SUFFIXES, OutputFormat, is_zarr_store, output_path
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -112,7 +112,7 @@ def expand_inputs(
         The INPUT arguments as typed.
     suffixes
         Lower-case suffixes (with the dot) that count as raster files; default:
-        every suffix the reader accepts (:data:`georaster_cnn.formats.INPUT_SUFFIXES`).
+        every suffix the reader accepts (:data:`georaster_cnn.io.formats.INPUT_SUFFIXES`).
 
     Returns
     -------
@@ -166,7 +166,7 @@ def plan_outputs(
 ) -> list[Job | TileResult]:
     """Pair each input file with its class map in ``output_dir``, in input order.
 
-    The name and format are the library's (:func:`georaster_cnn.formats.output_path`):
+    The name and format are the library's (:func:`georaster_cnn.io.formats.output_path`):
     ``<stem>.tif`` (COG) for GDAL rasters and Zarr stores, ``<stem>.nc`` for netCDF
     inputs; ``format`` (cog, gtiff, zarr, netcdf) chooses one for all.
 

@@ -9,12 +9,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from georaster_cnn_cli._common import CLIState, fail, plural, report_selected
+from georaster_cnn_cli._common import CLIState, plural, report_selected
 
 if TYPE_CHECKING:
     import xarray as xr
 
-    from georaster_cnn import ChipSet
 
 __all__ = [
     "LabelSource",
@@ -22,7 +21,6 @@ __all__ = [
     "chip_inputs",
     "labelled_inputs",
     "labels_options",
-    "merge_chips",
     "open_labelled",
     "pair_labels",
     "read_labels",
@@ -167,38 +165,6 @@ def labelled_inputs(
                 "and their own labels"
             )
     return LabelledInputs(chips=tuple(inputs))
-
-
-def merge_chips(sets: Sequence[ChipSet]) -> ChipSet:
-    """One ChipSet of several; their classes, bands and chip shapes must be equal."""
-    import numpy as np
-
-    import georaster_cnn as gc
-
-    first = sets[0]
-    for other in sets[1:]:
-        if other.class_names != first.class_names:
-            fail(
-                f"{other.source} has classes {', '.join(other.class_names)} but {first.source} "
-                f"has {', '.join(first.class_names)}; give --class-names to fix one order"
-            )
-        if other.shape != first.shape or other.band_names != first.band_names:
-            fail(
-                f"{other.source} holds chips of shape {other.shape} (bands "
-                f"{', '.join(other.band_names)}) but {first.source} {first.shape} (bands "
-                f"{', '.join(first.band_names)}); all chips must match"
-            )
-    if len(sets) == 1:
-        return first
-    dtypes = {s.source_dtype for s in sets}
-    return gc.ChipSet(
-        chips=np.concatenate([s.chips for s in sets]),
-        labels=np.concatenate([s.labels for s in sets]),
-        class_names=first.class_names,
-        band_names=first.band_names,
-        source=", ".join(s.source for s in sets),
-        source_dtype=dtypes.pop() if len(dtypes) == 1 else "mixed",
-    )
 
 
 #: The options of ``open_raster`` that label rasters follow too (not bands or select).

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from georaster_cnn.io.staging import output_exists
 from georaster_cnn.options import InferenceOptions
 from georaster_cnn_cli._common import (
     CLIState,
@@ -202,18 +203,11 @@ def _concurrently(
 
 def _note_kept_state(exc: BaseException, plan: Sequence[Job | TileResult]) -> None:
     """Add a note naming the outputs whose finished blocks an interrupted run kept."""
-    from georaster_cnn._staging import RESUME_TAG
+    from georaster_cnn.io.staging import has_resume_state
 
-    kept = []
-    for job in plan:
-        if not isinstance(job, Job):
-            continue
-        prefix = f".{job.output.name}.{RESUME_TAG}-"
-        try:
-            if any(p.name.startswith(prefix) for p in job.output.parent.iterdir()):
-                kept.append(str(job.output))
-        except OSError:
-            continue
+    kept = [
+        str(job.output) for job in plan if isinstance(job, Job) and has_resume_state(job.output)
+    ]
     if kept:
         exc.add_note(
             f"finished blocks of {', '.join(kept)} are kept: rerun the same command to "
@@ -241,7 +235,7 @@ def _predict_one(
 
     name = str(job.source)
     t0 = time.perf_counter()
-    if job.output.exists() and not settings.overwrite:
+    if output_exists(job.output) and not settings.overwrite:
         skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
         return _add_extras(state, skipped, settings.extras, overwrite=False, t0=t0)
     opts = settings.options
@@ -251,17 +245,8 @@ def _predict_one(
             data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
             select = settings.open_options.get("select")
             report_selected(state, data.attrs.get("selected"), select, context=name)
-            pred = gc.predict(
-                data,
-                model,
-                stride=opts.stride,
-                batch_size=opts.batch_size,
-                # resolved once for all tiles; predict takes the torch.device as it is,
-                # though its annotation still says str
-                device=opts.device,
-                min_valid=opts.min_valid,
-                dense=settings.dense,
-            )
+            # the options resolved once for all tiles, passed as they are
+            pred = gc.predict(data, model, options=opts, dense=settings.dense)
 
             def blocks(done: int, total: int) -> None:
                 progress.update(task, completed=done, total=total)
@@ -308,7 +293,7 @@ def _add_extras(
     made, notes, failures = False, [result.message], []
     for extra in extras:
         out = result.output.with_suffix(extra.suffix)
-        if out.exists() and not overwrite:
+        if output_exists(out) and not overwrite:
             notes.append(f"{out.name} exists (--overwrite)")
             continue
         try:

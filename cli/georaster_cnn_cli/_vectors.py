@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from georaster_cnn.errors import InputError
-from georaster_cnn.formats import VECTOR_FORMATS, vector_output_format
+from georaster_cnn.io.formats import VECTOR_FORMATS, vector_output_format
 from georaster_cnn_cli._common import error_message, fail, plural
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ VECTOR_SUFFIXES: tuple[str, ...] = tuple(s.lstrip(".") for s in VECTOR_FORMATS)
 def check_vector_output(path: Path, what: str) -> None:
     """Stop with exit status 2 unless the library can write vectors to ``path``.
 
-    Checked before any work with :func:`georaster_cnn.formats.vector_output_format`
+    Checked before any work with :func:`georaster_cnn.io.formats.vector_output_format`
     (a known suffix; pyarrow for GeoParquet): the library refuses such an output only
     when it writes it, after vectorising (and ``predict --vector`` would fail every
     tile alike). ``what`` names the output in the message (the file, or the option).

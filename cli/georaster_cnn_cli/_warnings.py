@@ -2,7 +2,8 @@
 
 The warning filters and ``warnings.showwarning`` are process-wide and
 ``warnings.catch_warnings`` is not thread-safe: :func:`capture_warnings` swaps them
-once, in the thread that starts the work; :func:`report_warnings` only names the
+once, in the thread that starts the work, through the library's one lock
+(:func:`georaster_cnn.quiet.warning_filters`); :func:`report_warnings` only names the
 context of its own thread (or copied context), so concurrent tiles each name their
 own warnings.
 """
@@ -14,13 +15,18 @@ import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
-from typing import Any, cast
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.text import Text
 
-from georaster_cnn_cli._common import CLIState, flag_wording, strip_path
+if TYPE_CHECKING:
+    from georaster_cnn import GeoModel
 
-__all__ = ["capture_warnings", "report_warnings"]
+from georaster_cnn.quiet import warning_filters
+from georaster_cnn_cli._common import CLIError, CLIState, error_message, flag_wording, strip_path
+
+__all__ = ["capture_warnings", "load_model_or_exit", "report_warnings"]
 
 
 class _WarningSink:
@@ -87,7 +93,8 @@ def capture_warnings(state: CLIState, *, context: str | None = None) -> Iterator
     context of its own thread (or copied context). Warnings from threads that
     named none are said with ``context``.
     """
-    with warnings.catch_warnings():
+
+    def configure() -> None:
         if state.quiet:
             warnings.simplefilter("ignore")
         else:
@@ -96,6 +103,8 @@ def capture_warnings(state: CLIState, *, context: str | None = None) -> Iterator
                 warnings.filterwarnings("ignore", category=DeprecationWarning)
                 warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
         warnings.showwarning = _Router(_WarningSink(state, context))
+
+    with warning_filters(configure):  # the library's lock: no swap interleaves with another
         yield
 
 
@@ -124,3 +133,14 @@ def report_warnings(state: CLIState, *, context: str | None = None) -> Iterator[
             yield
         finally:
             _SINK.reset(token)
+
+
+def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:
+    """Load MODEL, its warnings said; any failure ends the command with one line and exit status 2."""
+    import georaster_cnn as gc  # deferred: importing torch takes seconds
+
+    try:
+        with report_warnings(state, context=str(path)):
+            return gc.load_model(path)
+    except (gc.GeorasterCNNError, OSError) as exc:
+        raise CLIError(f"cannot load model {path}: {error_message(exc, path)}") from exc

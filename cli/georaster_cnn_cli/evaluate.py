@@ -10,12 +10,11 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from georaster_cnn.options import InferenceOptions, check_output, evaluation_stride
+from georaster_cnn.options import InferenceOptions, evaluation_stride
 from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
     CLIState,
     get_state,
-    load_model_or_exit,
     plural,
     usage_errors,
 )
@@ -23,7 +22,6 @@ from georaster_cnn_cli._labels import (
     LabelSource,
     labelled_inputs,
     labels_options,
-    merge_chips,
     open_labelled,
 )
 from georaster_cnn_cli._options import (
@@ -33,7 +31,7 @@ from georaster_cnn_cli._options import (
     scheduler_options,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
-from georaster_cnn_cli._warnings import report_warnings
+from georaster_cnn_cli._warnings import load_model_or_exit, report_warnings
 
 if TYPE_CHECKING:
     from georaster_cnn import EvaluationReport, GeoModel
@@ -57,13 +55,15 @@ def _options(
     device: str,
 ) -> InferenceOptions:
     """Every option checked once, up front, by the library; the device resolved once."""
+    import georaster_cnn as gc
+
     with usage_errors():
         return InferenceOptions.resolve(
             model,
             stride=None if chips else evaluation_stride(model, stride),
             batch_size=batch_size,
             min_valid=min_valid,
-            device=device,
+            device=gc.resolve_device(device),
         )
 
 
@@ -72,16 +72,16 @@ def _evaluate_chips(
 ) -> EvaluationReport:
     """Every chip classified whole and compared with its label."""
     import georaster_cnn as gc
+    from georaster_cnn.training.chipdata import merge_chips
 
     with report_warnings(state), make_progress(state) as progress:
-        chipset = merge_chips([gc.load_chips(p) for p in inputs])
+        with usage_errors():
+            chipset = merge_chips([gc.load_chips(p) for p in inputs])
         task = progress.add_task(f"evaluating {plural(len(chipset), 'chip')}", total=None)
         report = gc.evaluate_chips(
             chips=chipset,
             model=model,
-            batch_size=opts.batch_size,
-            device=str(opts.device),  # resolved once; the name of that device
-            min_valid=opts.min_valid,
+            options=opts,  # resolved once, passed as they are
         )
         progress.update(task, completed=1, total=1)
     return report
@@ -108,10 +108,7 @@ def _evaluate_rasters(
                 model=model,
                 labels=labs,
                 label_column=label_column,
-                stride=opts.stride,
-                batch_size=opts.batch_size,
-                device=str(opts.device),  # resolved once; the name of that device
-                min_valid=opts.min_valid,
+                options=opts,  # resolved once, passed as they are
             )
 
 
@@ -191,11 +188,10 @@ def evaluate(
     state = get_state(ctx)
     check_scheduler(cluster)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
-    from georaster_cnn.report import REPORT_FILES
+    from georaster_cnn.evaluation.report import check_report_folder
 
     with usage_errors():  # the library refuses only when it writes, after evaluating
-        for name in REPORT_FILES:
-            check_output(output_dir / name, overwrite=overwrite)
+        check_report_folder(output_dir, overwrite=overwrite)
     geo_model = load_model_or_exit(state, model)
     opts = _options(
         geo_model,

@@ -17,9 +17,9 @@ from georaster_cnn_cli._common import (
     format_metrics,
     get_state,
     kv_table,
-    load_model_or_exit,
     plural,
 )
+from georaster_cnn_cli._warnings import load_model_or_exit
 
 if TYPE_CHECKING:
     from georaster_cnn import GeoModel

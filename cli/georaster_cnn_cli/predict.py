@@ -12,7 +12,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from georaster_cnn.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
+from georaster_cnn.io.formats import INPUT_SUFFIXES, OUTPUT_FORMATS
 from georaster_cnn.options import DEFAULT_BATCH_SIZE, InferenceOptions
 from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
@@ -21,7 +21,6 @@ from georaster_cnn_cli._common import (
     error_message,
     fail,
     get_state,
-    load_model_or_exit,
     plural,
     report_error,
     usage_errors,
@@ -39,6 +38,7 @@ from georaster_cnn_cli._options import (
 )
 from georaster_cnn_cli._tiles import Extra, TileSettings, run_tiles, tiles_in_flight
 from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
+from georaster_cnn_cli._warnings import load_model_or_exit
 
 __all__ = ["predict"]
 
@@ -48,6 +48,7 @@ _STATUS_STYLE = {"written": "green", "skipped": "yellow", "failed": "bold red"}
 def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[Extra]:
     """The extra outputs asked for, in the order they are made."""
     import georaster_cnn as gc
+    from georaster_cnn.products.styles import QML_SUFFIX, QUICKLOOK_SUFFIX
 
     def vectors(cmap: Path, overwrite: bool) -> tuple[Path, str]:
         return write_vectors_of(cmap, cmap.with_suffix(f".{vector}"), overwrite=overwrite)
@@ -60,8 +61,8 @@ def _extras(vector: str | None, qml: bool, quicklook: bool) -> list[Extra]:
 
     asked = [
         (vector is not None, Extra("vector output", f".{vector}", vectors)),
-        (qml, Extra("QGIS style", ".qml", style)),
-        (quicklook, Extra("quicklook", ".png", preview)),
+        (qml, Extra("QGIS style", QML_SUFFIX, style)),
+        (quicklook, Extra("quicklook", QUICKLOOK_SUFFIX, preview)),
     ]
     return [extra for on, extra in asked if on]
 
@@ -192,9 +193,15 @@ def predict(
     started = time.perf_counter()
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
     geo_model = load_model_or_exit(state, model)
+    import georaster_cnn as gc
+
     with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
         options = InferenceOptions.resolve(
-            geo_model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=device
+            geo_model,
+            stride=stride,
+            batch_size=batch_size,
+            min_valid=min_valid,
+            device=gc.resolve_device(device),
         )
     if vector is not None:
         check_vector_output(output_dir / f"<stem>.{vector}", f"--vector {vector}")

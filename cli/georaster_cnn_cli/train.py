@@ -10,6 +10,7 @@ import click
 from rich.progress import TextColumn
 
 from georaster_cnn import options
+from georaster_cnn.io.staging import check_output
 from georaster_cnn_cli._cluster import SchedulerChoice, check_scheduler, cluster_session
 from georaster_cnn_cli._common import (
     CLIState,
@@ -25,7 +26,6 @@ from georaster_cnn_cli._labels import (
     LabelledInputs,
     labelled_inputs,
     labels_options,
-    merge_chips,
     open_labelled,
 )
 from georaster_cnn_cli._options import (
@@ -81,7 +81,9 @@ def _checked(common: Mapping[str, Any], rasters: Mapping[str, Any] | None) -> to
     keyword arguments of :func:`georaster_cnn.train`. Returns the device, resolved once.
     """
     import georaster_cnn as gc
-    from georaster_cnn.models import check_arch  # imports torch: only when a command runs
+    from georaster_cnn.model.architectures import (
+        check_arch,  # imports torch: only when a command runs
+    )
 
     with usage_errors():
         check_arch(common["arch"])  # the library looks only after reading the data
@@ -107,6 +109,7 @@ def _fit(
 ) -> tuple[GeoModel, dict[str, Any]]:
     """Read the chips or rasters and labels, and train; the model and the last epoch's metrics."""
     import georaster_cnn as gc
+    from georaster_cnn.training.chipdata import merge_chips
 
     names = list(class_names) if class_names else None
     metrics_column = TextColumn("{task.fields[metrics]}")
@@ -115,7 +118,8 @@ def _fit(
         task = progress.add_task("preparing", total=None, metrics=reading)
         reporter = _EpochReporter(state, progress, task, live=shows_progress(state))
         if rasters is None:
-            chipset = merge_chips([gc.load_chips(p, class_names=names) for p in found.chips])
+            with usage_errors():
+                chipset = merge_chips([gc.load_chips(p, class_names=names) for p in found.chips])
             model = gc.train_chips(chipset, **common, progress=reporter)
         else:
             datas, labs = open_labelled(state, found.pairs, **read)
@@ -265,7 +269,7 @@ def train(
     check_scheduler(cluster)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     with usage_errors():  # the library refuses only when it saves, after training
-        options.check_output(output, overwrite=overwrite)
+        check_output(output, overwrite=overwrite)
     common: dict[str, Any] = {
         "arch": arch, "epochs": epochs, "batch_size": batch_size, "device": device,
         "seed": seed, "val_fraction": val_fraction, "patience": patience, "augment": augment,

@@ -1,0 +1,9 @@
+"""Products made from rasters and class maps: vectors, styles, spatial statistics, inspection.
+
+This subpackage owns what a GIS user takes away besides the class map itself:
+class polygons and their vector files (:mod:`~georaster_cnn.products.polygons`),
+a QGIS layer style and a PNG quicklook (:mod:`~georaster_cnn.products.styles`),
+Moran's I per band and lag (:mod:`~georaster_cnn.products.spatial`) and the "is my
+grid image-like?" report (:mod:`~georaster_cnn.products.inspection`). It reads
+through :mod:`georaster_cnn.io` and needs no model.
+"""

@@ -1,0 +1,458 @@
+"""Training from label rasters, vector labels (points, polygons) or chip sets.
+
+:func:`train` pairs rasters with their labels (:mod:`georaster_cnn.training.labels`), cuts the
+labelled windows and splits them spatially (:mod:`georaster_cnn.training.windows`: a window's
+label is the class of its centre pixel; validation blocks of ``val_block`` pixels with
+a buffer, so that no validation window overlaps a training window).
+:func:`train_chips` takes labelled chips (:mod:`georaster_cnn.training.chipdata`) with a
+stratified random split. Both share one loop (:func:`georaster_cnn.training._fit.fit`): flips
+and 90-degree rotations, class-weighted loss, batch-norm recalibration after each
+epoch, early stopping on the validation loss, and the weights of the best epoch.
+
+How labels become windows (docs/vector-labels.md): vector labels are reprojected to
+each raster's CRS; points give the window centred on each point; polygons give the
+stride-grid windows whose centre lies inside and that have at least ``min_cover`` of
+their pixels inside polygons of that class.
+
+How :func:`train` splits (:func:`~georaster_cnn.training.splits.blocked_split`): about
+``val_fraction`` of the labelled windows of each raster is held out in whole
+``val_block``-pixel squares, chosen so that every class is in validation where that
+leaves it training windows; training windows within ``patch_size - 1`` pixels of a
+held-out square are dropped, so no validation window overlaps a training window.
+
+How :func:`train_chips` splits (docs/training-chips.md): the patch size is the chip
+size; per-channel statistics come from the chips (NaN ignored), chips are normalised
+with them and NaN becomes 0; a stratified random split (seeded) holds out about
+``val_fraction`` of every class (at least one chip of each class with two or more
+chips); 0 trains on all chips.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from georaster_cnn.cluster.scheduler import use_scheduler
+from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.io.classmap import default_colors
+from georaster_cnn.model.architectures import check_arch
+from georaster_cnn.model.modelfile import GeoModel
+from georaster_cnn.options import (
+    DEFAULT_ARCH,
+    DEFAULT_EPOCHS,
+    DEFAULT_LEARNING_RATE,
+    DEFAULT_MIN_COVER,
+    DEFAULT_MIN_VALID,
+    DEFAULT_PATCH,
+    DEFAULT_PATIENCE,
+    DEFAULT_TRAIN_BATCH_SIZE,
+    DEFAULT_VAL_BLOCK,
+    DEFAULT_VAL_FRACTION,
+    check_fraction,
+    check_min_valid,
+    check_positive,
+    training_stride,
+)
+from georaster_cnn.training._fit import FitOptions, ProgressFn, fit, untrained
+from georaster_cnn.training.chipdata import (
+    ChipSet,
+    chip_stats,
+    chip_valid_fraction,
+    normalize_chips,
+)
+from georaster_cnn.training.labels import (
+    LabelsArg,
+    label_sources,
+    resolve_labels,
+    training_class_colors,
+    training_class_ids,
+    training_class_names,
+)
+from georaster_cnn.training.splits import SplitAdvice, check_split, stratified_split
+from georaster_cnn.training.vector_labels import VectorLabels
+from georaster_cnn.training.windows import TrainingWindows, WindowSpec, training_windows
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+# open_labels (georaster_cnn.training.labels) and blocked_split (georaster_cnn.training.splits) are
+# importable from here too, where they were documented.
+__all__ = ["train", "train_chips"]
+
+log = logging.getLogger(__name__)
+
+
+def _fit_options(
+    *, arch: str, val_fraction: float, min_valid: float, **loop: Any
+) -> tuple[FitOptions, float]:
+    """The checks :func:`train` and :func:`train_chips` share; the loop's options and ``val_fraction``."""
+    check_arch(arch)
+    check_min_valid(min_valid)
+    return FitOptions.checked(**loop), check_fraction("val_fraction", val_fraction, high_open=True)
+
+
+def train(
+    data: xr.DataArray | Sequence[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
+    *,
+    label_column: str | None = None, class_names: Sequence[str] | None = None,
+    arch: str = DEFAULT_ARCH, epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE, stride: int | None = None,
+    patch_size: int = DEFAULT_PATCH, learning_rate: float = DEFAULT_LEARNING_RATE,
+    device: str = "auto", seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_block: int = DEFAULT_VAL_BLOCK, min_valid: float = DEFAULT_MIN_VALID,
+    min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
+    patience: int | None = DEFAULT_PATIENCE, hparams: dict[str, Any] | None = None,
+    max_chip_bytes: int = 2 * 1024**3, progress: ProgressFn | None = None,
+    scheduler: str | Client | None = None, scheduler_file: str | os.PathLike[str] | None = None,
+) -> GeoModel:  # fmt: skip
+    """Train a classifier from rasters and their labels: label rasters or vector labels.
+
+    Parameters
+    ----------
+    data
+        One or more canonical ``(band, y, x)`` arrays with the same bands; they may differ in
+        CRS, resolution and size.
+    labels
+        Per raster, in order, a ``(y, x)`` label raster on exactly its grid (:func:`open_labels`:
+        class ids ``0..K-1``, NaN = unlabelled) or a :class:`geopandas.GeoDataFrame` of points
+        and/or polygons in any CRS (one serves all rasters); how each becomes windows: module docs.
+    label_column, class_names
+        Vector labels: the column of each feature's class, as names or ids ``0..K-1`` (default:
+        the only non-geometry column). Names of the ``K`` classes in id order (default: a label
+        raster's ``class_names`` attribute, else ``class_0 ...``; a column's names, sorted).
+    arch, hparams, epochs, batch_size, learning_rate
+        Registered architecture name and its keyword arguments; optimiser settings (Adam,
+        class-weighted cross-entropy).
+    patch_size, stride
+        Window side and window spacing on the grid, in pixels (stride default ``patch_size // 4``).
+    device, seed
+        ``auto``, ``cpu``, ``cuda`` or ``mps`` (mixed precision on CUDA); the seed of the split,
+        shuffling, augmentation and weights: a run is reproducible.
+    val_fraction, val_block
+        Share of the labelled windows of each raster held out for validation, in whole
+        ``val_block``-pixel squares with a buffer (the split rules: module docs).
+    min_valid, min_cover
+        Minimum valid fraction of a training window (stored as the model's default); polygon
+        labels: minimum share of a window inside polygons of its class.
+    augment, patience
+        Random flips and 90-degree rotations of training batches; stop when the validation loss
+        has not improved for this many epochs (``None`` or 0: run all epochs; needs validation).
+    max_chip_bytes
+        Memory cap for the training windows held in memory (all rasters together); beyond it a
+        seeded random subset of the labelled windows is used.
+    progress
+        Called as ``progress(epoch, epochs, metrics)`` after each epoch.
+    scheduler, scheduler_file
+        Where the labels are read and the windows cut (the Dask work), as for
+        :func:`~georaster_cnn.write_prediction`; the windows do not depend on it. A cluster
+        started for it is closed before training, which runs in this process.
+
+    Returns
+    -------
+    GeoModel
+        The weights of the epoch with the lowest validation loss. Its provenance holds
+        ``windows_per_class``: ``{"train": {name: n}, "validation": {name: n},
+        "dropped_in_buffer": {name: n}}`` (also logged at INFO).
+
+    Raises
+    ------
+    InputError
+        Bad options, misaligned or inconsistent inputs, unreadable vector labels, labels and
+        rasters without a CRS to relate them, or a malformed or unreachable ``scheduler``.
+    TrainingError
+        No labelled window, fewer than two classes, or a class whose windows are all held out
+        (in validation or its buffer).
+
+    Warns
+    -----
+    ValidationWarning
+        Fewer than :data:`~georaster_cnn.training.splits.MIN_VALIDATION_SAMPLES` (100) validation windows,
+        or a class that trains but has no validation window.
+
+    Examples
+    --------
+    >>> points = gpd.read_file("points.gpkg")  # EPSG:4326, column "landcover"  # doctest: +SKIP
+    >>> rasters = [open_raster("utm32.tif"), open_raster("utm33.tif")]  # doctest: +SKIP
+    >>> model = train(rasters, points, label_column="landcover", epochs=20)  # doctest: +SKIP
+    """
+    datas = [data] if isinstance(data, xr.DataArray) else list(data)
+    options, val_fraction = _fit_options(
+        arch=arch, val_fraction=val_fraction, min_valid=min_valid, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, device=device, seed=seed,
+        augment=augment, patience=patience, progress=progress,
+    )  # fmt: skip
+    spec = _window_spec(
+        datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
+        val_block=val_block, max_chip_bytes=max_chip_bytes, seed=seed,
+    )  # fmt: skip
+    return _fit_windows(
+        datas, labels, spec, options, label_column=label_column, class_names=class_names,
+        arch=arch, hparams=hparams, val_block=val_block, val_fraction=val_fraction,
+        scheduler=scheduler, scheduler_file=scheduler_file,
+    )  # fmt: skip
+
+
+def _fit_windows(
+    datas: list[xr.DataArray],
+    labels: LabelsArg | Sequence[LabelsArg],
+    spec: WindowSpec,
+    options: FitOptions,
+    *,
+    label_column: str | None,
+    class_names: Sequence[str] | None,
+    arch: str,
+    hparams: dict[str, Any] | None,
+    val_block: int,
+    val_fraction: float,
+    scheduler: str | Client | None,
+    scheduler_file: str | os.PathLike[str] | None,
+) -> GeoModel:
+    """:func:`train` after its options are checked: the labelled windows, split, then fitted.
+
+    The labels are read and the windows cut on the scheduler (which is closed
+    again before fitting, in this process).
+    """
+    with use_scheduler(scheduler, scheduler_file=scheduler_file):
+        items, vector_names = resolve_labels(
+            datas, labels, label_column=label_column, class_names=class_names
+        )
+        found = training_windows(datas, items, spec, val_block=val_block, val_fraction=val_fraction)
+    y = _window_class_ids(found, spec.min_cover if vector_names is not None else None)
+    dropped = training_class_ids(found.dropped)
+    names = training_class_names(
+        np.concatenate([y, dropped]), items, given=class_names, vector_names=vector_names
+    )
+    per_class = check_split(
+        y, found.val, names, unit="windows", val_fraction=val_fraction,
+        advice=_window_advice(val_block, val_fraction), dropped=dropped,
+    )  # fmt: skip
+    provenance = _raster_provenance(datas, items, spec, found.split, vector_names)
+    provenance["windows_per_class"] = per_class
+    hp = dict(hparams or {})
+    model = GeoModel(
+        module=untrained(
+            arch, hp, in_channels=len(found.stats.names), n_classes=len(names),
+            patch_size=spec.patch, seed=options.seed,
+        ),
+        arch=arch, hparams=hp, band_names=found.stats.names,
+        class_names=tuple(names), class_colors=training_class_colors(items, len(names)),
+        stats=found.stats, patch_size=spec.patch, min_valid=spec.min_valid,
+        source_dtype=_source_dtype(datas),
+    )  # fmt: skip
+    return fit(
+        found.windows.chips, y, found.val, model=model, options=options, provenance=provenance,
+        unit="windows",
+    )  # fmt: skip
+
+
+def _window_spec(
+    datas: list[xr.DataArray],
+    *,
+    patch_size: int,
+    stride: int | None,
+    min_valid: float,
+    min_cover: float,
+    val_block: int,
+    max_chip_bytes: int,
+    seed: int,
+) -> WindowSpec:
+    """:func:`train`'s window options, checked; the memory cap shared out over the rasters."""
+    if not datas:
+        raise InputError("no raster to train on")
+    check_positive("val_block", val_block, unit=" pixel")
+    stride = training_stride(check_positive("patch_size", patch_size), stride)
+    cap = WindowSpec.window_cap(datas, patch_size, max_chip_bytes)
+    return WindowSpec(
+        patch_size, stride, min_valid, check_fraction("min_cover", min_cover), cap, seed
+    )
+
+
+def _window_class_ids(found: TrainingWindows, min_cover: float | None) -> np.ndarray:
+    """The windows' class ids (see :func:`~georaster_cnn.training.labels.training_class_ids`).
+
+    Raises
+    ------
+    TrainingError
+        No window at all (``min_cover``: the polygon rule applied).
+    """
+    if len(found.windows) == 0:
+        raise TrainingError(
+            "no labelled window found: labels are all nodata, lie outside the rasters, or "
+            "their windows are all invalid"
+            + (f" or less than {100 * min_cover:.0f} % inside their polygons (min_cover=)"
+               if min_cover is not None else "")
+        )  # fmt: skip
+    return training_class_ids(found.windows.labels)
+
+
+def _window_advice(val_block: int, val_fraction: float) -> SplitAdvice:
+    """The fixes :func:`~georaster_cnn.training.splits.check_split` suggests for raster windows."""
+    return SplitAdvice(
+        no_training=f"Label more {{name}} in other places, use a smaller val_block (now "
+        f"{val_block} px), or try another seed.",
+        no_validation=f"Label {{name}} in more places, or use a smaller val_block (now "
+        f"{val_block} px) so that a block holding it can be spared for validation.",
+        tiny=f"Label more, train on more or larger rasters, or raise val_fraction (now "
+        f"{val_fraction:g}).",
+    )
+
+
+def _source_dtype(datas: Sequence[xr.DataArray]) -> str:
+    """The rasters' common data type on disk, or ``mixed``."""
+    dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
+    return str(dtypes.pop()) if len(dtypes) == 1 else "mixed"
+
+
+def _raster_provenance(
+    datas: Sequence[xr.DataArray],
+    items: Sequence[xr.DataArray | VectorLabels],
+    spec: WindowSpec,
+    split: dict[str, Any],
+    vector_names: Sequence[str] | None,
+) -> dict[str, Any]:
+    """What a raster-trained model records of its data, labels and split."""
+    provenance: dict[str, Any] = {
+        "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
+        "labels": label_sources(items),
+        "stride": spec.stride,
+        "split": split,
+    }
+    if vector_names is not None:
+        provenance["min_cover"] = spec.min_cover
+    return provenance
+
+
+def train_chips(
+    chips: ChipSet,
+    *,
+    arch: str = DEFAULT_ARCH,
+    epochs: int = DEFAULT_EPOCHS,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    device: str = "auto",
+    seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    min_valid: float = DEFAULT_MIN_VALID,
+    augment: bool = True,
+    patience: int | None = DEFAULT_PATIENCE,
+    hparams: dict[str, Any] | None = None,
+    progress: ProgressFn | None = None,
+) -> GeoModel:
+    """Train a classifier on labelled chips without georeferencing.
+
+    Statistics, normalisation and the stratified split: module docs. The training
+    loop is the one of :func:`train`.
+
+    Parameters
+    ----------
+    chips
+        From :func:`~georaster_cnn.load_chips`.
+    arch, epochs, batch_size, learning_rate, device, augment, patience, hparams, progress
+        As for :func:`train`.
+    seed
+        Seeds the split, shuffling, augmentation and weights: a run is reproducible.
+    val_fraction
+        Share of every class held out for validation; 0 trains on all chips.
+    min_valid
+        Chips with a smaller share of valid (non-NaN in every channel) pixels are
+        left out of training, and counted in the log; stored as the model's default.
+
+    Returns
+    -------
+    GeoModel
+        The weights of the epoch with the lowest validation loss; provenance
+        ``split.kind`` is ``"stratified_random"``, and ``chips_per_class`` is
+        ``{"train": {name: n}, "validation": {name: n}}`` (also logged at INFO).
+
+    Raises
+    ------
+    InputError
+        Bad options, or a channel without any valid value.
+    TrainingError
+        Fewer than two classes with chips (after dropping invalid chips).
+
+    Warns
+    -----
+    ValidationWarning
+        Fewer than 100 validation chips, or a class (of a single chip) that trains
+        but has no validation chip.
+
+    Examples
+    --------
+    >>> chips = load_chips("chips/")  # chips/<class>/*.npy  # doctest: +SKIP
+    >>> model = train_chips(chips, epochs=20, seed=1)  # doctest: +SKIP
+    >>> save_model(model, "model.safetensors")  # doctest: +SKIP
+    """
+    options, val_fraction = _fit_options(
+        arch=arch, val_fraction=val_fraction, min_valid=min_valid, epochs=epochs,
+        batch_size=batch_size, learning_rate=learning_rate, device=device, seed=seed,
+        augment=augment, patience=patience, progress=progress,
+    )  # fmt: skip
+    keep = _usable_chips(chips, min_valid)
+    raw, y = chips.chips[keep], chips.labels[keep]
+    stats = chip_stats(raw, chips.band_names)
+    val = stratified_split(y, val_fraction, np.random.default_rng(seed))
+    per_class = check_split(
+        y, val, chips.class_names, unit="chips", val_fraction=val_fraction, advice=_CHIP_ADVICE
+    )
+    provenance = {
+        "data": [chips.source],
+        "labels": [chips.source],
+        "split": {"kind": "stratified_random", "val_fraction": val_fraction},
+        "n_dropped_invalid": int((~keep).sum()),
+        "chips_per_class": per_class,
+    }
+    x = normalize_chips(raw, stats)
+    hp = dict(hparams or {})
+    model = GeoModel(
+        module=untrained(
+            arch, hp, in_channels=len(chips.band_names), n_classes=len(chips.class_names),
+            patch_size=chips.patch_size, seed=seed,
+        ),
+        arch=arch, hparams=hp, band_names=tuple(chips.band_names),
+        class_names=tuple(chips.class_names), class_colors=default_colors(len(chips.class_names)),
+        stats=stats, patch_size=chips.patch_size, min_valid=min_valid,
+        source_dtype=chips.source_dtype,
+    )  # fmt: skip
+    return fit(x, y, val, model=model, options=options, provenance=provenance, unit="chips")
+
+
+_CHIP_ADVICE = SplitAdvice(
+    no_training="Add chips of {name}.",  # unreachable: the stratified split keeps one
+    no_validation="A class with a single chip trains on it; add chips of {name}.",
+    tiny="Add chips, or raise val_fraction.",
+)
+
+
+def _usable_chips(chips: ChipSet, min_valid: float) -> np.ndarray:
+    """Mask of the chips with at least ``min_valid`` valid pixels.
+
+    Raises
+    ------
+    TrainingError
+        The usable chips hold fewer than two classes.
+    """
+    keep = chip_valid_fraction(chips.chips) >= min_valid
+    if not keep.all():
+        log.info(
+            "%s: left out %d of %d chips with less than %.0f %% valid pixels (min_valid=)",
+            chips.source,
+            int((~keep).sum()),
+            len(keep),
+            100 * min_valid,
+        )
+    present = np.unique(chips.labels[keep])
+    if present.size < 2:
+        found = ", ".join(chips.class_names[int(k)] for k in present) or "none"
+        raise TrainingError(
+            f"{chips.source}: need chips of at least two classes to train; found {found} "
+            f"({int(keep.sum())} usable chip(s) of {len(keep)})"
+        )
+    return keep
