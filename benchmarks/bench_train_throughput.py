@@ -376,7 +376,7 @@ def run_round(scene: Path, labels: Path, args: argparse.Namespace) -> dict[str, 
             seed=args.seed,
             augment=not args.no_augment,
             patience=0,
-            progress=progress,
+            on_epoch=progress,
         )
         stop = Clock()
     finally:

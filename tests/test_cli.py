@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import rasterio
@@ -717,3 +718,24 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
 def test_flag_wording(library: str, cli_words: str) -> None:
     assert flag_wording(library) == cli_words
     assert flag_wording(cli_words) == cli_words  # said once, stays said
+
+
+def test_flag_keywords_come_from_the_commands_options() -> None:
+    from georaster_cnn_cli._common import learn_flags
+
+    learned = learn_flags(cli)
+    # every keyword the library names in its messages and a command sets
+    for keyword in ("allow_remote", "batch_size", "class_names", "format", "label_column",
+                    "max_pixels", "min_valid", "overwrite", "sample_pixels", "scheduler_file",
+                    "select", "stride", "val_block"):  # fmt: skip
+        assert keyword in learned
+    assert "no_dense" not in learned  # the --no-... form of a switch is not a keyword
+    assert flag_wording("scheduler_file=PATH is missing") == "--scheduler-file PATH is missing"
+    # a new option is known without a table to keep
+    extra = click.Group(commands=[click.Command("x", params=[click.Option(["--tile-size"])])])
+    try:
+        assert "tile_size" in learn_flags(extra)
+        assert flag_wording("pass tile_size=512") == "pass --tile-size 512"
+    finally:
+        learn_flags(cli)
+    assert flag_wording("pass tile_size=512") == "pass tile_size=512"

@@ -21,6 +21,7 @@ from affine import Affine
 from geo import NORTH_UP
 
 from georaster_cnn import (
+    ChipSet,
     GeoModel,
     InputError,
     PatchGrid,
@@ -31,6 +32,7 @@ from georaster_cnn import (
     predict,
     save_model,
     train,
+    train_chips,
 )
 from georaster_cnn.errors import ValidationWarning
 from georaster_cnn.training.splits import MIN_VALIDATION_SAMPLES, blocked_split
@@ -125,7 +127,7 @@ def test_tiny_training_run(scene_files: tuple[Path, Path], tmp_path: Path) -> No
     seen: list[tuple[int, int, dict[str, float]]] = []
     model = train(
         open_raster(data_path), open_labels(lab_path), epochs=2,
-        progress=lambda e, n, m: seen.append((e, n, m)), **FAST,
+        on_epoch=lambda e, n, m: seen.append((e, n, m)), **FAST,
     )  # fmt: skip
     assert isinstance(model, GeoModel)
     assert model.arch == "cnn_dense" and model.hparams == {"widths": [4, 8]}  # the default
@@ -667,3 +669,17 @@ def test_blocked_split_with_classes_keeps_its_guarantees(seed: int) -> None:
     assert set(np.unique(labels[val])) == set(np.unique(labels))  # many blocks: all covered
     largest = np.bincount((centres[:, 0] // block) * 8 + centres[:, 1] // block).max()
     assert abs(val.sum() - 0.25 * n) <= largest
+
+
+def test_progress_is_the_old_name_of_on_epoch() -> None:
+    rng = np.random.default_rng(0)
+    chips = ChipSet(
+        rng.normal(size=(40, 1, 16, 16)).astype(np.float32), np.arange(40) % 2, ("a", "b"), ("b1",)
+    )
+    fast = {k: v for k, v in FAST.items() if k != "stride" and k != "patch_size"}
+    seen: list[int] = []
+    with pytest.warns(DeprecationWarning, match="now on_epoch="):
+        train_chips(chips, epochs=1, progress=lambda e, n, m: seen.append(e), **fast)
+    assert seen == [1]
+    with pytest.raises(InputError, match="both given"):
+        train_chips(chips, epochs=1, progress=print, on_epoch=print, **fast)

@@ -7,6 +7,7 @@ classified (by which time the library has been imported by whoever raised it).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -92,58 +93,55 @@ def get_state(ctx: click.Context) -> CLIState:
 # --------------------------------------------------------------------------- library words -> flags
 
 #: Library keywords that a command-line option sets under the same name
-#: (``min_valid`` -> ``--min-valid``). Library messages name these keywords.
-_KEYWORDS = (
-    "allow_remote",
-    "arch",
-    "augment",
-    "bands",
-    "batch_size",
-    "class_names",
-    "dense",
-    "device",
-    "epochs",
-    "format",
-    "label_column",
-    "lags",
-    "max_pixels",
-    "min_area",
-    "min_cover",
-    "min_valid",
-    "overwrite",
-    "patience",
-    "probabilities",
-    "sample_pixels",
-    "seed",
-    "select",
-    "simplify",
-    "stack",
-    "stride",
-    "val_block",
-    "val_fraction",
-    "variables",
-)
-#: Keywords recognisable without ``=`` too: no English word or attribute name looks like them.
-_BARE_KEYWORDS = tuple(k for k in _KEYWORDS if "_" in k and k != "class_names")
-
-_NAMES = "|".join(sorted(_KEYWORDS, key=len, reverse=True))
-_BARE_NAMES = "|".join(sorted(_BARE_KEYWORDS, key=len, reverse=True))
+#: (``min_valid`` -> ``--min-valid``), read from the commands' own click options by
+#: :func:`learn_flags` (``main`` calls it once the commands exist): a new option is
+#: known here without a table to keep.
+_KEYWORDS: list[str] = []
 # Not inside a path, a longer name or a flag: min_valid, not /data/min_valid or --min-valid.
 _START = r"(?<![\w./-])"
-_KEYWORD = re.compile(
-    _START + rf"(?P<name>{_NAMES})="
-    r"(?:(?P<boolean>True|False)\b"  # flags: overwrite=True
-    r"|\[(?P<items>[^\]]*)\]"  # lists: bands=[1, 2] or bands=[...]
-    r"|\{(?P<mapping>[^}]*)\}"  # mappings: select={'time': VALUE}
-    r"|(?P<q>['\"])(?P<quoted>[^'\"]*)(?P=q)"  # strings: device='cpu' ...
-    r"(?:(?P<more>\s+or\s+)(?P<q2>['\"])(?P<other>[^'\"]*)(?P=q2))?"  # ... or 'auto'
-    r"|(?P<plain>[\w.:-]*\w))?"  # plain values: stride=64, stack=DIM; or nothing: stride=
-)
 # The library names a device as "device 'cuda'".
 _DEVICE = re.compile(_START + r"device '([\w:]+)'")
-_BARE = re.compile(_START + rf"({_BARE_NAMES})(?![\w=]|\.\w|/)")
 # "--overwrite (--overwrite)" and "--label-column / --label-column" say it twice.
 _TWICE = re.compile(r"(--[\w-]+)(?: \(\1\)| / \1)")
+
+
+def learn_flags(group: click.Group) -> list[str]:
+    """Learn the keywords the options of ``group``'s commands set: ``--min-valid`` -> ``min_valid``.
+
+    Every long option of every command counts (``--no-...`` forms excepted), so a
+    library message that names ``keyword=`` is worded as the option whenever one
+    exists. Returns the keywords, sorted.
+    """
+    names = {
+        opt[2:].replace("-", "_")
+        for command in group.commands.values()
+        for param in command.params
+        if isinstance(param, click.Option)
+        for opt in param.opts
+        if opt.startswith("--")
+    }
+    _KEYWORDS[:] = sorted(names)
+    _patterns.cache_clear()
+    return list(_KEYWORDS)
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """``(keyword=value, bare keyword)`` patterns of the learned keywords."""
+    names = "|".join(sorted(_KEYWORDS, key=len, reverse=True)) or r"(?!x)x"
+    # Recognisable without ``=`` too: no English word or attribute name looks like them.
+    bare = [k for k in _KEYWORDS if "_" in k and k != "class_names"]
+    bare_names = "|".join(sorted(bare, key=len, reverse=True)) or r"(?!x)x"
+    keyword = re.compile(
+        _START + rf"(?P<name>{names})="
+        r"(?:(?P<boolean>True|False)\b"  # flags: overwrite=True
+        r"|\[(?P<items>[^\]]*)\]"  # lists: bands=[1, 2] or bands=[...]
+        r"|\{(?P<mapping>[^}]*)\}"  # mappings: select={'time': VALUE}
+        r"|(?P<q>['\"])(?P<quoted>[^'\"]*)(?P=q)"  # strings: device='cpu' ...
+        r"(?:(?P<more>\s+or\s+)(?P<q2>['\"])(?P<other>[^'\"]*)(?P=q2))?"  # ... or 'auto'
+        r"|(?P<plain>[\w.:-]*\w))?"  # plain values: stride=64, stack=DIM; or nothing: stride=
+    )
+    return keyword, re.compile(_START + rf"({bare_names})(?![\w=]|\.\w|/)")
 
 
 def _flag(name: str) -> str:
@@ -180,7 +178,8 @@ def flag_wording(message: str) -> str:
     ``min_valid``); a command-line user knows the options (``--bands``,
     ``--overwrite``, ``--device cpu``, ``--device cuda``, ``--select DIM=VALUE``,
     ``--stride``, ``--min-valid``).
-    Keywords without an option of the same name (``crs=``) are left as they are.
+    Keywords without an option of the same name (``crs=``) are left as they are;
+    the options are those :func:`learn_flags` read from the commands.
 
     Examples
     --------
@@ -191,9 +190,10 @@ def flag_wording(message: str) -> str:
     >>> flag_wording("choose one with select={'time': VALUE} or stack='time'")
     'choose one with --select time=VALUE or --stack time'
     """
-    text = _KEYWORD.sub(_keyword_as_flag, message)
+    keyword, bare = _patterns()
+    text = keyword.sub(_keyword_as_flag, message)
     text = _DEVICE.sub(r"--device \1", text)
-    text = _BARE.sub(lambda m: _flag(m.group(1)), text)
+    text = bare.sub(lambda m: _flag(m.group(1)), text)
     return _TWICE.sub(r"\1", text)
 
 

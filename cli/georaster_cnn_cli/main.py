@@ -16,6 +16,7 @@ from georaster_cnn_cli._common import (
     exit_status,
     get_state,
     is_reportable,
+    learn_flags,
     report_error,
 )
 from georaster_cnn_cli._logging import configure_logging
@@ -132,3 +133,4 @@ cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(vectorize)
 cli.add_command(inspect_cmd)
+learn_flags(cli)  # library keywords worded as these commands' options

@@ -120,13 +120,13 @@ def _fit(
         if rasters is None:
             with usage_errors():
                 chipset = merge_chips([gc.load_chips(p, class_names=names) for p in found.chips])
-            model = gc.train_chips(chipset, **common, progress=reporter)
+            model = gc.train_chips(chipset, **common, on_epoch=reporter)
         else:
             datas, labs = open_labelled(state, found.pairs, **read)
             # the bar follows the window reading (on any scheduler), then the epochs
             with DaskProgress(progress, task):
                 model = gc.train(
-                    datas, labs, **common, **rasters, class_names=names, progress=reporter
+                    datas, labs, **common, **rasters, class_names=names, on_epoch=reporter
                 )
     return model, reporter.last
 

@@ -151,9 +151,9 @@ class _BlockJob:
             name(".manifest.json"),
             fields,
             keep_data=keep_data,
-            on_record=lambda: setattr(st, "progress", True),
+            on_record=lambda: setattr(st, "worth_resuming", True),
         )
-        st.progress = bool(journal.done)
+        st.worth_resuming = bool(journal.done)
         try:
             yield journal
         finally:

@@ -21,7 +21,7 @@ staged write of an output removes the resumable temporaries of other keys, unles
 live run holds their lock. An interrupted resumable write (Ctrl-C, SIGTERM turned
 into an exception, any ``BaseException`` that is not an ``Exception``) keeps its
 resumable names for the rerun once the writer has something worth resuming
-(:attr:`Staged.progress` set: a finished block); an error removes them as any
+(:attr:`Staged.worth_resuming` set: a finished block); an error removes them as any
 temporary.
 
 Used for COG/GeoTIFF class maps and their sidecars, Zarr and netCDF outputs,
@@ -283,7 +283,7 @@ class Staged:
     resumed
         Whether :attr:`path` was left by an interrupted run with the same key
         (always ``False`` without a key).
-    progress
+    worth_resuming
         Set by the writer once a rerun would have something to continue from; an
         interruption before that removes the resumable names too.
     """
@@ -293,7 +293,7 @@ class Staged:
         self.folder = folder
         self.key = key
         self.resumed = False
-        self.progress = False
+        self.worth_resuming = False
         self._sidecars: dict[str, Path] = {}
         self._scratch: list[Path] = []
         self._resumables: list[Path] = []
@@ -354,7 +354,7 @@ class Staged:
     def _cleanup(self, *, failed: bool, interrupted: bool = False) -> None:
         """Remove the temporaries; an interrupted resumable write keeps what a rerun continues."""
         leftovers = [*self._scratch, *(Path(str(s) + ".aux.xml") for s in self._scratch)]
-        keep = interrupted and self.key is not None and self.progress
+        keep = interrupted and self.key is not None and self.worth_resuming
         if failed:
             leftovers += [Path(str(self.path) + ".aux.xml"), *self._sidecars.values()]
             if not keep:

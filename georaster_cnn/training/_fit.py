@@ -29,11 +29,11 @@ from georaster_cnn.options import (
     check_patience,
 )
 
-__all__ = ["FitOptions", "ProgressFn", "fit", "untrained"]
+__all__ = ["EpochFn", "FitOptions", "fit", "untrained"]
 
 log = logging.getLogger(__name__)
 
-ProgressFn = Callable[[int, int, dict[str, float]], None]
+EpochFn = Callable[[int, int, dict[str, float]], None]
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class FitOptions:
     seed: int
     augment: bool
     patience: int | None
-    progress: ProgressFn | None = None
+    on_epoch: EpochFn | None = None
 
     @classmethod
     def checked(
@@ -64,7 +64,7 @@ class FitOptions:
         seed: int,
         augment: bool,
         patience: int | None,
-        progress: ProgressFn | None,
+        on_epoch: EpochFn | None,
     ) -> FitOptions:
         """The options, checked (epochs, batch size, learning rate, patience)."""
         return cls(
@@ -75,7 +75,7 @@ class FitOptions:
             seed=seed,
             augment=augment,
             patience=check_patience(patience),
-            progress=progress,
+            on_epoch=on_epoch,
         )
 
 
@@ -302,8 +302,8 @@ def fit(
         history.append(metrics)
         log.info("epoch %d/%d %s", epoch, options.epochs, metrics)
         best.update(epoch, metrics, loop.module)
-        if options.progress is not None:
-            options.progress(epoch, options.epochs, metrics)
+        if options.on_epoch is not None:
+            options.on_epoch(epoch, options.epochs, metrics)
         if best.stop(epoch, options.epochs, validated=len(loop.xv) > 0):
             stopped_at = epoch
             log.info(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +60,7 @@ from georaster_cnn.options import (
     check_positive,
     training_stride,
 )
-from georaster_cnn.training._fit import FitOptions, ProgressFn, fit, untrained
+from georaster_cnn.training._fit import EpochFn, FitOptions, fit, untrained
 from georaster_cnn.training.chipdata import (
     ChipSet,
     chip_stats,
@@ -79,6 +80,7 @@ from georaster_cnn.training.vector_labels import VectorLabels
 from georaster_cnn.training.windows import TrainingWindows, WindowSpec, training_windows
 
 if TYPE_CHECKING:
+    import torch
     from distributed import Client
 
 # open_labels (georaster_cnn.training.labels) and blocked_split (georaster_cnn.training.splits) are
@@ -89,12 +91,32 @@ log = logging.getLogger(__name__)
 
 
 def _fit_options(
-    *, arch: str, val_fraction: float, min_valid: float, **loop: Any
-) -> tuple[FitOptions, float]:
-    """The checks :func:`train` and :func:`train_chips` share; the loop's options and ``val_fraction``."""
+    *,
+    arch: str,
+    val_fraction: float,
+    min_valid: float | None,
+    progress: EpochFn | None,
+    on_epoch: EpochFn | None,
+    **loop: Any,
+) -> tuple[FitOptions, float, float]:
+    """The checks :func:`train` and :func:`train_chips` share: loop options, ``val_fraction``, ``min_valid``.
+
+    ``progress=`` is the old name of ``on_epoch=`` (``progress`` now always means
+    ``callback(done, total)``, as for :func:`~georaster_cnn.write_prediction`).
+    """
     check_arch(arch)
-    check_min_valid(min_valid)
-    return FitOptions.checked(**loop), check_fraction("val_fraction", val_fraction, high_open=True)
+    if progress is not None:
+        if on_epoch is not None:
+            raise InputError("on_epoch= and progress= (its old name) both given; pass on_epoch=")
+        warnings.warn(
+            "progress= of train/train_chips is now on_epoch=; progress= will go away",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        on_epoch = progress
+    valid = check_min_valid(DEFAULT_MIN_VALID if min_valid is None else min_valid)
+    fraction = check_fraction("val_fraction", val_fraction, high_open=True)
+    return FitOptions.checked(on_epoch=on_epoch, **loop), fraction, valid
 
 
 def train(
@@ -105,12 +127,13 @@ def train(
     arch: str = DEFAULT_ARCH, epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_TRAIN_BATCH_SIZE, stride: int | None = None,
     patch_size: int = DEFAULT_PATCH, learning_rate: float = DEFAULT_LEARNING_RATE,
-    device: str = "auto", seed: int = 0, val_fraction: float = DEFAULT_VAL_FRACTION,
-    val_block: int = DEFAULT_VAL_BLOCK, min_valid: float = DEFAULT_MIN_VALID,
-    min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
+    device: str | torch.device = "auto", seed: int = 0,
+    val_fraction: float = DEFAULT_VAL_FRACTION, val_block: int = DEFAULT_VAL_BLOCK,
+    min_valid: float | None = None, min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
     patience: int | None = DEFAULT_PATIENCE, hparams: dict[str, Any] | None = None,
-    max_chip_bytes: int = 2 * 1024**3, progress: ProgressFn | None = None,
-    scheduler: str | Client | None = None, scheduler_file: str | os.PathLike[str] | None = None,
+    max_chip_bytes: int = 2 * 1024**3, on_epoch: EpochFn | None = None,
+    progress: EpochFn | None = None, scheduler: str | Client | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
 ) -> GeoModel:  # fmt: skip
     """Train a classifier from rasters and their labels: label rasters or vector labels.
 
@@ -139,16 +162,16 @@ def train(
         Share of the labelled windows of each raster held out for validation, in whole
         ``val_block``-pixel squares with a buffer (the split rules: module docs).
     min_valid, min_cover
-        Minimum valid fraction of a training window (stored as the model's default); polygon
-        labels: minimum share of a window inside polygons of its class.
+        Minimum valid fraction of a training window (default 0.5; stored as the model's
+        default); polygon labels: minimum share of a window inside polygons of its class.
     augment, patience
         Random flips and 90-degree rotations of training batches; stop when the validation loss
         has not improved for this many epochs (``None`` or 0: run all epochs; needs validation).
     max_chip_bytes
         Memory cap for the training windows held in memory (all rasters together); beyond it a
         seeded random subset of the labelled windows is used.
-    progress
-        Called as ``progress(epoch, epochs, metrics)`` after each epoch.
+    on_epoch
+        Called as ``on_epoch(epoch, epochs, metrics)`` after each epoch (``progress=``: its old name).
     scheduler, scheduler_file
         Where the labels are read and the windows cut (the Dask work), as for
         :func:`~georaster_cnn.write_prediction`; the windows do not depend on it. A cluster
@@ -173,21 +196,20 @@ def train(
     Warns
     -----
     ValidationWarning
-        Fewer than :data:`~georaster_cnn.training.splits.MIN_VALIDATION_SAMPLES` (100) validation windows,
-        or a class that trains but has no validation window.
+        Fewer than 100 validation windows (``MIN_VALIDATION_SAMPLES``), or a class that trains
+        but has no validation window.
 
     Examples
     --------
-    >>> points = gpd.read_file("points.gpkg")  # EPSG:4326, column "landcover"  # doctest: +SKIP
     >>> rasters = [open_raster("utm32.tif"), open_raster("utm33.tif")]  # doctest: +SKIP
-    >>> model = train(rasters, points, label_column="landcover", epochs=20)  # doctest: +SKIP
+    >>> model = train(rasters, gpd.read_file("points.gpkg"), label_column="class")  # doctest: +SKIP
     """
-    datas = [data] if isinstance(data, xr.DataArray) else list(data)
-    options, val_fraction = _fit_options(
+    options, val_fraction, min_valid = _fit_options(
         arch=arch, val_fraction=val_fraction, min_valid=min_valid, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, device=device, seed=seed,
-        augment=augment, patience=patience, progress=progress,
+        augment=augment, patience=patience, on_epoch=on_epoch, progress=progress,
     )  # fmt: skip
+    datas = [data] if isinstance(data, xr.DataArray) else list(data)
     spec = _window_spec(
         datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
         val_block=val_block, max_chip_bytes=max_chip_bytes, seed=seed,
@@ -336,14 +358,15 @@ def train_chips(
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_TRAIN_BATCH_SIZE,
     learning_rate: float = DEFAULT_LEARNING_RATE,
-    device: str = "auto",
+    device: str | torch.device = "auto",
     seed: int = 0,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    min_valid: float = DEFAULT_MIN_VALID,
+    min_valid: float | None = None,
     augment: bool = True,
     patience: int | None = DEFAULT_PATIENCE,
     hparams: dict[str, Any] | None = None,
-    progress: ProgressFn | None = None,
+    on_epoch: EpochFn | None = None,
+    progress: EpochFn | None = None,
 ) -> GeoModel:
     """Train a classifier on labelled chips without georeferencing.
 
@@ -354,15 +377,16 @@ def train_chips(
     ----------
     chips
         From :func:`~georaster_cnn.load_chips`.
-    arch, epochs, batch_size, learning_rate, device, augment, patience, hparams, progress
-        As for :func:`train`.
+    arch, epochs, batch_size, learning_rate, device, augment, patience, hparams, on_epoch
+        As for :func:`train` (``progress=``: the old name of ``on_epoch=``).
     seed
         Seeds the split, shuffling, augmentation and weights: a run is reproducible.
     val_fraction
         Share of every class held out for validation; 0 trains on all chips.
     min_valid
         Chips with a smaller share of valid (non-NaN in every channel) pixels are
-        left out of training, and counted in the log; stored as the model's default.
+        left out of training, and counted in the log; stored as the model's default
+        (default 0.5).
 
     Returns
     -------
@@ -390,10 +414,10 @@ def train_chips(
     >>> model = train_chips(chips, epochs=20, seed=1)  # doctest: +SKIP
     >>> save_model(model, "model.safetensors")  # doctest: +SKIP
     """
-    options, val_fraction = _fit_options(
+    options, val_fraction, min_valid = _fit_options(
         arch=arch, val_fraction=val_fraction, min_valid=min_valid, epochs=epochs,
         batch_size=batch_size, learning_rate=learning_rate, device=device, seed=seed,
-        augment=augment, patience=patience, progress=progress,
+        augment=augment, patience=patience, on_epoch=on_epoch, progress=progress,
     )  # fmt: skip
     keep = _usable_chips(chips, min_valid)
     raw, y = chips.chips[keep], chips.labels[keep]
