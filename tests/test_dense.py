@@ -25,14 +25,18 @@ from geo import NORTH_UP
 from georaster_cnn_cli.main import cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 import georaster_cnn as gc
 from georaster_cnn import GeoModel, InputError, build_model, predict
 from georaster_cnn.io.classmap import default_colors
 from georaster_cnn.model._dense import DENSE_BLOCK_BYTES, dense_block_cells, dense_logits
 from georaster_cnn.model.architectures import DenseCNN, dense_geometry
-from georaster_cnn.stats import ChannelStats
+from georaster_cnn.testing import (
+    assert_dense_matches_per_window,
+    randomise_batch_norm,
+    test_raster,
+    tiny_dense_model,
+)
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "scene.tif"
 #: Narrow stages so per-window references at stride 1 stay fast.
@@ -49,18 +53,6 @@ def net_of(channels: int, classes: int, patch: int, **hparams: object) -> DenseC
     return net
 
 
-def _randomise_batch_norm(module: nn.Module, rng: torch.Generator) -> None:
-    """Running statistics and affine parameters away from (0, 1): eval-mode BN does something."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean = torch.rand(n, generator=rng) - 0.5
-                m.running_var = torch.rand(n, generator=rng) + 0.5
-                m.weight.copy_(torch.rand(n, generator=rng) + 0.5)
-                m.bias.copy_(torch.rand(n, generator=rng) - 0.3)
-
-
 def dense_model(
     n_bands: int = 2,
     n_classes: int = 3,
@@ -70,72 +62,14 @@ def dense_model(
     min_valid: float = 0.5,
     seed: int = 0,
 ) -> GeoModel:
-    """A ``cnn_dense`` GeoModel with seeded weights, non-trivial BN and statistics."""
-    torch.manual_seed(seed)
-    module = net_of(n_bands, n_classes, patch, widths=list(widths))
-    gen = torch.Generator().manual_seed(seed)
-    _randomise_batch_norm(module, gen)
-    with torch.no_grad():  # a wide logit spread: no near-ties between classes
-        module.head.weight.mul_(20.0)
-    names = tuple(f"band_{i + 1}" for i in range(n_bands))
-    count = np.full(n_bands, 1000.0)
-    std = np.linspace(0.5, 2.0, n_bands)
-    lo, hi = np.full(n_bands, -10.0), np.full(n_bands, 10.0)
-    stats = ChannelStats(names, count, np.linspace(-0.3, 0.4, n_bands), count * std**2, lo, hi)
-    return GeoModel(
-        module=module.eval(),
-        arch="cnn_dense",
-        hparams={"widths": list(widths)},
-        band_names=names,
-        class_names=tuple(f"c{k}" for k in range(n_classes)),
-        class_colors=default_colors(n_classes),
-        stats=stats,
-        patch_size=patch,
-        min_valid=min_valid,
-        source_dtype="float32",
-        provenance={"data": ["<test_dense>"], "epochs": 0},
+    """The public test model (:func:`georaster_cnn.testing.tiny_dense_model`)."""
+    return tiny_dense_model(
+        n_bands, n_classes, patch=patch, widths=widths, min_valid=min_valid, seed=seed
     )
 
 
-def raster(height: int, width: int, *, bands: int = 2, seed: int = 0) -> xr.DataArray:
-    """A canonical ``(band, y, x)`` array with NaN holes: rectangles, pixels, one-band gaps."""
-    rng = np.random.default_rng(seed)
-    values = rng.standard_normal((bands, height, width)).astype(np.float32)
-    # smooth-ish structure so windows differ
-    values += np.sin(np.arange(width) / 3.0)[None, None, :].astype(np.float32)
-    values[:, rng.random((height, width)) < 0.05] = np.nan
-    h0, w0 = rng.integers(0, height), rng.integers(0, width)
-    values[:, h0 : h0 + max(1, height // 3), w0 : w0 + max(1, width // 4)] = np.nan
-    values[-1, : max(1, height // 4), -max(1, width // 3) :] = np.nan  # last band only
-    if height > 8:
-        values[:, 2:5, :] = np.nan  # whole rows of nodata
-    da = xr.DataArray(
-        values,
-        dims=("band", "y", "x"),
-        coords={"band": [f"band_{i + 1}" for i in range(bands)]},
-    )
-    return da.rio.write_transform(NORTH_UP).rio.write_crs("EPSG:32633")
-
-
-def _compare(
-    data: xr.DataArray,
-    model: GeoModel,
-    stride: int,
-    *,
-    chunks: int | None = None,
-    block_cells: int | None = None,
-) -> None:
-    if chunks is not None:
-        data = data.chunk({"band": -1, "y": chunks, "x": chunks})
-    ref = predict(data, model, stride=stride, dense=False, check=False).compute()
-    got = predict(
-        data, model, stride=stride, dense=True, check=False, block_cells=block_cells
-    ).compute()
-    p_ref, p_got = ref["probability"].values, got["probability"].values
-    assert p_got.shape == p_ref.shape
-    np.testing.assert_array_equal(np.isnan(p_got), np.isnan(p_ref))
-    np.testing.assert_allclose(p_got, p_ref, rtol=0, atol=1e-4, equal_nan=True)
-    np.testing.assert_array_equal(got["class"].values, ref["class"].values)
+raster = test_raster
+_compare = assert_dense_matches_per_window
 
 
 # --------------------------------------------------------------------------- the network
@@ -191,7 +125,7 @@ def test_rejects_bad_sizes(channels: int, classes: int, patch: int) -> None:
 @pytest.mark.parametrize("step", [1, 2, 4])
 def test_a_trous_trunk_gives_every_window_its_features(step: int) -> None:
     net = net_of(2, 3, 40, widths=TINY).eval()
-    _randomise_batch_norm(net, torch.Generator().manual_seed(1))
+    randomise_batch_norm(net, torch.Generator().manual_seed(1))
     g, p = net.geometry, 40
     r, f = g.downsampling // step, g.feature_size(p)
     x = torch.randn(1, 2, 61, 70)
@@ -210,7 +144,7 @@ def test_a_trous_trunk_gives_every_window_its_features(step: int) -> None:
 @pytest.mark.parametrize("stride", [1, 3, 4, 6, 8, 13, 36])
 def test_dense_logits_equal_the_forward_pass(stride: int) -> None:
     net = net_of(2, 3, 36, widths=TINY).eval()
-    _randomise_batch_norm(net, torch.Generator().manual_seed(2))
+    randomise_batch_norm(net, torch.Generator().manual_seed(2))
     x = torch.randn(1, 2, 36 + 5 * stride, 36 + 3 * stride + stride // 2)
     with torch.inference_mode():
         logits = dense_logits(net, x, patch=36, stride=stride)
@@ -378,7 +312,7 @@ def test_cli_dense_and_no_dense_give_the_same_map(tmp_path: Path) -> None:
     data = gc.open_raster(SAMPLE)
     torch.manual_seed(0)
     module = net_of(3, 4, 64)
-    _randomise_batch_norm(module, torch.Generator().manual_seed(0))
+    randomise_batch_norm(module, torch.Generator().manual_seed(0))
     model = GeoModel(
         module=module.eval(),
         arch="cnn_dense",

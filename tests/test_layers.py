@@ -33,7 +33,9 @@ LAYERS: dict[str, int] = {
     "api": 7,
 }
 #: The modules of the core, directly in ``georaster_cnn/``.
-CORE = {"errors", "options", "geometry", "stats", "chips", "quiet", "_lazy", "testing"}
+CORE = {"errors", "options", "geometry", "stats", "chips", "quiet", "_lazy"}
+#: Modules beside the core that sit above the whole library (nothing of it imports them).
+TOP = {"testing"}
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 100
 
@@ -84,7 +86,7 @@ def _graph() -> dict[str, set[str]]:
 
 def _layer(module: str) -> str:
     parts = module.split(".")
-    if module == "georaster_cnn":
+    if module == "georaster_cnn" or (len(parts) == 2 and parts[1] in TOP):
         return "api"
     if len(parts) == 2 and parts[1] in CORE:
         return "core"
@@ -176,7 +178,7 @@ def test_subpackages_by_role_over_a_small_core() -> None:
     assert len(packages) >= 4
     top = [p.stem for p in LIBRARY.glob("*.py") if p.stem != "__init__"]
     assert len(top) <= 12, top
-    assert set(top) <= CORE, set(top) - CORE
+    assert set(top) <= CORE | TOP, set(top) - CORE - TOP
     for package in packages:  # each says what it owns
         doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text()))
         assert doc and len(doc) > 200, package
