@@ -3,15 +3,24 @@
 A card is a JSON object; :data:`_FIELDS` lists its fields with a check, what the
 field should be (for the message) and a default for optional ones. :func:`_check_card`
 also checks what ties fields together (one colour per class, statistics of one
-entry per band, finite statistics), so that :mod:`georaster_cnn.model.modelfile` rebuilds
-a model only from a card that describes one.
+entry per band, finite statistics, a patch whose windows fit in memory), and that no
+text of the card holds a control character, so that :mod:`georaster_cnn.model.modelfile`
+rebuilds a model only from a card that describes one. It runs on save and on load.
+
+Control characters (C0 ``U+0000``-``U+001F``, DEL ``U+007F``, C1 ``U+0080``-``U+009F``)
+and unpaired surrogates are refused in every string of the card: names (architecture,
+bands, classes, hyper-parameter and provenance keys) end up in XML styles and sidecars,
+in CSV reports and on terminals, where an ESC starts an escape sequence and most C0
+characters make the XML invalid. Free text inside ``hparams`` and ``provenance`` values
+may hold tab and line feed.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -52,18 +61,51 @@ def _is_dtype(v: object) -> bool:
         return False
 
 
-_MAX_PATCH = 2**16
+#: The largest window side (pixels) a network may be built for or a model card may name:
+#: 64x the default patch, far beyond what a window classifier needs.
+MAX_PATCH_SIZE = 4096
+#: The largest window in memory, ``patch_size**2 * bands * 4`` bytes (float32): 256 MiB,
+#: e.g. a 4096-pixel patch of 4 bands or a 1024-pixel patch of 64 bands. Every batch of
+#: windows is a multiple of this, so a larger window would exhaust memory on each tile.
+MAX_WINDOW_BYTES = 2**28
+
+
+def patch_size_problem(patch_size: object, in_channels: int) -> str | None:
+    """What is wrong with ``patch_size`` for windows of ``in_channels`` bands, ``None`` if nothing.
+
+    The one rule on patch sizes, used by the card validator (on save and on load) and
+    by :func:`~georaster_cnn.model.architectures.build_model`: a whole number from 1 to
+    :data:`MAX_PATCH_SIZE` whose float32 window (``patch_size**2 * in_channels * 4``
+    bytes) stays within :data:`MAX_WINDOW_BYTES`.
+    """
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        return f"should be a whole number from 1 to {MAX_PATCH_SIZE}; found {patch_size!r}"
+    if not 1 <= patch_size <= MAX_PATCH_SIZE:
+        return f"should be from 1 to {MAX_PATCH_SIZE} pixels (MAX_PATCH_SIZE); found {patch_size}"
+    need = patch_size * patch_size * max(in_channels, 1) * 4
+    if need > MAX_WINDOW_BYTES:
+        return (
+            f"gives windows of {need / 2**20:,.0f} MiB ({patch_size} x {patch_size} pixels x "
+            f"{in_channels} bands x 4 bytes); the limit is {MAX_WINDOW_BYTES // 2**20} MiB "
+            "per window (MAX_WINDOW_BYTES)"
+        )
+    return None
+
+
+#: Characters no string of a card may hold: C0 controls, DEL, C1 controls, lone surrogates.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The same, less tab and line feed: allowed in free text (values in hparams and provenance).
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+#: Card field -> the GeoModel attribute it comes from (for the fix on save).
+_ATTRIBUTES = {"bands": "band_names", "classes": "class_names", "stats": "stats"}
 _STATS_KEYS = ("count", "mean", "m2", "min", "max")
 
 #: field -> (check, what it should be, default when missing; ``...``: required)
 _FIELDS: dict[str, tuple[Callable[[Any], bool], str, Any]] = {
     "arch": (lambda v: isinstance(v, str) and v != "", "an architecture name", ...),
     "hparams": (lambda v: isinstance(v, dict), "a JSON object of hyper-parameters", ...),
-    "patch_size": (
-        lambda v: _is_int(v) and 0 < v <= _MAX_PATCH,
-        f"a whole number from 1 to {_MAX_PATCH}",
-        ...,
-    ),
+    # Its bounds (MAX_PATCH_SIZE, window memory) are checked with the bands, below.
+    "patch_size": (lambda v: _is_int(v) and v > 0, "a whole number from 1", ...),
     "bands": (lambda v: _names(v, 1, 10**6), "a non-empty list of band names", ...),
     "classes": (
         lambda v: _names(v, 2, MAX_CLASSES),
@@ -108,6 +150,13 @@ def _check_card(card: object, version: int, source: str, *, fix: str = "") -> di
     if not (_is_int(found) and found == version):
         raise bad("format_version", f"{version}, the file's format version", found)
     n_bands, n_classes = len(out["bands"]), len(out["classes"])
+    problem = patch_size_problem(out["patch_size"], n_bands)
+    if problem is not None:
+        raise ModelFileError(
+            f"{source}: model card field 'patch_size' {problem}; windows this large would not "
+            "fit in memory on every tile. "
+            + (fix or f"The file is damaged or was not written by georaster_cnn: {_FIX}")
+        )
     if len(out["colors"]) != n_classes:
         raise bad("colors", f"one RGB triple per class ({n_classes})", out["colors"])
     stats = out["stats"]
@@ -117,6 +166,7 @@ def _check_card(card: object, version: int, source: str, *, fix: str = "") -> di
         v = stats[key]
         if not (isinstance(v, list) and len(v) == n_bands and all(_is_num(x) for x in v)):
             raise bad(f"stats.{key}", f"one number per band ({n_bands})", v)
+    _check_text(out, source, fix)
     for k, band in enumerate(out["bands"]):
         count = stats["count"][k]
         values = {key: stats[key][k] for key in _STATS_KEYS[1:]}
@@ -129,6 +179,52 @@ def _check_card(card: object, version: int, source: str, *, fix: str = "") -> di
                 f"max {values['max']}); the model is broken: retrain it"
             )
     return out
+
+
+def _check_text(card: dict[str, Any], source: str, fix: str) -> None:
+    """Refuse a control character (or lone surrogate) in any string of ``card``'s fields."""
+    for where, text, free in _strings(card):
+        found = (_CONTROL_IN_TEXT if free else _CONTROL).search(text)
+        if found is None:
+            continue
+        char, field = found.group(), re.split(r"[.\[ ]", where)[0]
+        kind = "an unpaired surrogate" if "\ud800" <= char <= "\udfff" else "the control character"
+        what = (
+            "text in a model card may hold no control character but tab and line feed"
+            if free
+            else "names in a model card may hold no control character"
+        )
+        remedy = (
+            f"Remove it from the GeoModel's {_ATTRIBUTES.get(field, field)} and save again."
+            if fix
+            else f"The file was crafted or damaged: {_FIX}"
+        )
+        raise ModelFileError(
+            f"{source}: model card field {where!r} holds {kind} {char!r} "
+            f"(U+{ord(char):04X}) at position {found.start()} of {_short(text)}; {what}: "
+            f"they would corrupt QGIS styles, GDAL sidecars, reports and terminal output. {remedy}"
+        )
+
+
+def _strings(card: dict[str, Any]) -> Iterator[tuple[str, str, bool]]:
+    """Every string of ``card`` (keys too): ``(where, text, is_free_text)``, depth first.
+
+    Iterative, so a deeply nested card (``json`` parses up to the recursion limit)
+    cannot overflow the stack here.
+    """
+    stack: list[tuple[str, object, bool]] = [
+        (name, card[name], name in ("hparams", "provenance")) for name in reversed(list(card))
+    ]
+    while stack:
+        where, value, free = stack.pop()
+        if isinstance(value, str):
+            yield where, value, free
+        elif isinstance(value, dict):
+            for key in value:
+                yield f"{where} key", str(key), False
+            stack.extend((f"{where}.{k}", v, free) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{where}[{i}]", v, free) for i, v in reversed(list(enumerate(value))))
 
 
 def _short(value: object, limit: int = 80) -> str:

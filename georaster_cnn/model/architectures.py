@@ -33,18 +33,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from georaster_cnn.errors import InputError
+from georaster_cnn.model._card import MAX_PATCH_SIZE, MAX_WINDOW_BYTES, patch_size_problem
 from georaster_cnn.options import DEFAULT_PATCH
 
 __all__ = [
     "ARCHITECTURES",
     "MLP",
     "DenseCNN",
+    "MAX_PATCH_SIZE",
+    "MAX_WINDOW_BYTES",
     "DenseGeometry",
     "ResNet",
     "SmallCNN",
     "build_model",
     "check_arch",
     "dense_geometry",
+    "patch_size_problem",
     "register_architecture",
 ]
 
@@ -95,9 +99,17 @@ def build_model(
     Raises
     ------
     InputError
-        Unknown architecture name.
+        Unknown architecture name, or a patch size beyond :data:`MAX_PATCH_SIZE` or
+        whose windows would exceed :data:`MAX_WINDOW_BYTES` (see
+        :func:`patch_size_problem`).
     """
     cls = ARCHITECTURES[check_arch(arch)]
+    problem = patch_size_problem(patch_size, in_channels)
+    if problem is not None:
+        raise InputError(
+            f"patch_size {problem}. Use a smaller patch size (the default is {DEFAULT_PATCH}); "
+            "windows this large would not fit in memory on every tile"
+        )
     return cls(in_channels=in_channels, n_classes=n_classes, patch_size=patch_size, **hparams)
 
 

@@ -208,7 +208,9 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     OutputExistsError
         ``path`` exists and ``overwrite`` is false.
     ModelFileError
-        A malformed card field, or non-finite weights or statistics (nothing is written).
+        A malformed card field (a control character in a name or text, a patch beyond
+        ``MAX_PATCH_SIZE`` or whose windows exceed ``MAX_WINDOW_BYTES``, ...), or
+        non-finite weights or statistics (nothing is written).
     """
     p = check_output(path, overwrite=overwrite)
     raw = _encode(model, str(p))
@@ -224,7 +226,8 @@ def load_model(path: str | os.PathLike[str]) -> GeoModel:
     ------
     ModelFileError
         Missing, truncated, corrupt or foreign file (not a regular file, weights or
-        card that do not match their digests, a malformed card, non-finite
+        card that do not match their digests, a malformed card: e.g. a control
+        character in a name or text, a patch too large for memory; non-finite
         weights or statistics), or an unsupported format version.
     """
     p = Path(path)
