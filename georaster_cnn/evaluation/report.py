@@ -5,6 +5,11 @@
 :meth:`EvaluationReport.write` puts it on disk as ``metrics.json``, ``per_class.csv``,
 ``confusion_matrix.csv`` and ``confusion_matrix.png``, each file staged and renamed
 into place.
+
+The CSV files are opened in spreadsheets, which run a cell that starts with ``=``, ``+``,
+``-`` or ``@`` (and, in some, tab or carriage return) as a formula: every text cell that
+starts with one of those gets a leading apostrophe (:func:`csv_text`, after the OWASP
+guidance on CSV injection). Numbers are written as numbers.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ __all__ = [
     "EvaluationReport",
     "check_report_folder",
     "confusion_matrix",
+    "csv_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,27 @@ MATCHING = {
     "the window centred on each point vs. the point's class",
     "chips": "each chip's predicted class vs. the chip's label",
 }
+
+
+#: First characters that make a spreadsheet read a cell as a formula (OWASP: CSV injection).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(text: str) -> str:
+    """``text`` as a CSV cell no spreadsheet runs as a formula: ``'`` before a formula start.
+
+    A cell that starts with ``=``, ``+``, ``-``, ``@``, tab or carriage return gets a
+    leading apostrophe, which spreadsheets hide and which keeps the text as text. Use
+    it for text only (class names, file names); numbers are written as numbers.
+
+    Examples
+    --------
+    >>> csv_text("=1+2")
+    "'=1+2"
+    >>> csv_text("forest")
+    'forest'
+    """
+    return "'" + text if text.startswith(_FORMULA_START) else text
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -263,7 +290,11 @@ class EvaluationReport:
         ``metrics.json`` (:meth:`to_dict`), ``per_class.csv``,
         ``confusion_matrix.csv`` (class names as header row and column) and
         ``confusion_matrix.png`` (row-normalised, counts annotated). Each file is
-        written under a temporary name and renamed into place.
+        written under a temporary name and renamed into place. In the CSV files a
+        class name that a spreadsheet would run as a formula (one starting with ``=``,
+        ``+``, ``-``, ``@``, tab or carriage return) gets a leading apostrophe
+        (:func:`csv_text`); numbers stay numbers. The CSV files follow RFC 4180
+        (CRLF line ends; fields with line breaks, commas or quotes are quoted).
 
         Parameters
         ----------
@@ -298,20 +329,23 @@ class EvaluationReport:
 
     def _per_class_csv(self) -> str:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
+        # RFC 4180 line ends: the csv module quotes a field holding a character of the
+        # line terminator only, so with "\n" alone a CR inside a name would split a row.
+        w = csv.writer(buf, lineterminator="\r\n")
         w.writerow(["class_id", "class", "precision", "recall", "f1", "support", "predicted"])
         for k, name in enumerate(self.class_names):
             w.writerow([
-                k, name, f"{self.precision[k]:.6f}", f"{self.recall[k]:.6f}",
+                k, csv_text(name), f"{self.precision[k]:.6f}", f"{self.recall[k]:.6f}",
                 f"{self.f1[k]:.6f}", int(self.support[k]), int(self.predicted[k]),
             ])  # fmt: skip
         return buf.getvalue()
 
     def _confusion_csv(self) -> str:
         buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["true \\ predicted", *self.class_names])
-        for name, row in zip(self.class_names, self.confusion.tolist(), strict=True):
+        w = csv.writer(buf, lineterminator="\r\n")
+        names = [csv_text(n) for n in self.class_names]
+        w.writerow(["true \\ predicted", *names])
+        for name, row in zip(names, self.confusion.tolist(), strict=True):
             w.writerow([name, *row])
         return buf.getvalue()
 
