@@ -15,6 +15,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner, Result
 from georaster_cnn_cli.main import cli
+from PIL import Image
 
 import georaster_cnn as gc
 from georaster_cnn.products.styles import _preview_shape
@@ -150,8 +151,8 @@ def test_quicklook_decimates_large_maps(tmp_path: Path, monkeypatch: pytest.Monk
     assert gc.write_quicklook(path, png, max_size=300) == png
     assert shown == [(120, 300)]
     img = matplotlib.image.imread(png)
-    # map area (300 px wide) + legend; title and legend add well under 200 px
-    assert 300 <= img.shape[1] < 500 and 120 <= img.shape[0] < 320
+    # map area (300 px wide) + legend ("no data (transparent)" is its longest label)
+    assert 300 <= img.shape[1] < 540 and 120 <= img.shape[0] < 320
 
     with pytest.raises(gc.OutputExistsError):
         gc.write_quicklook(path, png, max_size=300)
@@ -247,3 +248,58 @@ def test_quicklook_puts_north_up_whatever_the_row_order(tmp_path: Path) -> None:
     # and the top of the map area is the northern class, in its colour
     top = np.rint(img_a[60, 100, :3] * 255).astype(int).tolist()
     assert top == COLORS[1]
+
+
+def test_quicklook_nodata_is_transparent_not_grey(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nodata is alpha 0 in an RGBA PNG; a grey class stays opaque grey; the legend says so."""
+    from matplotlib.figure import Figure
+
+    grey = [128, 128, 128]
+    ground = np.zeros((40, 30), dtype=np.uint8)  # class 0, grey
+    ground[:10] = 1
+    ground[:, :5] = 255  # nodata strip in the west
+    ground[30:, 20:] = 255  # and a nodata corner
+    path = tmp_path / "grey.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", height=40, width=30, count=1, dtype="uint8", nodata=255,
+        crs="EPSG:32633", transform=Affine(30.0, 0.0, 500_000.0, 0.0, -30.0, 4_600_000.0),
+    ) as dst:  # fmt: skip
+        dst.write(ground, 1)
+        dst.update_tags(
+            CLASS_NAMES=json.dumps(["rock", "sand"]), CLASS_COLORS=json.dumps([grey, COLORS[1]])
+        )
+
+    labels: list[str] = []
+    savefig = Figure.savefig
+
+    def spy(fig: Figure, *args: Any, **kwargs: Any) -> None:
+        labels.extend(t.get_text() for legend in fig.legends for t in legend.get_texts())
+        savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    png = gc.write_quicklook(path)
+    assert labels == ["rock", "sand", "no data (transparent)"]
+    with Image.open(png) as im:
+        assert im.mode == "RGBA"
+    img = np.rint(matplotlib.image.imread(png) * 255).astype(int)
+    alpha = img[..., 3]
+    assert set(np.unique(alpha)) == {0, 255}  # nothing half transparent
+    # exactly the nodata cells are transparent: 40*5 + 10*10 cells, each zoom x zoom pixels
+    zoom = 256 // 40
+    assert (alpha == 0).sum() == (40 * 5 + 10 * 10) * zoom**2
+    ys, xs = np.nonzero(alpha == 0)
+    top, left = ys.min(), xs.min()  # the nodata strip starts at the map's top-left corner
+    assert (ys.max() - top + 1, xs.max() - left + 1) == (40 * zoom, 30 * zoom)
+    # the grey class is opaque grey, the title area opaque white
+    rock = img[top + 20 * zoom, left + 10 * zoom]
+    assert rock.tolist() == [*grey, 255]
+    assert img[2, 2].tolist() == [255, 255, 255, 255]
+    # a legend without nodata has no nodata entry
+    labels.clear()
+    ground[ground == 255] = 0
+    with rasterio.open(path, "r+") as dst:
+        dst.write(ground, 1)
+    gc.write_quicklook(path, overwrite=True)
+    assert labels == ["rock", "sand"]

@@ -7,9 +7,9 @@ colours) and write one file beside it, atomically:
 * :func:`write_qml`: ``<map>.qml``, a QGIS 3 style with the *paletted* renderer on
   band 1, one entry per class (its colour and name), nodata transparent. QGIS
   applies a ``.qml`` of the same base name when it loads the raster.
-* :func:`write_quicklook`: ``<map stem>.png``, a preview of the class band in the
-  class colours with a legend and a title, read decimated so large maps are never
-  loaded in full.
+* :func:`write_quicklook`: ``<map stem>.png``, an RGBA preview of the class band in
+  the class colours with a legend and a title, read decimated so large maps are never
+  loaded in full; nodata is transparent (alpha 0), so it never looks like a grey class.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ QUICKLOOK_SUFFIX = ".png"
 
 log = logging.getLogger(__name__)
 
-#: Nodata cells in the quicklook: light grey, so they stand apart from every class.
-_NODATA_RGB = (224, 224, 224)
+#: Legend label of nodata cells, which the quicklook leaves transparent (alpha 0): any
+#: colour, grey included, could be a class's.
+_NODATA_LABEL = "no data (transparent)"
 #: Maps smaller than this (longer side, cells) are enlarged by a whole factor in the quicklook.
 _MIN_PREVIEW = 256
 
@@ -147,8 +148,10 @@ def write_quicklook(
     where they fit), so the longer side of the map area is at most ``max_size``
     pixels and a large map is never loaded in full. Small maps are enlarged by a
     whole factor so cells stay square blocks. North is up and east is right (south-up
-    grids are flipped; rotated grids are shown in pixel order). Nodata cells are light grey. The
-    title names the file, the model architecture and stride (when the file says),
+    grids are flipped; rotated grids are shown in pixel order). The PNG is RGBA: nodata
+    cells (and any value without a class) are transparent (alpha 0) so that they never
+    look like a class of the same colour, and the legend lists them as
+    "no data (transparent)"; the title and legend stand on white. The title names the file, the model architecture and stride (when the file says),
     the map size in cells and the decimation, if any.
 
     Parameters
@@ -219,28 +222,29 @@ def _preview_shape(height: int, width: int, max_size: int) -> tuple[int, int]:
 
 
 def _plot(f: Any, classes: np.ndarray, meta: ClassMap, name: str, max_size: int) -> None:
-    """Render the preview into the binary file ``f`` as PNG, map area pixel for cell."""
+    """Render the preview into the binary file ``f`` as RGBA PNG, map area pixel for cell."""
     # Object-oriented API with an explicit Agg canvas: no pyplot state, no GUI backend.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[:] = _NODATA_RGB  # nodata, and any value without a class
-    lut[: len(meta.colors)] = np.asarray(meta.colors, dtype=np.uint8).reshape(-1, 3)
+    lut = np.zeros((256, 4), dtype=np.uint8)  # nodata, and any value without a class: alpha 0
+    lut[: len(meta.colors), :3] = np.asarray(meta.colors, dtype=np.uint8).reshape(-1, 3)
+    lut[: len(meta.colors), 3] = 255
     h, w = classes.shape
     zoom = max(1, min(_MIN_PREVIEW, max_size) // max(h, w))
-    rgb = lut[classes].repeat(zoom, axis=0).repeat(zoom, axis=1)
-    map_h, map_w = rgb.shape[:2]
+    rgba = lut[classes].repeat(zoom, axis=0).repeat(zoom, axis=1)
+    map_h, map_w = rgba.shape[:2]
 
-    legend = list(zip(meta.names, meta.colors, strict=True))
-    if bool((classes >= len(meta.names)).any()):
-        legend.append(("no data", _NODATA_RGB))
     handles = [
         Patch(facecolor=_hex(rgb), edgecolor="black", linewidth=0.5, label=label)
-        for label, rgb in legend
+        for label, rgb in zip(meta.names, meta.colors, strict=True)
     ]
-    longest = max((len(label) for label, _ in legend), default=0)
+    if bool((classes >= len(meta.names)).any()):
+        handles.append(
+            Patch(facecolor="none", edgecolor="black", linewidth=0.5, label=_NODATA_LABEL)
+        )
+    longest = max((len(str(p.get_label())) for p in handles), default=0)
 
     dpi = 100
     pad, title_h = 10, 44
@@ -253,8 +257,9 @@ def _plot(f: Any, classes: np.ndarray, meta: ClassMap, name: str, max_size: int)
     ax = fig.add_axes(
         (pad / fig_w, (fig_h - title_h - map_h) / fig_h, map_w / fig_w, map_h / fig_h)
     )
-    ax.imshow(rgb, interpolation="none", aspect="auto")
+    ax.imshow(rgba, interpolation="none", aspect="auto")
     ax.set_axis_off()
+    _white_around(fig, (pad, fig_h - title_h - map_h, map_w, map_h), (fig_w, fig_h))
 
     details = []
     if meta.attrs.get("model_arch"):
@@ -275,4 +280,26 @@ def _plot(f: Any, classes: np.ndarray, meta: ClassMap, name: str, max_size: int)
         handlelength=1.2,
         borderaxespad=0.0,
     )
-    fig.savefig(f, format="png", dpi=dpi)
+    # transparent: the figure's own background is not drawn, so nodata stays alpha 0
+    fig.savefig(f, format="png", dpi=dpi, transparent=True)
+
+
+def _white_around(fig: Any, hole: tuple[int, int, int, int], size: tuple[int, int]) -> None:
+    """White background on ``fig`` everywhere but the ``hole`` (x, y, w, h in pixels from below)."""
+    from matplotlib.patches import Rectangle
+
+    x, y, w, h = hole
+    fig_w, fig_h = size
+    for rx, ry, rw, rh in (
+        (0, 0, x, fig_h),  # left
+        (x + w, 0, fig_w - x - w, fig_h),  # right
+        (x, y + h, w, fig_h - y - h),  # above
+        (x, 0, w, y),  # below
+    ):
+        fig.add_artist(
+            Rectangle(
+                (rx / fig_w, ry / fig_h), rw / fig_w, rh / fig_h,
+                transform=fig.transFigure, facecolor="white", edgecolor="none",
+                antialiased=False, zorder=-10,
+            )
+        )  # fmt: skip
