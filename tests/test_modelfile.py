@@ -647,3 +647,46 @@ def test_named_pipe_is_refused_without_waiting(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ModelFileError, match=r"pipe\.gcnn: not a regular file"):
         load_model(fifo)  # opening it for reading would wait for a writer
+
+
+@pytest.mark.parametrize(
+    ("provenance", "shown", "hidden"),
+    [
+        (
+            {
+                "epochs": 5,
+                "epochs_run": 5,
+                "early_stopping": {"patience": 0, "stopped_after": None},
+            },
+            "stopped early  no (ran all 5 epochs; early stopping off)",
+            "None",
+        ),
+        (
+            {
+                "epochs": 8,
+                "epochs_run": 8,
+                "early_stopping": {"patience": 2, "stopped_after": None},
+            },
+            "stopped early  no (ran all 8 epochs; patience 2)",
+            "None",
+        ),
+        (
+            {"epochs": 10, "epochs_run": 3, "early_stopping": {"patience": 2, "stopped_after": 3}},
+            "stopped early  yes, after epoch 3 of 10 (patience 2)",
+            "stopped_after",
+        ),
+    ],
+)
+def test_info_says_whether_training_stopped_early(
+    tmp_path: Path, model: GeoModel, provenance: dict, shown: str, hidden: str
+) -> None:
+    from click.testing import CliRunner
+    from georaster_cnn_cli.main import cli
+
+    model.provenance = provenance
+    path = save_model(model, tmp_path / "m.gcnn")
+    out = CliRunner(env={"COLUMNS": "200", "NO_COLOR": "1"}).invoke(cli, ["info", str(path)])
+    assert out.exit_code == 0, out.output
+    lines = [" ".join(line.split()) for line in out.stdout.splitlines()]
+    assert " ".join(shown.split()) in lines
+    assert hidden not in out.stdout

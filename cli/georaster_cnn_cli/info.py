@@ -32,6 +32,7 @@ _PROVENANCE_LABELS = {
     "labels": "labels",
     "created": "created",
     "epochs": "epochs",
+    "early_stopping": "stopped early",
     "history": "history",
     "metrics": "final metrics",
     "n_train": "training windows",
@@ -81,7 +82,23 @@ def _compact(value: Any) -> str:
         return ", ".join(_compact(v) for v in value) or "-"
     if isinstance(value, float):
         return _num(value)
+    if value is None:
+        return "-"
     return str(value)
+
+
+def _early_stopping(value: Any, prov: Mapping[str, Any]) -> str:
+    """Whether training stopped early: 'no (ran all N epochs)' or 'yes, after epoch k of N'."""
+    if not isinstance(value, Mapping):
+        return _compact(value)
+    patience, stopped = value.get("patience"), value.get("stopped_after")
+    epochs, run = prov.get("epochs"), prov.get("epochs_run", prov.get("epochs"))
+    rule = f"patience {patience}" if patience else "early stopping off"
+    if stopped is None:
+        ran = f"ran all {plural(run, 'epoch')}; " if isinstance(run, int) else ""
+        return f"no ({ran}{rule})"
+    of = f" of {epochs}" if isinstance(epochs, int) else ""
+    return f"yes, after epoch {stopped}{of} ({rule})"
 
 
 def _integrity(model: GeoModel) -> str:
@@ -164,6 +181,8 @@ def _provenance_table(model: GeoModel) -> Table:
             text = format_metrics(value)
             if "epoch" in value:
                 text = f"{text} (epoch {value['epoch']})"
+        elif key == "early_stopping":
+            text = _early_stopping(value, prov)
         elif key == "class_counts" and isinstance(value, list):
             names = list(model.class_names)
             text = ", ".join(
