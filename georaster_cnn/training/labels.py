@@ -10,17 +10,21 @@ the class names and colours it brings, and the ids a model knows.
 
 from __future__ import annotations
 
+import math
 import os
+import shlex
 import warnings
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import dask
 import dask.array as da
 import geopandas as gpd
 import numpy as np
 import xarray as xr
+from rasterio.crs import CRS
 
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.geometry import RasterGrid
@@ -127,26 +131,112 @@ def _check_aligned(data: xr.DataArray, labels: xr.DataArray) -> None:
     """Raise InputError unless ``labels`` lie on exactly the grid of ``data``.
 
     A label raster without a CRS (or on data without one) is taken to be in the
-    data's CRS: only size and transform are compared then.
+    data's CRS: only size and transform are compared then. The message names both
+    grids (size, pixel size, CRS, corner) and how to resample the labels onto the
+    data's grid (a ``gdalwarp`` and a ``rio warp --like`` line), or to use vector labels.
     """
     grid, lgrid = RasterGrid.of(data), RasterGrid.of(labels)
+    assumed = lgrid.crs is None and grid.crs is not None
     if grid.crs is None or lgrid.crs is None:
         lgrid = replace(lgrid, crs=grid.crs)
     if grid.same_as(lgrid):
         return
-    src, lsrc = _source(data, "data"), _source(labels, "labels")
-    if grid.shape != lgrid.shape:
-        raise InputError(
-            f"label raster {lsrc} is {lgrid.height} x {lgrid.width} pixels but "
-            f"{src} is {grid.height} x {grid.width}; labels must be on the same grid "
-            "(same size, transform and CRS)"
+    raise InputError(
+        _off_grid(_source(data, "data"), _source(labels, "labels"), grid, lgrid, assumed)
+    )
+
+
+def _off_grid(src: str, lsrc: str, grid: RasterGrid, lgrid: RasterGrid, assumed: bool) -> str:
+    """The message for a label raster ``lsrc`` that is not on the grid of ``src``."""
+    differs = [
+        what
+        for what, same in (
+            ("size", grid.shape == lgrid.shape),
+            ("transform", lgrid.transform.almost_equals(grid.transform, precision=1e-6)),
+            ("CRS", bool(grid.crs == lgrid.crs)),  # both set, or both None
         )
-    if not replace(lgrid, crs=grid.crs).same_as(grid):
-        raise InputError(
-            f"label raster {lsrc} has transform {tuple(lgrid.transform)[:6]} but {src} has "
-            f"{tuple(grid.transform)[:6]}; resample the labels onto the data grid"
+        if not same
+    ] or ["grid"]
+    lcrs = f"no CRS (taken to be {_crs_text(grid.crs)})" if assumed else _crs_text(lgrid.crs)
+    how = _warp_lines(src, lsrc, grid, assumed)
+    fix = (
+        "resample them onto it with nearest neighbour (class ids must not be blended), e.g. "
+        + " or ".join(f"`{line}`" for line in how)
+        + ", or give vector labels (points or polygons), which are placed on each raster's grid"
+        if how
+        else f"gdalwarp cannot write the rotated or south-up grid of {src}: give vector labels "
+        "(points or polygons), which are placed on each raster's grid"
+    )
+    differ = ", ".join(differs[:-1]) + " and " + differs[-1] if len(differs) > 1 else differs[0]
+    return (
+        f"label raster {lsrc} is not on the grid of {src} (their {differ} "
+        f"differ{'s' if len(differs) == 1 else ''}): the labels are {_describe(lgrid, lcrs)}; "
+        f"{src} is {_describe(grid, _crs_text(grid.crs))}. Labels must be on the same grid "
+        f"(same size, transform and CRS): {fix}."
+    )
+
+
+def _num(v: float) -> str:
+    """The shortest text that reads back as ``v`` (``30``, not ``30.0``)."""
+    text = repr(float(v))
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _crs_text(crs: Any) -> str:
+    if crs is None:
+        return "no CRS"
+    crs = CRS.from_user_input(crs)
+    epsg = crs.to_epsg()
+    if epsg is not None:
+        return f"EPSG:{epsg}"
+    text = crs.to_string()
+    return text if len(text) <= 80 else f"a CRS without EPSG code ({text[:60]}...)"
+
+
+def _describe(grid: RasterGrid, crs: str) -> str:
+    t, (h, w) = grid.transform, grid.shape
+    if grid.north_up:
+        pixel = f"{_num(abs(t.a))} x {_num(abs(t.e))}"
+    else:
+        pixel = f"{_num(math.hypot(t.a, t.d))} x {_num(math.hypot(t.b, t.e))} (rotated)"
+    return (
+        f"{h} x {w} pixels (height x width) of {pixel} in {crs}, top-left corner "
+        f"({_num(t.c)}, {_num(t.f)})"
+    )
+
+
+def _warp_lines(src: str, lsrc: str, grid: RasterGrid, assumed: bool) -> list[str]:
+    """Commands that resample the labels onto ``grid``: gdalwarp, and rio warp (rasterio's CLI)."""
+    lab = lsrc if _is_file(lsrc) else "labels.tif"
+    out = str(Path(lab).with_name(f"{Path(lab).stem}_on_grid.tif"))
+    lines = []
+    t, (h, w) = grid.transform, grid.shape
+    if grid.north_up and t.a > 0 and t.e < 0:  # gdalwarp writes north-up grids only
+        srs: list[str] = []
+        if grid.crs is not None:
+            crs = CRS.from_user_input(grid.crs)
+            epsg = crs.to_epsg()
+            name = f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
+            srs = (["-s_srs", name] if assumed else []) + ["-t_srs", name]
+        box = (t.c, t.f + t.e * h, t.c + t.a * w, t.f)  # xmin ymin xmax ymax
+        tr = [_num(t.a), _num(-t.e)]
+        lines.append(
+            shlex.join(
+                ["gdalwarp", *srs, "-tr", *tr, "-te", *map(_num, box), "-r", "near", lab, out]
+            )
         )
-    raise InputError(f"label raster {lsrc} CRS {lgrid.crs} differs from {src} CRS {grid.crs}")
+    if _is_file(src) and not assumed:  # rio warp needs the labels' own CRS
+        lines.append(
+            shlex.join(["rio", "warp", lab, out, "--like", src, "--resampling", "nearest"])
+        )
+    return lines
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).is_file()
+    except (OSError, ValueError):  # a name too long or holding NUL
+        return False
 
 
 def resolve_labels(
