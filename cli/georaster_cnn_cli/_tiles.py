@@ -144,7 +144,7 @@ def _one_after_another(
         if isinstance(item, TileResult):
             results.append(item)
             continue
-        progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
+        progress.reset(chunks, total=None, description=escape(item.name), visible=True)
         results.append(_predict_one(state, item, model, settings, progress, chunks))
         progress.advance(overall)
     progress.update(chunks, visible=False)
@@ -169,7 +169,7 @@ def _concurrently(
 
     def one(job: Job) -> TileResult:
         check()
-        bar = progress.add_task(escape(job.source.name), total=None)
+        bar = progress.add_task(escape(job.name), total=None)
         try:
             return _predict_one(state, job, model, settings, progress, bar, check=check)
         finally:
