@@ -91,3 +91,42 @@ def test_another_model_or_a_foreign_file_is_refused(first: Path, tmp_path: Path)
     assert result.exit_code == 1
     assert "not a class map" in result.stderr  # type: ignore[attr-defined]
     assert (out / "scene.tif").read_text() == "not a raster"
+
+
+@pytest.mark.parametrize("command", [["predict"], ["evaluate"], ["info"]])
+def test_data_where_the_model_goes_asks_whether_they_were_swapped(
+    tmp_path: Path, command: list[str]
+) -> None:
+    args = [*command, ROOT / "scene.tif"]
+    if command != ["info"]:
+        args += [MODEL, "-o", tmp_path / "out"]
+    if command == ["evaluate"]:
+        args += ["--labels", ROOT / "labels.tif"]
+    result = _run(*args)
+    assert result.exit_code == 2, result.output  # type: ignore[attr-defined]
+    assert "did you swap MODEL and INPUT?" in result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+
+
+def test_probabilities_get_their_qgis_style_by_default(tmp_path: Path) -> None:
+    base = ["predict", MODEL, ROOT / "scene.tif", "--device", "cpu", "--probabilities"]
+    result = _run(*base, "-o", tmp_path / "a")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    assert (tmp_path / "a" / "scene.qml").is_file()  # else QGIS draws bands 1-3 as RGB
+    assert "paletted" in (tmp_path / "a" / "scene.qml").read_text()
+    result = _run(*base, "-o", tmp_path / "b", "--no-qml")
+    assert result.exit_code == 0 and not (tmp_path / "b" / "scene.qml").exists()
+    result = _run("predict", MODEL, ROOT / "scene.tif", "--device", "cpu", "-o", tmp_path / "c")
+    assert result.exit_code == 0 and not (tmp_path / "c" / "scene.qml").exists()
+
+
+def test_the_summary_never_wraps_a_path(tmp_path: Path) -> None:
+    deep = tmp_path / ("a-long-folder-name-" * 4) / "more" / "scene_with_a_long_name.tif"
+    deep.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "scene.tif", deep)
+    out = tmp_path / ("outputs-" * 6)
+    result = _run("predict", MODEL, deep, "-o", out, "--device", "cpu")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    lines = result.stdout.splitlines()  # type: ignore[attr-defined]
+    assert any(str(deep) in line and "scene_with_a_long_name.tif" in line for line in lines)
+    assert any(str(out) in line for line in lines)  # the title names OUTDIR whole
