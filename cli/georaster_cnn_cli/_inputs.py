@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from georaster_cnn.io.formats import INPUT_SUFFIXES, OutputFormat, is_zarr_store, output_path
+from georaster_cnn.io.formats import (
+    INPUT_SUFFIXES,
+    OutputFormat,
+    is_network_location,
+    is_zarr_store,
+    location_name,
+    output_path,
+)
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -51,11 +58,12 @@ class ExpandedInputs:
     :class:`InputProblem` for an argument that yielded no file.
     """
 
-    items: tuple[Path | InputProblem, ...]
+    items: tuple[Path | str | InputProblem, ...]
 
     @property
-    def paths(self) -> tuple[Path, ...]:
-        return tuple(i for i in self.items if isinstance(i, Path))
+    def paths(self) -> tuple[Path | str, ...]:
+        """Files found, and network locations (``/vsicurl/…``, ``https://…``) as typed."""
+        return tuple(i for i in self.items if not isinstance(i, InputProblem))
 
     @property
     def problems(self) -> tuple[InputProblem, ...]:
@@ -69,20 +77,22 @@ def _is_input(path: Path, suffixes: frozenset[str]) -> bool:
     return (path.is_file() and path.suffix.lower() in suffixes) or is_zarr_store(path)
 
 
-def _expand_one(spec: str, suffixes: frozenset[str]) -> list[Path] | InputProblem:
+def _expand_one(spec: str, suffixes: frozenset[str]) -> list[Path | str] | InputProblem:
     listed = ", ".join(sorted(suffixes))
+    if is_network_location(spec):  # as typed (a Path would fold the // of a URL); the
+        return [spec]  # reader refuses it unless --allow-remote
     p = Path(spec).expanduser()
     if is_zarr_store(p):  # a folder, but one input
         return [p]
     if p.is_dir():
-        found = sorted(c for c in p.iterdir() if _is_input(c, suffixes))
-        return found or InputProblem(spec, f"folder holds no raster files ({listed})")
+        inside: list[Path | str] = sorted(c for c in p.iterdir() if _is_input(c, suffixes))
+        return inside or InputProblem(spec, f"folder holds no raster files ({listed})")
     if p.exists():
         return [p]
     if not _GLOB_CHARS & set(spec):
         return InputProblem(spec, "no such file or folder")
     matches = [Path(m) for m in glob.glob(os.path.expanduser(spec), recursive=True)]
-    found = sorted(m for m in matches if _is_input(m, suffixes))
+    found: list[Path | str] = sorted(m for m in matches if _is_input(m, suffixes))
     if not matches:
         return InputProblem(spec, "pattern matches nothing")
     if not found:
@@ -100,6 +110,8 @@ def expand_inputs(
     An existing file is taken as given, whatever its suffix, and so is a Zarr store
     (a folder). A folder contributes the files directly inside it whose suffix is
     in ``suffixes``, and the Zarr stores in it (not recursive).
+    A network location (``/vsicurl/…``, ``https://…``, ``s3://…``) is kept as typed:
+    the reader opens it only with ``--allow-remote``.
     Anything else containing ``*``, ``?`` or ``[`` is a glob pattern (``**``
     recurses), expanded here because quoted patterns reach us unexpanded; its
     matches are filtered like a folder's. Files reached twice (by any route) are
@@ -123,15 +135,15 @@ def expand_inputs(
     --------
     >>> expand_inputs(["tiles/", "extra/*.tif", "scene.nc"])  # doctest: +SKIP
     """
-    seen: set[Path] = set()
-    items: list[Path | InputProblem] = []
+    seen: set[Path | str] = set()
+    items: list[Path | str | InputProblem] = []
     for spec in specs:
         found = _expand_one(spec, suffixes)
         if isinstance(found, InputProblem):
             items.append(found)
             continue
         for f in found:
-            key = f.resolve()
+            key = f.resolve() if isinstance(f, Path) else f
             if key not in seen:
                 seen.add(key)
                 items.append(f)
@@ -156,9 +168,14 @@ class TileResult:
 class Job:
     """One input to classify, and the class map it becomes."""
 
-    source: Path
+    source: Path | str
     output: Path
     format: OutputFormat = "cog"
+
+    @property
+    def name(self) -> str:
+        """The input's file name, for progress bars (a URL's without its query)."""
+        return location_name(self.source).name
 
 
 def plan_outputs(
@@ -175,7 +192,7 @@ def plan_outputs(
     input already took, or an input that would be its own output.
     """
     plan: list[Job | TileResult] = []
-    taken: dict[str, Path] = {}
+    taken: dict[str, Path | str] = {}
     for item in found.items:
         if isinstance(item, InputProblem):
             plan.append(TileResult(item.spec, "failed", message=item.message))
@@ -189,7 +206,7 @@ def plan_outputs(
                 "rename one input or predict it into another --output-dir"
             )
             plan.append(TileResult(str(item), "failed", out, message=message))
-        elif out.exists() and out.resolve() == item.resolve():
+        elif isinstance(item, Path) and out.exists() and out.resolve() == item.resolve():
             message = "the output would replace this input; choose another --output-dir"
             plan.append(TileResult(str(item), "failed", out, message=message))
         else:

@@ -33,6 +33,7 @@ from georaster_cnn_cli._common import (
     CLIState,
     error_message,
     escape,
+    is_reportable,
     report_error,
     report_selected,
 )
@@ -144,7 +145,7 @@ def _one_after_another(
         if isinstance(item, TileResult):
             results.append(item)
             continue
-        progress.reset(chunks, total=None, description=escape(item.source.name), visible=True)
+        progress.reset(chunks, total=None, description=escape(item.name), visible=True)
         results.append(_predict_one(state, item, model, settings, progress, chunks))
         progress.advance(overall)
     progress.update(chunks, visible=False)
@@ -169,7 +170,7 @@ def _concurrently(
 
     def one(job: Job) -> TileResult:
         check()
-        bar = progress.add_task(escape(job.source.name), total=None)
+        bar = progress.add_task(escape(job.name), total=None)
         try:
             return _predict_one(state, job, model, settings, progress, bar, check=check)
         finally:
@@ -215,6 +216,43 @@ def _note_kept_state(exc: BaseException, plan: Sequence[Job | TileResult]) -> No
         )
 
 
+def _existing(
+    state: CLIState, job: Job, model: GeoModel, settings: TileSettings, t0: float
+) -> TileResult:
+    """An output that exists: skipped when it is the map these options make, else refused.
+
+    A map of another model, stride, ``--min-valid``, band selection or without the
+    asked probabilities is never kept as if it were this run's (:mod:`georaster_cnn.io.reuse`).
+    """
+    import georaster_cnn as gc
+    from georaster_cnn.io.reuse import differences
+
+    name = str(job.source)
+    opts = settings.options
+    try:
+        with report_warnings(state, context=name):
+            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
+        differ = differences(
+            job.output, model_checksum=model.checksum, stride=opts.stride,
+            min_valid=opts.min_valid, probabilities=settings.probabilities,
+            bands=[str(b) for b in data["band"].values],
+        )  # fmt: skip
+    except Exception as exc:
+        if not is_reportable(exc):
+            raise
+        message = error_message(exc, job.source)
+        report_error(state, message, context=name)
+        return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
+    if not differ:
+        return TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
+    message = (
+        f"{job.output} exists and was made otherwise ({'; '.join(differ)}); "
+        "--overwrite replaces it, or choose another --output-dir"
+    )
+    report_error(state, message, context=name)
+    return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
+
+
 def _predict_one(
     state: CLIState,
     job: Job,
@@ -236,8 +274,10 @@ def _predict_one(
     name = str(job.source)
     t0 = time.perf_counter()
     if output_exists(job.output) and not settings.overwrite:
-        skipped = TileResult(name, "skipped", job.output, message="output exists (--overwrite)")
-        return _add_extras(state, skipped, settings.extras, overwrite=False, t0=t0)
+        kept = _existing(state, job, model, settings, t0)
+        if kept.status == "failed":
+            return kept
+        return _add_extras(state, kept, settings.extras, overwrite=False, t0=t0)
     opts = settings.options
     distributed = check is not None
     try:

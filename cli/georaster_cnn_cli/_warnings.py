@@ -143,4 +143,18 @@ def load_model_or_exit(state: CLIState, path: Path) -> GeoModel:
         with report_warnings(state, context=str(path)):
             return gc.load_model(path)
     except (gc.GeorasterCNNError, OSError) as exc:
-        raise CLIError(f"cannot load model {path}: {error_message(exc, path)}") from exc
+        message = f"cannot load model {path}: {error_message(exc, path)}"
+        raise CLIError(message + _swapped_hint(path)) from exc
+
+
+def _swapped_hint(path: Path) -> str:
+    """A hint when MODEL names a raster, netCDF, Zarr or vector file: arguments swapped?"""
+    from georaster_cnn.io.formats import INPUT_SUFFIXES, is_vector_file, is_zarr_store
+
+    if path.suffix.lower() in INPUT_SUFFIXES or is_zarr_store(path) or is_vector_file(path):
+        return (
+            f". {path.name} looks like data, not a model: did you swap MODEL and INPUT? "
+            "The model file (.safetensors) comes first, e.g. "
+            "georaster-cnn predict model.safetensors scene.tif -o maps"
+        )
+    return ""

@@ -108,10 +108,11 @@ def _format_help() -> str:
 @min_valid_option()
 @vector_option()
 @click.option(
-    "--qml",
-    is_flag=True,
+    "--qml/--no-qml",
+    default=None,
     help="Also write a QGIS style OUTDIR/<stem>.qml (classes in their colours, named), "
-    "which QGIS applies when it opens the class map.",
+    "which QGIS applies when it opens the class map. [default: with --probabilities, "
+    "whose extra bands QGIS would otherwise show as an RGB image]",
 )
 @click.option(
     "--quicklook",
@@ -155,7 +156,7 @@ def predict(
     overwrite: bool,
     min_valid: float | None,
     vector: str | None,
-    qml: bool,
+    qml: bool | None,
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
@@ -211,7 +212,7 @@ def predict(
         overwrite=overwrite,
         bands=bands,
         open_options=open_options,
-        extras=_extras(vector, qml, quicklook),
+        extras=_extras(vector, probabilities if qml is None else qml, quicklook),
         dense=dense,
         resume=resume,
     )
@@ -221,7 +222,7 @@ def predict(
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
         results = run_tiles(state, plan, geo_model, settings, in_flight=in_flight)
     if not state.quiet:
-        _print_summary(state, results, time.perf_counter() - started)
+        _print_summary(state, results, time.perf_counter() - started, output_dir)
     if any(r.status == "failed" for r in results):
         ctx.exit(EXIT_FAILED)
 
@@ -242,24 +243,42 @@ def _plan(
     return plan
 
 
-def _print_summary(state: CLIState, results: list[TileResult], seconds: float) -> None:
-    """A table of all inputs, then one line of counts."""
+def _print_summary(
+    state: CLIState, results: list[TileResult], seconds: float, output_dir: Path
+) -> None:
+    """A table of all inputs, then one line of counts.
+
+    Paths are never wrapped (a wrapped path cannot be copied): outputs are named
+    relative to OUTDIR (the title names it), and the table is as wide as its paths
+    need, wider than the terminal if it must; only messages fold.
+    """
     if results:
-        table = Table(title="predict", title_justify="left", show_lines=False)
-        table.add_column("input", overflow="fold")
-        table.add_column("status")
-        table.add_column("output", overflow="fold")
-        table.add_column("seconds", justify="right")
-        table.add_column("message", overflow="fold")
+        table = Table(title=f"predict -> {output_dir}", title_justify="left", show_lines=False)
+        table.add_column("input", no_wrap=True)
+        table.add_column("status", no_wrap=True)
+        table.add_column("output", no_wrap=True)
+        table.add_column("seconds", justify="right", no_wrap=True)
+        table.add_column("message", overflow="fold", min_width=20)
+        rows = []
         for r in results:
+            shown = "-"
+            if r.output and r.status != "failed":
+                shown = r.output.name if r.output.parent == output_dir else str(r.output)
+            took = f"{r.seconds:.1f}" if r.status != "skipped" and r.seconds else "-"
+            rows.append((r.input, r.status, shown, took, r.message))
+        for row in rows:
             table.add_row(
-                Text(r.input),
-                Text(r.status, style=_STATUS_STYLE[r.status]),
-                Text(str(r.output) if r.output and r.status != "failed" else "-"),
-                f"{r.seconds:.1f}" if r.status != "skipped" and r.seconds else "-",
-                Text(r.message),
-            )
-        state.out.print(table)
+                Text(row[0]), Text(row[1], style=_STATUS_STYLE[row[1]]), Text(row[2]), row[3],
+                Text(row[4]),
+            )  # fmt: skip
+        heads = ("input", "status", "output", "seconds")
+        needed = 24 + sum(3 + max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(heads))
+        width = state.out.width  # rich renders at most this wide: widen it for the table
+        state.out.width = max(width, needed)
+        try:
+            state.out.print(table, crop=False)
+        finally:
+            state.out.width = width
     counts = Counter(r.status for r in results)
     line = (
         f"{counts['written']} written, {counts['skipped']} skipped, {counts['failed']} failed "

@@ -96,6 +96,8 @@ PREDICTION_ATTRS = (
     "model_checksum",
     "stride",
     "patch_size",
+    "min_valid",
+    "bands",
     "source",
 )
 
@@ -109,9 +111,20 @@ def prediction_attrs(
     stride: int,
     patch_size: int,
     source: str,
+    min_valid: float | None = None,
+    bands: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The attributes :func:`~georaster_cnn.predict` puts on its Dataset."""
+    """The attributes :func:`~georaster_cnn.predict` puts on its Dataset.
+
+    ``min_valid`` and ``bands`` (the input bands classified, by name) record the
+    options a rerun compares before it keeps an existing map
+    (:func:`georaster_cnn.io.reuse.differences`).
+    """
+    extra: dict[str, Any] = {"bands": json.dumps([str(b) for b in bands])} if bands else {}
+    if min_valid is not None:
+        extra["min_valid"] = float(min_valid)
     return {
+        **extra,
         "class_names": json.dumps(list(names)),
         "class_colors": json.dumps([list(c) for c in colors]),
         "model_arch": model_arch,
@@ -150,6 +163,8 @@ def tiff_tags(
         "MODEL_CHECKSUM": str(attrs.get("model_checksum", "")),
         "STRIDE": str(attrs.get("stride", "")),
         "PATCH_SIZE": str(attrs.get("patch_size", "")),
+        "MIN_VALID": str(attrs.get("min_valid", "")),
+        "BANDS": str(attrs.get("bands", "")),
         "SOURCE": str(attrs.get("source", "")),
         "NODATA_CLASS": str(CLASS_NODATA),
     }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,7 +43,9 @@ __all__ = [
     "default_output_format",
     "gdal_drivers",
     "input_family",
+    "is_network_location",
     "is_zarr_store",
+    "location_name",
     "output_format_for_path",
     "output_path",
     "resolve_output_format",
@@ -142,7 +145,7 @@ def input_family(path: str | os.PathLike[str]) -> InputFamily:
     """Which reader opens ``path``: ``zarr`` (a store), ``netcdf`` (by suffix) or ``gdal``."""
     if is_zarr_store(path):
         return "zarr"
-    fmt = INPUT_SUFFIXES.get(Path(path).suffix.lower())
+    fmt = INPUT_SUFFIXES.get(location_name(path).suffix.lower())
     return "gdal" if fmt is None or fmt.family == "zarr" else fmt.family
 
 
@@ -152,14 +155,41 @@ def gdal_drivers(path: str | os.PathLike[str]) -> tuple[str, ...] | None:
     ``None`` for another suffix: any GDAL raster driver except
     :data:`REFERENCING_DRIVERS`.
     """
-    return GDAL_DRIVERS.get(Path(path).suffix.lower())
+    return GDAL_DRIVERS.get(location_name(path).suffix.lower())
+
+
+# GDAL's network file systems, anywhere in a name (they chain: /vsizip//vsicurl/...),
+# and URLs (GDAL opens http://... with its HTTP driver, others take s3:// etc.).
+_NETWORK = re.compile(
+    r"/vsi(?:curl|s3|gs|az|adls|oss|swift|webhdfs|hdfs)(?:_streaming)?/|\b[a-z][a-z0-9+.-]*://",
+    re.IGNORECASE,
+)
+
+
+def is_network_location(name: str | os.PathLike[str]) -> bool:
+    """Whether ``name`` is (or goes through) a network location: ``/vsicurl/…``, ``https://…``."""
+    return bool(_NETWORK.search(os.fspath(name)))
+
+
+def location_name(name: str | os.PathLike[str]) -> Path:
+    """The file name part of an input: a path as it is; a URL without scheme, query and fragment.
+
+    ``Path("https://h/a/b.tif?sig=1")`` would fold the ``//`` and keep the query in the
+    suffix; this gives ``b.tif`` for it (and for ``/vsicurl/https://h/a/b.tif``).
+    """
+    text = os.fspath(name)
+    scheme = text.find("://")
+    if scheme < 0:  # a path, or a GDAL network file system without URL (/vsis3/bucket/key.tif)
+        return Path(text)
+    rest = text[scheme + 3 :].split("?", 1)[0].split("#", 1)[0]  # host/path
+    return Path(rest.partition("/")[2] or "input")
 
 
 def default_output_format(path: str | os.PathLike[str]) -> OutputFormat:
     """The class-map format for an input: netCDF for netCDF inputs, else COG."""
     if is_zarr_store(path):
         return INPUT_SUFFIXES[".zarr"].default_output
-    fmt = INPUT_SUFFIXES.get(Path(path).suffix.lower())
+    fmt = INPUT_SUFFIXES.get(location_name(path).suffix.lower())
     return "cog" if fmt is None else fmt.default_output
 
 
@@ -178,7 +208,7 @@ def output_path(
         Unknown ``format``.
     """
     fmt = _check_format(format) if format is not None else default_output_format(source)
-    return Path(output_dir) / (Path(source).stem + OUTPUT_FORMATS[fmt].suffix), fmt
+    return Path(output_dir) / (location_name(source).stem + OUTPUT_FORMATS[fmt].suffix), fmt
 
 
 def output_format_for_path(path: str | os.PathLike[str]) -> OutputFormat:

@@ -228,7 +228,7 @@ def predict(
     # Mask before argmax: numpy.argmax treats NaN as the maximum.
     nodata = da.isnan(probs[0])
     cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
-    return _wrap(cls, probs, data, model, grid)
+    return _wrap(cls, probs, data, model, grid, opts)
 
 
 def _probabilities(
@@ -294,7 +294,12 @@ def _use_dense(model: GeoModel, dense: bool | None) -> bool:
 
 
 def _wrap(
-    cls: da.Array, probs: da.Array, data: xr.DataArray, model: GeoModel, grid: PatchGrid
+    cls: da.Array,
+    probs: da.Array,
+    data: xr.DataArray,
+    model: GeoModel,
+    grid: PatchGrid,
+    opts: InferenceOptions,
 ) -> xr.Dataset:
     out = RasterGrid.of(data).output(stride=grid.stride)
     coords: dict[str, Any] = {
@@ -309,6 +314,8 @@ def _wrap(
         stride=grid.stride,
         patch_size=grid.patch,
         source=data.attrs.get("source", ""),
+        min_valid=opts.min_valid,
+        bands=[str(b) for b in data["band"].values],
     )
     ds = xr.Dataset(
         {

@@ -1,0 +1,125 @@
+"""A loopback HTTP file server for tests: byte ranges, a request log, injected failures.
+
+GDAL reads remote rasters (``/vsicurl/``, ``https://``) with ``HEAD`` and ranged
+``GET`` requests; Python's ``http.server`` alone answers neither ranges nor failures.
+:func:`serve` serves one folder on ``127.0.0.1`` (a free port), logs every request
+(method, path, range, bytes sent) and answers ``404`` for the paths in ``missing``.
+
+The server runs in its own process: rasterio holds the GIL while GDAL opens a
+file, so a server thread of the test process could not answer GDAL's requests.
+It never listens beyond loopback and stops when the block ends.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class Served:
+    """The running server: its base URL, and what it was asked (read from its log file)."""
+
+    url: str
+    log_file: Path
+
+    @property
+    def log(self) -> list[tuple[str, str, str, int]]:
+        """``(method, path, range header, body bytes sent)`` of every request so far."""
+        if not self.log_file.exists():
+            return []
+        lines = self.log_file.read_text().splitlines()
+        return [tuple(json.loads(line)) for line in lines if line]  # type: ignore[misc]
+
+    def bytes_sent(self) -> int:
+        return sum(n for *_, n in self.log)
+
+
+def _handler(root: Path, log_file: Path, missing: set[str]) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # quiet
+            pass
+
+        def _log(self, asked: str, sent: int) -> None:
+            with log_file.open("a") as f:
+                f.write(json.dumps([self.command, self.path, asked, sent]) + "\n")
+
+        def _file(self) -> Path | None:
+            rel = self.path.split("?", 1)[0].lstrip("/")
+            path = (root / rel).resolve()
+            if rel in missing or root not in path.parents or not path.is_file():
+                return None
+            return path
+
+        def _answer(self, body: bool) -> None:
+            path = self._file()
+            asked = self.headers.get("Range", "")
+            if path is None:
+                self._log(asked, 0)
+                self.send_error(404)
+                return
+            data = path.read_bytes()
+            start, end, status = 0, len(data) - 1, 200
+            m = _RANGE.match(asked)
+            if m and (m.group(1) or m.group(2)):
+                if m.group(1):
+                    start = int(m.group(1))
+                    end = min(int(m.group(2)), end) if m.group(2) else end
+                else:  # the last N bytes
+                    start = max(0, len(data) - int(m.group(2)))
+                status = 206
+            chunk = data[start : end + 1]
+            self.send_response(status)
+            self.send_header("Accept-Ranges", "bytes")
+            self.send_header("Content-Length", str(len(chunk)))
+            self.send_header("Content-Type", "application/octet-stream")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            self.end_headers()
+            if body:
+                self.wfile.write(chunk)
+            self._log(asked, len(chunk) if body else 0)
+
+        def do_HEAD(self) -> None:
+            self._answer(body=False)
+
+        def do_GET(self) -> None:
+            self._answer(body=True)
+
+    return Handler
+
+
+@contextmanager
+def serve(root: Path, *, missing: set[str] | None = None) -> Iterator[Served]:
+    """Serve ``root`` on a free loopback port for the block; yields the :class:`Served`."""
+    root = root.resolve()
+    log_file = root.parent / f".{root.name}.http-log.jsonl"
+    log_file.unlink(missing_ok=True)
+    args = [sys.executable, __file__, str(root), str(log_file), *sorted(missing or ())]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())  # the server says its port once it listens
+        yield Served(url=f"http://127.0.0.1:{port}", log_file=log_file)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+if __name__ == "__main__":  # the server process: ROOT LOG_FILE [MISSING ...]
+    served_root, served_log = Path(sys.argv[1]), Path(sys.argv[2])
+    handler = _handler(served_root, served_log, set(sys.argv[3:]))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
