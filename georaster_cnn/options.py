@@ -44,6 +44,7 @@ __all__ = [
     "check_patience",
     "check_positive",
     "check_stride",
+    "control_character",
     "evaluation_stride",
     "training_stride",
 ]
@@ -121,6 +122,22 @@ def check_stride(stride: Any, patch: int) -> int:
             "(windows farther apart than the patch size would skip pixels)."
         )
     return int(stride)
+
+
+#: Characters no name may hold: C0 controls, DEL, C1 controls, lone surrogates.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+#: The same, less tab and line feed: allowed in free text (e.g. a model's provenance).
+_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def control_character(text: str, *, free_text: bool = False) -> re.Match[str] | None:
+    """The first control character (or lone surrogate) of ``text``, or ``None``.
+
+    The one rule for names that reach XML (QGIS styles, GDAL sidecars), CSV reports
+    and terminals: class, band and architecture names hold none; ``free_text``
+    allows tab and line feed.
+    """
+    return (_CONTROL_IN_TEXT if free_text else _CONTROL).search(text)
 
 
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")

@@ -189,3 +189,19 @@ def test_card_at_the_limits_loads(tmp_path: Path, model: GeoModel) -> None:
     # 4096 x 4096 x 3 bands x 4 bytes = 192 MiB: allowed (the cnn's weights do not depend on p)
     path = _crafted(tmp_path, model, {**model.card(), "patch_size": MAX_PATCH_SIZE})
     assert load_model(path).patch_size == MAX_PATCH_SIZE
+
+
+def test_control_characters_in_label_class_names_are_refused_when_read() -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    from georaster_cnn.io.classmap import parse_names
+    from georaster_cnn.training.vector_labels import prepare_vector_labels
+
+    with pytest.raises(InputError, match="control character"):
+        parse_names('["water", "fo\\u001b[31mrest"]', "labels.tif")
+    gdf = gpd.GeoDataFrame(
+        {"cls": ["water", "bad\x07name"]}, geometry=[Point(0, 0), Point(1, 1)], crs="EPSG:4326"
+    )
+    with pytest.raises(InputError, match="control character"):
+        prepare_vector_labels(gdf, label_column="cls")

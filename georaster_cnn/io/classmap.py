@@ -33,6 +33,7 @@ from affine import Affine
 from georaster_cnn.errors import GeorasterCNNError, InputError, ReadError
 from georaster_cnn.io._gdal_open import open_input
 from georaster_cnn.io.formats import input_family
+from georaster_cnn.options import control_character
 
 __all__ = [
     "CLASS_NODATA",
@@ -215,6 +216,14 @@ def parse_names(text: Any, source: object) -> tuple[str, ...]:
         ) from exc
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise InputError(f"{source}: class names must be a JSON list of strings; found {text!r}")
+    for n in names:
+        bad = control_character(n)
+        if bad is not None:
+            raise InputError(
+                f"{source}: class name {n!r} holds the control character {bad.group()!r}; "
+                "names may hold none (they would corrupt QGIS styles, sidecars and reports). "
+                "Rename the class in the file's CLASS_NAMES tag or class_names attribute"
+            )
     return tuple(names)
 
 

@@ -27,6 +27,7 @@ import numpy as np
 
 from georaster_cnn.errors import ModelFileError
 from georaster_cnn.io.classmap import MAX_CLASSES
+from georaster_cnn.options import control_character
 
 _FIX = "copy or download the file again, or retrain the model"
 
@@ -92,10 +93,6 @@ def patch_size_problem(patch_size: object, in_channels: int) -> str | None:
     return None
 
 
-#: Characters no string of a card may hold: C0 controls, DEL, C1 controls, lone surrogates.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-#: The same, less tab and line feed: allowed in free text (values in hparams and provenance).
-_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 #: Card field -> the GeoModel attribute it comes from (for the fix on save).
 _ATTRIBUTES = {"bands": "band_names", "classes": "class_names", "stats": "stats"}
 _STATS_KEYS = ("count", "mean", "m2", "min", "max")
@@ -184,7 +181,7 @@ def _check_card(card: object, version: int, source: str, *, fix: str = "") -> di
 def _check_text(card: dict[str, Any], source: str, fix: str) -> None:
     """Refuse a control character (or lone surrogate) in any string of ``card``'s fields."""
     for where, text, free in _strings(card):
-        found = (_CONTROL_IN_TEXT if free else _CONTROL).search(text)
+        found = control_character(text, free_text=free)  # values of hparams/provenance: free
         if found is None:
             continue
         char, field = found.group(), re.split(r"[.\[ ]", where)[0]

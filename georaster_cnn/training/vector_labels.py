@@ -46,6 +46,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from georaster_cnn.errors import InputError
 from georaster_cnn.geometry import RasterGrid
 from georaster_cnn.io.classmap import MAX_CLASSES, invalid_class_ids
+from georaster_cnn.options import control_character
 from georaster_cnn.quiet import ignore_warnings
 from georaster_cnn.training.chipdata import chip_valid_fraction
 
@@ -201,6 +202,13 @@ def prepare_vector_labels(
         tops = [float(g[c].max()) for g, c in zip(gdfs, columns, strict=True)]
         top = max((t for t in tops if math.isfinite(t)), default=-1.0)
         names = [f"class_{i}" for i in range(max(0, int(top) + 1))]
+    for n in names:  # they become the model's class names: XML, CSV and terminal safe
+        bad = control_character(n)
+        if bad is not None:
+            raise InputError(
+                f"class name {n!r} holds the control character {bad.group()!r}; names may "
+                "hold none. Rename that class in the label column (or give class_names=)"
+            )
     out = []
     for g, c, named in zip(gdfs, columns, by_names, strict=True):
         out.append(_one(g, c, named, names))
