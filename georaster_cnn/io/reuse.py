@@ -37,7 +37,8 @@ def differences(
     path
         An existing output.
     model_checksum, stride, min_valid, probabilities
-        What the run asks for (the model's :attr:`~georaster_cnn.GeoModel.checksum`).
+        What the run asks for (the model's :attr:`~georaster_cnn.GeoModel.checksum`). A
+        map with probabilities serves a run that does not ask for them.
     bands
         The input bands the run classifies, by name; ``None``: not compared.
 
@@ -65,9 +66,8 @@ def differences(
         same_valid = False
     if not same_valid:
         out.append(f"min_valid {attrs.get('min_valid') or 'unrecorded'}, asked {min_valid:g}")
-    if found.has_probabilities != probabilities:
-        have = "with" if found.has_probabilities else "without"
-        out.append(f"{have} probabilities, asked {'with' if probabilities else 'without'}")
+    if probabilities and not found.has_probabilities:  # more than asked is no harm
+        out.append("without probabilities, asked with")
     if bands is not None:
         try:
             recorded_bands = [str(b) for b in json.loads(attrs.get("bands", ""))]
