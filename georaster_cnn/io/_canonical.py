@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,6 +59,21 @@ def _root_message(exc: BaseException) -> str:
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _on_worker() -> str:
+    """``" on worker ADDRESS"`` inside a Dask ``distributed`` worker, else ``""``.
+
+    Read errors say where the read ran: on a cluster, a worker may see another file,
+    or none, under the same path.
+    """
+    distributed = sys.modules.get("distributed")  # not imported: not in a worker
+    if distributed is None:
+        return ""
+    try:
+        return f" on worker {distributed.get_worker().address}"
+    except (ValueError, AttributeError):  # ValueError: not inside a worker
+        return ""
 
 
 def _auto_chunk(n: int, block: int, target: int = BLOCK_PX) -> int:
@@ -202,8 +218,9 @@ def _check_chunk_bytes(
         )
 
 
-def _check_band_count(source: Path | str, n_bands: int, height: int, width: int) -> None:
-    """Refuse a stack of more than :data:`MAX_BANDS` bands, or above ``max_pixels``, early.
+def _check_band_count(source: Path | str, n_bands: int, grid: tuple[int, int] | None) -> None:
+    """Refuse more than :data:`MAX_BANDS` bands, or (with the ``(height, width)`` grid)
+    more than ``max_pixels`` pixel values, early.
 
     Called with the stacked band count before a band is built, so that a stack over
     a million time steps is refused at once instead of after minutes of graph building.
@@ -215,7 +232,8 @@ def _check_band_count(source: Path | str, n_bands: int, height: int, width: int)
             "select= one value, choose variables= or bands=, or subset the dataset first "
             "(e.g. ds.isel(time=slice(0, 100)))"
         )
-    _check_size(source, n_bands, height, width)
+    if grid is not None:
+        _check_size(source, n_bands, *grid)
 
 
 def _check_layers(layers: Sequence[tuple[str, str, xr.DataArray]], source: Path | str) -> None:
