@@ -22,7 +22,7 @@ from geo import NORTH_UP
 
 import georaster_cnn as gc
 from georaster_cnn.errors import DataRangeWarning, InputError, NodataWarning
-from georaster_cnn.io._canonical import as_canonical
+from georaster_cnn.io._user_arrays import as_canonical
 
 MakeRaster = Callable[..., Path]
 MakeModel = Callable[..., gc.GeoModel]

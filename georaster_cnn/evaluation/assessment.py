@@ -36,7 +36,7 @@ from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError
 from georaster_cnn.evaluation.report import EvaluationReport, confusion_matrix
 from georaster_cnn.geometry import PatchGrid
-from georaster_cnn.io._canonical import as_canonical
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA
 from georaster_cnn.model._inference import Classifier
 from georaster_cnn.model.modelfile import GeoModel

@@ -29,7 +29,8 @@ from georaster_cnn.chips import (
 from georaster_cnn.cluster._shipping import ship_to_active_client
 from georaster_cnn.errors import BandMismatchError, DataRangeWarning, InputError
 from georaster_cnn.geometry import PatchGrid, RasterGrid
-from georaster_cnn.io._canonical import BandSelector, as_canonical
+from georaster_cnn.io._canonical import BandSelector
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_attrs
 from georaster_cnn.model._dense import classify_block_dense, dense_block_cells
 from georaster_cnn.model._inference import Classifier
@@ -169,7 +170,7 @@ def predict(
         A ``(band, y, x)`` array: from :func:`~georaster_cnn.open_raster`, or any
         DataArray with those dims (``rioxarray.open_rasterio``, in memory, any dtype
         and chunking), made canonical first by
-        :func:`~georaster_cnn.io._canonical.as_canonical`: declared nodata values
+        :func:`~georaster_cnn.io._user_arrays.as_canonical`: declared nodata values
         (``.rio.nodata``, ``.rio.encoded_nodata``, ``_FillValue``) and +-inf become
         NaN, integers become ``float32``, bands one chunk.
     model

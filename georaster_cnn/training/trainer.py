@@ -41,7 +41,7 @@ import xarray as xr
 
 from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError, TrainingError
-from georaster_cnn.io._canonical import as_canonical
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import default_colors
 from georaster_cnn.model.architectures import check_arch
 from georaster_cnn.model.modelfile import GeoModel
