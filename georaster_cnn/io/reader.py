@@ -17,8 +17,14 @@ Inputs are opened on purpose: a GDAL file only by the driver its suffix names (a
 ``.tif`` is a GeoTIFF, never a VRT in disguise; another suffix: any raster driver
 except VRT and others that read files by reference); a ``.vrt`` is checked before
 GDAL opens it (local rasters only: no raw files, no network sources unless
-``allow_remote``); nothing is read from the network by default. The declared size is
+``allow_remote``); nothing is read from the network by default. The declared size
+(``max_pixels``, stacked bands included, :data:`~georaster_cnn.io._canonical.MAX_BANDS`)
+and the stored chunks (:data:`~georaster_cnn.io._canonical.MAX_CHUNK_BYTES`) are
 checked before any pixel is read.
+
+Local files are read by their absolute path, so the graph names the same file on
+every Dask worker, whatever its working folder; a read that fails says on which
+worker and why (the OS's reason, or GDAL's).
 """
 
 from __future__ import annotations
@@ -106,7 +112,8 @@ def open_raster(
         a band (``<variable>@<date>`` for time axes, else ``<variable>@<dim>=<value>``).
     max_pixels
         The largest declared size accepted, in pixel values (height x width x
-        selected bands); default 2**36. Larger rasters are refused before reading.
+        selected bands, stacked bands included); default 2**36. Larger rasters are
+        refused before reading.
     allow_remote
         Allow network locations (``/vsicurl/``, ``/vsis3/``, ``https://`` ...) as
         the input (GDAL rasters other than VRT) and as sources of a local ``.vrt``.
@@ -115,16 +122,22 @@ def open_raster(
     -------
     xarray.DataArray
         Lazy array with ``.rio.crs`` (``None`` when the file has none),
-        ``.rio.transform()``, a ``band`` coordinate of names and attrs ``source``,
-        ``source_dtype``, ``source_nodata`` (and ``selected``: the values picked).
+        ``.rio.transform()``, a ``band`` coordinate of names and attrs ``source``
+        (the path as given), ``source_dtype``, ``source_nodata`` (and ``selected``:
+        the values picked). Its reads use the absolute path of a local input.
 
     Raises
     ------
     ReadError
-        The file does not exist, is not a regular file (a device, FIFO), is not in
-        the format its suffix names, or cannot be opened.
+        The file does not exist, is not a regular file (a device, FIFO), cannot be
+        opened (the OS's reason, e.g. "Permission denied"), is not in the format its
+        suffix names. While computing: a block that cannot be read (the file, the
+        window, the worker on a cluster, and the cause).
     InputError
-        A declared size above ``max_pixels``; complex bands (convert them first); a
+        A declared size above ``max_pixels``; stored chunks (GDAL blocks, Zarr or
+        netCDF chunks) above ``MAX_CHUNK_BYTES`` (512 MiB; re-save with smaller
+        chunks); more than ``MAX_BANDS`` (10,000) bands from ``stack=``; complex
+        bands (convert them first); a
         VRT with raw bands, Python pixel functions or refused sources; a network
         location without ``allow_remote``; bad band/variable selection; netCDF
         options given for a GDAL raster; a netCDF/Zarr grid that is not regular
@@ -152,12 +165,28 @@ def open_raster(
     if is_remote(name):  # before Path(), which would fold the // of a URL
         _check_remote(name, opts, allow_remote=allow_remote)
         return _open_gdal(name, bands, chunks, max_pixels=max_pixels, allow_remote=True)
-    p = Path(name)
+    return _open_local(
+        Path(name), bands, chunks, opts, max_pixels=max_pixels, allow_remote=allow_remote
+    )
+
+
+def _open_local(
+    p: Path,
+    bands: BandSelector,
+    chunks: Chunks,
+    opts: dict[str, Any],
+    *,
+    max_pixels: int,
+    allow_remote: bool,
+) -> xr.DataArray:
+    """:func:`open_raster` of one local file or store, read by its absolute path.
+
+    What is sent to Dask workers must name the same file wherever their working
+    folder is; messages and ``attrs["source"]`` keep the name the user gave.
+    """
     if not p.exists():
         raise ReadError(f"{p}: no such file")
     _check_regular(p)
-    # Read by its absolute path: what is sent to Dask workers must name the same file
-    # wherever their working folder is. Messages and attrs["source"] keep the user's name.
     where = p.absolute()
     family = input_family(p)
     if family in ("zarr", "netcdf"):
