@@ -113,6 +113,7 @@ def test_canonical_form_of_a_rioxarray_array() -> None:
     assert list(arr["band"].values) == list(ref["band"].values)  # from the descriptions
     np.testing.assert_array_equal(arr.values, ref.values)  # NaN where the file says nodata
     assert arr.attrs["source_dtype"] == "float32" and arr.attrs["source_nodata"] == -9999
+    assert arr.attrs["source"] == str(SCENE)  # from rioxarray's encoding: messages name the file
     assert "_FillValue" not in arr.attrs and "_FillValue" not in arr.encoding
     assert arr.rio.crs == ref.rio.crs and arr.rio.transform() == ref.rio.transform()
 

@@ -70,8 +70,9 @@ def as_canonical(data: xr.DataArray, *, bands: BandSelector = None) -> xr.DataAr
         coordinates (rioxarray's 1-based band numbers) become the band descriptions
         of a ``long_name`` tuple, else ``band_<n>``; no coordinate: ``band_1 ...``.
         ``attrs["source_dtype"]`` and ``attrs["source_nodata"]`` record the original
-        dtype and nodata value (unless already set); the nodata declarations are
-        removed (the nodata is NaN now).
+        dtype and nodata value, ``attrs["source"]`` the file named in the encoding
+        (unless already set); the nodata declarations are removed (the nodata is NaN
+        now).
 
     Raises
     ------
@@ -95,7 +96,8 @@ def as_canonical(data: xr.DataArray, *, bands: BandSelector = None) -> xr.DataAr
             f"expected dims (band, y, x); found {data.dims}. Rename them "
             "(data.rename({...})) or add a band axis (data.expand_dims('band'))"
         )
-    source = str(data.attrs.get("source") or "the input array")
+    # rioxarray and xarray keep the file's name in the encoding
+    source = str(data.attrs.get("source") or data.encoding.get("source") or "the input array")
     names = _band_names(data)
     _check_dtypes(source, dict.fromkeys(names, str(data.dtype)))
     nodata = _declared_nodata(data, source)  # first: rio.set_nodata lives on this object only
@@ -121,6 +123,8 @@ def as_canonical(data: xr.DataArray, *, bands: BandSelector = None) -> xr.DataAr
     for key in _NODATA_ATTRS:
         result.attrs.pop(key, None)
     result.attrs.setdefault("source_dtype", _source_dtype(data))
+    if data.encoding.get("source"):
+        result.attrs.setdefault("source", str(data.encoding["source"]))
     if "source_nodata" not in result.attrs:
         first = next((float(v[np.isfinite(v)][0]) for v in nodata), None)
         result.attrs["source_nodata"] = first
