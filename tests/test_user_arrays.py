@@ -171,6 +171,9 @@ def test_other_declarations_and_invalid_floats() -> None:
     np.testing.assert_array_equal(
         per_band, [[[1, np.nan], [np.nan, np.nan]], [[-1, 2], [np.nan, np.nan]]]
     )
+    only_first = as_canonical(arr.assign_attrs(nodatavals=(-1.0, np.nan)), bands=[2])
+    np.testing.assert_array_equal(only_first.values, [[[-1, 2], [3, np.nan]]])  # band 2 had none
+    assert only_first.attrs["source_nodata"] is None
     with pytest.raises(InputError, match="3 nodata values for 2 band"):
         as_canonical(arr.assign_attrs(nodatavals=(-1.0, 3.0, 4.0)))
     set_only = arr.copy()

@@ -106,7 +106,7 @@ def as_canonical(data: xr.DataArray, *, bands: BandSelector = None) -> xr.DataAr
         keep = _select(names, bands, source)
         data = data.isel(band=keep)
         names = [names[i] for i in keep]
-        nodata = [v[keep] for v in nodata]
+        nodata = [v[keep] for v in nodata if np.isfinite(v[keep]).any()]
     arr = data.data
     if (
         isinstance(arr, da.Array)
