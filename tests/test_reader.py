@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -515,7 +516,8 @@ def test_relative_path_is_read_as_the_same_file_from_any_folder(
 
         reader = _WINDOWED[data.data.name]
         assert Path(reader.path).is_absolute()  # type: ignore[attr-defined]
-        assert pickle.loads(pickle.dumps(reader)).path == str(tmp_path / "here" / name)  # type: ignore[attr-defined]
+        unpickled: Any = pickle.loads(pickle.dumps(reader))
+        assert unpickled.path == str(tmp_path / "here" / name)
 
 
 def test_relative_paths_of_several_netcdf_files(
@@ -561,6 +563,26 @@ def test_unreadable_file_names_the_real_cause(tmp_path: Path, make_raster: MakeR
             open_raster(path)
     finally:
         path.chmod(0o644)
+
+
+def test_the_os_reason_reaches_the_message(
+    tmp_path: Path, make_raster: MakeRaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the OS says when the file cannot be opened is what the ReadError says
+    (the test above cannot deny root a read; here the OS is told to)."""
+    path = make_raster(tmp_path, "denied.tif", height=12, width=10)
+    data = open_raster(path)
+    real_open = os.open
+
+    def denying(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(name) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(name, flags, *args, **kwargs)
+
+    path.unlink()  # GDAL fails; the check of why then hears "Permission denied"
+    monkeypatch.setattr(os, "open", denying)
+    with pytest.raises(ReadError, match=r"denied\.tif: cannot read pixels .*\(Permission denied\)"):
+        data.compute()
 
 
 @pytest.mark.parametrize("name", ["gone.nc", "gone.zarr"])

@@ -246,9 +246,10 @@ def _check_layers(layers: Sequence[tuple[str, str, xr.DataArray]], source: Path 
         _check_size(source, len(layers), int(height), int(width))
 
 
-#: Dask names of canonical arrays as a reader or :func:`~georaster_cnn.io._user_arrays.as_canonical` made them: such
-#: an array needs no conversion (any operation on a Dask array changes its name, so a
-#: hit means the array is untouched). Bounded: the oldest names are forgotten first.
+#: Dask names of canonical arrays as a reader or
+#: :func:`~georaster_cnn.io._user_arrays.as_canonical` made them: such an array needs
+#: no conversion (any operation on a Dask array changes its name, so a hit means the
+#: array is untouched). Bounded: the oldest names are forgotten first.
 _MADE: OrderedDict[str, None] = OrderedDict()
 _MADE_MAX = 1024
 

@@ -41,7 +41,7 @@ _NODATA_ENCODING = ("_FillValue", "missing_value")
 
 
 def as_canonical(data: xr.DataArray, *, bands: BandSelector = None) -> xr.DataArray:
-    """Any ``(band, y, x)`` DataArray as the canonical object; the arrays of the readers as they are.
+    """Any ``(band, y, x)`` DataArray as the canonical object (the readers' arrays as they are).
 
     ``predict``, ``evaluate`` and ``train`` pass their inputs through here, so an
     array opened by ``rioxarray.open_rasterio`` (``masked=False``), given a nodata

@@ -97,9 +97,10 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
     generic = [f"band_{i + 1}" for i in range(len(names))]
     if names != list(model.band_names) and generic not in (names, list(model.band_names)):
         if set(names) == set(model.band_names):
+            order = ", ".join(model.band_names)
             hint = ", ".join(repr(n) for n in model.band_names)
             advice = (
-                f"the same bands in another order than the model's ({', '.join(model.band_names)}); "
+                f"the same bands in another order than the model's ({order}); "
                 f"put them in the model's order with bands=[{hint}]"
             )
         else:
