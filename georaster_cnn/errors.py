@@ -12,6 +12,7 @@ __all__ = [
     "GeorasterCNNError",
     "InputError",
     "ModelFileError",
+    "NodataWarning",
     "OutputExistsError",
     "ReadError",
     "TrainingError",
@@ -53,3 +54,7 @@ class DataRangeWarning(UserWarning):
 
 class ValidationWarning(UserWarning):
     """A training run's validation set says little: tiny, or missing a class training has."""
+
+
+class NodataWarning(DataRangeWarning):
+    """A declared nodata value cannot occur in the data (outside its type's range): nothing is masked by it."""

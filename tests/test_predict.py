@@ -8,6 +8,8 @@ float32, so class maps can be compared exactly with the brute-force reference.
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -296,6 +298,60 @@ def test_band_mismatch_names_bands_and_file(
     for token in ("3", "B02", "B03", "B04", "two.tif", "2"):
         assert token in msg
     assert isinstance(info.value, InputError) and isinstance(info.value, ValueError)
+
+
+def test_bands_selects_by_name_or_number(
+    tmp_path: Path,
+    make_raster: MakeRaster,
+    make_model: MakeModel,
+    int_values: Callable[..., np.ndarray],
+) -> None:
+    """predict(bands=) picks bands like open_raster(bands=): names or 1-based numbers, in order."""
+    vals = int_values((3, 40, 40), 7)
+    path = make_raster(
+        tmp_path, "three.tif", height=40, width=40, count=3, values=vals,
+        descriptions=["B02", "B03", "B04"],
+    )  # fmt: skip
+    model = make_model(2, band_names=("B04", "B02"), patch_size=8)
+    want = predict(open_raster(path, bands=["B04", "B02"]), model, stride=4)["class"].values
+    for sel in (["B04", "B02"], [3, 1], ["B04", 1], ["3", "B02"]):
+        got = predict(open_raster(path), model, bands=sel, stride=4)["class"].values
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(InputError, match="no band named 'B08'"):
+        predict(open_raster(path), model, bands=["B08", "B02"])
+    with pytest.raises(InputError, match="band 4 does not exist"):
+        predict(open_raster(path), model, bands=[4, 1])
+    with pytest.raises(BandMismatchError, match="Select bands with bands="):
+        predict(open_raster(path), model)  # three bands for a two-band model
+
+
+def test_band_order_warning_gives_advice_that_works(
+    tmp_path: Path,
+    make_raster: MakeRaster,
+    make_model: MakeModel,
+    int_values: Callable[..., np.ndarray],
+) -> None:
+    vals = int_values((2, 40, 40), 8)
+    path = make_raster(
+        tmp_path, "swapped.tif", height=40, width=40, count=2, values=vals[::-1],
+        descriptions=["B03", "B02"],
+    )  # fmt: skip
+    model = make_model(2, band_names=("B02", "B03"), patch_size=8)
+    with pytest.warns(DataRangeWarning, match="another order") as record:
+        predict(open_raster(path), model, stride=4)
+    advice = re.search(r"bands=(\[[^\]]*\])", str(record[0].message))
+    assert advice is not None and advice.group(1) == "['B02', 'B03']"
+    bands = ast.literal_eval(advice.group(1))  # the advice is Python that works as given
+    got = predict(open_raster(path), model, bands=bands, stride=4)["class"].values  # quiet
+    ordered = make_raster(
+        tmp_path, "ordered.tif", height=40, width=40, count=2, values=vals,
+        descriptions=["B02", "B03"],
+    )  # fmt: skip
+    want = predict(open_raster(ordered), model, stride=4)["class"].values
+    np.testing.assert_array_equal(got, want)
+    other = make_model(2, band_names=("red", "nir"), patch_size=8)
+    with pytest.warns(DataRangeWarning, match=r"other band names.*bands=\[\.\.\.\]"):
+        predict(open_raster(path), other, stride=4)
 
 
 def test_far_off_value_range_warns(

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -470,3 +471,155 @@ def test_other_gdal_formats(
     assert arr.rio.crs == ref.rio.crs
     assert arr.rio.transform() == ref.rio.transform()
     np.testing.assert_array_equal(arr.values, ref.values)
+
+
+# --------------------------------------------------------------------------- paths sent to workers
+
+
+def _scene_file(path: Path, seed: int, make_raster: MakeRaster) -> np.ndarray:
+    """A small raster at ``path`` (GeoTIFF, netCDF or Zarr by its suffix); its values."""
+    values = np.random.default_rng(seed).random((1, 12, 10)).astype("float32")
+    if path.suffix == ".tif":
+        make_raster(path.parent, path.name, height=12, width=10, values=values)
+        return values
+    coords = {
+        "y": 4_600_000.0 - 30.0 * (np.arange(12) + 0.5),
+        "x": 500_000.0 + 30.0 * np.arange(10),
+    }
+    ds = xr.Dataset({"v": (("y", "x"), values[0])}, coords=coords)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".nc":
+        ds.to_netcdf(path)
+    else:
+        ds.to_zarr(path, zarr_format=3, consolidated=False)
+    return values
+
+
+@pytest.mark.parametrize("name", ["scene.tif", "scene.nc", "scene.zarr"])
+def test_relative_path_is_read_as_the_same_file_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_raster: MakeRaster, name: str
+) -> None:
+    """What the graph sends to a worker names the file absolutely: a worker whose working
+    folder holds another raster under the same relative name still reads this one."""
+    import pickle
+
+    here = _scene_file(tmp_path / "here" / name, 1, make_raster)
+    _scene_file(tmp_path / "elsewhere" / name, 2, make_raster)  # same name, other values
+    monkeypatch.chdir(tmp_path / "here")
+    data = open_raster(name)
+    assert data.attrs["source"] == name  # messages and provenance keep the user's name
+    sent = pickle.dumps(data.data)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    np.testing.assert_array_equal(pickle.loads(sent).compute(), here)
+    if name.endswith(".tif"):
+        from georaster_cnn.chips import _WINDOWED
+
+        reader = _WINDOWED[data.data.name]
+        assert Path(reader.path).is_absolute()  # type: ignore[attr-defined]
+        unpickled: Any = pickle.loads(pickle.dumps(reader))
+        assert unpickled.path == str(tmp_path / "here" / name)
+
+
+def test_relative_paths_of_several_netcdf_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_raster: MakeRaster
+) -> None:
+    import pickle
+
+    first = _scene_file(tmp_path / "here" / "a.nc", 1, make_raster)
+    _scene_file(tmp_path / "elsewhere" / "a.nc", 2, make_raster)
+    monkeypatch.chdir(tmp_path / "here")
+    data = open_raster(["a.nc"])
+    sent = pickle.dumps(data.data)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    np.testing.assert_array_equal(pickle.loads(sent).compute(), first)
+
+
+def test_file_deleted_after_open_names_the_real_cause(
+    tmp_path: Path, make_raster: MakeRaster
+) -> None:
+    path = make_raster(tmp_path, "gone.tif", height=12, width=10)
+    data = open_raster(path)
+    path.unlink()
+    with pytest.raises(ReadError) as info:
+        data.compute()
+    msg = str(info.value)
+    assert "No such file or directory" in msg and "gone.tif" in msg
+    assert "not a raster GDAL can open" not in msg and "made unreadable after it was opened" in msg
+    assert " on worker " not in msg  # read here, not on a worker
+
+
+def test_unreadable_file_names_the_real_cause(tmp_path: Path, make_raster: MakeRaster) -> None:
+    path = make_raster(tmp_path, "locked.tif", height=12, width=10)
+    data = open_raster(path)
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user who reads any file (root)")
+        with pytest.raises(ReadError, match="Permission denied"):
+            data.compute()
+        with pytest.raises(
+            ReadError, match=r"locked\.tif: cannot open the file \(Permission denied\)"
+        ):
+            open_raster(path)
+    finally:
+        path.chmod(0o644)
+
+
+def test_the_os_reason_reaches_the_message(
+    tmp_path: Path, make_raster: MakeRaster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever the OS says when the file cannot be opened is what the ReadError says
+    (the test above cannot deny root a read; here the OS is told to)."""
+    path = make_raster(tmp_path, "denied.tif", height=12, width=10)
+    data = open_raster(path)
+    real_open = os.open
+
+    def denying(name: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(name) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(name, flags, *args, **kwargs)
+
+    path.unlink()  # GDAL fails; the check of why then hears "Permission denied"
+    monkeypatch.setattr(os, "open", denying)
+    with pytest.raises(ReadError, match=r"denied\.tif: cannot read pixels .*\(Permission denied\)"):
+        data.compute()
+
+
+@pytest.mark.parametrize("name", ["gone.nc", "gone.zarr"])
+def test_netcdf_or_zarr_deleted_after_open_names_the_real_cause(
+    tmp_path: Path, make_raster: MakeRaster, name: str
+) -> None:
+    """As a worker process that opens the input afresh sees it. A Zarr store would read
+    as all nodata (zarr fills missing chunks) without the check of its root metadata."""
+    import shutil
+
+    path = tmp_path / name
+    _scene_file(path, 1, make_raster)
+    data = open_raster(path)
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+        xr.backends.file_manager.FILE_CACHE.clear()  # no file open yet, as on a fresh worker
+    with pytest.raises(
+        ReadError, match=rf"{name}.*No such file or directory.*made unreadable after it was opened"
+    ):
+        data.compute()
+
+
+def test_a_worker_that_cannot_read_names_itself(tmp_path: Path, make_raster: MakeRaster) -> None:
+    distributed = pytest.importorskip("distributed")
+    path = make_raster(tmp_path, "gone.tif", height=12, width=10)
+    data = open_raster(path)
+    path.unlink()
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+    ):
+        address = next(iter(client.scheduler_info()["workers"]))
+        with pytest.raises(ReadError) as info:
+            client.compute(data.data).result()
+    msg = str(info.value)
+    assert f"on worker {address}" in msg and "No such file or directory" in msg

@@ -36,6 +36,7 @@ from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError
 from georaster_cnn.evaluation.report import EvaluationReport, confusion_matrix
 from georaster_cnn.geometry import PatchGrid
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA
 from georaster_cnn.model._inference import Classifier
 from georaster_cnn.model.modelfile import GeoModel
@@ -301,7 +302,7 @@ def evaluate(
     >>> evaluate(open_raster("scene.tif"), model, points, label_column="class")  # doctest: +SKIP
     >>> evaluate(rasters, model, label_rasters, scheduler="tcp://10.0.0.5:8786")  # doctest: +SKIP
     """
-    datas = [data] if isinstance(data, xr.DataArray) else list(data)
+    datas = [as_canonical(d) for d in ([data] if isinstance(data, xr.DataArray) else data)]
     if not datas:
         raise InputError("no raster to evaluate on")
     opts = InferenceOptions.resolve(

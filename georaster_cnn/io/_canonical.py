@@ -1,8 +1,13 @@
 """Shared by the readers: chunk sizes, band selection, checks before reading, the canonical array.
 
-The checks before reading (:func:`_check_size`, :func:`_check_dtypes`) look only at
-what a file declares (shape, data type), so an oversized or complex raster is
-refused before any pixel is read.
+The checks before reading (:func:`_check_size`, :func:`_check_dtypes`,
+:func:`_check_chunk_bytes`) look only at what a file declares (shape, data type,
+storage chunks), so an oversized, complex or hugely chunked raster is refused
+before any pixel is read.
+
+Arrays the user made (``rioxarray``, ``xarray``, NumPy) become canonical in
+:mod:`georaster_cnn.io._user_arrays`; the arrays the readers make are remembered
+here (:func:`_remember`), so that they pass there untouched.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from pathlib import Path
@@ -33,11 +40,38 @@ BandSelector = Sequence[int | str] | None
 Chunks = int | tuple[int, int] | str
 
 
+#: The most bytes of one chunk a reader hands to a Dask task: a stored chunk (a
+#: Zarr/netCDF chunk, a GDAL block) is decoded whole to read any of its pixels.
+#: Larger ones are refused before any read (a 32000 x 32000 chunk compresses to a
+#: few MB on disk, yet takes 4 GB to decode). Change it here if you must; better
+#: re-save the data with smaller chunks.
+MAX_CHUNK_BYTES = 512 * 2**20
+
+#: The most bands a netCDF/Zarr input may become (``stack=`` over a long axis):
+#: every band is a node of the Dask graph, built before any read.
+MAX_BANDS = 10_000
+
+
 def _root_message(exc: BaseException) -> str:
     """GDAL's own message: rasterio wraps it as "Read failed. See previous exception"."""
     while exc.__cause__ is not None or exc.__context__ is not None:
         exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _on_worker() -> str:
+    """``" on worker ADDRESS"`` inside a Dask ``distributed`` worker, else ``""``.
+
+    Read errors say where the read ran: on a cluster, a worker may see another file,
+    or none, under the same path.
+    """
+    distributed = sys.modules.get("distributed")  # not imported: not in a worker
+    if distributed is None:
+        return ""
+    try:
+        return f" on worker {distributed.get_worker().address}"
+    except (ValueError, AttributeError):  # ValueError: not inside a worker
+        return ""
 
 
 def _auto_chunk(n: int, block: int, target: int = BLOCK_PX) -> int:
@@ -156,6 +190,50 @@ def _check_dtypes(source: Path | str, dtypes: Mapping[str, str]) -> None:
     )
 
 
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+def _check_chunk_bytes(
+    source: Path | str, what: str, shape: Sequence[int], itemsize: int, *, fix: str
+) -> None:
+    """Refuse a chunk (of ``shape`` values of ``itemsize`` bytes) above :data:`MAX_CHUNK_BYTES`.
+
+    ``what`` names the chunk in the message (``"variable 'v' is stored in chunks"``);
+    ``fix`` says how to get smaller ones.
+    """
+    nbytes = math.prod(int(n) for n in shape) * int(itemsize)
+    if nbytes > MAX_CHUNK_BYTES:
+        dims = " x ".join(f"{int(n):,}" for n in shape)
+        raise InputError(
+            f"{source}: {what} of {dims} values ({_fmt_bytes(nbytes)} each), more than one "
+            f"task may hold (MAX_CHUNK_BYTES = {_fmt_bytes(MAX_CHUNK_BYTES)} in "
+            f"georaster_cnn.io._canonical); nothing was read. {fix}"
+        )
+
+
+def _check_band_count(source: Path | str, n_bands: int, grid: tuple[int, int] | None) -> None:
+    """Refuse more than :data:`MAX_BANDS` bands, or (with the ``(height, width)`` grid)
+    more than ``max_pixels`` pixel values, early.
+
+    Called with the stacked band count before a band is built, so that a stack over
+    a million time steps is refused at once instead of after minutes of graph building.
+    """
+    if n_bands > MAX_BANDS:
+        raise InputError(
+            f"{source}: {n_bands:,} bands, more than the {MAX_BANDS:,} a raster may have "
+            "(MAX_BANDS in georaster_cnn.io._canonical); nothing was read. Stack fewer steps: "
+            "select= one value, choose variables= or bands=, or subset the dataset first "
+            "(e.g. ds.isel(time=slice(0, 100)))"
+        )
+    if grid is not None:
+        _check_size(source, n_bands, *grid)
+
+
 def _check_layers(layers: Sequence[tuple[str, str, xr.DataArray]], source: Path | str) -> None:
     """The xarray path's checks before reading: complex variables, declared size.
 
@@ -166,6 +244,21 @@ def _check_layers(layers: Sequence[tuple[str, str, xr.DataArray]], source: Path 
     if layers:
         height, width = layers[0][2].shape[-2:]
         _check_size(source, len(layers), int(height), int(width))
+
+
+#: Dask names of canonical arrays as a reader or
+#: :func:`~georaster_cnn.io._user_arrays.as_canonical` made them: such an array needs
+#: no conversion (any operation on a Dask array changes its name, so a hit means the
+#: array is untouched). Bounded: the oldest names are forgotten first.
+_MADE: OrderedDict[str, None] = OrderedDict()
+_MADE_MAX = 1024
+
+
+def _remember(data: da.Array) -> None:
+    _MADE[data.name] = None
+    _MADE.move_to_end(data.name)
+    while len(_MADE) > _MADE_MAX:
+        _MADE.popitem(last=False)
 
 
 def _canonical(
@@ -190,4 +283,5 @@ def _canonical(
         out = out.rio.write_crs(crs)
     out = out.rio.write_nodata(np.nan, encoded=False)
     out.attrs.pop("_FillValue", None)
+    _remember(data)
     return out

@@ -30,7 +30,7 @@ from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.io.formats import GDAL_DRIVERS, REFERENCING_DRIVERS, gdal_drivers
 from georaster_cnn.quiet import ignore_warnings
 
-__all__ = ["check_vrt", "input_drivers", "is_remote", "open_input"]
+__all__ = ["check_vrt", "input_drivers", "is_remote", "open_input", "unreadable"]
 
 #: A VRT larger than this is not parsed (nor opened).
 MAX_VRT_BYTES = 16 * 2**20
@@ -103,7 +103,9 @@ def open_input(
         A network location without ``allow_remote``; a VRT that references what is
         refused (see :func:`check_vrt`).
     ReadError
-        The file is not in the format its suffix names, or not a raster at all.
+        The file cannot be opened (the OS's reason: "No such file or directory",
+        "Permission denied"), is not in the format its suffix names, or is not a
+        raster at all.
     """
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
@@ -130,7 +132,29 @@ def open_input(
     except RasterioIOError as exc:
         if remote:
             raise
+        why = unreadable(name)
+        if why is not None:  # the OS's reason, not a guess about the format
+            raise ReadError(f"{name}: cannot open the file ({why})") from exc
         raise _wrong_format(name, drivers, exc) from exc
+
+
+def unreadable(name: str) -> str | None:
+    """Why the local file ``name`` cannot be opened, in the OS's words; ``None`` if it can.
+
+    ``None`` too for what is not a plain local path (``/vsi...`` names, driver-prefixed
+    names, network locations): GDAL's own message says more there. Never blocks (a FIFO
+    is opened without waiting for a writer).
+    """
+    if name.startswith("/vsi") or _PREFIXED.match(name) or is_remote(name):
+        return None
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:
+        return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    return None
 
 
 def _reader(name: str, drivers: list[str]) -> Any:

@@ -33,7 +33,10 @@ from georaster_cnn.io._canonical import (
     BandSelector,
     Chunks,
     _canonical,
+    _check_band_count,
+    _check_chunk_bytes,
     _check_layers,
+    _on_worker,
     _resolve_chunks,
     _root_message,
     _select,
@@ -54,21 +57,44 @@ def _detail(exc: BaseException) -> str:
 
 
 def _guarded_getter(
-    a: Any, b: Any, asarray: bool = True, lock: Any = None, *, source: str, variable: str
+    a: Any,
+    b: Any,
+    asarray: bool = True,
+    lock: Any = None,
+    *,
+    source: str,
+    variable: str,
+    marker: str | None = None,
 ) -> Any:
-    """Dask's ``getter``, with a failing read raised as :class:`ReadError` (file and variable)."""
+    """Dask's ``getter``, with a failing read raised as :class:`ReadError` (file and variable).
+
+    ``marker``: a Zarr store's root metadata file. Zarr reads a missing chunk as the
+    fill value, so a store that is gone (deleted, or not visible on this worker) would
+    read as all nodata; its missing root metadata says so.
+    """
     try:
-        return getter(a, b, asarray=asarray, lock=lock)
+        out = getter(a, b, asarray=asarray, lock=lock)
+        if marker is not None and not os.path.exists(marker):
+            raise FileNotFoundError(2, "No such file or directory", marker)
+        return out
     except (ReadError, MemoryError):
         raise
     except Exception as exc:  # netCDF4/HDF5/zarr/codecs raise assorted types for bad bytes
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            why = f"{exc.strerror or type(exc).__name__}: {exc.filename or source}"
+            cause = (
+                "the file was moved, deleted or made unreadable after it was opened, or this "
+                "machine does not see it under that path (on a cluster: every worker must "
+                "read the inputs under the same paths)"
+            )
+        else:
+            why, cause = _detail(exc), "the file is damaged (a corrupted or unreadable chunk)"
         raise ReadError(
-            f"{source}: cannot read variable {variable!r} ({_detail(exc)}); the file is "
-            "damaged (a corrupted or unreadable chunk)"
+            f"{source}: cannot read variable {variable!r}{_on_worker()} ({why}); {cause}"
         ) from exc
 
 
-def _guard_reads(ds: xr.Dataset, source: Path) -> xr.Dataset:
+def _guard_reads(ds: xr.Dataset, source: Path, marker: Path | None = None) -> xr.Dataset:
     """``ds`` (opened lazily, without Dask) with every data variable chunked through the guard.
 
     The chunks are the file's own (``preferred_chunks``); where it has none (contiguous
@@ -96,7 +122,12 @@ def _guard_reads(ds: xr.Dataset, source: Path) -> xr.Dataset:
             name_prefix="open-",
             token=tokenize(str(Path(source).resolve()), stamp, str(name), str(chunks)),
             from_array_kwargs={
-                "getitem": partial(_guarded_getter, source=str(source), variable=str(name))
+                "getitem": partial(
+                    _guarded_getter,
+                    source=str(source),
+                    variable=str(name),
+                    marker=None if marker is None else str(marker),
+                )
             },
         )
     return ds.assign(chunked)
@@ -126,8 +157,9 @@ def _open_zarr(path: Path) -> xr.Dataset:
     # guess (and warn) for stores written either way.
     if (path / ".zgroup").exists() or (path / ".zattrs").exists():
         zarr_format, consolidated = 2, (path / ".zmetadata").exists()
+        marker = path / (".zgroup" if (path / ".zgroup").exists() else ".zattrs")
     else:
-        zarr_format, consolidated = 3, False
+        zarr_format, consolidated, marker = 3, False, path / "zarr.json"
         try:
             meta = json.loads((path / "zarr.json").read_text())
             consolidated = meta.get("consolidated_metadata") is not None
@@ -145,11 +177,15 @@ def _open_zarr(path: Path) -> xr.Dataset:
         )
     except Exception as exc:  # zarr raises assorted types for broken stores
         raise ReadError(f"{path}: not a readable Zarr store ({_root_message(exc)})") from exc
-    return _guard_reads(ds, path)
+    return _guard_reads(ds, path, marker)
 
 
 def _open_multi(path: object) -> tuple[xr.Dataset, str]:
-    """Several netCDF files (a list, or a glob pattern) combined by their coordinates."""
+    """Several netCDF files (a list, or a glob pattern) combined by their coordinates.
+
+    Each file is opened by its absolute path (Dask workers reopen it there); the label
+    of messages and ``attrs["source"]`` keeps the names as given.
+    """
     if isinstance(path, (list, tuple)):
         files = [Path(p) for p in path]
         label = (
@@ -168,6 +204,7 @@ def _open_multi(path: object) -> tuple[xr.Dataset, str]:
     for f in files:
         if not f.exists():
             raise ReadError(f"{f}: no such file")
+    files = [f.absolute() for f in files]
     # Each member is opened (and guarded) on its own, so that a broken member, or a
     # corrupted chunk in one, fails with its own name; then combined as open_mfdataset does.
     members: list[xr.Dataset] = []
@@ -258,11 +295,18 @@ def _from_dataset(
     """The canonical array from an xarray Dataset (netCDF, several netCDF files or Zarr)."""
     variables = _check_options(path, bands=bands, variables=variables, select=select, stack=stack)
     grid, names = _chosen_variables(ds, variables, path)
+    _check_storage_chunks(ds, names, path)
     picked: dict[str, str] = {}
     if select:
         ds, picked = _apply_select(ds, select, path)
     if stack is not None:
         _check_stack(ds, names, grid, stack, path)
+    # The stacked size, before a band is built (a stack of a million steps took minutes)
+    n_built = sum(ds.sizes[stack] if stack in ds[n].dims else 1 for n in names)
+    # With bands=, the selected bands are sized after selection; only the count built here.
+    _check_band_count(
+        path, n_built, None if bands is not None else (ds.sizes[grid[0]], ds.sizes[grid[1]])
+    )
     layers = _band_layers(ds, names, grid, stack, path)
     if bands is not None:
         layers = _pick_bands(layers, names, bands, path)
@@ -280,6 +324,31 @@ def _from_dataset(
         crs=crs,
         attrs=attrs,
     )
+
+
+def _check_storage_chunks(ds: xr.Dataset, names: list[str], path: Path | str) -> None:
+    """Refuse a chosen variable whose stored chunks are too large for one task to decode.
+
+    Its Dask chunks are the stored ones (:func:`_guard_reads`), and a read of any of
+    its values decodes a whole stored chunk: all the time steps of a chunk that spans
+    the time axis, even under ``select=``.
+    """
+    for n in names:
+        var = ds[n]
+        shape = var.data.chunksize if isinstance(var.data, da.Array) else var.shape
+        # the advice: what _guard_reads picks for unchunked storage (y, x ~BLOCK_PX; others 1)
+        smaller = [min(int(var.sizes[d]), BLOCK_PX if d in var.dims[-2:] else 1) for d in var.dims]
+        dims = ", ".join(f"{str(d)!r}: {k}" for d, k in zip(var.dims, smaller, strict=True))
+        _check_chunk_bytes(
+            path,
+            f"variable {n!r} is stored in chunks",
+            [int(k) for k in shape],
+            var.dtype.itemsize,
+            fix=(
+                "Re-save it with smaller chunks, e.g. "
+                f"ds.chunk({{{dims}}}).to_zarr(...) (or to_netcdf with chunksizes=)"
+            ),
+        )
 
 
 def _check_options(

@@ -17,8 +17,14 @@ Inputs are opened on purpose: a GDAL file only by the driver its suffix names (a
 ``.tif`` is a GeoTIFF, never a VRT in disguise; another suffix: any raster driver
 except VRT and others that read files by reference); a ``.vrt`` is checked before
 GDAL opens it (local rasters only: no raw files, no network sources unless
-``allow_remote``); nothing is read from the network by default. The declared size is
+``allow_remote``); nothing is read from the network by default. The declared size
+(``max_pixels``, stacked bands included, :data:`~georaster_cnn.io._canonical.MAX_BANDS`)
+and the stored chunks (:data:`~georaster_cnn.io._canonical.MAX_CHUNK_BYTES`) are
 checked before any pixel is read.
+
+Local files are read by their absolute path, so the graph names the same file on
+every Dask worker, whatever its working folder; a read that fails says on which
+worker and why (the OS's reason, or GDAL's).
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from dask.base import tokenize
-from rasterio.enums import MaskFlags
+from rasterio.enums import Interleaving, MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
@@ -44,14 +50,16 @@ from georaster_cnn.io._canonical import (
     BandSelector,
     Chunks,
     _canonical,
+    _check_chunk_bytes,
     _check_dtypes,
     _check_size,
+    _on_worker,
     _resolve_chunks,
     _root_message,
     _select,
     _size_limit,
 )
-from georaster_cnn.io._gdal_open import is_remote, open_input
+from georaster_cnn.io._gdal_open import is_remote, open_input, unreadable
 from georaster_cnn.io._xarray_open import (
     _from_dataset,
     _is_multi,
@@ -104,7 +112,8 @@ def open_raster(
         a band (``<variable>@<date>`` for time axes, else ``<variable>@<dim>=<value>``).
     max_pixels
         The largest declared size accepted, in pixel values (height x width x
-        selected bands); default 2**36. Larger rasters are refused before reading.
+        selected bands, stacked bands included); default 2**36. Larger rasters are
+        refused before reading.
     allow_remote
         Allow network locations (``/vsicurl/``, ``/vsis3/``, ``https://`` ...) as
         the input (GDAL rasters other than VRT) and as sources of a local ``.vrt``.
@@ -113,16 +122,22 @@ def open_raster(
     -------
     xarray.DataArray
         Lazy array with ``.rio.crs`` (``None`` when the file has none),
-        ``.rio.transform()``, a ``band`` coordinate of names and attrs ``source``,
-        ``source_dtype``, ``source_nodata`` (and ``selected``: the values picked).
+        ``.rio.transform()``, a ``band`` coordinate of names and attrs ``source``
+        (the path as given), ``source_dtype``, ``source_nodata`` (and ``selected``:
+        the values picked). Its reads use the absolute path of a local input.
 
     Raises
     ------
     ReadError
-        The file does not exist, is not a regular file (a device, FIFO), is not in
-        the format its suffix names, or cannot be opened.
+        The file does not exist, is not a regular file (a device, FIFO), cannot be
+        opened (the OS's reason, e.g. "Permission denied"), is not in the format its
+        suffix names. While computing: a block that cannot be read (the file, the
+        window, the worker on a cluster, and the cause).
     InputError
-        A declared size above ``max_pixels``; complex bands (convert them first); a
+        A declared size above ``max_pixels``; stored chunks (GDAL blocks, Zarr or
+        netCDF chunks) above ``MAX_CHUNK_BYTES`` (512 MiB; re-save with smaller
+        chunks); more than ``MAX_BANDS`` (10,000) bands from ``stack=``; complex
+        bands (convert them first); a
         VRT with raw bands, Python pixel functions or refused sources; a network
         location without ``allow_remote``; bad band/variable selection; netCDF
         options given for a GDAL raster; a netCDF/Zarr grid that is not regular
@@ -150,17 +165,38 @@ def open_raster(
     if is_remote(name):  # before Path(), which would fold the // of a URL
         _check_remote(name, opts, allow_remote=allow_remote)
         return _open_gdal(name, bands, chunks, max_pixels=max_pixels, allow_remote=True)
-    p = Path(name)
+    return _open_local(
+        Path(name), bands, chunks, opts, max_pixels=max_pixels, allow_remote=allow_remote
+    )
+
+
+def _open_local(
+    p: Path,
+    bands: BandSelector,
+    chunks: Chunks,
+    opts: dict[str, Any],
+    *,
+    max_pixels: int,
+    allow_remote: bool,
+) -> xr.DataArray:
+    """:func:`open_raster` of one local file or store, read by its absolute path.
+
+    What is sent to Dask workers must name the same file wherever their working
+    folder is; messages and ``attrs["source"]`` keep the name the user gave.
+    """
     if not p.exists():
         raise ReadError(f"{p}: no such file")
     _check_regular(p)
+    where = p.absolute()
     family = input_family(p)
     if family in ("zarr", "netcdf"):
         with _size_limit(max_pixels):
-            ds = _open_zarr(p) if family == "zarr" else _open_dataset_file(p)
+            ds = _open_zarr(where) if family == "zarr" else _open_dataset_file(where)
             return _from_dataset(ds, p, bands=bands, chunks=chunks, **opts)
     _gdal_options_only(p, opts)
-    return _open_gdal(p, bands, chunks, max_pixels=max_pixels, allow_remote=allow_remote)
+    return _open_gdal(
+        where, bands, chunks, max_pixels=max_pixels, allow_remote=allow_remote, source=str(p)
+    )
 
 
 def _check_remote(name: str, opts: Mapping[str, Any], *, allow_remote: bool) -> None:
@@ -204,8 +240,12 @@ def valid_mask(data: xr.DataArray) -> xr.DataArray:
 class _WindowReader:
     """Array-like over a rasterio file for :func:`dask.array.from_array`.
 
-    Holds only the path and metadata, so it pickles cheaply to Dask workers; each
-    read opens the file (rasterio datasets are not thread-safe to share).
+    Holds only the path (absolute for a local file, so a worker in another working
+    folder reads the same file) and metadata, so it pickles cheaply to Dask workers;
+    each read opens the file (rasterio datasets are not thread-safe to share). A read
+    that fails raises :class:`ReadError` naming the file, the window, the worker (on a
+    cluster) and the cause: the OS's reason when the file cannot be opened (gone,
+    unreadable), GDAL's when its pixels cannot be decoded.
     """
 
     def __init__(
@@ -244,20 +284,32 @@ class _WindowReader:
                     masks = src.read_masks(idx, window=window)
                     out[masks == 0] = np.nan
             return out
-        except RasterioError as exc:
-            detail = _root_message(exc)
+        except (RasterioError, ReadError) as exc:
+            detail, cause = self._why(exc)
         # Raised outside the except clause, so without rasterio's error attached: the
         # message holds GDAL's detail, and rasterio's errors cannot be unpickled, so on a
         # Dask cluster a ReadError chained to one reaches the client as a bare Exception.
-        cause = (
-            "a network source is unreachable, or the file is truncated or corrupt"
-            if self.allow_remote
-            else "the file is probably truncated or corrupt"
-        )
         raise ReadError(
-            f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1} ({detail}); "
-            + cause
+            f"{self.path}: cannot read pixels at rows {y0}-{y1}, cols {x0}-{x1}{_on_worker()} "
+            f"({detail}); {cause}"
         )
+
+    def _why(self, exc: BaseException) -> tuple[str, str]:
+        """The detail and likely cause of a failed read, for the message."""
+        gone = unreadable(self.path)
+        if gone is not None:  # the OS's reason: the file cannot even be opened here
+            return gone, (
+                "the file was moved, deleted or made unreadable after it was opened, or this "
+                "machine does not see it under that path (on a cluster: every worker must "
+                "read the inputs under the same paths)"
+            )
+        if isinstance(exc, ReadError):  # opened, but GDAL sees no raster of its kind now
+            return str(exc), "the file was replaced after it was opened"
+        if self.allow_remote:
+            return _root_message(exc), (
+                "a network source is unreachable, or the file is truncated or corrupt"
+            )
+        return _root_message(exc), "the file is probably truncated or corrupt"
 
 
 def _open(path: str | Path, *, quiet: bool, allow_remote: bool = False) -> Any:
@@ -277,36 +329,52 @@ def _open_gdal(
     *,
     max_pixels: int,
     allow_remote: bool,
+    source: str | None = None,
 ) -> xr.DataArray:
+    """A GDAL raster as the canonical array; ``source`` names it in messages and attrs.
+
+    ``path`` is what is read (absolute for a local file); ``source`` defaults to it.
+    """
+    source = str(path) if source is None else source
     try:
         with _open(path, quiet=True, allow_remote=allow_remote) as src:
             names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
             if len(set(names)) != len(names):  # duplicate descriptions: fall back to numbers
                 names = [f"band_{i + 1}" for i in range(src.count)]
-            sel = _select(names, bands, path)
+            sel = _select(names, bands, source)
             # Declared size and types, before anything else is asked of the file.
-            _check_size(path, len(sel), src.height, src.width, max_pixels)
-            _check_dtypes(path, {names[i]: src.dtypes[i] for i in sel})
+            _check_size(source, len(sel), src.height, src.width, max_pixels)
+            _check_dtypes(source, {names[i]: src.dtypes[i] for i in sel})
             indexes = [i + 1 for i in sel]
             use_masks = any(src.mask_flag_enums[i] != [MaskFlags.all_valid] for i in sel)
             dtypes = {src.dtypes[i] for i in sel}
             nodata = src.nodata
             height, width = src.height, src.width
             block = src.block_shapes[sel[0]]
+            # what one read decodes whole: a block (of every band when pixel-interleaved)
+            stored = (*block, src.count) if src.interleaving == Interleaving.pixel else block
+            itemsize = max(np.dtype(src.dtypes[i]).itemsize for i in sel)
             crs = src.crs
             transform = src.transform
             gcps_only = transform.is_identity and bool(src.gcps[0])
             georeferenced = not (transform.is_identity and crs is None)
     except RasterioError as exc:
-        raise ReadError(f"{path}: not a raster GDAL can open ({exc})") from exc
+        raise ReadError(f"{source}: not a raster GDAL can open ({exc})") from exc
+    _check_chunk_bytes(
+        source,
+        "GDAL stores it in blocks",
+        stored,
+        itemsize,
+        fix="Re-save it tiled, e.g. gdal_translate -co TILED=YES -co COMPRESS=DEFLATE IN OUT",
+    )
     if gcps_only:
         raise InputError(
-            f"{path}: georeferenced only by ground control points; warp it to a grid first "
+            f"{source}: georeferenced only by ground control points; warp it to a grid first "
             "(e.g. gdalwarp) so pixels have an affine transform"
         )
     cy, cx = _resolve_chunks(chunks, (height, width), block)
     if not georeferenced:
-        log.info("%s has no georeferencing; the output will be in pixel coordinates", path)
+        log.info("%s has no georeferencing; the output will be in pixel coordinates", source)
     reader = _WindowReader(
         str(path), indexes, (len(indexes), height, width), use_masks, georeferenced, allow_remote
     )
@@ -331,7 +399,7 @@ def _open_gdal(
         transform=transform,
         crs=crs,
         attrs={
-            "source": str(path),
+            "source": source,
             "source_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
             "source_nodata": None if nodata is None else float(nodata),
         },

@@ -29,6 +29,8 @@ from georaster_cnn.chips import (
 from georaster_cnn.cluster._shipping import ship_to_active_client
 from georaster_cnn.errors import BandMismatchError, DataRangeWarning, InputError
 from georaster_cnn.geometry import PatchGrid, RasterGrid
+from georaster_cnn.io._canonical import BandSelector
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_attrs
 from georaster_cnn.model._dense import classify_block_dense, dense_block_cells
 from georaster_cnn.model._inference import Classifier
@@ -72,12 +74,13 @@ def _classify_block(
 
 
 def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4) -> None:
-    """Check a raster against the model's input contract.
+    """Check a canonical raster against the model's input contract.
 
     Raises :class:`BandMismatchError` when the band count differs, naming the
-    expected bands and the file. Warns (:class:`DataRangeWarning`) when the dtype
-    differs from training or when a few sampled blocks have per-band means or
-    spreads far from the training statistics.
+    expected bands and the file. Warns (:class:`DataRangeWarning`) when the band
+    names differ from the model's (saying how to choose or reorder bands with
+    ``bands=``), when the dtype differs from training, or when a few sampled blocks
+    have per-band means or spreads far from the training statistics.
 
     The cost is bounded whatever the raster's size: at most ``sample_blocks`` Dask
     chunks are read (:func:`~georaster_cnn.open_raster` aligns them to the file's
@@ -93,18 +96,21 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
         )
     generic = [f"band_{i + 1}" for i in range(len(names))]
     if names != list(model.band_names) and generic not in (names, list(model.band_names)):
-        hint = ",".join(model.band_names)
-        detail = (
-            "the same bands in another order"
-            if set(names) == set(model.band_names)
-            else "other band names"
-        )
+        if set(names) == set(model.band_names):
+            order = ", ".join(model.band_names)
+            hint = ", ".join(repr(n) for n in model.band_names)
+            advice = (
+                f"the same bands in another order than the model's ({order}); "
+                f"put them in the model's order with bands=[{hint}]"
+            )
+        else:
+            advice = (
+                f"other band names than the model's ({', '.join(model.band_names)}); if they are "
+                "the same quantities in the same order, fine, otherwise choose the raster's bands "
+                "that match, in the model's order, with bands=[...] (names or 1-based numbers)"
+            )
         warnings.warn(
-            f"{source}: bands ({', '.join(names)}) are {detail} than the model's "
-            f"({', '.join(model.band_names)}); if they are the same quantities, fine, otherwise "
-            f"select them with bands=[{hint}]",
-            DataRangeWarning,
-            stacklevel=3,
+            f"{source}: bands ({', '.join(names)}) are {advice}", DataRangeWarning, stacklevel=3
         )
     src_dtype = data.attrs.get("source_dtype")
     if src_dtype and model.source_dtype and src_dtype != model.source_dtype:
@@ -115,6 +121,7 @@ def check_inputs(data: xr.DataArray, model: GeoModel, *, sample_blocks: int = 4)
             stacklevel=3,
         )
     arr = data.data if isinstance(data.data, da.Array) else da.from_array(np.asarray(data.data))
+    arr = arr.rechunk({0: -1})  # a sampled block holds every band (a no-op when canonical)
     # A few blocks spread over the raster, each reduced to per-band statistics inside
     # the graph: cheap, bounded memory, and enough to catch unit or band-order mix-ups.
     # One block per band of rows, in a seeded permutation of the bands of columns:
@@ -146,6 +153,7 @@ def predict(
     data: xr.DataArray,
     model: GeoModel,
     *,
+    bands: BandSelector = None,
     stride: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | torch.device = "auto",
@@ -160,9 +168,18 @@ def predict(
     Parameters
     ----------
     data
-        Canonical ``(band, y, x)`` array from :func:`~georaster_cnn.open_raster`.
+        A ``(band, y, x)`` array: from :func:`~georaster_cnn.open_raster`, or any
+        DataArray with those dims (``rioxarray.open_rasterio``, in memory, any dtype
+        and chunking), made canonical first by
+        :func:`~georaster_cnn.io._user_arrays.as_canonical`: declared nodata values
+        (``.rio.nodata``, ``.rio.encoded_nodata``, ``_FillValue``) and +-inf become
+        NaN, integers become ``float32``, bands one chunk.
     model
         A trained :class:`~georaster_cnn.GeoModel`.
+    bands
+        The raster's bands to classify, in the model's order: 1-based indexes or band
+        names, as for :func:`~georaster_cnn.open_raster`; ``None``: all. (For a file,
+        ``open_raster(path, bands=...)`` reads only those bands from disk.)
     stride
         Output cell size in input pixels, ``1 <= stride <= patch size``; default:
         the model's patch size (windows tile the raster).
@@ -202,10 +219,17 @@ def predict(
     Raises
     ------
     BandMismatchError
-        The raster's band count is not the model's.
+        The raster's band count (after ``bands``) is not the model's.
     InputError
         Bad stride, batch size, ``min_valid`` or device; ``dense=True`` for a model
-        that cannot be evaluated densely.
+        that cannot be evaluated densely; dims other than ``(band, y, x)``; a bad
+        ``bands`` selection; complex values.
+
+    Warns
+    -----
+    DataRangeWarning
+        See :func:`check_inputs`; :class:`~georaster_cnn.errors.NodataWarning` (a
+        ``DataRangeWarning``): a declared nodata value outside the data type's range.
     """
     opts = InferenceOptions.resolve(
         model,
@@ -215,15 +239,11 @@ def predict(
         device=device,
         options=options,
     )
-    if set(data.dims) != {"band", "y", "x"}:
-        raise InputError(f"expected dims (band, y, x); found {data.dims}")
-    data = data.transpose("band", "y", "x")
+    data = as_canonical(data, bands=bands)
     if check:
         check_inputs(data, model)
     grid = PatchGrid(data.sizes["y"], data.sizes["x"], patch=model.patch_size, stride=opts.stride)
     raw = data.data
-    if not isinstance(raw, da.Array):
-        raw = da.from_array(raw)
     probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells)
     # Mask before argmax: numpy.argmax treats NaN as the maximum.
     nodata = da.isnan(probs[0])

@@ -41,6 +41,7 @@ import xarray as xr
 
 from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import default_colors
 from georaster_cnn.model.architectures import check_arch
 from georaster_cnn.model.modelfile import GeoModel
@@ -209,7 +210,7 @@ def train(
         batch_size=batch_size, learning_rate=learning_rate, device=device, seed=seed,
         augment=augment, patience=patience, on_epoch=on_epoch, progress=progress,
     )  # fmt: skip
-    datas = [data] if isinstance(data, xr.DataArray) else list(data)
+    datas = [as_canonical(d) for d in ([data] if isinstance(data, xr.DataArray) else data)]
     spec = _window_spec(
         datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
         val_block=val_block, max_chip_bytes=max_chip_bytes, seed=seed,
