@@ -44,6 +44,9 @@ __all__ = [
     "check_patience",
     "check_positive",
     "check_stride",
+    "MAX_PATCH_SIZE",
+    "MAX_WINDOW_BYTES",
+    "patch_size_problem",
     "control_character",
     "evaluation_stride",
     "training_stride",
@@ -199,6 +202,37 @@ class ModelLimits(Protocol):
 
     @property
     def provenance(self) -> Mapping[str, Any]: ...
+
+
+#: The largest window side (pixels) a network may be built for or a model card may name:
+#: 64x the default patch, far beyond what a window classifier needs.
+MAX_PATCH_SIZE = 4096
+#: The largest window in memory, ``patch_size**2 * bands * 4`` bytes (float32): 256 MiB,
+#: e.g. a 4096-pixel patch of 4 bands or a 1024-pixel patch of 64 bands. Every batch of
+#: windows is a multiple of this, so a larger window would exhaust memory on each tile.
+MAX_WINDOW_BYTES = 2**28
+
+
+def patch_size_problem(patch_size: object, in_channels: int) -> str | None:
+    """What is wrong with ``patch_size`` for windows of ``in_channels`` bands, ``None`` if nothing.
+
+    The one rule on patch sizes, used by the card validator (on save and on load) and
+    by :func:`~georaster_cnn.build_model` and training, before any window is cut: a whole number from 1 to
+    :data:`MAX_PATCH_SIZE` whose float32 window (``patch_size**2 * in_channels * 4``
+    bytes) stays within :data:`MAX_WINDOW_BYTES`.
+    """
+    if isinstance(patch_size, bool) or not isinstance(patch_size, int):
+        return f"should be a whole number from 1 to {MAX_PATCH_SIZE}; found {patch_size!r}"
+    if not 1 <= patch_size <= MAX_PATCH_SIZE:
+        return f"should be from 1 to {MAX_PATCH_SIZE} pixels (MAX_PATCH_SIZE); found {patch_size}"
+    need = patch_size * patch_size * max(in_channels, 1) * 4
+    if need > MAX_WINDOW_BYTES:
+        return (
+            f"gives windows of {need / 2**20:,.0f} MiB ({patch_size} x {patch_size} pixels x "
+            f"{in_channels} bands x 4 bytes); the limit is {MAX_WINDOW_BYTES // 2**20} MiB "
+            "per window (MAX_WINDOW_BYTES)"
+        )
+    return None
 
 
 def training_stride(patch: int, stride: int | None = None) -> int:

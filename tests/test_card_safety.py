@@ -205,3 +205,15 @@ def test_control_characters_in_label_class_names_are_refused_when_read() -> None
     )
     with pytest.raises(InputError, match="control character"):
         prepare_vector_labels(gdf, label_column="cls")
+
+
+def test_training_refuses_an_absurd_patch_before_cutting_windows() -> None:
+    import numpy as np
+    import xarray as xr
+
+    from georaster_cnn import train
+
+    data = xr.DataArray(np.zeros((2, 8, 8), np.float32), dims=("band", "y", "x"))
+    labels = xr.DataArray(np.zeros((8, 8), np.float32), dims=("y", "x"))
+    with pytest.raises(InputError, match=rf"patch_size should be from 1 to {MAX_PATCH_SIZE}"):
+        train(data, labels, patch_size=65536, epochs=1, device="cpu")

@@ -33,8 +33,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from georaster_cnn.errors import InputError
-from georaster_cnn.model._card import MAX_PATCH_SIZE, MAX_WINDOW_BYTES, patch_size_problem
-from georaster_cnn.options import DEFAULT_PATCH
+from georaster_cnn.options import (
+    DEFAULT_PATCH,
+    MAX_PATCH_SIZE,
+    MAX_WINDOW_BYTES,
+    patch_size_problem,
+)
 
 __all__ = [
     "ARCHITECTURES",

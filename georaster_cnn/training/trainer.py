@@ -59,6 +59,7 @@ from georaster_cnn.options import (
     check_fraction,
     check_min_valid,
     check_positive,
+    patch_size_problem,
     training_stride,
 )
 from georaster_cnn.training._fit import EpochFn, FitOptions, fit, untrained
@@ -290,6 +291,9 @@ def _window_spec(
     if not datas:
         raise InputError("no raster to train on")
     check_positive("val_block", val_block, unit=" pixel")
+    problem = patch_size_problem(patch_size, max(d.sizes.get("band", 1) for d in datas))
+    if problem is not None:  # before any window is cut, not when the network is built
+        raise InputError(f"patch_size {problem}")
     stride = training_stride(check_positive("patch_size", patch_size), stride)
     cap = WindowSpec.window_cap(datas, patch_size, max_chip_bytes)
     return WindowSpec(
