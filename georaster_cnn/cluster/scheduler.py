@@ -202,7 +202,24 @@ def _dashboard_link(client: Client) -> str | None:
     if "dashboard" not in info.get("services", {}):
         return None
     link = client.dashboard_link
-    return str(link) if link else None
+    return str(link) if link and _serves_a_dashboard(str(link)) else None
+
+
+def _serves_a_dashboard(link: str) -> bool:
+    """Whether ``link`` answers: distributed lists a ``dashboard`` service even when the
+    scheduler lacks bokeh (its HTTP server then answers 404) or listens nowhere."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(link, timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return False  # the scheduler's HTTP server, without a dashboard
+    except ConnectionRefusedError:
+        return False
+    except OSError:  # unreachable from here (another network): the user may reach it
+        return True
 
 
 def _connect(spec: SchedulerSpec) -> Client:
