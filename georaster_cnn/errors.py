@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "BandMismatchError",
+    "ClusterError",
     "DataRangeWarning",
     "GeorasterCNNError",
     "InputError",
@@ -42,6 +43,10 @@ class ModelFileError(GeorasterCNNError, ValueError):
 
 class OutputExistsError(GeorasterCNNError, FileExistsError):
     """An output exists and overwriting was not asked for."""
+
+
+class ClusterError(GeorasterCNNError, RuntimeError):
+    """The cluster cannot do the work: no worker left, or the scheduler gone."""
 
 
 class TrainingError(GeorasterCNNError, RuntimeError):

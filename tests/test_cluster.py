@@ -370,3 +370,36 @@ def test_no_dashboard_link_for_a_scheduler_without_a_dashboard() -> None:
         gcc.use_scheduler(client) as session,
     ):
         assert session.distributed and session.dashboard_link is None
+
+
+def test_streaming_gives_up_when_every_worker_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import dask
+    from distributed import Client, LocalCluster
+
+    from georaster_cnn.errors import ClusterError
+
+    monkeypatch.setattr(scheduler, "NO_WORKERS_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(scheduler, "POLL_S", 0.2)
+    got: list[int] = []
+
+    def on_done(ident: int, value: int) -> None:
+        got.append(value)
+        if len(got) == 2:  # lose the only worker while blocks are queued
+            cluster.scale(0)
+
+    slow = dask.delayed(lambda i: (time.sleep(0.2), i)[1])
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ClusterError, match=r"no worker .* for 2 s; start workers"):
+            scheduler.stream_blocks(
+                client, ((i, slow(i)) for i in range(20)), on_done, max_in_flight=4
+            )
+        assert time.monotonic() - started < 15  # bounded, not a hang
+    assert got[:2] == [0, 1] or len(got) >= 2

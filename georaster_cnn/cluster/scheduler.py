@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ import dask
 
 from georaster_cnn.cluster._client import address, current_client, followed
 from georaster_cnn.cluster._shipping import Shippable, ship_model
-from georaster_cnn.errors import InputError
+from georaster_cnn.errors import ClusterError, InputError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -63,6 +64,12 @@ log = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "GCNN_TORCH_THREADS"
 #: Seconds to wait for a scheduler to answer.
 CONNECT_TIMEOUT_S = 30
+#: Seconds without any worker (or without an answer from the scheduler) before a
+#: streamed computation gives up instead of waiting for ever.
+NO_WORKERS_TIMEOUT_S = 60.0
+#: Seconds between checks while waiting for finished blocks (also bounds how long
+#: Ctrl-C and SIGTERM wait).
+POLL_S = 1.0
 #: Local schedulers Dask has in this process.
 LOCAL_SCHEDULERS = ("threads", "sync")
 
@@ -202,23 +209,21 @@ def _dashboard_link(client: Client) -> str | None:
     if "dashboard" not in info.get("services", {}):
         return None
     link = client.dashboard_link
-    return str(link) if link and _serves_a_dashboard(str(link)) else None
+    return str(link) if link and _serves_a_dashboard(client) else None
 
 
-def _serves_a_dashboard(link: str) -> bool:
-    """Whether ``link`` answers: distributed lists a ``dashboard`` service even when the
-    scheduler lacks bokeh (its HTTP server then answers 404) or listens nowhere."""
-    import urllib.error
-    import urllib.request
+def _serves_a_dashboard(client: Client) -> bool:
+    """Whether the scheduler can serve its dashboard: it needs bokeh where it runs.
+
+    distributed lists a ``dashboard`` service either way (without bokeh its page only
+    says to install it). Asked of the scheduler itself, with a function of the
+    standard library (no network request of ours); ``True`` when it cannot be asked.
+    """
+    import importlib.util
 
     try:
-        with urllib.request.urlopen(link, timeout=2):
-            return True
-    except urllib.error.HTTPError:
-        return False  # the scheduler's HTTP server, without a dashboard
-    except ConnectionRefusedError:
-        return False
-    except OSError:  # unreachable from here (another network): the user may reach it
+        return client.run_on_scheduler(importlib.util.find_spec, "bokeh") is not None
+    except Exception:  # an old or locked-down scheduler: keep the link
         return True
 
 
@@ -334,6 +339,14 @@ def _enter(spec: SchedulerSpec, given: Any, stack: ExitStack) -> ClusterSession:
 # --------------------------------------------------------------------------- streaming
 
 
+def _worker_count(client: Client) -> int | None:
+    """Workers the scheduler knows now; ``None`` when it cannot be asked."""
+    try:
+        return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+    except Exception:  # the scheduler is gone or busy: the caller's wait decides
+        return None
+
+
 def stream_blocks(
     client: Client,
     tasks: Iterable[tuple[Any, Any]],
@@ -363,17 +376,25 @@ def stream_blocks(
 
     Raises
     ------
+    ClusterError
+        The cluster had no worker for :data:`NO_WORKERS_TIMEOUT_S` seconds (all lost,
+        none started), or its scheduler stopped answering for as long.
     Exception
         The first task's exception (the others are cancelled).
+
+    Notes
+    -----
+    Finished tasks are waited for in short polls (:data:`POLL_S`), so Ctrl-C and
+    SIGTERM are handled within about a second, and the workers are counted meanwhile.
     """
-    from distributed import as_completed
+    from distributed import wait
 
     todo = iter(tasks)
     max_in_flight = max(1, max_in_flight)
     refill = max(1, max_in_flight // 2)
     pending: dict[Any, tuple[Any, Any]] = {}  # future key -> (ident, future)
-    done = as_completed(loop=client.loop)
     count = 0
+    starved_since: float | None = None
 
     def submit(n: int) -> None:
         batch = list(islice(todo, n))
@@ -382,19 +403,49 @@ def stream_blocks(
         futures = client.compute([d for _, d in batch])
         for (ident, _), fut in zip(batch, futures, strict=True):
             pending[fut.key] = (ident, fut)
-            done.add(fut)
 
     try:
         submit(max_in_flight)
-        for fut in done:
-            ident, _ = pending.pop(fut.key)
-            result = fut.result()
-            fut.release()
-            on_done(ident, result)
-            count += 1
+        while pending:
+            try:
+                finished = wait(
+                    [f for _, f in pending.values()], timeout=POLL_S, return_when="FIRST_COMPLETED"
+                ).done
+            except TimeoutError:
+                finished = set()
+            if not finished:
+                starved_since = _check_workers(client, starved_since)
+                continue
+            starved_since = None
+            for fut in finished:
+                ident, _ = pending.pop(fut.key)
+                result = fut.result()
+                fut.release()
+                on_done(ident, result)
+                count += 1
             if max_in_flight - len(pending) >= refill:
                 submit(max_in_flight - len(pending))
     finally:
         if pending:
-            client.cancel([f for _, f in pending.values()])
+            try:
+                client.cancel([f for _, f in pending.values()])
+            except Exception:  # a scheduler that is gone cancels nothing; keep the first error
+                log.debug("could not cancel %d pending task(s)", len(pending))
     return count
+
+
+def _check_workers(client: Client, starved_since: float | None) -> float | None:
+    """The time since which the cluster has no worker (``None``: it has some); raise past the limit."""
+    if _worker_count(client):
+        return None
+    now = time.monotonic()
+    if starved_since is None:
+        log.warning("the cluster at %s has no worker; waiting for one", address(client))
+        return now
+    if now - starved_since >= NO_WORKERS_TIMEOUT_S:
+        raise ClusterError(
+            f"the cluster at {address(client)} has had no worker (or no answer) for "
+            f"{NO_WORKERS_TIMEOUT_S:.0f} s; start workers (`dask worker {address(client)}`) "
+            "and rerun: the blocks written so far are kept and the rerun continues from them"
+        )
+    return starved_since
