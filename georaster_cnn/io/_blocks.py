@@ -145,6 +145,8 @@ class _BlockJob:
     ) -> Iterator[BlockJournal]:
         """A block journal: resumable with a resume key, a scratch file without."""
         name = st.resumable if st.key is not None else st.scratch
+        if st.key is not None:
+            name(".manifest.json.tmp")  # the manifest's own temporary: removed with the rest
         journal = BlockJournal(
             name(".blocks"),
             name(".manifest.json"),
