@@ -157,15 +157,20 @@ def test_zarr_store_edited_in_place_is_a_new_input(tmp_path: Path, model: GeoMod
     np.testing.assert_array_equal(_read(tmp_path / "out" / "map.tif"), _read(ref))
 
 
+@pytest.mark.parametrize("kind", ["vrt", "zarr"])
 def test_an_unchanged_input_still_resumes(
-    tmp_path: Path, make_raster: MakeRaster, model: GeoModel
+    tmp_path: Path, make_raster: MakeRaster, model: GeoModel, kind: str
 ) -> None:
     """The finer identity does not lose resumption: reading changes none of it."""
     folder = tmp_path / "in"
-    make_raster(folder, "tile.tif", height=H, width=W, seed=1)
-    vrt = folder / "mosaic.vrt"
-    vrt.write_text(_vrt("tile.tif", relative=True))
-    again = _interrupt_then_rerun(vrt, model, tmp_path / "out" / "map.tif", lambda: None)
+    if kind == "vrt":
+        make_raster(folder, "tile.tif", height=H, width=W, seed=1)
+        source = folder / "mosaic.vrt"
+        source.write_text(_vrt("tile.tif", relative=True))
+    else:
+        values = np.random.default_rng(5).normal(0, 1, (H, W)).astype("float32")
+        source = _zarr_input(folder / "scene.zarr", values)
+    again = _interrupt_then_rerun(source, model, tmp_path / "out" / "map.tif", lambda: None)
     assert again.resumed_from == 5
     assert again.calls[-1] == (BLOCKS, BLOCKS)
 

@@ -5,9 +5,10 @@ Two files beside the staged output, named with its resume key
 (:func:`georaster_cnn.io.staging.resume_key`, a digest of the inputs, the model and
 every option the output depends on), let a rerun of the same write continue:
 
-* ``.NAME.gcnn-resume-<key>.manifest.json``: the key's fields in plain JSON (input
-  path, size and modification time; model digest; stride, ``min_valid``, format,
-  probabilities, ...; the block grid), for people and as a check;
+* ``.NAME.gcnn-resume-<key>.manifest.json``: the key's fields in plain JSON (the
+  identity of every input read, :mod:`georaster_cnn.io._identity`; model digest;
+  stride, ``min_valid``, format, probabilities, ...; the block grid), for people
+  and as a check;
 * ``.NAME.gcnn-resume-<key>.blocks``: an append-only journal, one record per
   finished block: its index, shape, data type and (for outputs the client writes)
   its bytes, zlib-compressed, with a CRC of the whole record. A block is recorded

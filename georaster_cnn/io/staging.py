@@ -10,6 +10,14 @@ are staged with their raster and renamed after it, so a sidecar never appears
 before its raster. Folders (Zarr stores) replace an existing folder through a
 rename-away, so at no moment is a partial store under the final name.
 
+The final rename never replaces an output that another run wrote in the meantime
+unless the caller asked to overwrite (``staged(..., overwrite=False)``): a file is
+published with ``link`` + ``unlink``, a folder with a no-replace rename, and the
+loser gets :class:`~georaster_cnn.errors.OutputExistsError`. Temporary and resume
+names are created exclusively and never through a link; a name about to be reused
+must be a regular file (or a real folder) of ours, and removal never follows a
+link (:mod:`georaster_cnn.io._fs`).
+
 Resumable outputs (a class map computed block by block) are staged under a name
 derived from a *resume key* instead of the process id
 (``.NAME.gcnn-resume-<key>.partial<suffix>``, with more names of the same form from
@@ -307,8 +315,8 @@ class Staged:
         """The staged name of ``<final><ext>`` (e.g. ``.aux.xml``), renamed in after the output."""
         if ext not in self._sidecars:
             self._sidecars[ext] = Path(str(self.path) + ext)
-        # Written afresh: whatever is there (a planted link too) goes, never followed.
-        remove_entry(self._sidecars[ext])
+            # Written afresh: whatever is there (a planted link too) goes, never followed.
+            remove_entry(self._sidecars[ext])
         return self._sidecars[ext]
 
     def scratch(self, suffix: str) -> Path:
