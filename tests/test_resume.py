@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import rasterio
 import xarray as xr
 
 from georaster_cnn import GeoModel, OutputExistsError, open_raster, predict, write_prediction
-from georaster_cnn.io._resume import BlockJournal
+from georaster_cnn.io._resume import _CRC, _HEAD, _MAGIC, BlockJournal, JournalPlan, _pack
 from georaster_cnn.io.staging import remove_stale_temporaries, staged
 
 MakeRaster = Callable[..., Path]
@@ -240,6 +241,107 @@ def test_a_different_manifest_starts_afresh(tmp_path: Path) -> None:
         assert j.done == {(0, 0)}
     with BlockJournal(path, manifest, {"stride": 8}, keep_data=False) as j:
         assert j.done == set()
+
+
+def _journal(folder: Path) -> Path:
+    (name,) = [n for n in _names(folder) if n.endswith(".blocks")]
+    return folder / name
+
+
+def _bad_record(edit: str, journal: Path) -> bytes:
+    """A record that passes its CRC but not the plan, made from the journal's first record."""
+    _, _, i, j, bands, ny, nx, _ = _HEAD.unpack_from(journal.read_bytes()[: _HEAD.size])
+    shape = (bands, ny, nx)
+    block = np.zeros(shape, np.uint8)
+    if edit == "index":
+        return _pack((99, j), shape, zlib.compress(block.tobytes()))
+    if edit == "shape":
+        return _pack(
+            (i, j),
+            (bands, ny + 1, nx),
+            zlib.compress(np.zeros((bands, ny + 1, nx), np.uint8).tobytes()),
+        )
+    if edit == "dtype":
+        return _pack((i, j), shape, zlib.compress(block.tobytes()), dtype=b"f4")
+    if edit == "float bytes":  # the right head, four times the bytes (float32 data)
+        return _pack((i, j), shape, zlib.compress(block.astype(np.float32).tobytes()))
+    if edit == "class":
+        block[0, 0, 0] = 7  # three classes: 0, 1, 2 (or 255)
+        return _pack((i, j), shape, zlib.compress(block.tobytes()))
+    if edit == "percent":
+        block[1, 0, 0] = 150
+        return _pack((i, j), shape, zlib.compress(block.tobytes()))
+    if edit == "length":  # an enormous length field (and no payload)
+        head = _HEAD.pack(_MAGIC, b"u1", i, j, bands, ny, nx, 2**62)
+        return head + _CRC.pack(zlib.crc32(head))
+    if edit == "completion index":  # Zarr: a journal of completions, no shape, no payload
+        return _pack((99, 0), (0, 0, 0), b"")
+    raise AssertionError(edit)
+
+
+@pytest.mark.parametrize(
+    ("name", "edit"),
+    [
+        *(
+            ("map.tif", e)
+            for e in ("index", "shape", "dtype", "float bytes", "class", "percent", "length")
+        ),
+        ("map.nc", "class"),
+        ("map.zarr", "completion index"),
+    ],
+)
+def test_an_edited_journal_is_discarded_and_the_rerun_is_complete_and_correct(
+    tmp_path: Path,
+    scene: Path,
+    model: GeoModel,
+    name: str,
+    edit: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A record whose CRC matches but that does not fit the output: never used, never a crash."""
+    probabilities = name != "map.nc"
+    out = tmp_path / "out" / name
+    with pytest.raises(KeyboardInterrupt):
+        write_prediction(
+            _pred(scene, model),
+            out,
+            probabilities=probabilities,
+            scheduler="sync",
+            progress=_Stop(after=7),
+        )
+    journal = _journal(out.parent)
+    record = _bad_record(edit, journal)
+    with open(journal, "ab") as f:
+        f.write(record)
+
+    again = _Stop()
+    write_prediction(_pred(scene, model), out, probabilities=probabilities, progress=again)
+    assert again.resumed_from == 0  # nothing of the edited journal was trusted
+    assert again.calls[-1] == (90, 90)
+    assert "discarding the journal" in caplog.text
+    ref = write_prediction(
+        _pred(scene, model), tmp_path / "ref" / name, probabilities=probabilities, resume=False
+    )
+    np.testing.assert_array_equal(_read(out), _read(ref))
+    expected = [name, f"{name}.aux.xml"] if name.endswith(".tif") else [name]
+    assert _names(out.parent) == expected
+
+
+def test_a_plan_bounds_every_record_before_reading_it(tmp_path: Path) -> None:
+    path, manifest = tmp_path / "j.blocks", tmp_path / "j.manifest.json"
+    plan = JournalPlan(rows=(4, 2), columns=(3,), bands=1, classes=2)
+    good = np.array([[[0, 1, 255]] * 4], np.uint8)
+    with BlockJournal(path, manifest, {}, keep_data=True, plan=plan) as j:
+        j.record((0, 0), good)
+        j.record((1, 0), good[:, :2])
+    with BlockJournal(path, manifest, {}, keep_data=True, plan=plan) as j:
+        assert j.done == {(0, 0), (1, 0)}
+        np.testing.assert_array_equal(j.read((0, 0)), good)
+    with open(path, "ab") as f:  # the last block again, with the first block's shape
+        f.write(_pack((1, 0), (1, 4, 3), zlib.compress(good.tobytes())))
+    with BlockJournal(path, manifest, {}, keep_data=True, plan=plan) as j:
+        assert j.done == set()
+    assert path.stat().st_size == 0  # discarded
 
 
 # --------------------------------------------------------------------------- SIGKILL

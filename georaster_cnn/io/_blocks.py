@@ -21,10 +21,9 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from georaster_cnn.errors import ReadError
-from georaster_cnn.io._resume import BlockIndex, BlockJournal, input_identity
-from georaster_cnn.io.classmap import (
-    CLASS_NODATA,
-)
+from georaster_cnn.io._identity import input_identity
+from georaster_cnn.io._resume import BlockIndex, BlockJournal, JournalPlan
+from georaster_cnn.io.classmap import CLASS_NODATA, prediction_classes
 from georaster_cnn.io.staging import Staged, resume_key
 
 if TYPE_CHECKING:
@@ -146,18 +145,30 @@ class _BlockJob:
     ) -> Iterator[BlockJournal]:
         """A block journal: resumable with a resume key, a scratch file without."""
         name = st.resumable if st.key is not None else st.scratch
+        if st.key is not None:
+            name(".manifest.json.tmp")  # the manifest's own temporary: removed with the rest
         journal = BlockJournal(
             name(".blocks"),
             name(".manifest.json"),
             fields,
             keep_data=keep_data,
             on_record=lambda: setattr(st, "worth_resuming", True),
+            plan=self.plan(),
         )
         st.worth_resuming = bool(journal.done)
         try:
             yield journal
         finally:
             journal.close()
+
+    def plan(self) -> JournalPlan:
+        """What every journal record of this output must match (its blocks and values)."""
+        return JournalPlan(
+            rows=tuple(int(n) for n in self.bands.chunks[1]),
+            columns=tuple(int(n) for n in self.bands.chunks[2]),
+            bands=int(self.bands.shape[0]),
+            classes=len(prediction_classes(self.pred.attrs)[0]),
+        )
 
     def key(self, fields: dict[str, Any]) -> str | None:
         return resume_key(fields) if self.resume else None

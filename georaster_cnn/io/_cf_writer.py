@@ -115,13 +115,15 @@ def _zarr_store_ready(path: Path, probabilities: bool) -> bool:
         return False
 
 
-def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
+def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob, *, overwrite: bool) -> Path:
     """Zarr folder: metadata here, then every block's chunks written where it is computed."""
     ds = _cf_dataset(pred, probabilities=job.probabilities)
     encoding = _cf_encoding(ds, "zarr")
     fields = job.fields("zarr")
     with (
-        staged(out, folder=True, suffix=".zarr", resume_key=job.key(fields)) as st,
+        staged(
+            out, folder=True, suffix=".zarr", resume_key=job.key(fields), overwrite=overwrite
+        ) as st,
         job.journal(st, fields, keep_data=False) as journal,
     ):
         done: set[BlockIndex] = set(journal.done) if journal is not None else set()
@@ -157,7 +159,7 @@ def _write_zarr(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
     return out
 
 
-def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
+def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob, *, overwrite: bool) -> Path:
     """netCDF file: blocks computed into a journal, then written here from it, then renamed.
 
     One file cannot take writes from many workers, so the blocks come back to this
@@ -170,7 +172,12 @@ def _write_netcdf(pred: xr.Dataset, out: Path, job: _BlockJob) -> Path:
         ds["probability"].attrs["scale_factor"] = np.float32(0.01)
     fields = job.fields("netcdf")
     with (
-        staged(out, suffix=OUTPUT_FORMATS["netcdf"].suffix, resume_key=job.key(fields)) as st,
+        staged(
+            out,
+            suffix=OUTPUT_FORMATS["netcdf"].suffix,
+            resume_key=job.key(fields),
+            overwrite=overwrite,
+        ) as st,
         job.scratch_journal(st, fields, keep_data=True) as journal,
     ):
 

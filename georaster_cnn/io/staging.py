@@ -10,6 +10,14 @@ are staged with their raster and renamed after it, so a sidecar never appears
 before its raster. Folders (Zarr stores) replace an existing folder through a
 rename-away, so at no moment is a partial store under the final name.
 
+The final rename never replaces an output that another run wrote in the meantime
+unless the caller asked to overwrite (``staged(..., overwrite=False)``): a file is
+published with ``link`` + ``unlink``, a folder with a no-replace rename, and the
+loser gets :class:`~georaster_cnn.errors.OutputExistsError`. Temporary and resume
+names are created exclusively and never through a link; a name about to be reused
+must be a regular file (or a real folder) of ours, and removal never follows a
+link (:mod:`georaster_cnn.io._fs`).
+
 Resumable outputs (a class map computed block by block) are staged under a name
 derived from a *resume key* instead of the process id
 (``.NAME.gcnn-resume-<key>.partial<suffix>``, with more names of the same form from
@@ -44,11 +52,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from georaster_cnn.errors import GeorasterCNNError, OutputExistsError
-
-try:  # advisory locks; without them (Windows) concurrent resumable runs are not detected
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from georaster_cnn.io._fs import (
+    LockFile,
+    chmod_like_new,
+    create_file,
+    is_entry,
+    publish,
+    remove_entry,
+    reusable,
+)
 
 __all__ = [
     "RESUME_TAG",
@@ -167,39 +179,9 @@ def remove_stale_temporaries(path: str | os.PathLike[str]) -> list[Path]:
     for entry in entries:
         m = pattern.match(entry.name)
         if m and int(m.group(1)) != os.getpid() and not _pid_alive(int(m.group(1))):
-            _remove(entry)
+            remove_entry(entry)
             removed.append(entry)
     return removed
-
-
-class _ResumeLock:
-    """An exclusive advisory lock on ``.NAME.gcnn-resume-<key>.lock``, held while a run writes.
-
-    The kernel drops it when the process dies, so a SIGKILLed run never blocks the rerun.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                return False
-        self._fd = fd
-        return True
-
-    def release(self, *, remove: bool) -> None:
-        if self._fd is None:
-            return
-        if remove:
-            self.path.unlink(missing_ok=True)
-        os.close(self._fd)  # also releases the lock
-        self._fd = None
 
 
 def remove_other_resume_state(path: str | os.PathLike[str], keep: str | None = None) -> list[Path]:
@@ -226,13 +208,13 @@ def remove_other_resume_state(path: str | os.PathLike[str], keep: str | None = N
             by_key.setdefault(m.group(1), []).append(entry)
     removed: list[Path] = []
     for key, found in by_key.items():
-        lock = _ResumeLock(_resume_name(final, key, ".lock"))
+        lock = LockFile(_resume_name(final, key, ".lock"))
         if not lock.acquire():
             continue  # a live run writes this output with other options
         try:
             for entry in found:
                 if entry != lock.path:
-                    _remove(entry)
+                    remove_entry(entry)
                     removed.append(entry)
         finally:
             lock.release(remove=True)
@@ -255,20 +237,6 @@ def _as_full_disk(exc: BaseException, final: Path) -> OSError | None:
     return OSError(errno.ENOSPC, f"no space left on device while writing {final}")
 
 
-def _mode_like_new(path: Path) -> None:
-    """The mode a plain ``open``/``mkdir`` would give under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 class Staged:
     """Temporary names for one output (and its sidecars); see :func:`staged`.
 
@@ -288,35 +256,47 @@ class Staged:
         interruption before that removes the resumable names too.
     """
 
-    def __init__(self, final: Path, *, folder: bool, suffix: str, key: str | None = None) -> None:
+    def __init__(
+        self,
+        final: Path,
+        *,
+        folder: bool,
+        suffix: str,
+        key: str | None = None,
+        overwrite: bool = True,
+    ) -> None:
         self.final = final
         self.folder = folder
         self.key = key
+        self.overwrite = overwrite
         self.resumed = False
         self.worth_resuming = False
         self._sidecars: dict[str, Path] = {}
         self._scratch: list[Path] = []
         self._resumables: list[Path] = []
-        self._lock: _ResumeLock | None = None
+        self._lock: LockFile | None = None
         if key is not None:
-            self._lock = _ResumeLock(_resume_name(final, key, ".lock"))
+            self._lock = LockFile(_resume_name(final, key, ".lock"))
             if not self._lock.acquire():
                 raise OutputExistsError(
                     f"another run is writing {final} with the same inputs, model and options "
                     f"(it holds {self._lock.path.name}); wait for it to finish or stop it"
                 )
             self.path = _resume_name(final, key, ".partial" + suffix)
-            if self.path.is_dir() if folder else self.path.is_file():
+            remove_entry(Path(str(self.path) + ".aux.xml"))  # only ever a stray
+            # Continued only if it is what this module made: a real folder, or a regular
+            # file with no other link (a planted link, a FIFO, a file hard-linked to a
+            # published output are removed, never written through).
+            if reusable(self.path, folder=folder):
                 self.resumed = True
                 return
-            _remove(self.path)  # a stray of the wrong kind
         else:
             self.path = _temp_name(final, suffix)
         if folder:
-            self.path.mkdir()
+            self.path.mkdir()  # never follows a link; fails if anything is there
         else:
             # Exclusive creation: two writers never share a temporary file.
-            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            os.close(create_file(self.path))
 
     def resumable(self, ext: str) -> Path:
         """One more name kept with a resumable output (e.g. its block journal).
@@ -335,6 +315,8 @@ class Staged:
         """The staged name of ``<final><ext>`` (e.g. ``.aux.xml``), renamed in after the output."""
         if ext not in self._sidecars:
             self._sidecars[ext] = Path(str(self.path) + ext)
+            # Written afresh: whatever is there (a planted link too) goes, never followed.
+            remove_entry(self._sidecars[ext])
         return self._sidecars[ext]
 
     def scratch(self, suffix: str) -> Path:
@@ -344,11 +326,11 @@ class Staged:
         return p
 
     def _commit(self) -> None:
-        _mode_like_new(self.path)
-        _replace(self.path, self.final)
+        chmod_like_new(self.path)
+        _replace(self.path, self.final, overwrite=self.overwrite)
         for ext, tmp in self._sidecars.items():
-            if tmp.exists():
-                _mode_like_new(tmp)
+            if is_entry(tmp):
+                chmod_like_new(tmp)
                 os.replace(tmp, Path(str(self.final) + ext))
 
     def _cleanup(self, *, failed: bool, interrupted: bool = False) -> None:
@@ -363,7 +345,7 @@ class Staged:
             leftovers += self._resumables
         for p in leftovers:
             if output_exists(p):
-                _remove(p)
+                remove_entry(p)
         if self._lock is not None:
             self._lock.release(remove=not keep)
 
@@ -376,6 +358,7 @@ def staged(
     suffix: str = "",
     validate: Callable[[Path], None] | None = None,
     resume_key: str | None = None,
+    overwrite: bool = True,
 ) -> Iterator[Staged]:
     """Write an output under a temporary name, then rename it (and its sidecars) into place.
 
@@ -395,6 +378,12 @@ def staged(
         Make the output resumable (see the module docstring): its temporary name
         comes from this key (:func:`resume_key`), ``.resumed`` says whether an
         interrupted run left it, and an interruption keeps it for the rerun.
+    overwrite
+        Replace an output that exists when this one is renamed into place. ``False``:
+        the rename refuses it atomically (no-replace link or rename), so that of two
+        runs writing one output the second to finish fails instead of silently
+        replacing the first's. Callers that refused an existing output up front
+        (:func:`check_output`) pass the same ``overwrite`` here.
 
     Yields
     ------
@@ -405,7 +394,8 @@ def staged(
     Raises
     ------
     OutputExistsError
-        A live run holds the resumable output of the same key.
+        A live run holds the resumable output of the same key; without
+        ``overwrite``, ``path`` appeared (written by another run) before the rename.
 
     Examples
     --------
@@ -416,7 +406,7 @@ def staged(
     remove_stale_temporaries(path)
     # A write that does not continue them supersedes other runs' resumable temporaries.
     remove_other_resume_state(path, keep=resume_key)
-    st = Staged(Path(path), folder=folder, suffix=suffix, key=resume_key)
+    st = Staged(Path(path), folder=folder, suffix=suffix, key=resume_key, overwrite=overwrite)
     try:
         yield st
         if validate is not None:
@@ -445,10 +435,12 @@ def staging_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
     finally:
-        _remove(tmp)
+        remove_entry(tmp)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[BinaryIO], Any], *, overwrite: bool = True
+) -> Path:
     """Call ``write(binary file)`` on a staged file, then rename it to ``path``.
 
     Parameters
@@ -457,35 +449,36 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], Any])
         Final file; its folder must exist.
     write
         Writes the content to the open binary file it is given.
+    overwrite
+        Replace an existing ``path`` (see :func:`staged`).
 
     Returns
     -------
     pathlib.Path
         ``path``.
     """
-    with staged(path) as st, open(st.path, "wb") as f:
+    with staged(path, overwrite=overwrite) as st, open(st.path, "wb") as f:
         write(f)
     return Path(path)
 
 
-def _replace(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing folder is first renamed away, then deleted.
+def _replace(tmp: Path, out: Path, *, overwrite: bool) -> None:
+    """Rename ``tmp`` to ``out`` (:func:`georaster_cnn.io._fs.publish`).
 
-    ``os.replace`` cannot replace a non-empty folder, so an old Zarr store is moved
-    to a hidden name first and put back if the new one cannot be renamed in.
+    With ``overwrite`` an existing folder is first renamed away, then deleted (put
+    back if the new one cannot be renamed in); without it an existing ``out`` is
+    refused atomically.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false: another run wrote it meanwhile.
     """
-    if not tmp.is_dir():
-        os.replace(tmp, out)  # a file never replaces a folder (IsADirectoryError)
-        return
-    old: Path | None = None
-    if output_exists(out):
-        old = _temp_name(out, ".old")
-        os.rename(out, old)
     try:
-        os.rename(tmp, out)
-    except BaseException:
-        if old is not None:
-            os.rename(old, out)
-        raise
-    if old is not None:
-        _remove(old)
+        publish(tmp, out, overwrite=overwrite, aside=_temp_name(out, ".old"))
+    except FileExistsError as exc:
+        if overwrite:
+            raise
+        raise OutputExistsError(
+            f"{out} exists (written by another run meanwhile); pass overwrite=True to replace it"
+        ) from exc

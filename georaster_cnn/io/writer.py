@@ -187,8 +187,9 @@ def write_prediction(
         ``format`` (e.g. ``format="zarr"`` for ``map.tif``); a malformed or
         unreachable ``scheduler``.
     OutputExistsError
-        ``path`` exists and ``overwrite`` is false; another run is writing it with
-        the same arguments.
+        ``path`` exists and ``overwrite`` is false (checked first, and again when the
+        finished output is renamed into place: another run may have written it
+        meanwhile); another run is writing it with the same arguments.
     ReadError
         An input block could not be read (corrupt or truncated file).
 
@@ -212,13 +213,15 @@ def write_prediction(
             max_in_flight=max_in_flight,
         )
         if fmt == "netcdf":
-            return _write_netcdf(pred, out, job)
+            return _write_netcdf(pred, out, job, overwrite=overwrite)
         if fmt == "zarr":
-            return _write_zarr(pred, out, job)
-        return _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress)
+            return _write_zarr(pred, out, job, overwrite=overwrite)
+        return _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress, overwrite=overwrite)
 
 
-def _write_tiff(pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compress: str) -> Path:
+def _write_tiff(
+    pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compress: str, overwrite: bool
+) -> Path:
     """COG (tiled GeoTIFF streamed block by block, then GDAL's COG driver) or the tiled GeoTIFF alone."""
     names, colors = prediction_classes(pred.attrs)
     count, height, width = job.bands.shape
@@ -227,7 +230,7 @@ def _write_tiff(pred: xr.Dataset, out: Path, job: _BlockJob, *, cog: bool, compr
     fields = job.fields("cog" if cog else "gtiff", compress=compress)
 
     with (
-        staged(out, suffix=".tif", resume_key=job.key(fields)) as st,
+        staged(out, suffix=".tif", resume_key=job.key(fields), overwrite=overwrite) as st,
         job.journal(st, fields, keep_data=True) as journal,
     ):
         # The COG is a copy of a staging GeoTIFF; a plain GeoTIFF is the staging file itself.
