@@ -131,10 +131,16 @@ def test_save_is_atomic_and_refuses_overwrite(
 def test_failed_save_leaves_nothing(
     tmp_path: Path, model: GeoModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def boom(src: object, dst: object) -> None:
+    def boom(src: object, dst: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(os, "replace", boom)
+    from georaster_cnn.io import _fs
+
+    # every way a finished file is published fails: replace (with overwrite), link + unlink,
+    # renameat2(RENAME_NOREPLACE) or a checked rename (without)
+    for name in ("replace", "link", "rename"):
+        monkeypatch.setattr(os, name, boom)
+    monkeypatch.setattr(_fs, "_renameat2", lambda: None)
     with pytest.raises(OSError, match="disk full"):
         save_model(model, tmp_path / "m.gcnn")
     assert list(tmp_path.iterdir()) == []

@@ -315,14 +315,19 @@ class EvaluationReport:
         """
         out = check_report_folder(report_dir, overwrite=overwrite)
         out.mkdir(parents=True, exist_ok=True)
+        replace = {"overwrite": overwrite}  # another run's report meanwhile is not replaced
         text = json.dumps(self.to_dict(), indent=2) + "\n"
         written = [
-            atomic_write(out / "metrics.json", lambda f: f.write(text.encode())),
-            atomic_write(out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode())),
+            atomic_write(out / "metrics.json", lambda f: f.write(text.encode()), **replace),
             atomic_write(
-                out / "confusion_matrix.csv", lambda f: f.write(self._confusion_csv().encode())
+                out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode()), **replace
             ),
-            atomic_write(out / "confusion_matrix.png", self._plot),
+            atomic_write(
+                out / "confusion_matrix.csv",
+                lambda f: f.write(self._confusion_csv().encode()),
+                **replace,
+            ),
+            atomic_write(out / "confusion_matrix.png", self._plot, **replace),
         ]
         log.info("evaluation report written to %s", out)
         return written

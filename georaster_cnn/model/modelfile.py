@@ -215,7 +215,7 @@ def save_model(model: GeoModel, path: str | os.PathLike[str], *, overwrite: bool
     p = check_output(path, overwrite=overwrite)
     raw = _encode(model, str(p))
     p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, lambda f: f.write(raw))
+    atomic_write(p, lambda f: f.write(raw), overwrite=overwrite)
     return p
 
 

@@ -90,7 +90,7 @@ def write_qml(prediction_path: str | os.PathLike[str], *, overwrite: bool = Fals
     check_output(out, overwrite=overwrite)
     meta = open_class_map(path, what="Style")
     text = _qml(meta)
-    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    atomic_write(out, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
     log.info("wrote %s (%d classes)", out, len(meta.names))
     return out
 
@@ -192,7 +192,7 @@ def write_quicklook(
     meta = open_class_map(path, what="Preview")
     classes = _north_up(meta, meta.read_classes(_preview_shape(meta.height, meta.width, max_size)))
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size))
+    atomic_write(out, lambda f: _plot(f, classes, meta, path.name, max_size), overwrite=overwrite)
     log.info("wrote %s (%d x %d cells shown)", out, *classes.shape)
     return out
 
