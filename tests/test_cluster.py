@@ -403,3 +403,34 @@ def test_streaming_gives_up_when_every_worker_is_lost(monkeypatch: pytest.Monkey
             )
         assert time.monotonic() - started < 15  # bounded, not a hang
     assert got[:2] == [0, 1] or len(got) >= 2
+
+
+@pytest.mark.slow
+def test_losing_the_scheduler_keeps_the_finished_blocks(
+    job: dict[str, Any],
+    dask_processes: DaskProcesses,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 17 item 12: the scheduler dies mid-write; a rerun continues from the blocks."""
+    from georaster_cnn.cluster import scheduler as sched
+    from georaster_cnn.errors import ClusterError
+    from georaster_cnn.io.staging import has_resume_state
+
+    monkeypatch.setattr(sched, "NO_WORKERS_TIMEOUT_S", 5.0)
+    out = tmp_path / "out" / "map.tif"
+    progress = _killer(lambda: dask_processes.procs[0].send_signal(signal.SIGKILL), after=3)
+    with pytest.raises(ClusterError, match="kept"):
+        write_prediction(
+            _pred(job["scene"], job["model"]), out, probabilities=True,
+            scheduler=dask_processes.address(), progress=progress, max_in_flight=2,
+        )  # fmt: skip
+    assert progress.fired  # type: ignore[attr-defined]
+    assert not out.exists() and has_resume_state(out)
+    first: list[int] = []
+    again = write_prediction(
+        _pred(job["scene"], job["model"]), out, probabilities=True, scheduler="threads",
+        progress=lambda done, total: first.append(done) if not first else None,
+    )  # fmt: skip
+    assert first and first[0] >= 3  # resumed from the blocks finished before the loss
+    _assert_same(again, job["ref"]["map.tif"])

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 
-from georaster_cnn.cluster._client import address, current_client, followed
+from georaster_cnn.cluster._client import address, current_client, followed, is_live
 from georaster_cnn.cluster._shipping import Shippable, ship_model
 from georaster_cnn.errors import ClusterError, InputError
 
@@ -413,13 +413,24 @@ def stream_blocks(
                 ).done
             except TimeoutError:
                 finished = set()
+            except Exception as exc:
+                if is_live(client) and not _cancelled(exc):
+                    raise
+                raise _lost(client, exc) from exc  # the client lost its scheduler
             if not finished:
                 starved_since = _check_workers(client, starved_since)
                 continue
             starved_since = None
             for fut in finished:
                 ident, _ = pending.pop(fut.key)
-                result = fut.result()
+                if fut.status == "cancelled":  # by the scheduler's loss, not by the task
+                    raise _lost(client, None)
+                try:
+                    result = fut.result()
+                except Exception as exc:
+                    if _cancelled(exc):
+                        raise _lost(client, exc) from exc
+                    raise
                 fut.release()
                 on_done(ident, result)
                 count += 1
@@ -432,6 +443,20 @@ def stream_blocks(
             except Exception:  # a scheduler that is gone cancels nothing; keep the first error
                 log.debug("could not cancel %d pending task(s)", len(pending))
     return count
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether ``exc`` says the futures were cancelled or the connection closed (not a task's error)."""
+    names = {"CancelledError", "FutureCancelledError", "FuturesCancelledError", "CommClosedError"}
+    return any(type(e).__name__ in names for e in (exc, exc.__cause__, exc.__context__) if e)
+
+
+def _lost(client: Client, exc: BaseException | None) -> ClusterError:
+    detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+    return ClusterError(
+        f"lost the scheduler at {address(client)}{detail}; the blocks written so far are "
+        "kept: restart the cluster and rerun to continue from them"
+    )
 
 
 def _check_workers(client: Client, starved_since: float | None) -> float | None:

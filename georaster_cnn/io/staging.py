@@ -51,7 +51,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from georaster_cnn.errors import GeorasterCNNError, OutputExistsError
+from georaster_cnn.errors import ClusterError, GeorasterCNNError, OutputExistsError
 from georaster_cnn.io._fs import (
     LockFile,
     chmod_like_new,
@@ -413,7 +413,10 @@ def staged(
             validate(st.path)
         st._commit()
     except BaseException as exc:
-        st._cleanup(failed=True, interrupted=not isinstance(exc, Exception))
+        # An interruption (Ctrl-C, SIGTERM), or a cluster that went away under the write,
+        # keeps what a rerun continues; any other error removes everything.
+        lost = isinstance(exc, ClusterError)
+        st._cleanup(failed=True, interrupted=lost or not isinstance(exc, Exception))
         full = _as_full_disk(exc, st.final)
         if full is not None:
             raise full from exc
