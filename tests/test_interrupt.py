@@ -110,9 +110,13 @@ def _interrupting(after: int) -> Callable[..., Path]:
     first: list[int] = []
 
     def write(pred: Any, path: Path, **kwargs: Any) -> Path:
+        cli_progress = kwargs.get("progress")
+
         def progress(done: int, total: int) -> None:
             if not first:
                 first.append(done)
+            if cli_progress is not None:  # the CLI's own (the bar on a cluster, the resume note)
+                cli_progress(done, total)
             if after and done >= after:
                 raise KeyboardInterrupt
 
@@ -161,6 +165,7 @@ def test_interrupted_blocks_are_kept_and_no_resume_discards_them(
     run(after=1)
     result, first = run()
     assert result.exit_code == 0 and first == [1], result.output
+    assert f"{scene}: resuming: 1 of 3 blocks already done" in result.stderr  # it says so
     assert sorted(p.name for p in out.iterdir()) == ["scene.tif", "scene.tif.aux.xml"]
     monkeypatch.undo()
     assert (

@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
+
 from georaster_cnn.io.staging import output_exists
 from georaster_cnn.options import InferenceOptions
 from georaster_cnn_cli._common import (
@@ -288,8 +290,18 @@ def _predict_one(
             # the options resolved once for all tiles, passed as they are
             pred = gc.predict(data, model, options=opts, dense=settings.dense)
 
+            first: list[bool] = []
+
             def blocks(done: int, total: int) -> None:
-                progress.update(task, completed=done, total=total)
+                if not first:  # the first report counts the blocks an earlier run finished
+                    first.append(True)
+                    if done and not state.quiet:
+                        state.err.print(
+                            Text(f"{name}: resuming: {done} of {total} blocks already done"),
+                            soft_wrap=True, highlight=False,
+                        )  # fmt: skip
+                if distributed:  # locally, Dask's own callbacks drive the bar
+                    progress.update(task, completed=done, total=total)
                 if check is not None:
                     check()
 
@@ -304,7 +316,7 @@ def _predict_one(
                     probabilities=settings.probabilities,
                     overwrite=settings.overwrite,
                     resume=settings.resume,
-                    progress=blocks if distributed else None,
+                    progress=blocks,
                 )
     except Exception as exc:  # one bad tile must not stop the batch
         report_error(state, exc, context=name)
