@@ -260,3 +260,28 @@ def _host() -> str:
     from georaster_cnn.io.staging import _host as host
 
     return host()
+
+
+def test_a_vector_file_written_meanwhile_by_another_run_is_not_replaced(tmp_path: Path) -> None:
+    import geopandas as gpd
+    from shapely.geometry import Point
+
+    import georaster_cnn as gc
+    from georaster_cnn import OutputExistsError
+
+    gdf = gpd.GeoDataFrame({"class": ["a"]}, geometry=[Point(0, 0)], crs="EPSG:4326")
+    out = tmp_path / "v.gpkg"
+    real = gpd.GeoDataFrame.to_file
+
+    def racing(self: gpd.GeoDataFrame, path: object, *args: object, **kwargs: object) -> None:
+        out.write_text("the other run's output")  # appears while this one writes
+        real(self, path, *args, **kwargs)
+
+    gpd.GeoDataFrame.to_file = racing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(OutputExistsError, match="another run meanwhile"):
+            gc.write_vectors(gdf, out)
+    finally:
+        gpd.GeoDataFrame.to_file = real  # type: ignore[method-assign]
+    assert out.read_text() == "the other run's output"
+    assert [p.name for p in tmp_path.iterdir()] == ["v.gpkg"]  # nothing of ours left

@@ -43,7 +43,8 @@ import shapely
 import xarray as xr
 from affine import Affine
 
-from georaster_cnn.errors import InputError
+from georaster_cnn.errors import InputError, OutputExistsError
+from georaster_cnn.io._fs import publish
 from georaster_cnn.io.classmap import CLASS_NODATA, ClassMap, open_class_map, prediction_classes
 from georaster_cnn.io.formats import vector_output_format
 from georaster_cnn.io.staging import check_output, staging_folder
@@ -250,7 +251,7 @@ def write_vectors(
             gdf.to_parquet(staged, index=False)
         else:
             _write_ogr(gdf, staged, fmt)
-        _move_into_place(tmpdir, out, fmt)
+        _move_into_place(tmpdir, out, fmt, overwrite=overwrite)
     log.info("wrote %s (%d feature(s), %s)", out, len(gdf), fmt)
     return out
 
@@ -408,10 +409,25 @@ def _write_ogr(gdf: gpd.GeoDataFrame, staged: Path, driver: str) -> None:
         gdf.to_file(staged, **kwargs)
 
 
-def _move_into_place(tmpdir: Path, out: Path, fmt: str) -> None:
-    """Rename the staged file (and Shapefile sidecars) to ``out``; stale sidecars go."""
+def _move_into_place(tmpdir: Path, out: Path, fmt: str, *, overwrite: bool) -> None:
+    """Rename the staged file (and Shapefile sidecars) to ``out``; stale sidecars go.
+
+    One file is published without replacing another run's output unless ``overwrite``
+    (:func:`georaster_cnn.io._fs.publish`); a Shapefile's files are renamed one by one.
+
+    Raises
+    ------
+    OutputExistsError
+        ``out`` appeared since the write began (another run) and ``overwrite`` is false.
+    """
     if fmt != "ESRI Shapefile":
-        os.replace(tmpdir / out.name, out)
+        try:
+            publish(tmpdir / out.name, out, overwrite=overwrite, aside=tmpdir / ".replaced")
+        except FileExistsError as exc:
+            raise OutputExistsError(
+                f"{out} exists (written by another run meanwhile); pass overwrite=True to "
+                "replace it"
+            ) from exc
         return
     staged = [p for p in tmpdir.iterdir() if p.stem == out.stem]
     new_suffixes = {p.suffix.lower() for p in staged}
