@@ -378,10 +378,11 @@ def test_streaming_gives_up_when_every_worker_is_lost(monkeypatch: pytest.Monkey
     import dask
     from distributed import Client, LocalCluster
 
+    from georaster_cnn.cluster import _client
     from georaster_cnn.errors import ClusterError
 
-    monkeypatch.setattr(scheduler, "NO_WORKERS_TIMEOUT_S", 1.5)
-    monkeypatch.setattr(scheduler, "POLL_S", 0.2)
+    monkeypatch.setattr(_client, "NO_WORKERS_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(_client, "POLL_S", 0.2)
     got: list[int] = []
 
     def on_done(ident: int, value: int) -> None:
@@ -413,11 +414,11 @@ def test_losing_the_scheduler_keeps_the_finished_blocks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Issue 17 item 12: the scheduler dies mid-write; a rerun continues from the blocks."""
-    from georaster_cnn.cluster import scheduler as sched
+    from georaster_cnn.cluster import _client
     from georaster_cnn.errors import ClusterError
     from georaster_cnn.io.staging import has_resume_state
 
-    monkeypatch.setattr(sched, "NO_WORKERS_TIMEOUT_S", 5.0)
+    monkeypatch.setattr(_client, "NO_WORKERS_TIMEOUT_S", 5.0)
     out = tmp_path / "out" / "map.tif"
     progress = _killer(lambda: dask_processes.procs[0].send_signal(signal.SIGKILL), after=3)
     with pytest.raises(ClusterError, match="kept"):
@@ -434,3 +435,37 @@ def test_losing_the_scheduler_keeps_the_finished_blocks(
     )  # fmt: skip
     assert first and first[0] >= 3  # resumed from the blocks finished before the loss
     _assert_same(again, job["ref"]["map.tif"])
+
+
+def test_a_computation_on_a_client_gives_up_when_every_worker_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """evaluate and train compute through the client (not streamed): bounded too."""
+    import threading
+    import time
+
+    import dask.array as dsa
+    from distributed import Client, LocalCluster
+
+    from georaster_cnn.cluster import _client
+    from georaster_cnn.errors import ClusterError
+
+    monkeypatch.setattr(_client, "NO_WORKERS_TIMEOUT_S", 1.5)
+    monkeypatch.setattr(_client, "POLL_S", 0.2)
+
+    def slow(block: Any) -> Any:
+        time.sleep(0.2)
+        return block
+
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        work = dsa.ones((40, 10), chunks=(1, 10)).map_blocks(slow).sum()
+        threading.Timer(1.0, cluster.scale, [0]).start()
+        started = time.monotonic()
+        with gcc.use_scheduler(client), pytest.raises(ClusterError, match="no worker"):
+            work.compute()  # a client given to use_scheduler is followed
+        assert time.monotonic() - started < 20

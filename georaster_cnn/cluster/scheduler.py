@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,9 +40,18 @@ from typing import TYPE_CHECKING, Any
 
 import dask
 
-from georaster_cnn.cluster._client import address, current_client, followed, is_live
+from georaster_cnn.cluster import _client
+from georaster_cnn.cluster._client import (
+    address,
+    cancelled,
+    check_workers,
+    current_client,
+    followed,
+    is_live,
+    lost,
+)
 from georaster_cnn.cluster._shipping import Shippable, ship_model
-from georaster_cnn.errors import ClusterError, InputError
+from georaster_cnn.errors import InputError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -64,12 +72,6 @@ log = logging.getLogger(__name__)
 TORCH_THREADS_ENV = "GCNN_TORCH_THREADS"
 #: Seconds to wait for a scheduler to answer.
 CONNECT_TIMEOUT_S = 30
-#: Seconds without any worker (or without an answer from the scheduler) before a
-#: streamed computation gives up instead of waiting for ever.
-NO_WORKERS_TIMEOUT_S = 60.0
-#: Seconds between checks while waiting for finished blocks (also bounds how long
-#: Ctrl-C and SIGTERM wait).
-POLL_S = 1.0
 #: Local schedulers Dask has in this process.
 LOCAL_SCHEDULERS = ("threads", "sync")
 
@@ -315,6 +317,8 @@ def _enter(spec: SchedulerSpec, given: Any, stack: ExitStack) -> ClusterSession:
         client = current_client()
         if client is None:
             return ClusterSession("threads")
+        # Used as the user set it up: no process-wide scheduler is set here (concurrent
+        # tiles in other threads share the process's dask configuration).
         return ClusterSession("client", client, _dashboard_link(client))
     if spec.kind in LOCAL_SCHEDULERS:
         stack.enter_context(dask.config.set(scheduler=spec.kind))
@@ -337,14 +341,6 @@ def _enter(spec: SchedulerSpec, given: Any, stack: ExitStack) -> ClusterSession:
 
 
 # --------------------------------------------------------------------------- streaming
-
-
-def _worker_count(client: Client) -> int | None:
-    """Workers the scheduler knows now; ``None`` when it cannot be asked."""
-    try:
-        return len(client.scheduler_info(n_workers=-1).get("workers", {}))
-    except Exception:  # the scheduler is gone or busy: the caller's wait decides
-        return None
 
 
 def stream_blocks(
@@ -377,14 +373,15 @@ def stream_blocks(
     Raises
     ------
     ClusterError
-        The cluster had no worker for :data:`NO_WORKERS_TIMEOUT_S` seconds (all lost,
+        The cluster had no worker for ``NO_WORKERS_TIMEOUT_S`` seconds (all lost,
         none started), or its scheduler stopped answering for as long.
     Exception
         The first task's exception (the others are cancelled).
 
     Notes
     -----
-    Finished tasks are waited for in short polls (:data:`POLL_S`), so Ctrl-C and
+    Finished tasks are waited for in short polls (``POLL_S`` of
+    :mod:`georaster_cnn.cluster._client`), so Ctrl-C and
     SIGTERM are handled within about a second, and the workers are counted meanwhile.
     """
     from distributed import wait
@@ -409,27 +406,29 @@ def stream_blocks(
         while pending:
             try:
                 finished = wait(
-                    [f for _, f in pending.values()], timeout=POLL_S, return_when="FIRST_COMPLETED"
+                    [f for _, f in pending.values()],
+                    timeout=_client.POLL_S,
+                    return_when="FIRST_COMPLETED",
                 ).done
             except TimeoutError:
                 finished = set()
             except Exception as exc:
-                if is_live(client) and not _cancelled(exc):
+                if is_live(client) and not cancelled(exc):
                     raise
-                raise _lost(client, exc) from exc  # the client lost its scheduler
+                raise lost(client, exc) from exc  # the client lost its scheduler
             if not finished:
-                starved_since = _check_workers(client, starved_since)
+                starved_since = check_workers(client, starved_since)
                 continue
             starved_since = None
             for fut in finished:
                 ident, _ = pending.pop(fut.key)
                 if fut.status == "cancelled":  # by the scheduler's loss, not by the task
-                    raise _lost(client, None)
+                    raise lost(client, None)
                 try:
                     result = fut.result()
                 except Exception as exc:
-                    if _cancelled(exc):
-                        raise _lost(client, exc) from exc
+                    if cancelled(exc):
+                        raise lost(client, exc) from exc
                     raise
                 fut.release()
                 on_done(ident, result)
@@ -443,34 +442,3 @@ def stream_blocks(
             except Exception:  # a scheduler that is gone cancels nothing; keep the first error
                 log.debug("could not cancel %d pending task(s)", len(pending))
     return count
-
-
-def _cancelled(exc: BaseException) -> bool:
-    """Whether ``exc`` says the futures were cancelled or the connection closed (not a task's error)."""
-    names = {"CancelledError", "FutureCancelledError", "FuturesCancelledError", "CommClosedError"}
-    return any(type(e).__name__ in names for e in (exc, exc.__cause__, exc.__context__) if e)
-
-
-def _lost(client: Client, exc: BaseException | None) -> ClusterError:
-    detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
-    return ClusterError(
-        f"lost the scheduler at {address(client)}{detail}; the blocks written so far are "
-        "kept: restart the cluster and rerun to continue from them"
-    )
-
-
-def _check_workers(client: Client, starved_since: float | None) -> float | None:
-    """The time since which the cluster has no worker (``None``: it has some); raise past the limit."""
-    if _worker_count(client):
-        return None
-    now = time.monotonic()
-    if starved_since is None:
-        log.warning("the cluster at %s has no worker; waiting for one", address(client))
-        return now
-    if now - starved_since >= NO_WORKERS_TIMEOUT_S:
-        raise ClusterError(
-            f"the cluster at {address(client)} has had no worker (or no answer) for "
-            f"{NO_WORKERS_TIMEOUT_S:.0f} s; start workers (`dask worker {address(client)}`) "
-            "and rerun: the blocks written so far are kept and the rerun continues from them"
-        )
-    return starved_since
