@@ -10,7 +10,7 @@ non-trivial batch-norm statistics (eval mode: a per-channel affine map).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import dask.array
@@ -53,21 +53,7 @@ def net_of(channels: int, classes: int, patch: int, **hparams: object) -> DenseC
     return net
 
 
-def dense_model(
-    n_bands: int = 2,
-    n_classes: int = 3,
-    *,
-    patch: int = 36,
-    widths: Sequence[int] = TINY,
-    min_valid: float = 0.5,
-    seed: int = 0,
-) -> GeoModel:
-    """The public test model (:func:`georaster_cnn.testing.tiny_dense_model`)."""
-    return tiny_dense_model(
-        n_bands, n_classes, patch=patch, widths=widths, min_valid=min_valid, seed=seed
-    )
-
-
+dense_model = tiny_dense_model  # seeded weights, non-trivial BN and statistics
 raster = test_raster
 _compare = assert_dense_matches_per_window
 
