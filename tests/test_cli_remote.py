@@ -77,3 +77,33 @@ def test_inspect_reads_a_network_input(tmp_path: Path) -> None:
         result = _run("inspect", f"/vsicurl/{served.url}/scene.tif", "--allow-remote", "--json")
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     assert '"bands"' in result.stdout or "band" in result.stdout  # type: ignore[attr-defined]
+
+
+def test_evaluate_and_train_read_network_inputs_and_labels(tmp_path: Path) -> None:
+    for name in ("scene.tif", "labels.tif"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    local = _run(
+        "evaluate", MODEL, ROOT / "scene.tif", "--labels", ROOT / "labels.tif",
+        "-o", tmp_path / "local", "--device", "cpu",
+    )  # fmt: skip
+    assert local.exit_code == 0, local.output  # type: ignore[attr-defined]
+    with serve(tmp_path) as served:
+        scene, labels = f"/vsicurl/{served.url}/scene.tif", f"{served.url}/labels.tif"
+        remote = _run(
+            "evaluate", MODEL, scene, "--labels", labels, "-o", tmp_path / "remote",
+            "--device", "cpu", "--allow-remote",
+        )  # fmt: skip
+        assert remote.exit_code == 0, remote.output  # type: ignore[attr-defined]
+        trained = _run(
+            "train", scene, "--labels", labels, "-o", tmp_path / "m.safetensors",
+            "--epochs", "1", "--stride", "32", "--device", "cpu", "--allow-remote",
+        )  # fmt: skip
+        assert trained.exit_code == 0, trained.output  # type: ignore[attr-defined]
+        refused = _run("train", scene, "--labels", labels, "-o", tmp_path / "n.safetensors")
+        assert refused.exit_code != 0 and "--allow-remote" in refused.stderr  # type: ignore[attr-defined]
+    a = (tmp_path / "local" / "metrics.json").read_text()
+    b = (tmp_path / "remote" / "metrics.json").read_text()
+    import json
+
+    ja, jb = json.loads(a), json.loads(b)
+    assert ja["confusion_matrix"] == jb["confusion_matrix"]

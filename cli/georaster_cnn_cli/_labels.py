@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from georaster_cnn_cli._common import CLIState, plural, report_selected
+from georaster_cnn_cli._options import LOCATION
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -37,7 +38,7 @@ def labels_options(labels_help: str, column_help: str) -> Callable[[F], F]:
         return click.option(
             "--labels",
             multiple=True,
-            type=click.Path(dir_okay=False, path_type=Path),
+            type=LOCATION,
             metavar="LABELS",
             help=labels_help,
         )(f)

@@ -33,6 +33,27 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Location(click.ParamType):
+    """A file or folder as a :class:`~pathlib.Path`; a network location as typed (``str``).
+
+    ``Path("https://h/a.tif")`` would fold the ``//``; ``/vsicurl/…``, ``https://…`` and
+    ``s3://…`` stay strings for the reader, which opens them only with ``--allow-remote``.
+    """
+
+    name = "location"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from georaster_cnn.io.formats import is_network_location
+
+        if isinstance(value, Path) or not is_network_location(str(value)):
+            return Path(value).expanduser()
+        return str(value)
+
+
+#: INPUT and --labels of train and evaluate: local paths or network locations.
+LOCATION = Location()
+
+
 class BandList(click.ParamType):
     """``1,2,4`` or ``red,nir`` (or a mix) -> ``[1, 2, 4]`` / ``["red", "nir"]``.
 

@@ -25,6 +25,7 @@ from georaster_cnn_cli._labels import (
     open_labelled,
 )
 from georaster_cnn_cli._options import (
+    LOCATION,
     inference_options,
     input_options,
     overwrite_option,
@@ -118,7 +119,7 @@ def _evaluate_rasters(
 )
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
+    "inputs", nargs=-1, required=True, type=LOCATION, metavar="INPUT...",
 )  # fmt: skip
 @labels_options(
     "Reference class-id raster on the INPUT's grid (the model's ids 0..K-1, nodata = "

@@ -29,6 +29,7 @@ from georaster_cnn_cli._labels import (
     open_labelled,
 )
 from georaster_cnn_cli._options import (
+    LOCATION,
     NameList,
     batch_size_option,
     device_option,
@@ -135,7 +136,7 @@ def _fit(
     "train", short_help="Train a model on rasters with label rasters or vector labels, or on chips."
 )
 @click.argument(
-    "inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...",
+    "inputs", nargs=-1, required=True, type=LOCATION, metavar="INPUT...",
 )  # fmt: skip
 @labels_options(
     "Class-id raster on the INPUT's grid (0..K-1, nodata = unlabelled), once per INPUT "
