@@ -28,6 +28,7 @@ from typing import Any
 
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.io.formats import GDAL_DRIVERS, REFERENCING_DRIVERS, gdal_drivers
+from georaster_cnn.io.formats import is_network_location as is_remote
 from georaster_cnn.quiet import ignore_warnings
 
 __all__ = ["check_vrt", "input_drivers", "is_remote", "open_input", "unreadable"]
@@ -37,12 +38,6 @@ MAX_VRT_BYTES = 16 * 2**20
 #: Deepest nesting of VRTs followed.
 MAX_VRT_DEPTH = 16
 
-# GDAL's network file systems, anywhere in a name (they chain: /vsizip//vsicurl/...),
-# and URLs (GDAL opens http://... with its HTTP driver, others take s3:// etc.).
-_NETWORK = re.compile(
-    r"/vsi(?:curl|s3|gs|az|adls|oss|swift|webhdfs|hdfs)(?:_streaming)?/|\b[a-z][a-z0-9+.-]*://",
-    re.IGNORECASE,
-)
 # A driver-prefixed name, e.g. NETCDF:"file.nc":var or GTIFF_DIR:2:file.tif (two or
 # more letters, so that C:\... is a path).
 _PREFIXED = re.compile(r"^([A-Za-z][A-Za-z0-9_]+):(.*)$", re.DOTALL)
@@ -56,11 +51,6 @@ _FORMAT_NAMES = {
     "HFA": "Erdas Imagine (HFA) or ENVI/EHdr raster",
     "JP2OpenJPEG": "JPEG 2000 file",
 }
-
-
-def is_remote(name: str) -> bool:
-    """Whether ``name`` is (or goes through) a network location."""
-    return bool(_NETWORK.search(name))
 
 
 @functools.cache
