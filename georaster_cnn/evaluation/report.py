@@ -19,10 +19,10 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -315,20 +315,15 @@ class EvaluationReport:
         """
         out = check_report_folder(report_dir, overwrite=overwrite)
         out.mkdir(parents=True, exist_ok=True)
-        replace = {"overwrite": overwrite}  # another run's report meanwhile is not replaced
         text = json.dumps(self.to_dict(), indent=2) + "\n"
-        written = [
-            atomic_write(out / "metrics.json", lambda f: f.write(text.encode()), **replace),
-            atomic_write(
-                out / "per_class.csv", lambda f: f.write(self._per_class_csv().encode()), **replace
-            ),
-            atomic_write(
-                out / "confusion_matrix.csv",
-                lambda f: f.write(self._confusion_csv().encode()),
-                **replace,
-            ),
-            atomic_write(out / "confusion_matrix.png", self._plot, **replace),
-        ]
+        writers: dict[str, Callable[[BinaryIO], Any]] = {
+            "metrics.json": lambda f: f.write(text.encode()),
+            "per_class.csv": lambda f: f.write(self._per_class_csv().encode()),
+            "confusion_matrix.csv": lambda f: f.write(self._confusion_csv().encode()),
+            "confusion_matrix.png": self._plot,
+        }
+        # without overwrite, another run's report written meanwhile is not replaced
+        written = [atomic_write(out / n, w, overwrite=overwrite) for n, w in writers.items()]
         log.info("evaluation report written to %s", out)
         return written
 
