@@ -33,7 +33,6 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from georaster_cnn.chips import plan_blocks, valid_fraction, window_view
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.stats import (
     ChannelStats,
@@ -42,19 +41,17 @@ from georaster_cnn.stats import (
     normalize,
     partial_stats,
 )
+from georaster_cnn.training._cells import as_dask, block_cells, cut_cells, grid_blocks, grid_labels
 from georaster_cnn.training.chipdata import normalize_chips
 from georaster_cnn.training.splits import blocked_split, random_split_if_unblocked
 from georaster_cnn.training.vector_labels import (
     VectorLabels,
     point_windows,
-    rasterize_polygons,
     to_raster_crs,
 )
 
 __all__ = ["TrainingWindows", "WindowSpec", "Windows", "grid_windows", "training_windows"]
 
-#: Windows copied at a time: bounds the temporaries of one block.
-_BATCH = 4096
 #: Bytes of windows normalised at a time (small enough to stay in the CPU caches).
 _NORMALISE_BYTES = 2**23
 
@@ -164,16 +161,6 @@ class TrainingWindows:
 # --------------------------------------------------------------------------- grid windows
 
 
-def _copy_windows(windows: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """Windows ``(n, band, p, p)`` float32 of a window view, NaN kept; a batch at a time."""
-    bands, _, _, p, q = windows.shape
-    out = np.empty((rows.size, bands, p, q), np.float32)
-    for i in range(0, rows.size, _BATCH):
-        sl = slice(i, i + _BATCH)
-        out[sl] = windows[:, rows[sl], cols[sl]].transpose(1, 0, 2, 3)
-    return out
-
-
 def _block_chips(
     block: np.ndarray,
     *,
@@ -185,33 +172,16 @@ def _block_chips(
     seed: tuple[int, ...],
     min_cover: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw chips, labels and cell positions of one overlapped block (last band = labels).
+    """Raw chips, labels and cell positions of one block's windows (:func:`block_cells`).
 
-    A window is labelled with its centre pixel's class; with ``min_cover > 0`` it also
-    needs that share of its pixels labelled with the same class (polygon labels).
     With ``keep < 1`` a seeded random fraction of the block's windows is kept.
     """
-    data, labels = block[:-1], block[-1]
-    ny = (block.shape[1] - 2 * halo) // stride
-    nx = (block.shape[2] - 2 * halo) // stride
-    frac = valid_fraction(~np.isnan(data).any(axis=0), patch, stride, (ny, nx))
-    c = patch // 2  # a window's centre pixel within the block: s*i + patch//2
-    centre = labels[c : c + (ny - 1) * stride + 1 : stride, c : c + (nx - 1) * stride + 1 : stride]
-    usable = (frac >= min_valid) & np.isfinite(centre)
-    if min_cover > 0:
-        for k in np.unique(centre[usable]):
-            cover = valid_fraction(labels == k, patch, stride, (ny, nx))
-            usable &= (centre != k) | (cover >= min_cover)
-    rows, cols = np.nonzero(usable)
+    geom = {"patch": patch, "stride": stride, "halo": halo}
+    rows, cols, centre = block_cells(block, **geom, min_valid=min_valid, min_cover=min_cover)
     if keep < 1.0:
         pick = np.random.default_rng(seed).random(rows.size) < keep
-        rows, cols = rows[pick], cols[pick]
-    x = _copy_windows(window_view(data, patch, stride, (ny, nx)), rows, cols)
-    return x, centre[rows, cols].astype(np.float64), np.stack([rows, cols], axis=1)
-
-
-def _as_dask(arr: xr.DataArray) -> da.Array:
-    return arr.data if isinstance(arr.data, da.Array) else da.from_array(arr.values)
+        rows, cols, centre = rows[pick], cols[pick], centre[pick]
+    return cut_cells(block, rows, cols, **geom), centre, np.stack([rows, cols], axis=1)
 
 
 def _keep_fraction(labels: xr.DataArray, grid: PatchGrid, max_windows: int, source: str) -> float:
@@ -223,7 +193,7 @@ def _keep_fraction(labels: xr.DataArray, grid: PatchGrid, max_windows: int, sour
     if math.prod(grid.out_shape) <= max_windows:
         return 1.0
     c = grid.center_offset
-    centres = _as_dask(labels)[c :: grid.stride, c :: grid.stride]
+    centres = as_dask(labels)[c :: grid.stride, c :: grid.stride]
     n_labelled = int(da.isfinite(centres).sum().compute())
     keep = min(1.0, max_windows / max(1, n_labelled))
     if keep < 1.0:
@@ -246,20 +216,16 @@ def _grid_tasks(
     min_cover: float,
 ) -> tuple[list[Any], list[tuple[int, int]]]:
     """Lazy ``_block_chips`` of every block, and each block's first output cell."""
-    stacked = da.concatenate([raw, _as_dask(labels)[None].astype(np.float32)], axis=0)
-    plan = plan_blocks(stacked, grid)
-    starts_y = np.cumsum((0, *plan.cell_chunks[0]))
-    starts_x = np.cumsum((0, *plan.cell_chunks[1]))
-    tasks, offsets = [], []
-    for (_, by, bx), blk in np.ndenumerate(plan.blocks.to_delayed(optimize_graph=False)):
-        tasks.append(
-            dask.delayed(_block_chips)(
-                blk, patch=grid.patch, stride=grid.stride, halo=grid.halo_before,
-                min_valid=spec.min_valid, keep=keep, seed=(spec.seed, int(by), int(bx)),
-                min_cover=min_cover,
-            )
-        )  # fmt: skip
-        offsets.append((int(starts_y[by]), int(starts_x[bx])))
+    blocks, offsets = grid_blocks(raw, labels, grid)
+    n_x = len({o[1] for o in offsets})
+    tasks = [
+        dask.delayed(_block_chips)(
+            blk, patch=grid.patch, stride=grid.stride, halo=grid.halo_before,
+            min_valid=spec.min_valid, keep=keep, seed=(spec.seed, i // n_x, i % n_x),
+            min_cover=min_cover,
+        )
+        for i, blk in enumerate(blocks)
+    ]  # fmt: skip
     return tasks, offsets
 
 
@@ -307,7 +273,7 @@ def grid_windows(
     spec = WindowSpec(grid.patch, grid.stride, min_valid, min_cover, max_windows, seed)
     source = str(data.attrs.get("source", "raster"))
     keep = _keep_fraction(labels, grid, max_windows, source)
-    tasks, offsets = _grid_tasks(_as_dask(data), labels, grid, spec, keep=keep, min_cover=min_cover)
+    tasks, offsets = _grid_tasks(as_dask(data), labels, grid, spec, keep=keep, min_cover=min_cover)
     return _assemble(dask.compute(*tasks), offsets, grid)
 
 
@@ -333,16 +299,13 @@ def _read_raster(
     Grid labels are a label raster, or polygons rasterised lazily onto the raster's
     grid (their windows also need ``spec.min_cover``).
     """
-    raw = _as_dask(data)
+    raw = as_dask(data)
     stats_tasks = partial_stats(raw, names)
-    if not isinstance(item, VectorLabels):
-        labels, min_cover = item, 0.0
-    elif len(item.polygons):
-        polys = to_raster_crs(item.polygons, data, item.source)
-        labels, min_cover = rasterize_polygons(polys, data, source=item.source), spec.min_cover
-    else:
+    found = grid_labels(data, item, spec.min_cover)
+    if found is None:
         (parts,) = dask.compute(stats_tasks)
         return None, list(parts)
+    labels, min_cover = found
     source = str(data.attrs.get("source", "raster"))
     keep = _keep_fraction(labels, grid, spec.max_windows, source)
     tasks, offsets = _grid_tasks(raw, labels, grid, spec, keep=keep, min_cover=min_cover)
