@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import logging
-from collections.abc import Callable, Sequence
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,10 @@ from georaster_cnn.options import (
     check_non_negative,
     check_patience,
 )
+from georaster_cnn.training._run import Best, Run
+from georaster_cnn.training.checkpoint import Checkpoint
+from georaster_cnn.training.store import StoreSamples
+from georaster_cnn.training.streaming import StreamedWindows, stream_layout
 
 __all__ = ["EpochFn", "FitOptions", "fit", "untrained"]
 
@@ -150,22 +157,28 @@ def _recalibrate_bn(module: nn.Module, x: torch.Tensor, dev: torch.device, batch
 
 def _evaluate(
     module: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     dev: torch.device,
     loss_fn: nn.Module,
-    batch: int,
 ) -> tuple[float, float]:
-    """Mean loss and accuracy of ``module`` on ``(x, y)``, in eval mode."""
+    """Mean loss and accuracy of ``module`` over ``batches``, in eval mode."""
     module.eval()
-    tot_loss, correct = 0.0, 0
+    tot_loss, correct, n = 0.0, 0, 0
     with torch.inference_mode():
-        for i in range(0, len(x), batch):
-            xb, yb = x[i : i + batch].to(dev), y[i : i + batch].to(dev)
+        for xb, yb in batches:
+            xb, yb = xb.to(dev), yb.to(dev)
             out = module(xb)
             tot_loss += float(loss_fn(out, yb)) * len(xb)
             correct += int((out.argmax(1) == yb).sum())
-    return tot_loss / max(1, len(x)), correct / max(1, len(x))
+            n += len(xb)
+    return tot_loss / max(1, n), correct / max(1, n)
+
+
+def _slices(
+    x: torch.Tensor, y: torch.Tensor, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(x), batch):
+        yield x[i : i + batch], y[i : i + batch]
 
 
 def _class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -178,10 +191,15 @@ def _class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
 
 
 class _Loop:
-    """One training run's state: module, optimiser, data on the host, random generator."""
+    """One training run's state: module, optimiser, data (in memory or streamed), random generator."""
 
     def __init__(
-        self, x: np.ndarray, y: np.ndarray, val: np.ndarray, model: GeoModel, opts: FitOptions
+        self,
+        x: np.ndarray | StoreSamples,
+        y: np.ndarray,
+        val: np.ndarray,
+        model: GeoModel,
+        opts: FitOptions,
     ) -> None:
         self.opts = opts
         self.dev = resolve_device(opts.device)
@@ -189,17 +207,51 @@ class _Loop:
         weights = _class_weights(y[~val], model.n_classes)
         self.loss_fn = nn.CrossEntropyLoss(weight=weights.to(self.dev))
         self.opt = torch.optim.Adam(self.module.parameters(), lr=opts.learning_rate)
-        self.xt, self.yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val])
-        self.xv, self.yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
+        self.stream: tuple[StreamedWindows, StreamedWindows] | None = None
+        if isinstance(x, StoreSamples):
+            layout = stream_layout(x.store, x.memory_bytes, opts.batch_size)
+            b = opts.batch_size
+            self.stream = (
+                StreamedWindows(x.store, ~val, y, batch_size=b, layout=layout, shuffle=True),
+                StreamedWindows(x.store, val, y, batch_size=b, layout=layout, shuffle=False),
+            )
+            empty = torch.empty(0)
+            self.xt, self.xv = empty, empty
+            self.yt, self.yv = torch.from_numpy(y[~val]), torch.from_numpy(y[val])
+        else:
+            self.xt, self.yt = torch.from_numpy(x[~val]), torch.from_numpy(y[~val])
+            self.xv, self.yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
         self.gen = torch.Generator().manual_seed(opts.seed)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dev.type == "cuda")
 
-    def _step(self, idx: torch.Tensor) -> tuple[float, int]:
-        """One optimiser step on the training samples ``idx``: summed loss, correct count."""
-        dev, xb = self.dev, self.xt[idx]
+    @property
+    def waited_s(self) -> float:
+        """Seconds spent waiting for streamed windows."""
+        return sum(s.wait_s for s in self.stream) if self.stream else 0.0
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint holds of the loop (:meth:`restore`)."""
+        return {
+            "module": self.module.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def _step(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, int]:
+        """One optimiser step on the batch: summed loss, correct count."""
+        dev = self.dev
         if self.opts.augment:
             xb = _augment(xb, self.gen)
-        xb, yb = xb.to(dev), self.yt[idx].to(dev)
+        xb, yb = xb.to(dev), yb.to(dev)
         with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
             out = self.module(xb)
             loss = self.loss_fn(out, yb)
@@ -207,60 +259,52 @@ class _Loop:
         self.scaler.scale(loss).backward()
         self.scaler.step(self.opt)
         self.scaler.update()
-        return float(loss.detach()) * len(idx), int((out.argmax(1) == yb).sum())
+        return float(loss.detach()) * len(yb), int((out.argmax(1) == yb).sum())
+
+    def _batches(self) -> tuple[Iterator[tuple[torch.Tensor, torch.Tensor]], int]:
+        """The epoch's training batches (shuffled with the loop's generator) and their number."""
+        batch, n = self.opts.batch_size, len(self.yt)
+        if self.stream is not None:
+            self.stream[0].set_epoch_seed(int(torch.randint(0, 2**62, (1,), generator=self.gen)))
+            return iter(self.stream[0]), -(-n // batch)
+        order = torch.randperm(n, generator=self.gen)
+        batches = ((self.xt[order[i : i + batch]], self.yt[order[i : i + batch]])
+                   for i in range(0, n, batch))  # fmt: skip
+        return batches, -(-n // batch)
 
     def epoch(self, epoch: int) -> dict[str, float]:
         """Train one epoch, recalibrate batch norm, validate; the epoch's metrics."""
         batch = self.opts.batch_size
         self.module.train()
-        order = torch.randperm(len(self.xt), generator=self.gen)
+        batches, n_batches = self._batches()
+        n_recal = _bn_batches(n_batches) * batch
+        recal: list[torch.Tensor] = []
+        held = 0
         tot_loss, correct = 0.0, 0
-        for i in range(0, len(order), batch):
-            idx = order[i : i + batch]
-            if len(idx) < 2:
+        for xb, yb in batches:
+            if held < n_recal:  # the epoch's first samples, before augmentation
+                recal.append(xb[: n_recal - held].clone())
+                held += len(recal[-1])
+            if len(yb) < 2:
                 continue  # batch-norm needs more than one sample
-            loss, right = self._step(idx)
+            loss, right = self._step(xb, yb)
             tot_loss += loss
             correct += right
-        n_recal = _bn_batches(-(-len(order) // batch)) * batch
-        _recalibrate_bn(self.module, self.xt[order[:n_recal]], self.dev, batch)
-        n = len(self.xt)
+        _recalibrate_bn(self.module, torch.cat(recal) if recal else self.xt, self.dev, batch)
+        del recal
+        n = len(self.yt)
         metrics: dict[str, float] = {"epoch": epoch, "loss": tot_loss / n, "accuracy": correct / n}
-        if len(self.xv):
+        if len(self.yv):
             # at the training batch size: larger batches were slower on CPU
+            val = iter(self.stream[1]) if self.stream else _slices(self.xv, self.yv, batch)
             metrics["val_loss"], metrics["val_accuracy"] = _evaluate(
-                self.module, self.xv, self.yv, self.dev, self.loss_fn, batch
+                self.module, val, self.dev, self.loss_fn
             )
         return metrics
 
 
-class _Best:
-    """The best weights so far, and the early-stopping rule on the validation loss."""
-
-    def __init__(self, patience: int | None) -> None:
-        self.patience = patience
-        self.score = float("inf")
-        self.state: dict[str, torch.Tensor] | None = None
-        self.ref, self.ref_epoch = float("inf"), 0
-
-    def update(self, epoch: int, metrics: dict[str, float], module: nn.Module) -> None:
-        score = metrics.get("val_loss", metrics["loss"])
-        if self.state is None or score < self.score:
-            self.score = score
-            self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-        # Patience counts from the last *meaningful* improvement (relative 1e-4): the
-        # loss also wobbles by tiny amounts when nothing is learned.
-        if epoch == 1 or score < self.ref - 1e-4 * abs(self.ref):
-            self.ref, self.ref_epoch = score, epoch
-
-    def stop(self, epoch: int, epochs: int, validated: bool) -> bool:
-        """Whether to stop after ``epoch``: no better validation loss for ``patience`` epochs."""
-        waited = epoch - self.ref_epoch
-        return bool(self.patience and validated and waited >= self.patience and epoch < epochs)
-
-
 def fit(
-    x: np.ndarray,
+    x: np.ndarray | StoreSamples,
     y: np.ndarray,
     val: np.ndarray,
     *,
@@ -268,13 +312,16 @@ def fit(
     options: FitOptions,
     provenance: dict[str, Any],
     unit: str = "samples",
+    checkpoint: str | os.PathLike[str] | None = None,
+    resume: bool = True,
 ) -> GeoModel:
     """Train ``model`` on normalised samples; it with the weights of the epoch with the lowest loss.
 
     Parameters
     ----------
     x
-        Normalised ``(n, band, p, p)`` float32 samples (NaN already 0).
+        Normalised ``(n, band, p, p)`` float32 samples (NaN already 0), or a window
+        store streamed within a memory budget (:class:`StoreSamples`).
     y
         Their class ids, int64.
     val
@@ -289,53 +336,94 @@ def fit(
         adds its own.
     unit
         What a sample is, for the log (``windows``, ``chips``).
+    checkpoint, resume
+        A checkpoint file written after each epoch
+        (:mod:`~georaster_cnn.training.checkpoint`); with ``resume``, one of the same run
+        is continued.
     """
     loop = _Loop(x, y, val, model, options)
     log.info(
-        "training %s on %d %s (%d validation), %d classes",
-        model.arch, len(loop.yt), unit, len(loop.yv), model.n_classes,
+        "training %s on %d %s (%d validation)%s, %d classes",
+        model.arch, len(loop.yt), unit, len(loop.yv),
+        ", streamed from a window store" if loop.stream else "", model.n_classes,
     )  # fmt: skip
-    history: list[dict[str, float]] = []
-    best, stopped_at = _Best(options.patience), None
-    for epoch in range(1, options.epochs + 1):
-        metrics = loop.epoch(epoch)
-        history.append(metrics)
-        log.info("epoch %d/%d %s", epoch, options.epochs, metrics)
-        best.update(epoch, metrics, loop.module)
+    ckpt = _checkpoint(checkpoint, model, options, provenance, y, val, loop)
+    run = Run(history=[], best=Best(options.patience))
+    if ckpt is not None and resume:
+        state = run.resume(ckpt)
+        if state is not None:
+            loop.restore(state)
+    while not run.finished and run.epoch < options.epochs:
+        run.epoch += 1
+        started, waited = time.perf_counter(), loop.waited_s
+        metrics = loop.epoch(run.epoch)
+        run.reading_s += loop.waited_s - waited
+        run.computing_s += time.perf_counter() - started - (loop.waited_s - waited)
+        run.history.append(metrics)
+        log.info("epoch %d/%d %s", run.epoch, options.epochs, metrics)
+        run.best.update(run.epoch, metrics, loop.module)
         if options.on_epoch is not None:
-            options.on_epoch(epoch, options.epochs, metrics)
-        if best.stop(epoch, options.epochs, validated=len(loop.xv) > 0):
-            stopped_at = epoch
+            options.on_epoch(run.epoch, options.epochs, metrics)
+        if run.best.stop(run.epoch, options.epochs, validated=len(loop.yv) > 0):
+            run.stopped_at = run.epoch
             log.info(
                 "early stop after epoch %d: no better validation loss for %d",
-                epoch, options.patience,
+                run.epoch, options.patience,
             )  # fmt: skip
-            break
-    if best.state is None:  # unreachable: epochs >= 1 was checked
+        run.finished = run.stopped_at is not None or run.epoch >= options.epochs
+        if ckpt is not None:
+            ckpt.save(run.state(loop.state()))
+    if run.best.state is None:  # unreachable: epochs >= 1 was checked
         raise TrainingError("no epoch completed")
-    loop.module.load_state_dict(best.state)
+    loop.module.load_state_dict(run.best.state)
     loop.module.cpu().eval()
-    trained = _provenance(provenance, y, history, stopped_at, loop, options, model.n_classes)
+    trained = _provenance(provenance, y, run, loop, options, model.n_classes)
     return dataclasses.replace(model, module=loop.module, provenance=trained)
+
+
+def _checkpoint(
+    path: str | os.PathLike[str] | None,
+    model: GeoModel,
+    options: FitOptions,
+    provenance: dict[str, Any],
+    y: np.ndarray,
+    val: np.ndarray,
+    loop: _Loop,
+) -> Checkpoint | None:
+    """The run's checkpoint, keyed by everything its result depends on."""
+    if path is None:
+        return None
+    card = {k: v for k, v in model.card().items() if k != "provenance"}
+    opts = {k: v for k, v in dataclasses.asdict(options).items() if k != "on_epoch"}
+    layout = dataclasses.asdict(loop.stream[0].layout) if loop.stream else None
+    data = {k: v for k, v in provenance.items() if k != "timing"}
+    fields = {
+        "model": card, "options": {**opts, "device": loop.dev.type}, "data": data,
+        "y": hashlib.sha256(y.tobytes() + val.tobytes()).hexdigest(), "stream": layout,
+    }  # fmt: skip
+    return Checkpoint(path, fields)
 
 
 def _provenance(
     source: dict[str, Any],
     y: np.ndarray,
-    history: Sequence[dict[str, float]],
-    stopped_at: int | None,
+    run: Run,
     loop: _Loop,
     opts: FitOptions,
     n_classes: int,
 ) -> dict[str, Any]:
     """The model's provenance: ``source``'s entries and the run's settings and results."""
+    history = run.history
     best_epoch = min(history, key=lambda m: m.get("val_loss", m["loss"]))
-    return {
+    timing = dict(source.get("timing", {}))
+    timing["reading_s"] = round(timing.get("reading_s", 0.0) + run.reading_s, 3)
+    timing["computing_s"] = round(run.computing_s, 3)
+    out = {
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         **source,
         "epochs": opts.epochs,
         "epochs_run": len(history),
-        "early_stopping": {"patience": opts.patience or 0, "stopped_after": stopped_at},
+        "early_stopping": {"patience": opts.patience or 0, "stopped_after": run.stopped_at},
         "batch_size": opts.batch_size,
         "learning_rate": opts.learning_rate,
         "seed": opts.seed,
@@ -346,4 +434,11 @@ def _provenance(
         "history": list(history),
         "metrics": dict(best_epoch),
         "device": loop.dev.type,
+        "timing": timing,
     }
+    if run.resumed_from is not None:
+        out["resumed"] = {"after_epoch": run.resumed_from}
+    if loop.stream is not None:
+        out["streamed"] = {"unit_windows": loop.stream[0].layout.unit,
+                           "buffer_windows": loop.stream[0].layout.buffer}  # fmt: skip
+    return out

@@ -33,13 +33,11 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError, TrainingError
 from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import default_colors
@@ -58,11 +56,9 @@ from georaster_cnn.options import (
     DEFAULT_VAL_FRACTION,
     check_fraction,
     check_min_valid,
-    check_positive,
-    patch_size_problem,
-    training_stride,
 )
 from georaster_cnn.training._fit import EpochFn, FitOptions, fit, untrained
+from georaster_cnn.training._raster_fit import RunPlan, fit_windows
 from georaster_cnn.training.chipdata import (
     ChipSet,
     chip_stats,
@@ -71,15 +67,11 @@ from georaster_cnn.training.chipdata import (
 )
 from georaster_cnn.training.labels import (
     LabelsArg,
-    label_sources,
-    resolve_labels,
-    training_class_colors,
-    training_class_ids,
-    training_class_names,
 )
 from georaster_cnn.training.splits import SplitAdvice, check_split, stratified_split
-from georaster_cnn.training.vector_labels import VectorLabels
-from georaster_cnn.training.windows import TrainingWindows, WindowSpec, training_windows
+from georaster_cnn.training.windows import (
+    window_spec,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -126,16 +118,16 @@ def train(
     labels: LabelsArg | Sequence[LabelsArg],
     *,
     label_column: str | None = None, class_names: Sequence[str] | None = None,
-    arch: str = DEFAULT_ARCH, epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE, stride: int | None = None,
+    arch: str = DEFAULT_ARCH, epochs: int = DEFAULT_EPOCHS, seed: int = 0,
+    batch_size: int = DEFAULT_TRAIN_BATCH_SIZE, stride: int | None = None, augment: bool = True,
     patch_size: int = DEFAULT_PATCH, learning_rate: float = DEFAULT_LEARNING_RATE,
-    device: str | torch.device = "auto", seed: int = 0,
-    val_fraction: float = DEFAULT_VAL_FRACTION, val_block: int = DEFAULT_VAL_BLOCK,
-    min_valid: float | None = None, min_cover: float = DEFAULT_MIN_COVER, augment: bool = True,
-    patience: int | None = DEFAULT_PATIENCE, hparams: dict[str, Any] | None = None,
-    max_chip_bytes: int = 2 * 1024**3, on_epoch: EpochFn | None = None,
-    progress: EpochFn | None = None, scheduler: str | Client | None = None,
-    scheduler_file: str | os.PathLike[str] | None = None,
+    device: str | torch.device = "auto", val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_block: int = DEFAULT_VAL_BLOCK, min_valid: float | None = None, resume: bool = True,
+    min_cover: float = DEFAULT_MIN_COVER, patience: int | None = DEFAULT_PATIENCE,
+    hparams: dict[str, Any] | None = None, max_chip_bytes: int = 2 * 1024**3,
+    on_epoch: EpochFn | None = None, progress: EpochFn | None = None, memory: int | None = None,
+    scheduler: str | Client | None = None, scheduler_file: str | os.PathLike[str] | None = None,
+    store: str | os.PathLike[str] | None = None, checkpoint: str | os.PathLike[str] | None = None,
 ) -> GeoModel:  # fmt: skip
     """Train a classifier from rasters and their labels: label rasters or vector labels.
 
@@ -169,22 +161,23 @@ def train(
     augment, patience
         Random flips and 90-degree rotations of training batches; stop when the validation loss
         has not improved for this many epochs (``None`` or 0: run all epochs; needs validation).
-    max_chip_bytes
-        Memory cap for the training windows held in memory (all rasters together); beyond it a
-        seeded random subset of the labelled windows is used.
-    on_epoch
-        Called as ``on_epoch(epoch, epochs, metrics)`` after each epoch (``progress=``: its old name).
+    max_chip_bytes, on_epoch
+        Cap of the windows held in memory (all rasters; beyond it, without a store, a seeded
+        random subset is used); ``on_epoch(epoch, epochs, metrics)`` after each epoch
+        (``progress=``: its old name).
     scheduler, scheduler_file
-        Where the labels are read and the windows cut (the Dask work), as for
-        :func:`~georaster_cnn.write_prediction`; the windows do not depend on it. A cluster
-        started for it is closed before training, which runs in this process.
+        Where the labels are read and the windows cut, as for :func:`~georaster_cnn.write_prediction`.
+    store, memory, checkpoint, resume
+        A window store (folder, URL) of every window, built or reused (same inputs, options);
+        windows budget in MiB (default ``max_chip_bytes``), a store is streamed beyond it; a
+        checkpoint written each epoch, continued with ``resume`` (docs/training-at-scale.md).
 
     Returns
     -------
     GeoModel
         The weights of the epoch with the lowest validation loss. Its provenance holds
         ``windows_per_class``: ``{"train": {name: n}, "validation": {name: n},
-        "dropped_in_buffer": {name: n}}`` (also logged at INFO).
+        "dropped_in_buffer": {name: n}}`` (logged at INFO), ``timing`` (reading, computing).
 
     Raises
     ------
@@ -192,14 +185,12 @@ def train(
         Bad options, misaligned or inconsistent inputs, unreadable vector labels, labels and
         rasters without a CRS to relate them, or a malformed or unreachable ``scheduler``.
     TrainingError
-        No labelled window, fewer than two classes, or a class whose windows are all held out
-        (in validation or its buffer).
+        No labelled window, fewer than two classes, or a class whose windows are all held out.
 
     Warns
     -----
     ValidationWarning
-        Fewer than 100 validation windows (``MIN_VALIDATION_SAMPLES``), or a class that trains
-        but has no validation window.
+        Fewer than 100 validation windows, or a class that trains but has no validation window.
 
     Examples
     --------
@@ -212,148 +203,16 @@ def train(
         augment=augment, patience=patience, on_epoch=on_epoch, progress=progress,
     )  # fmt: skip
     datas = [as_canonical(d) for d in ([data] if isinstance(data, xr.DataArray) else data)]
-    spec = _window_spec(
+    run = RunPlan.checked(store, memory, max_chip_bytes, checkpoint, resume)
+    spec = window_spec(
         datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
-        val_block=val_block, max_chip_bytes=max_chip_bytes, seed=seed,
+        val_block=val_block, seed=seed, max_chip_bytes=run.memory_bytes,
     )  # fmt: skip
-    return _fit_windows(
+    return fit_windows(
         datas, labels, spec, options, label_column=label_column, class_names=class_names,
         arch=arch, hparams=hparams, val_block=val_block, val_fraction=val_fraction,
-        scheduler=scheduler, scheduler_file=scheduler_file,
+        scheduler=scheduler, scheduler_file=scheduler_file, run=run,
     )  # fmt: skip
-
-
-def _fit_windows(
-    datas: list[xr.DataArray],
-    labels: LabelsArg | Sequence[LabelsArg],
-    spec: WindowSpec,
-    options: FitOptions,
-    *,
-    label_column: str | None,
-    class_names: Sequence[str] | None,
-    arch: str,
-    hparams: dict[str, Any] | None,
-    val_block: int,
-    val_fraction: float,
-    scheduler: str | Client | None,
-    scheduler_file: str | os.PathLike[str] | None,
-) -> GeoModel:
-    """:func:`train` after its options are checked: the labelled windows, split, then fitted.
-
-    The labels are read and the windows cut on the scheduler (which is closed
-    again before fitting, in this process).
-    """
-    with use_scheduler(scheduler, scheduler_file=scheduler_file):
-        items, vector_names = resolve_labels(
-            datas, labels, label_column=label_column, class_names=class_names
-        )
-        found = training_windows(datas, items, spec, val_block=val_block, val_fraction=val_fraction)
-    y = _window_class_ids(found, spec.min_cover if vector_names is not None else None)
-    dropped = training_class_ids(found.dropped)
-    names = training_class_names(
-        np.concatenate([y, dropped]), items, given=class_names, vector_names=vector_names
-    )
-    per_class = check_split(
-        y, found.val, names, unit="windows", val_fraction=val_fraction,
-        advice=_window_advice(val_block, val_fraction), dropped=dropped,
-    )  # fmt: skip
-    provenance = _raster_provenance(datas, items, spec, found.split, vector_names)
-    provenance["windows_per_class"] = per_class
-    hp = dict(hparams or {})
-    model = GeoModel(
-        module=untrained(
-            arch, hp, in_channels=len(found.stats.names), n_classes=len(names),
-            patch_size=spec.patch, seed=options.seed,
-        ),
-        arch=arch, hparams=hp, band_names=found.stats.names,
-        class_names=tuple(names), class_colors=training_class_colors(items, len(names)),
-        stats=found.stats, patch_size=spec.patch, min_valid=spec.min_valid,
-        source_dtype=_source_dtype(datas),
-    )  # fmt: skip
-    return fit(
-        found.windows.chips, y, found.val, model=model, options=options, provenance=provenance,
-        unit="windows",
-    )  # fmt: skip
-
-
-def _window_spec(
-    datas: list[xr.DataArray],
-    *,
-    patch_size: int,
-    stride: int | None,
-    min_valid: float,
-    min_cover: float,
-    val_block: int,
-    max_chip_bytes: int,
-    seed: int,
-) -> WindowSpec:
-    """:func:`train`'s window options, checked; the memory cap shared out over the rasters."""
-    if not datas:
-        raise InputError("no raster to train on")
-    check_positive("val_block", val_block, unit=" pixel")
-    problem = patch_size_problem(patch_size, max(d.sizes.get("band", 1) for d in datas))
-    if problem is not None:  # before any window is cut, not when the network is built
-        raise InputError(f"patch_size {problem}")
-    stride = training_stride(check_positive("patch_size", patch_size), stride)
-    cap = WindowSpec.window_cap(datas, patch_size, max_chip_bytes)
-    return WindowSpec(
-        patch_size, stride, min_valid, check_fraction("min_cover", min_cover), cap, seed
-    )
-
-
-def _window_class_ids(found: TrainingWindows, min_cover: float | None) -> np.ndarray:
-    """The windows' class ids (see :func:`~georaster_cnn.training.labels.training_class_ids`).
-
-    Raises
-    ------
-    TrainingError
-        No window at all (``min_cover``: the polygon rule applied).
-    """
-    if len(found.windows) == 0:
-        raise TrainingError(
-            "no labelled window found: labels are all nodata, lie outside the rasters, or "
-            "their windows are all invalid"
-            + (f" or less than {100 * min_cover:.0f} % inside their polygons (min_cover=)"
-               if min_cover is not None else "")
-        )  # fmt: skip
-    return training_class_ids(found.windows.labels)
-
-
-def _window_advice(val_block: int, val_fraction: float) -> SplitAdvice:
-    """The fixes :func:`~georaster_cnn.training.splits.check_split` suggests for raster windows."""
-    return SplitAdvice(
-        no_training=f"Label more {{name}} in other places, use a smaller val_block (now "
-        f"{val_block} px), or try another seed.",
-        no_validation=f"Label {{name}} in more places, or use a smaller val_block (now "
-        f"{val_block} px) so that a block holding it can be spared for validation.",
-        tiny=f"Label more, train on more or larger rasters, or raise val_fraction (now "
-        f"{val_fraction:g}).",
-    )
-
-
-def _source_dtype(datas: Sequence[xr.DataArray]) -> str:
-    """The rasters' common data type on disk, or ``mixed``."""
-    dtypes = {d.attrs.get("source_dtype", "float32") for d in datas}
-    return str(dtypes.pop()) if len(dtypes) == 1 else "mixed"
-
-
-def _raster_provenance(
-    datas: Sequence[xr.DataArray],
-    items: Sequence[xr.DataArray | VectorLabels],
-    spec: WindowSpec,
-    split: dict[str, Any],
-    vector_names: Sequence[str] | None,
-) -> dict[str, Any]:
-    """What a raster-trained model records of its data, labels and split."""
-    provenance: dict[str, Any] = {
-        "data": [str(Path(d.attrs.get("source", "<in-memory>"))) for d in datas],
-        "labels": label_sources(items),
-        "stride": spec.stride,
-        "split": split,
-    }
-    if vector_names is not None:
-        provenance["min_cover"] = spec.min_cover
-    return provenance
 
 
 def train_chips(

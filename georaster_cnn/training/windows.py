@@ -33,7 +33,14 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
+from georaster_cnn.errors import InputError
 from georaster_cnn.geometry import PatchGrid
+from georaster_cnn.options import (
+    check_fraction,
+    check_positive,
+    patch_size_problem,
+    training_stride,
+)
 from georaster_cnn.stats import (
     ChannelStats,
     common_band_names,
@@ -50,7 +57,14 @@ from georaster_cnn.training.vector_labels import (
     to_raster_crs,
 )
 
-__all__ = ["TrainingWindows", "WindowSpec", "Windows", "grid_windows", "training_windows"]
+__all__ = [
+    "TrainingWindows",
+    "WindowSpec",
+    "Windows",
+    "grid_windows",
+    "training_windows",
+    "window_spec",
+]
 
 #: Bytes of windows normalised at a time (small enough to stay in the CPU caches).
 _NORMALISE_BYTES = 2**23
@@ -130,6 +144,31 @@ class WindowSpec:
         """Windows per raster so that all rasters' float32 windows fit in ``max_bytes``."""
         chip_bytes = datas[0].sizes["band"] * patch * patch * 4
         return max(1, max_bytes // chip_bytes // len(datas))
+
+
+def window_spec(
+    datas: list[xr.DataArray],
+    *,
+    patch_size: int,
+    stride: int | None,
+    min_valid: float,
+    min_cover: float,
+    val_block: int,
+    max_chip_bytes: int,
+    seed: int,
+) -> WindowSpec:
+    """:func:`train`'s window options, checked; the memory cap shared out over the rasters."""
+    if not datas:
+        raise InputError("no raster to train on")
+    check_positive("val_block", val_block, unit=" pixel")
+    problem = patch_size_problem(patch_size, max(d.sizes.get("band", 1) for d in datas))
+    if problem is not None:  # before any window is cut, not when the network is built
+        raise InputError(f"patch_size {problem}")
+    stride = training_stride(check_positive("patch_size", patch_size), stride)
+    cap = WindowSpec.window_cap(datas, patch_size, max_chip_bytes)
+    return WindowSpec(
+        patch_size, stride, min_valid, check_fraction("min_cover", min_cover), cap, seed
+    )
 
 
 @dataclass(frozen=True)

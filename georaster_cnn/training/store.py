@@ -1,0 +1,409 @@
+"""The window store: every labelled training window on disk or object storage, in Zarr v3 shards.
+
+A store (a folder ``windows.zarr`` or a URL) holds, in order, the normalised windows of
+all rasters and, per window, its raw label, centre pixel, raster of origin and split::
+
+    windows  (n, band, p, p) float32   normalised, NaN -> 0; sharded (a shard: a few
+                                       thousand windows at most, ~64 MiB), chunks inside
+    labels   (n,) float64              class id as the labels hold it
+    centres  (n, 2) int64              centre pixel (row, col) in its raster
+    raster   (n,) int32                index into the recorded rasters
+    val      (n,) bool                 validation window
+    dropped  (m,) float64              labels of training windows dropped in the buffer
+
+Its attributes record the per-channel statistics, the split's provenance, the
+options and inputs it was built from (:func:`recorded_options`), and last, a
+completion record: a store without it (a build that died) is never read. A local
+store is built under a temporary name and renamed into place
+(:func:`~georaster_cnn.io.staging.staged`), so it appears whole or not at all.
+
+Built by :func:`build_window_store` (or ``train(..., store=...)``, which builds it
+when it does not exist and checks it when it does: a store of other rasters, labels
+or window options is refused, naming what differs). How it is built:
+:mod:`georaster_cnn.training._store_build`; how it is streamed:
+:mod:`georaster_cnn.training.streaming`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from georaster_cnn.errors import InputError
+from georaster_cnn.io._identity import input_identity
+from georaster_cnn.io.formats import is_network_location
+from georaster_cnn.io.staging import output_exists, staged
+from georaster_cnn.stats import ChannelStats
+from georaster_cnn.training.labels import label_sources
+from georaster_cnn.training.vector_labels import VectorLabels
+from georaster_cnn.training.windows import TrainingWindows, WindowSpec
+
+__all__ = [
+    "STORE_FORMAT",
+    "FoundWindows",
+    "StoreSamples",
+    "WindowStore",
+    "build_store",
+    "open_window_store",
+    "recorded_options",
+    "store_differences",
+]
+
+log = logging.getLogger(__name__)
+
+#: Version of the store's layout, recorded in it.
+STORE_FORMAT = 1
+#: Bytes of windows per shard (at most :data:`_MAX_SHARD` windows).
+SHARD_BYTES = 64 * 1024**2
+_MAX_SHARD = 8192
+#: Bytes of windows per chunk inside a shard: the smallest read.
+CHUNK_BYTES = 1024**2
+
+
+def shard_layout(window_bytes: int, shard: int | None = None) -> tuple[int, int]:
+    """Windows per shard and per chunk for windows of ``window_bytes``."""
+    chunk = int(np.clip(CHUNK_BYTES // window_bytes, 1, 256))
+    if shard is None:
+        shard = int(np.clip(SHARD_BYTES // window_bytes, chunk, _MAX_SHARD))
+    chunk = min(chunk, shard)
+    return max(chunk, shard // chunk * chunk), chunk
+
+
+def _data_record(d: xr.DataArray) -> dict[str, Any]:
+    """What identifies a raster: its source, shape, bands, grid and (files) size and time."""
+    source = str(d.attrs.get("source", "<in-memory>"))
+    record: dict[str, Any] = {
+        "source": source,
+        "shape": [int(d.sizes.get("band", 1)), int(d.sizes["y"]), int(d.sizes["x"])],
+        "bands": [str(b) for b in d.coords["band"].values] if "band" in d.coords else [],
+    }
+    if d.rio.crs is not None:
+        record["crs"] = d.rio.crs.to_string()
+        record["transform"] = [round(float(v), 9) for v in tuple(d.rio.transform())[:6]]
+    if source != "<in-memory>":
+        with contextlib.suppress(OSError, ValueError):
+            record["identity"] = input_identity(source)
+    return record
+
+
+def recorded_options(
+    datas: Sequence[xr.DataArray],
+    items: Sequence[xr.DataArray | VectorLabels],
+    spec: WindowSpec,
+    *,
+    val_block: int,
+    val_fraction: float,
+    label_column: str | None,
+) -> dict[str, Any]:
+    """What a store's windows depend on: rasters, labels, window and split options, seed.
+
+    A store is reused only for a run whose record is equal (:func:`store_differences`).
+    """
+    return json.loads(
+        json.dumps(
+            {
+                "data": [_data_record(d) for d in datas],
+                "labels": label_sources(items),
+                "label_column": label_column,
+                "patch_size": spec.patch,
+                "stride": spec.stride,
+                "min_valid": spec.min_valid,
+                "min_cover": spec.min_cover,
+                "val_block": val_block,
+                "val_fraction": val_fraction,
+                "seed": spec.seed,
+            },
+            default=str,
+        )
+    )
+
+
+def store_differences(recorded: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
+    """One phrase per option that differs between a store's record and a run (empty: none)."""
+    out = []
+    for key in sorted(set(recorded) | set(asked)):
+        have, want = recorded.get(key), asked.get(key)
+        if have == want:
+            continue
+        if key in ("data", "labels") and isinstance(have, list) and isinstance(want, list):
+            if len(have) != len(want):
+                out.append(f"{key}: {len(have)} recorded, {len(want)} asked")
+                continue
+            for i, (h, w) in enumerate(zip(have, want, strict=True)):
+                if h != w:
+                    fields = (
+                        sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
+                        if (isinstance(h, dict) and isinstance(w, dict))
+                        else ["source"]
+                    )
+                    name = w.get("source", w) if isinstance(w, dict) else w
+                    out.append(f"{key} {i + 1} ({name}): {', '.join(fields)} differ")
+            continue
+        out.append(f"{key} {have!r} recorded, {want!r} asked")
+    return out
+
+
+def _open_group(location: str | os.PathLike[str], mode: str) -> Any:
+    import zarr
+
+    name = str(location)
+    if is_network_location(name) or "://" in name:
+        from zarr.storage import FsspecStore
+
+        url = name[len("/vsicurl/") :] if name.startswith("/vsicurl/") else name
+        store = FsspecStore.from_url(url, read_only=mode == "r")
+        return zarr.open_group(store, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+    return zarr.open_group(name, mode=mode, zarr_format=3)  # type: ignore[arg-type]
+
+
+@dataclass
+class WindowStore:
+    """An opened, complete window store (:func:`open_window_store`).
+
+    The per-window arrays (``labels``, ``centres``, ``raster``, ``val``) are read
+    into memory (a few bytes a window); the windows are read on demand (:meth:`read`).
+    """
+
+    location: str
+    group: Any
+    labels: np.ndarray
+    centres: np.ndarray
+    raster: np.ndarray
+    val: np.ndarray
+    dropped: np.ndarray
+    stats: ChannelStats
+    split: dict[str, Any]
+    recorded: dict[str, Any]
+    shard: int
+    chunk: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def window_shape(self) -> tuple[int, int, int]:
+        shape = self.group["windows"].shape
+        return int(shape[1]), int(shape[2]), int(shape[3])
+
+    @property
+    def window_bytes(self) -> int:
+        return 4 * int(np.prod(self.window_shape))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Windows ``start:stop`` as float32 ``(n, band, p, p)``."""
+        return np.asarray(self.group["windows"][start:stop], dtype=np.float32)
+
+
+def open_window_store(location: str | os.PathLike[str]) -> WindowStore:
+    """Open a complete window store (a folder or a URL) for reading.
+
+    Raises
+    ------
+    InputError
+        Not a window store, of another format version, or incomplete (its build died).
+    """
+    try:
+        group = _open_group(location, "r")
+        attrs = dict(group.attrs)
+    except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
+        raise InputError(
+            f"{location} is not a window store this toolkit can read ({exc}); build one with "
+            "`georaster-cnn windows build` or train(..., store=...)"
+        ) from exc
+    meta = attrs.get("georaster_cnn_window_store")
+    if not isinstance(meta, dict) or meta.get("format") != STORE_FORMAT:
+        raise InputError(
+            f"{location} is not a window store of format {STORE_FORMAT} (found "
+            f"{meta!r}); rebuild it (overwrite)"
+        )
+    if not meta.get("complete"):
+        raise InputError(
+            f"{location} is an incomplete window store (its build stopped); rebuild it"
+        )
+    return WindowStore(
+        location=str(location),
+        group=group,
+        labels=np.asarray(group["labels"][:]),
+        centres=np.asarray(group["centres"][:]),
+        raster=np.asarray(group["raster"][:]),
+        val=np.asarray(group["val"][:]).astype(bool),
+        dropped=np.asarray(group["dropped"][:]),
+        stats=ChannelStats.from_dict(meta["stats"]),
+        split=dict(meta["split"]),
+        recorded=dict(meta["recorded"]),
+        shard=int(meta["shard_windows"]),
+        chunk=int(meta["chunk_windows"]),
+    )
+
+
+def _create(
+    group: Any, n: int, n_dropped: int, shape: tuple[int, ...], shard: int, chunk: int
+) -> Any:
+    """The store's arrays, empty; the windows array returned."""
+    from zarr.codecs import BloscCodec
+
+    windows = group.create_array(
+        "windows", shape=(n, *shape), dtype="float32", chunks=(chunk, *shape),
+        shards=(shard, *shape), fill_value=0.0,
+        compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+    )  # fmt: skip
+    one = max(1, min(n, 1 << 20))
+    group.create_array("labels", shape=(n,), dtype="float64", chunks=(one,))
+    group.create_array("centres", shape=(n, 2), dtype="int64", chunks=(one, 2))
+    group.create_array("raster", shape=(n,), dtype="int32", chunks=(one,))
+    group.create_array("val", shape=(n,), dtype="bool", chunks=(one,))
+    group.create_array("dropped", shape=(n_dropped,), dtype="float64", chunks=(max(1, n_dropped),))
+    return windows
+
+
+def _write(location: str, datas: Sequence[xr.DataArray], items: Sequence[Any], spec: WindowSpec,
+           recorded: dict[str, Any], shard: int | None, **split: Any) -> None:  # fmt: skip
+    """Index, split and cut the windows into a new store at ``location`` (a folder or URL)."""
+    from georaster_cnn.training import _store_build
+
+    bands = int(datas[0].sizes.get("band", 1))
+    shard, chunk = shard_layout(4 * bands * spec.patch**2, shard)
+    index = _store_build.index_windows(datas, items, spec, chunk=shard, **split)
+    group = _open_group(location, "w")
+    windows = _create(
+        group, len(index), len(index.dropped), (bands, spec.patch, spec.patch), shard, chunk
+    )
+    group["labels"][:] = index.labels
+    group["centres"][:] = index.centres
+    group["raster"][:] = index.raster
+    group["val"][:] = index.val
+    group["dropped"][:] = index.dropped
+    _store_build.cut_into(windows, index, spec, shard)
+    meta = {
+        "format": STORE_FORMAT, "stats": index.stats.to_dict(), "split": index.split,
+        "recorded": recorded, "shard_windows": shard, "chunk_windows": chunk,
+        "n_windows": len(index), "complete": True,
+    }  # fmt: skip
+    group.attrs["georaster_cnn_window_store"] = json.loads(json.dumps(meta, default=float))
+
+
+def build_store(
+    location: str | os.PathLike[str],
+    datas: Sequence[xr.DataArray],
+    items: Sequence[xr.DataArray | VectorLabels],
+    spec: WindowSpec,
+    *,
+    recorded: dict[str, Any],
+    val_block: int,
+    val_fraction: float,
+    overwrite: bool = False,
+    reuse: bool = True,
+    shard_windows: int | None = None,
+) -> tuple[WindowStore, float]:
+    """The store at ``location`` for these windows: reused if it exists and matches, else built.
+
+    Returns the opened store and the seconds spent building it (0 when reused). The
+    Dask work runs on the active scheduler.
+
+    Raises
+    ------
+    InputError
+        The store exists but records other rasters, labels or options (named), or is
+        not a readable store; pass ``overwrite`` to rebuild it.
+    """
+    name = str(location)
+    remote = is_network_location(name) or "://" in name
+    exists = _exists(name, remote)
+    if exists and not overwrite and reuse:
+        store = open_window_store(name)
+        diff = store_differences(store.recorded, recorded)
+        if diff:
+            raise InputError(
+                f"window store {name} was built from other inputs or options: "
+                + "; ".join(diff)
+                + ". Use the options it records, another store, or overwrite it (--overwrite)"
+            )
+        log.info("reusing window store %s (%d windows)", name, len(store))
+        return store, 0.0
+    if exists and not overwrite:
+        raise InputError(f"window store {name} exists; pass overwrite to rebuild it")
+    started = time.perf_counter()
+    split = {"val_block": val_block, "val_fraction": val_fraction}
+    if remote:
+        _write(name, datas, items, spec, recorded, shard_windows, **split)
+    else:
+        Path(name).parent.mkdir(parents=True, exist_ok=True)
+        with staged(name, folder=True, overwrite=overwrite) as st:
+            _write(str(st.path), datas, items, spec, recorded, shard_windows, **split)
+    took = time.perf_counter() - started
+    store = open_window_store(name)
+    log.info("built window store %s: %d windows in %.1f s", name, len(store), took)
+    return store, took
+
+
+def _exists(name: str, remote: bool) -> bool:
+    if not remote:
+        return output_exists(name)
+    try:
+        _open_group(name, "r")
+    except (OSError, ValueError, KeyError, FileNotFoundError):
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class StoreSamples:
+    """The training loop's samples as a window store streamed within ``memory_bytes``."""
+
+    store: WindowStore
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class FoundWindows:
+    """A run's labelled windows and split, in memory or in a store (what training needs).
+
+    ``labels`` (raw), ``val`` and ``dropped`` as in
+    :class:`~georaster_cnn.training.windows.TrainingWindows`; ``store`` the store's
+    location (``None``: in memory).
+    """
+
+    labels: np.ndarray
+    val: np.ndarray
+    dropped: np.ndarray
+    stats: ChannelStats
+    split: dict[str, Any]
+    store: str | None
+    _samples: Any
+
+    @classmethod
+    def of(cls, found: TrainingWindows) -> FoundWindows:
+        """Windows cut into memory."""
+        w = found.windows
+        return cls(w.labels, found.val, found.dropped, found.stats, found.split, None, w.chips)
+
+    @classmethod
+    def of_store(cls, store: WindowStore, memory_bytes: int) -> FoundWindows:
+        """Windows of a store: read into memory if they fit in ``memory_bytes``, else streamed."""
+        fits = len(store) * store.window_bytes <= memory_bytes
+        samples: Any = store if fits else StoreSamples(store, memory_bytes)
+        log.info(
+            "%d windows (%.0f MiB) %s (memory budget %.0f MiB)", len(store),
+            len(store) * store.window_bytes / 2**20,
+            "read into memory" if fits else "streamed from the store", memory_bytes / 2**20,
+        )  # fmt: skip
+        return cls(
+            store.labels, store.val, store.dropped, store.stats, store.split,
+            store.location, samples,
+        )  # fmt: skip
+
+    def samples(self) -> Any:
+        """The training loop's samples: an array (read now, if from a store) or a stream."""
+        if isinstance(self._samples, WindowStore):
+            return self._samples.read(0, len(self._samples))
+        return self._samples
