@@ -52,7 +52,10 @@ _LAZY: dict[str, str] = {
     "ReadError": "errors",
     "TrainingError": "errors",
     "ValidationWarning": "errors",
+    "WindowStore": "training.store",
     "build_model": "model.architectures",
+    "build_window_store": "training.store",
+    "checkpoint_path": "training.checkpoint",
     "check_inputs": "prediction.blockwise",
     "compute_stats": "stats",
     "evaluate": "evaluation.assessment",
@@ -65,6 +68,7 @@ _LAZY: dict[str, str] = {
     "morans_i": "products.spatial",
     "normalize": "stats",
     "open_labels": "training.labels",
+    "open_window_store": "training.store",
     "open_raster": "io.reader",
     "output_transform": "geometry",
     "predict": "prediction.blockwise",
@@ -115,9 +119,11 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.products.spatial import morans_i
     from georaster_cnn.products.styles import write_qml, write_quicklook
     from georaster_cnn.stats import ChannelStats, compute_stats, normalize
+    from georaster_cnn.training.checkpoint import checkpoint_path
     from georaster_cnn.training.chipdata import ChipSet
     from georaster_cnn.training.chipfiles import is_chip_dataset, load_chips
     from georaster_cnn.training.labels import open_labels
+    from georaster_cnn.training.store import WindowStore, build_window_store, open_window_store
     from georaster_cnn.training.trainer import train, train_chips
     from georaster_cnn.training.vector_labels import read_vector_labels
 
@@ -148,8 +154,11 @@ __all__ = [
     "ReadError",
     "TrainingError",
     "ValidationWarning",
+    "WindowStore",
     "__version__",
     "build_model",
+    "build_window_store",
+    "checkpoint_path",
     "check_inputs",
     "compute_stats",
     "evaluate",
@@ -163,6 +172,7 @@ __all__ = [
     "normalize",
     "open_labels",
     "open_raster",
+    "open_window_store",
     "output_transform",
     "predict",
     "read_vector_labels",

@@ -47,6 +47,7 @@ __all__ = [
     "plural",
     "report_error",
     "report_selected",
+    "scale_summary",
     "strip_path",
     "usage_errors",
 ]
@@ -323,6 +324,25 @@ def report_selected(
     )
     if picks:
         state.err.print(Text(f"{os.fspath(context)}: {picks}"), soft_wrap=True, highlight=False)
+
+
+def scale_summary(provenance: Mapping[str, Any]) -> str:
+    """One line on where the windows came from, time reading against computing, and resumption."""
+    parts = []
+    store = provenance.get("window_store")
+    if store:
+        how = "streamed from" if provenance.get("streamed") else "read from"
+        parts.append(f"windows {how} {store}")
+    timing = provenance.get("timing")
+    if isinstance(timing, Mapping) and "computing_s" in timing:
+        parts.append(
+            f"{format_number(timing.get('reading_s'))} s reading windows, "
+            f"{format_number(timing.get('computing_s'))} s computing"
+        )
+    resumed = provenance.get("resumed")
+    if isinstance(resumed, Mapping):
+        parts.append(f"resumed after epoch {resumed.get('after_epoch')}")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- text

@@ -27,6 +27,8 @@ __all__ = [
     "overwrite_option",
     "scheduler_options",
     "source_options",
+    "store_option",
+    "store_options",
     "stride_option",
 ]
 
@@ -404,3 +406,40 @@ def scheduler_options() -> Callable[[F], F]:
         )(wrapper)
 
     return decorator
+
+
+def store_option(*, required: bool) -> Callable[[F], F]:
+    """``--store DIR|URL``: a window store (a Zarr folder, or a URL of object storage)."""
+    return click.option(
+        "--store",
+        type=LOCATION,
+        required=required,
+        default=None,
+        metavar="DIR|URL",
+        help="Window store (Zarr v3) of every labelled window: a folder such as windows.zarr, "
+        "or a URL (s3://..., or http(s):// to read). Built when missing, reused when it "
+        "records the same inputs and window options, refused otherwise.",
+    )
+
+
+def store_options() -> Callable[[F], F]:
+    """``--store``, ``--memory MiB`` and ``--resume/--no-resume`` of ``train``."""
+    return _stacked(
+        store_option(required=False),
+        click.option(
+            "--memory",
+            type=click.IntRange(min=1),
+            default=None,
+            metavar="MiB",
+            help="Memory budget for training windows. With --store, windows beyond it are "
+            "streamed from the store (shuffled within the budget); without, a random subset "
+            "that fits is used. [default: 2048]",
+        ),
+        click.option(
+            "--resume/--no-resume",
+            default=True,
+            show_default=True,
+            help="Continue from MODEL.checkpoint, written after each epoch, when it is of the "
+            "same run; --no-resume starts afresh.",
+        ),
+    )

@@ -26,6 +26,7 @@ from georaster_cnn_cli.inspect import inspect_cmd
 from georaster_cnn_cli.predict import predict
 from georaster_cnn_cli.train import train
 from georaster_cnn_cli.vectorize import vectorize
+from georaster_cnn_cli.windows import windows
 
 __all__ = ["cli"]
 
@@ -133,4 +134,5 @@ cli.add_command(info)
 cli.add_command(evaluate)
 cli.add_command(vectorize)
 cli.add_command(inspect_cmd)
+cli.add_command(windows)
 learn_flags(cli)  # library keywords worded as these commands' options

@@ -20,6 +20,7 @@ from georaster_cnn_cli._common import (
     format_number,
     get_state,
     plural,
+    scale_summary,
     usage_errors,
 )
 from georaster_cnn_cli._labels import (
@@ -36,6 +37,7 @@ from georaster_cnn_cli._options import (
     input_options,
     overwrite_option,
     scheduler_options,
+    store_options,
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress, shows_progress
@@ -107,6 +109,7 @@ def _fit(
     rasters: dict[str, Any] | None,
     class_names: tuple[str, ...] | None,
     read: dict[str, Any],
+    scale: dict[str, Any],
 ) -> tuple[GeoModel, dict[str, Any]]:
     """Read the chips or rasters and labels, and train; the model and the last epoch's metrics."""
     import georaster_cnn as gc
@@ -127,8 +130,9 @@ def _fit(
             # the bar follows the window reading (on any scheduler), then the epochs
             with DaskProgress(progress, task):
                 model = gc.train(
-                    datas, labs, **common, **rasters, class_names=names, on_epoch=reporter
-                )
+                    datas, labs, **common, **rasters, **scale, class_names=names,
+                    on_epoch=reporter,
+                )  # fmt: skip
     return model, reporter.last
 
 
@@ -216,6 +220,7 @@ def _fit(
     "[default: from the labels' CLASS_NAMES tag, else class_0, class_1, ...]",
 )
 @overwrite_option("Replace MODEL if it exists.")
+@store_options()
 @scheduler_options()
 @click.pass_context
 def train(
@@ -239,6 +244,9 @@ def train(
     open_options: dict[str, Any],
     class_names: tuple[str, ...] | None,
     overwrite: bool,
+    store: str | Path | None,
+    memory: int | None,
+    resume: bool,
     cluster: SchedulerChoice,
 ) -> None:
     """Train a model on INPUT rasters and their class labels, and save it to MODEL.
@@ -265,10 +273,14 @@ def train(
       georaster-cnn train utm32.tif utm33.tif --labels field_points.gpkg \\
           --label-column landcover --epochs 20 -o landcover.safetensors
       georaster-cnn train chips/ --epochs 20 -o chips.safetensors
+      georaster-cnn train tile.tif --labels tile_labels.tif --store tile_windows.zarr \\
+          --memory 4096 --epochs 20 -o tile.safetensors
     """
     state = get_state(ctx)
     check_scheduler(cluster)
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
+    if found.chips and (store is not None or memory is not None):
+        raise click.UsageError("--store and --memory apply to rasters; chip sets are read whole")
     with usage_errors():  # the library refuses only when it saves, after training
         check_output(output, overwrite=overwrite)
     common: dict[str, Any] = {
@@ -281,14 +293,18 @@ def train(
     }  # fmt: skip
     common["device"] = str(_checked(common, rasters))  # "auto" resolved once, here
     read = {"bands": bands, "open_options": open_options}
-    with cluster_session(state, cluster):  # reading the training windows computes on it
-        model, last = _fit(
-            state, found, common=common, rasters=rasters, class_names=class_names, read=read
-        )
     import georaster_cnn as gc
 
+    checkpoint = gc.checkpoint_path(output)
+    scale = {"store": store, "memory": memory, "checkpoint": checkpoint, "resume": resume}
+    with cluster_session(state, cluster):  # reading the training windows computes on it
+        model, last = _fit(
+            state, found, common=common, rasters=rasters, class_names=class_names, read=read,
+            scale={} if found.chips else scale,
+        )  # fmt: skip
     with report_warnings(state):
         saved = gc.save_model(model, output, overwrite=overwrite)
+    checkpoint.unlink(missing_ok=True)  # the model holds all a rerun would continue
     if not state.quiet:
         _print_result(state, model, saved, last)
 
@@ -308,3 +324,6 @@ def _print_result(state: CLIState, model: GeoModel, path: Path, last: Mapping[st
         f"{format_number(best.get('val_accuracy'))}{where}"
     )
     state.out.print(summary, highlight=False, soft_wrap=True)
+    scale = scale_summary(model.provenance)
+    if scale:
+        state.out.print(scale, highlight=False, soft_wrap=True)

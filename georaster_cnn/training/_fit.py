@@ -278,6 +278,8 @@ class _Loop:
         self.module.train()
         batches, n_batches = self._batches()
         n_recal = _bn_batches(n_batches) * batch
+        if self.stream is not None:  # within the memory budget
+            n_recal = min(n_recal, self.stream[0].layout.recal)
         recal: list[torch.Tensor] = []
         held = 0
         tot_loss, correct = 0.0, 0
@@ -394,7 +396,8 @@ def _checkpoint(
     if path is None:
         return None
     card = {k: v for k, v in model.card().items() if k != "provenance"}
-    opts = {k: v for k, v in dataclasses.asdict(options).items() if k != "on_epoch"}
+    opts = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    del opts["on_epoch"]  # a callback (the CLI's holds a lock): not part of the result
     layout = dataclasses.asdict(loop.stream[0].layout) if loop.stream else None
     data = {k: v for k, v in provenance.items() if k != "timing"}
     fields = {

@@ -39,10 +39,19 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from georaster_cnn.errors import InputError
+from georaster_cnn.errors import InputError, OutputExistsError
 from georaster_cnn.io._identity import input_identity
 from georaster_cnn.io.formats import is_network_location
 from georaster_cnn.io.staging import output_exists, staged
+from georaster_cnn.options import (
+    DEFAULT_MIN_COVER,
+    DEFAULT_MIN_VALID,
+    DEFAULT_PATCH,
+    DEFAULT_VAL_BLOCK,
+    DEFAULT_VAL_FRACTION,
+    check_fraction,
+    check_min_valid,
+)
 from georaster_cnn.stats import ChannelStats
 from georaster_cnn.training.labels import label_sources
 from georaster_cnn.training.vector_labels import VectorLabels
@@ -51,6 +60,7 @@ from georaster_cnn.training.windows import TrainingWindows, WindowSpec
 __all__ = [
     "STORE_FORMAT",
     "FoundWindows",
+    "build_window_store",
     "StoreSamples",
     "WindowStore",
     "build_store",
@@ -326,12 +336,13 @@ def build_store(
             raise InputError(
                 f"window store {name} was built from other inputs or options: "
                 + "; ".join(diff)
-                + ". Use the options it records, another store, or overwrite it (--overwrite)"
+                + ". Use the options it records, another store, or rebuild it "
+                "(`georaster-cnn windows build ... --overwrite`)"
             )
         log.info("reusing window store %s (%d windows)", name, len(store))
         return store, 0.0
     if exists and not overwrite:
-        raise InputError(f"window store {name} exists; pass overwrite to rebuild it")
+        raise OutputExistsError(f"window store {name} exists; pass --overwrite to rebuild it")
     started = time.perf_counter()
     split = {"val_block": val_block, "val_fraction": val_fraction}
     if remote:
@@ -407,3 +418,65 @@ class FoundWindows:
         if isinstance(self._samples, WindowStore):
             return self._samples.read(0, len(self._samples))
         return self._samples
+
+
+def build_window_store(
+    data: xr.DataArray | Sequence[xr.DataArray],
+    labels: Any,
+    store: str | os.PathLike[str],
+    *,
+    label_column: str | None = None,
+    patch_size: int = DEFAULT_PATCH,
+    stride: int | None = None,
+    min_valid: float | None = None,
+    min_cover: float = DEFAULT_MIN_COVER,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    val_block: int = DEFAULT_VAL_BLOCK,
+    seed: int = 0,
+    scheduler: Any = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+) -> WindowStore:
+    """Build the window store of rasters and labels once, to train on many times.
+
+    ``train(data, labels, store=store, ...)`` with the same inputs and options then
+    reads it instead of cutting windows. The options are those of
+    :func:`~georaster_cnn.train` (``seed`` seeds the split); ``scheduler`` is where the
+    windows are cut and written (a cluster's workers write the shards, so the store
+    must be reachable from them: a shared folder or object storage).
+
+    Returns
+    -------
+    WindowStore
+        The store, opened.
+
+    Raises
+    ------
+    InputError
+        Bad options or inputs (as :func:`~georaster_cnn.train`).
+    OutputExistsError
+        ``store`` exists and ``overwrite`` is false.
+    """
+    from georaster_cnn.cluster.scheduler import use_scheduler
+    from georaster_cnn.io._user_arrays import as_canonical
+    from georaster_cnn.training.labels import resolve_labels
+    from georaster_cnn.training.windows import window_spec
+
+    datas = [as_canonical(d) for d in ([data] if isinstance(data, xr.DataArray) else data)]
+    fraction = check_fraction("val_fraction", val_fraction, high_open=True)
+    valid = check_min_valid(DEFAULT_MIN_VALID if min_valid is None else min_valid)
+    spec = window_spec(
+        datas, patch_size=patch_size, stride=stride, min_valid=valid, min_cover=min_cover,
+        val_block=val_block, max_chip_bytes=2**62, seed=seed,
+    )  # fmt: skip
+    with use_scheduler(scheduler, scheduler_file=scheduler_file):
+        items, _ = resolve_labels(datas, labels, label_column=label_column, class_names=None)
+        recorded = recorded_options(
+            datas, items, spec, val_block=val_block, val_fraction=fraction,
+            label_column=label_column,
+        )  # fmt: skip
+        built, _ = build_store(
+            store, datas, items, spec, recorded=recorded, val_block=val_block,
+            val_fraction=fraction, overwrite=overwrite, reuse=False,
+        )  # fmt: skip
+    return built

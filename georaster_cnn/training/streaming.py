@@ -40,37 +40,39 @@ _UNITS_HELD = READ_AHEAD + 4
 
 @dataclass(frozen=True)
 class StreamLayout:
-    """How a stream holds its windows: ``unit`` windows a read, ``buffer`` windows shuffled."""
+    """How a stream holds its windows: ``unit`` windows a read, ``buffer`` windows shuffled,
+    and at most ``recal`` windows kept for the batch-norm recalibration after an epoch."""
 
     unit: int
     buffer: int
+    recal: int
 
 
 def stream_layout(store: WindowStore, memory_bytes: int, batch_size: int) -> StreamLayout:
-    """Read unit and shuffle buffer for a budget of ``memory_bytes`` of windows.
+    """Read unit, shuffle buffer and recalibration sample for ``memory_bytes`` of windows.
 
-    A quarter of the budget goes to the units in flight, the rest (less a few batches:
-    the one being trained, and the batch-norm recalibration sample of up to ten) to
-    the shuffle buffer.
+    A quarter of the budget goes to the units in flight (at least a chunk each), up to
+    an eighth to the recalibration sample (2 to 10 batches), a batch to the step being
+    computed, and the rest to the shuffle buffer.
 
     Raises
     ------
     InputError
-        The budget does not hold the smallest layout (one chunk a read, a buffer of a
-        batch).
+        The budget does not hold the smallest layout (a chunk a read, a buffer of a chunk).
     """
     w = store.window_bytes
     per_unit = memory_bytes // 4 // _UNITS_HELD // w
     unit = min(store.shard, max(store.chunk, per_unit // store.chunk * store.chunk))
-    rest = memory_bytes // w - _UNITS_HELD * unit - 12 * batch_size
-    if rest < batch_size:
-        need = (_UNITS_HELD * store.chunk + 13 * batch_size) * w
+    recal = min(10 * batch_size, max(2 * batch_size, memory_bytes // 8 // w))
+    rest = memory_bytes // w - _UNITS_HELD * unit - recal - batch_size
+    if rest < store.chunk:
+        need = (_UNITS_HELD * store.chunk + store.chunk + 3 * batch_size) * w
         raise InputError(
             f"a memory budget of {memory_bytes / 2**20:.0f} MiB is too small to stream "
             f"windows of {w / 1024:.0f} KiB in batches of {batch_size}: it needs at least "
             f"{-(-need // 2**20)} MiB; raise memory (--memory) or lower the batch size"
         )
-    return StreamLayout(unit=unit, buffer=int(rest))
+    return StreamLayout(unit=unit, buffer=int(rest), recal=int(recal))
 
 
 class StreamedWindows(torch.utils.data.IterableDataset):
