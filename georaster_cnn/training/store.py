@@ -350,7 +350,8 @@ def build_store(
     else:
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         with staged(name, folder=True, overwrite=overwrite) as st:
-            _write(str(st.path), datas, items, spec, recorded, shard_windows, **split)
+            # absolute: a cluster's workers write the shards from their own folders
+            _write(os.path.abspath(st.path), datas, items, spec, recorded, shard_windows, **split)
     took = time.perf_counter() - started
     store = open_window_store(name)
     log.info("built window store %s: %d windows in %.1f s", name, len(store), took)
