@@ -437,6 +437,7 @@ def build_window_store(
     scheduler: Any = None,
     scheduler_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    shard_windows: int | None = None,
 ) -> WindowStore:
     """Build the window store of rasters and labels once, to train on many times.
 
@@ -444,7 +445,9 @@ def build_window_store(
     reads it instead of cutting windows. The options are those of
     :func:`~georaster_cnn.train` (``seed`` seeds the split); ``scheduler`` is where the
     windows are cut and written (a cluster's workers write the shards, so the store
-    must be reachable from them: a shared folder or object storage).
+    must be reachable from them: a shared folder or object storage). ``shard_windows``
+    sets the windows per shard (default: ~64 MiB of them, at most 8192); a chunk, the
+    smallest read, is ~1 MiB of windows (at most 256, at most a shard).
 
     Returns
     -------
@@ -478,6 +481,6 @@ def build_window_store(
         )  # fmt: skip
         built, _ = build_store(
             store, datas, items, spec, recorded=recorded, val_block=val_block,
-            val_fraction=fraction, overwrite=overwrite, reuse=False,
+            val_fraction=fraction, overwrite=overwrite, reuse=False, shard_windows=shard_windows,
         )  # fmt: skip
     return built
