@@ -148,7 +148,7 @@ def _windows(
     )  # fmt: skip
     store, _ = build_store(
         run.store, datas, items, spec, recorded=recorded, val_block=val_block,
-        val_fraction=val_fraction,
+        val_fraction=val_fraction, memory_bytes=run.memory_bytes,
     )  # fmt: skip
     return FoundWindows.of_store(store, run.memory_bytes)
 

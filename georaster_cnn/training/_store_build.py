@@ -31,10 +31,9 @@ import xarray as xr
 from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.stats import ChannelStats, common_band_names, merged_stats, partial_stats
 from georaster_cnn.training._cells import as_dask, block_cells, cut_cells, grid_blocks, grid_labels
-from georaster_cnn.training.chipdata import normalize_chips
 from georaster_cnn.training.splits import blocked_split, random_split_if_unblocked
 from georaster_cnn.training.vector_labels import VectorLabels, point_windows, to_raster_crs
-from georaster_cnn.training.windows import WindowSpec
+from georaster_cnn.training.windows import WindowSpec, normalise_in_place
 
 __all__ = ["Index", "cut_into", "index_windows"]
 
@@ -219,9 +218,8 @@ def _write_shard(
     """
     runs: list[tuple[int, list[np.ndarray]]] = []
     for pos, block, rows, cols, halo in pieces:
-        chips = normalize_chips(
-            cut_cells(block, rows, cols, patch=patch, stride=stride, halo=halo), stats
-        )
+        chips = cut_cells(block, rows, cols, patch=patch, stride=stride, halo=halo)
+        normalise_in_place(chips, stats)  # a few MiB of temporaries, not a shard's
         if runs and runs[-1][0] + sum(len(c) for c in runs[-1][1]) == pos:
             runs[-1][1].append(chips)
         else:

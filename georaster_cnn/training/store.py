@@ -80,11 +80,17 @@ _MAX_SHARD = 8192
 CHUNK_BYTES = 1024**2
 
 
-def shard_layout(window_bytes: int, shard: int | None = None) -> tuple[int, int]:
-    """Windows per shard and per chunk for windows of ``window_bytes``."""
+def shard_layout(
+    window_bytes: int, shard: int | None = None, memory_bytes: int | None = None
+) -> tuple[int, int]:
+    """Windows per shard and per chunk for windows of ``window_bytes``.
+
+    A shard is written whole by one task: with a memory budget, at most a sixteenth of it.
+    """
     chunk = int(np.clip(CHUNK_BYTES // window_bytes, 1, 256))
     if shard is None:
-        shard = int(np.clip(SHARD_BYTES // window_bytes, chunk, _MAX_SHARD))
+        cap = SHARD_BYTES if memory_bytes is None else min(SHARD_BYTES, memory_bytes // 16)
+        shard = int(np.clip(cap // window_bytes, chunk, _MAX_SHARD))
     chunk = min(chunk, shard)
     return max(chunk, shard // chunk * chunk), chunk
 
@@ -277,12 +283,13 @@ def _create(
 
 
 def _write(location: str, datas: Sequence[xr.DataArray], items: Sequence[Any], spec: WindowSpec,
-           recorded: dict[str, Any], shard: int | None, **split: Any) -> None:  # fmt: skip
+           recorded: dict[str, Any], shard: int | None, memory: int | None,
+           **split: Any) -> None:  # fmt: skip
     """Index, split and cut the windows into a new store at ``location`` (a folder or URL)."""
     from georaster_cnn.training import _store_build
 
     bands = int(datas[0].sizes.get("band", 1))
-    shard, chunk = shard_layout(4 * bands * spec.patch**2, shard)
+    shard, chunk = shard_layout(4 * bands * spec.patch**2, shard, memory)
     index = _store_build.index_windows(datas, items, spec, chunk=shard, **split)
     group = _open_group(location, "w")
     windows = _create(
@@ -314,11 +321,13 @@ def build_store(
     overwrite: bool = False,
     reuse: bool = True,
     shard_windows: int | None = None,
+    memory_bytes: int | None = None,
 ) -> tuple[WindowStore, float]:
     """The store at ``location`` for these windows: reused if it exists and matches, else built.
 
     Returns the opened store and the seconds spent building it (0 when reused). The
-    Dask work runs on the active scheduler.
+    Dask work runs on the active scheduler. A new store's shards hold ``shard_windows``
+    windows, or at most a sixteenth of ``memory_bytes`` (at most ~64 MiB).
 
     Raises
     ------
@@ -346,12 +355,15 @@ def build_store(
     started = time.perf_counter()
     split = {"val_block": val_block, "val_fraction": val_fraction}
     if remote:
-        _write(name, datas, items, spec, recorded, shard_windows, **split)
+        _write(name, datas, items, spec, recorded, shard_windows, memory_bytes, **split)
     else:
         Path(name).parent.mkdir(parents=True, exist_ok=True)
         with staged(name, folder=True, overwrite=overwrite) as st:
             # absolute: a cluster's workers write the shards from their own folders
-            _write(os.path.abspath(st.path), datas, items, spec, recorded, shard_windows, **split)
+            _write(
+                os.path.abspath(st.path), datas, items, spec, recorded, shard_windows,
+                memory_bytes, **split,
+            )  # fmt: skip
     took = time.perf_counter() - started
     store = open_window_store(name)
     log.info("built window store %s: %d windows in %.1f s", name, len(store), took)

@@ -62,6 +62,7 @@ __all__ = [
     "WindowSpec",
     "Windows",
     "grid_windows",
+    "normalise_in_place",
     "training_windows",
     "window_spec",
 ]
@@ -316,7 +317,7 @@ def grid_windows(
     return _assemble(dask.compute(*tasks), offsets, grid)
 
 
-def _normalise_in_place(chips: np.ndarray, stats: ChannelStats) -> None:
+def normalise_in_place(chips: np.ndarray, stats: ChannelStats) -> None:
     """:func:`~georaster_cnn.training.chipdata.normalize_chips` over ``chips``, a few MiB at a time."""
     step = max(1, _NORMALISE_BYTES // max(1, chips[:1].nbytes))
     for i in range(0, len(chips), step):
@@ -405,7 +406,7 @@ def _raster_windows(
         mask = seen.setdefault(id(item), np.zeros(len(item.points), bool))
         parts.append(_point_windows(data, item, stats, spec, mask))
     if on_grid is not None:
-        _normalise_in_place(on_grid.chips, stats)
+        normalise_in_place(on_grid.chips, stats)
         parts.append(on_grid)
     return Windows.concat(parts, bands=len(stats.names), patch=spec.patch)
 
