@@ -210,15 +210,31 @@ def _shuffled(
 def _batches(
     source: Iterator[tuple[np.ndarray, np.ndarray]], batch: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``batch`` windows from runs of windows; the last one may be smaller."""
-    carry_x: np.ndarray | None = None
-    carry_y = np.empty(0, np.int64)
+    """Batches of ``batch`` windows from runs of windows; the last one may be smaller.
+
+    Only a batch that straddles two runs is copied; the others are views of their run.
+    """
+    carry_x: list[np.ndarray] = []
+    carry_y: list[np.ndarray] = []
+    held = 0
     for x, y in source:
-        if carry_x is not None and len(carry_y):
-            x, y = np.concatenate([carry_x, x]), np.concatenate([carry_y, y])
-        full = len(y) // batch * batch
-        for i in range(0, full, batch):
+        start = 0
+        if held:
+            start = min(batch - held, len(y))
+            carry_x.append(x[:start])
+            carry_y.append(y[:start])
+            held += start
+            if held < batch:
+                continue
+            yield (
+                torch.from_numpy(np.concatenate(carry_x)),
+                torch.from_numpy(np.concatenate(carry_y)),
+            )
+            carry_x, carry_y, held = [], [], 0
+        full = start + (len(y) - start) // batch * batch
+        for i in range(start, full, batch):
             yield torch.from_numpy(x[i : i + batch]), torch.from_numpy(y[i : i + batch])
-        carry_x, carry_y = x[full:].copy(), y[full:].copy()
-    if carry_x is not None and len(carry_y):
-        yield torch.from_numpy(carry_x), torch.from_numpy(carry_y)
+        if full < len(y):
+            carry_x, carry_y, held = [x[full:]], [y[full:]], len(y) - full
+    if held:
+        yield torch.from_numpy(np.concatenate(carry_x)), torch.from_numpy(np.concatenate(carry_y))
