@@ -3,15 +3,15 @@
 :class:`StreamedWindows` is a :class:`torch.utils.data.IterableDataset` of batches
 ``(x, y)`` over the windows of a store that a mask selects (training or validation).
 The store is read in *units* (runs of whole chunks, at most a shard), in an order
-shuffled with the epoch's seed, by a background thread that stays a bounded number
-of units ahead; windows then pass through a shuffle buffer of bounded size, which
-emits random windows of everything it has seen so far. Validation reads units in
+shuffled with the epoch's seed, by background threads that stay a bounded number of
+units ahead (read in parallel: remote stores answer slowly); windows then pass through
+a shuffle buffer of bounded size, which emits random windows of everything seen so far. Validation reads units in
 order, unshuffled.
 
 Everything held is bounded by :func:`stream_layout`: the read-ahead, the unit being
 shuffled in, the batches being formed and the buffer share the budget. Given the
-same seed, the batches are the same whatever the read timing: the reading thread
-only decides *when* a unit arrives, never *which*.
+same seed, the batches are the same whatever the read timing: the reading threads
+only decide *when* a unit arrives, never *which*.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class StreamedWindows(torch.utils.data.IterableDataset):
 
     def _units(self, order: list[tuple[int, int]]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """The units' selected windows, in ``order``, read ahead by a thread."""
-        with ThreadPoolExecutor(1, thread_name_prefix="gcnn-stream") as pool:
+        with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="gcnn-stream") as pool:
             pending: deque[Future[tuple[np.ndarray, np.ndarray]]] = deque()
             it = iter(order)
             for unit in it:
