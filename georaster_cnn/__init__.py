@@ -55,6 +55,7 @@ _LAZY: dict[str, str] = {
     "build_model": "model.architectures",
     "check_inputs": "prediction.blockwise",
     "compute_stats": "stats",
+    "device_name": "model._inference",
     "evaluate": "evaluation.assessment",
     "evaluate_chips": "evaluation.chipwise",
     "inspect_raster": "products.inspection",
@@ -106,7 +107,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.io.formats import is_vector_file
     from georaster_cnn.io.reader import open_raster, valid_mask
     from georaster_cnn.io.writer import write_prediction
-    from georaster_cnn.model._inference import resolve_device
+    from georaster_cnn.model._inference import device_name, resolve_device
     from georaster_cnn.model.architectures import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.model.modelfile import GeoModel, load_model, save_model
     from georaster_cnn.prediction.blockwise import check_inputs, predict
@@ -152,6 +153,7 @@ __all__ = [
     "build_model",
     "check_inputs",
     "compute_stats",
+    "device_name",
     "evaluate",
     "evaluate_chips",
     "inspect_raster",

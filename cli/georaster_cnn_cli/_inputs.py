@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from georaster_cnn.errors import InputError
 from georaster_cnn.io.formats import (
     INPUT_SUFFIXES,
     OutputFormat,
@@ -21,6 +22,7 @@ from georaster_cnn.io.formats import (
     is_zarr_store,
     location_name,
     output_path,
+    resolve_output_format,
 )
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "Job",
     "TileResult",
     "expand_inputs",
+    "plan_output_file",
     "plan_outputs",
 ]
 
@@ -213,3 +216,33 @@ def plan_outputs(
             taken[key] = item
             plan.append(Job(item, out, fmt))
     return plan
+
+
+def plan_output_file(
+    found: ExpandedInputs, output: Path, *, format: str | None = None
+) -> list[Job | TileResult]:
+    """The one input of ``predict --output FILE`` paired with FILE, its format from its suffix.
+
+    The format is the library's reading of the name
+    (:func:`georaster_cnn.io.formats.resolve_output_format`: ``.tif`` COG, ``.nc``,
+    ``.zarr``; ``format`` checked against it).
+
+    Raises
+    ------
+    InputError
+        The suffix implies no format, or one of another family than ``format``.
+    """
+    if len(found.items) != 1:
+        what = "none" if not found.items else f"{len(found.items)}"
+        raise InputError(
+            f"--output names one class map, for exactly one INPUT, but the INPUTs give {what}; "
+            "use --output-dir for several"
+        )
+    (item,) = found.items
+    if isinstance(item, InputProblem):
+        return [TileResult(item.spec, "failed", message=item.message)]
+    fmt = resolve_output_format(output, format)
+    if isinstance(item, Path) and output.exists() and output.resolve() == item.resolve():
+        message = "the output would replace this input; choose another --output"
+        return [TileResult(str(item), "failed", output, message=message)]
+    return [Job(item, output, fmt)]

@@ -142,7 +142,7 @@ def _one_after_another(
     overall: TaskID,
 ) -> list[TileResult]:
     results: list[TileResult] = []
-    chunks = progress.add_task("", total=None, visible=False)
+    chunks = progress.add_task("", total=None, visible=False, stage="blocks")
     for item in plan:
         if isinstance(item, TileResult):
             results.append(item)
@@ -172,7 +172,7 @@ def _concurrently(
 
     def one(job: Job) -> TileResult:
         check()
-        bar = progress.add_task(escape(job.name), total=None)
+        bar = progress.add_task(escape(job.name), total=None, stage="blocks")
         try:
             return _predict_one(state, job, model, settings, progress, bar, check=check)
         finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
@@ -22,6 +24,7 @@ from georaster_cnn_cli._common import (
     report_selected,
     usage_errors,
 )
+from georaster_cnn_cli._html import write_html
 from georaster_cnn_cli._inputs import InputProblem, expand_inputs
 from georaster_cnn_cli._options import source_options
 from georaster_cnn_cli._warnings import report_warnings
@@ -93,6 +96,13 @@ def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
     "windows, about N cells in all.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as a JSON list.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write the reports, as printed, to the HTML page FILE (replaced if it exists).",
+)
 @source_options()
 @click.pass_context
 def inspect_cmd(
@@ -101,6 +111,7 @@ def inspect_cmd(
     lags: list[int],
     sample_pixels: int,
     as_json: bool,
+    html_file: Path | None,
     open_options: dict[str, Any],
 ) -> None:
     """Describe each INPUT raster and measure its spatial structure.
@@ -140,10 +151,17 @@ def inspect_cmd(
             _report_failure(state, exc, item)
             failed = True
             continue
-        if as_json:
-            reports.append(report)
-        else:
+        reports.append(report)
+        if not as_json:
             _print_report(state, report)
+    if html_file is not None and reports:
+
+        def render(console: Console) -> None:
+            for report in reports:
+                _print_report(CLIState(out=console), report)
+
+        names = ", ".join(Path(str(r["path"])).name for r in reports)
+        write_html(html_file, f"georaster-cnn inspect: {names}", render)
     if as_json:
         # click.echo, not rich: JSON must not be wrapped or highlighted
         click.echo(json.dumps(reports, indent=2, allow_nan=False))

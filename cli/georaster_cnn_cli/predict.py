@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.table import Table
@@ -22,10 +22,17 @@ from georaster_cnn_cli._common import (
     fail,
     get_state,
     plural,
+    report_device,
     report_error,
     usage_errors,
 )
-from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outputs
+from georaster_cnn_cli._inputs import (
+    Job,
+    TileResult,
+    expand_inputs,
+    plan_output_file,
+    plan_outputs,
+)
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
@@ -86,11 +93,18 @@ def _format_help() -> str:
 @click.option(
     "-o",
     "--output-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the class maps (created if missing); INPUT a/b/scene.tif -> OUTDIR/scene.tif, "
     "a/b/scene.nc -> OUTDIR/scene.nc (see --format).",
     metavar="OUTDIR",
+)
+@click.option(
+    "--output",
+    "output_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Instead of --output-dir, for one INPUT: its class map FILE, the format from its "
+    "suffix (.tif COG, .nc netCDF, .zarr); extras beside it (FILE.qml ...).",
 )
 @stride_option(
     "Output cell size in input pixels: one class per stride x stride pixels, 1..patch size; "
@@ -146,7 +160,8 @@ def predict(
     ctx: click.Context,
     model: Path,
     inputs: tuple[str, ...],
-    output_dir: Path,
+    output_dir: Path | None,
+    output_file: Path | None,
     stride: int | None,
     batch_size: int,
     device: str,
@@ -186,13 +201,20 @@ def predict(
     file that exists is skipped unless --overwrite, a missing one is made from
     an existing class map, and a failed one fails its tile.
 
+    With --output FILE instead of -o, the one INPUT's class map is FILE (its
+    suffix picks the format) and the extras lie beside it (FILE.qml ...).
+
     \b
-    Example:
+    Examples:
       georaster-cnn predict landcover.safetensors 'tiles/*.tif' scene.nc -o maps/ --stride 32
+      georaster-cnn predict landcover.safetensors scene.tif --output maps/landcover.tif
     """
     state = get_state(ctx)
     started = time.perf_counter()
+    if (output_dir is None) == (output_file is None):
+        raise click.UsageError("give one of -o/--output-dir OUTDIR and --output FILE")
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
+    report_device(state, device)
     geo_model = load_model_or_exit(state, model)
     import georaster_cnn as gc
 
@@ -204,8 +226,9 @@ def predict(
             min_valid=min_valid,
             device=gc.resolve_device(device),
         )
+    folder = output_dir if output_dir is not None else cast(Path, output_file).parent
     if vector is not None:
-        check_vector_output(output_dir / f"<stem>.{vector}", f"--vector {vector}")
+        check_vector_output(folder / f"<stem>.{vector}", f"--vector {vector}")
     settings = TileSettings(
         options,
         probabilities=probabilities,
@@ -216,22 +239,31 @@ def predict(
         dense=dense,
         resume=resume,
     )
-    plan = _plan(state, inputs, output_dir, output_format)
+    plan = _plan(state, inputs, output_file or folder, output_format, one=output_file is not None)
     with cluster_session(state, cluster) as session:
         # on a cluster several tiles at once (bounded), else one after another
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
         results = run_tiles(state, plan, geo_model, settings, in_flight=in_flight)
     if not state.quiet:
-        _print_summary(state, results, time.perf_counter() - started, output_dir)
+        _print_summary(state, results, time.perf_counter() - started, folder)
     if any(r.status == "failed" for r in results):
         ctx.exit(EXIT_FAILED)
 
 
 def _plan(
-    state: CLIState, inputs: Sequence[str], output_dir: Path, fmt: str | None
+    state: CLIState, inputs: Sequence[str], output: Path, fmt: str | None, *, one: bool
 ) -> list[Job | TileResult]:
-    """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan."""
-    plan = plan_outputs(expand_inputs(inputs), output_dir, format=fmt)
+    """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan.
+
+    ``output`` is OUTDIR, or with ``one`` the FILE of ``--output``.
+    """
+    found = expand_inputs(inputs)
+    if one:
+        with usage_errors():  # one INPUT, a FILE whose suffix names a format
+            plan = plan_output_file(found, output, format=fmt)
+    else:
+        plan = plan_outputs(found, output, format=fmt)
+    output_dir = output.parent if one else output
     for r in plan:
         if isinstance(r, TileResult):
             report_error(state, r.message, context=r.input)

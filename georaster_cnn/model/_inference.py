@@ -38,7 +38,7 @@ from georaster_cnn.errors import InputError, ModelFileError
 if TYPE_CHECKING:
     from georaster_cnn.model.modelfile import GeoModel
 
-__all__ = ["Classifier", "probabilities", "resolve_device"]
+__all__ = ["Classifier", "device_name", "probabilities", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -81,6 +81,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             )
         return torch.device("mps")
     raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
+
+
+def device_name(device: str | torch.device = "auto") -> str:
+    """What runs the model, in words: ``"CUDA NVIDIA H200 (cuda:0)"``, ``"Apple MPS"``, ``"CPU"``.
+
+    ``device`` is resolved first (:func:`resolve_device`), so ``"auto"`` names the
+    device that ``auto`` picks: the answer to "is my GPU used?".
+
+    Raises
+    ------
+    InputError
+        As :func:`resolve_device`.
+    """
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"CUDA {torch.cuda.get_device_name(index)} (cuda:{index})"
+    if dev.type == "mps":
+        return "Apple MPS"
+    return "CPU" if dev.type == "cpu" else str(dev)
 
 
 def probabilities(logits: torch.Tensor) -> np.ndarray:
