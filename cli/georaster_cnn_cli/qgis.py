@@ -150,7 +150,12 @@ def enable_in_ini(ini: Path, section: str, key: str, value: str) -> None:
 
 
 def _record(executable: Path) -> str:
-    return json.dumps({"executable": str(executable), "version": __version__}, indent=2) + "\n"
+    """The plugin's record: the executable it runs; the docs page when this is a checkout."""
+    record: dict[str, str] = {"executable": str(executable), "version": __version__}
+    docs = Path(__file__).resolve().parents[2] / "docs" / "qgis.md"
+    if docs.is_file():
+        record["docs"] = str(docs)  # the algorithms' help links to it
+    return json.dumps(record, indent=2) + "\n"
 
 
 @click.group("qgis", short_help="Install the QGIS Processing plugin (toolbox, Model Builder).")

@@ -1,0 +1,167 @@
+"""A PyQGIS script run by tests/test_qgis.py with QGIS's own (system) Python, headless.
+
+It loads the installed georaster-cnn plugin the way QGIS does (its ``classFactory``
+and ``initProcessing``), runs the tasks given as JSON in ``argv[1]`` through
+``processing.run`` and prints one JSON object of what it saw. Never run by pytest
+itself (no ``test_`` name) and never with the project's environment: it imports
+only QGIS, Processing and the plugin.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+config = json.loads(sys.argv[1])
+sys.path[:0] = [config["plugins"], "/usr/share/qgis/python/plugins"]
+
+from qgis.core import (  # noqa: E402 - after the path is set
+    QgsApplication,
+    QgsFeature,
+    QgsField,
+    QgsGeometry,
+    QgsPointXY,
+    QgsProcessingException,
+    QgsProcessingFeedback,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+from qgis.PyQt.QtCore import QVariant  # noqa: E402
+
+app = QgsApplication([], False)
+app.initQgis()
+
+from processing.core.Processing import Processing  # noqa: E402
+
+Processing.initialize()
+import georaster_cnn_qgis  # noqa: E402
+import processing  # noqa: E402
+
+plugin = georaster_cnn_qgis.classFactory(None)
+plugin.initProcessing()
+
+
+class Recorder(QgsProcessingFeedback):
+    """Feedback that keeps what the algorithm said; cancels at ``cancel_at`` percent."""
+
+    def __init__(self, cancel_at=None):
+        super().__init__()
+        self.progress, self.info, self.errors, self.warnings = [], [], [], []
+        self.cancel_at = cancel_at
+        self.progressChanged.connect(self.on_progress)
+
+    def on_progress(self, value):
+        self.progress.append(value)
+        if self.cancel_at is not None and value >= self.cancel_at and not self.isCanceled():
+            self.cancel()
+
+    def pushInfo(self, text):
+        self.info.append(text)
+        super().pushInfo(text)
+
+    def pushWarning(self, text):
+        self.warnings.append(text)
+        super().pushWarning(text)
+
+    def reportError(self, text, fatalError=False):
+        self.errors.append(text)
+        super().reportError(text, fatalError)
+
+    def said(self):
+        return {
+            "progress": self.progress,
+            "info": self.info,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+def run(alg, params, feedback):
+    try:
+        result = processing.run(alg, params, feedback=feedback)
+    except QgsProcessingException as exc:
+        return {"raised": str(exc), **feedback.said()}
+    return {"result": {k: str(v) for k, v in result.items()}, **feedback.said()}
+
+
+def task_classify(task):
+    out = run("georaster_cnn:classify", task["params"], Recorder())
+    layer = QgsRasterLayer(task["params"]["OUTPUT"], "classes")
+    renderer = layer.renderer()
+    out["renderer"] = renderer.type() if renderer else None
+    classes = renderer.classes() if hasattr(renderer, "classes") else []
+    out["legend"] = [c.label for c in classes]
+    return out
+
+
+def task_cancel_resume(task):
+    folder = os.path.dirname(task["params"]["OUTPUT"])
+    first = run("georaster_cnn:classify", task["params"], Recorder(cancel_at=task["cancel_at"]))
+    first["left"] = sorted(os.listdir(folder))
+    second = run("georaster_cnn:classify", task["params"], Recorder())
+    second["left"] = sorted(os.listdir(folder))
+    return {"cancelled": first, "rerun": second}
+
+
+def memory_points(task):
+    layer = QgsVectorLayer(f"Point?crs={task['crs']}", "field points", "memory")
+    provider = layer.dataProvider()
+    provider.addAttributes([QgsField(task["field"], QVariant.String)])
+    layer.updateFields()
+    features = []
+    for x, y, name in task["points"]:
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, y)))
+        f.setAttribute(task["field"], name)
+        features.append(f)
+    provider.addFeatures(features)
+    layer.updateExtents()
+    return layer
+
+
+def task_train_memory(task):
+    params = dict(task["params"], LABELS=memory_points(task))
+    return run("georaster_cnn:train", params, Recorder())
+
+
+def task_evaluate_subset(task):
+    layer = QgsVectorLayer(task["gpkg"], "checks", "ogr")
+    layer.setSubsetString(task["subset"])
+    params = dict(task["params"], LABELS=layer)
+    out = run("georaster_cnn:evaluate", params, Recorder())
+    out["features_shown"] = layer.featureCount()
+    return out
+
+
+def task_help(task):
+    registry = QgsApplication.processingRegistry()
+    out = {}
+    for alg_id in task["ids"]:
+        alg = registry.algorithmById(alg_id)
+        out[alg_id] = {
+            "help": alg.shortHelpString(),
+            "parameters": [p.name() for p in alg.parameterDefinitions()],
+        }
+    return out
+
+
+TASKS = {
+    "classify": task_classify,
+    "cancel_resume": task_cancel_resume,
+    "train_memory": task_train_memory,
+    "evaluate_subset": task_evaluate_subset,
+    "help": task_help,
+}
+
+results = {}
+for name, task in config["tasks"].items():
+    try:
+        results[name] = TASKS[task["kind"]](task)
+    except Exception:  # said in the output: the test shows it
+        results[name] = {"crashed": traceback.format_exc()}
+results["modules"] = sorted(
+    m for m in sys.modules if m.split(".")[0] in ("torch", "georaster_cnn", "georaster_cnn_cli")
+)
+print("RESULTS " + json.dumps(results))
+sys.stdout.flush()
+app.exitQgis()
