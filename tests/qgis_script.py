@@ -28,7 +28,7 @@ from qgis.core import (  # noqa: E402 - after the path is set
 )
 from qgis.PyQt.QtCore import QVariant  # noqa: E402
 
-app = QgsApplication([], False)
+app = QgsApplication([], True)  # with widgets: the settings dialog is built too
 app.initQgis()
 
 from processing.core.Processing import Processing  # noqa: E402
@@ -145,12 +145,28 @@ def task_help(task):
     return out
 
 
+def task_settings(task):
+    """The settings dialog's executable, the Processing setting, and a check of each."""
+    from georaster_cnn_qgis import settings
+    from qgis.PyQt.QtWidgets import QLineEdit
+
+    dialog = settings.settings_dialog(None)
+    shown = dialog.findChild(QLineEdit).text()
+    return {
+        "shown": shown,
+        "configured": settings.configured_executable(),
+        "check": settings.check_executable(shown),
+        "check_missing": settings.check_executable(task["missing"]),
+    }
+
+
 TASKS = {
     "classify": task_classify,
     "cancel_resume": task_cancel_resume,
     "train_memory": task_train_memory,
     "evaluate_subset": task_evaluate_subset,
     "help": task_help,
+    "settings": task_settings,
 }
 
 results = {}

@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from georaster_cnn_cli import __version__
 from georaster_cnn_cli.main import cli
 from rasterio.windows import Window
 from shapely.geometry import Point
@@ -234,6 +235,7 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
         {
             "classify": {"kind": "classify", "params": params},
             "help": {"kind": "help", "ids": [f"georaster_cnn:{a}" for a in ALGORITHMS]},
+            "settings": {"kind": "settings", "missing": str(tmp_path / "none")},
         }
     )
     run = got["classify"]
@@ -249,6 +251,11 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
         assert "docs/qgis.md" in described["help"], alg_id
         for name in described["parameters"]:
             assert f"<b>{name}</b>" in described["help"], (alg_id, name)
+    recorded = json.loads((qgis.plugins / "georaster_cnn_qgis/georaster_cnn.json").read_text())
+    settings = got["settings"]
+    assert settings["shown"] == settings["configured"] == recorded["executable"]
+    assert settings["check"] == [True, f"georaster-cnn, version {__version__}"]
+    assert settings["check_missing"] == [False, f"{tmp_path / 'none'} is not an executable file"]
     # QGIS's Python never imported torch or the library: the CLI ran in its own process
     assert got["modules"] == []
 

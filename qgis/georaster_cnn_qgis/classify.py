@@ -47,7 +47,7 @@ class ClassifyAlgorithm(GeorasterCnnAlgorithm):
         self.optional(
             QgsProcessingParameterNumber(
                 "STRIDE",
-                "Stride (output cell size, input pixels) [default: the model's patch size]",
+                "Stride (input pixels per output cell)",
                 QgsProcessingParameterNumber.Integer,
                 minValue=1,
             )

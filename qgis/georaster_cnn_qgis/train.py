@@ -60,14 +60,14 @@ class TrainAlgorithm(GeorasterCnnAlgorithm):
         )
         self.optional(
             QgsProcessingParameterNumber(
-                "EPOCHS", "Epochs [default: 10]", QgsProcessingParameterNumber.Integer, minValue=1
+                "EPOCHS", "Epochs", QgsProcessingParameterNumber.Integer, minValue=1
             )
         )
-        self.optional(QgsProcessingParameterString("ARCH", "Architecture [default: cnn_dense]"))
+        self.optional(QgsProcessingParameterString("ARCH", "Architecture"))
         self.optional(
             QgsProcessingParameterNumber(
                 "PATCH",
-                "Patch size (pixels) [default: 64]",
+                "Patch size (pixels)",
                 QgsProcessingParameterNumber.Integer,
                 minValue=1,
             )
