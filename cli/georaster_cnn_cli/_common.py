@@ -294,11 +294,12 @@ def report_error(
         state.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
 
 
-def report_device(state: CLIState, device: Any) -> None:
-    """Say which device runs the model ("CUDA NVIDIA H200 (cuda:0)", "CPU"), first thing.
+def report_device(state: CLIState, device: Any) -> Any:
+    """Resolve ``--device`` and say which device runs the model ("CUDA NVIDIA H200 (cuda:0)", "CPU").
 
     A ``device`` event under ``--progress jsonl``, else an info line (``-v``). A
     device that is unknown or unavailable stops the command (exit status 2).
+    Returns the resolved :class:`torch.device`, for the command to pass on (resolved once).
     """
     import logging
 
@@ -311,6 +312,7 @@ def report_device(state: CLIState, device: Any) -> None:
         state.events.emit("device", device=str(resolved), name=name)
     else:
         logging.getLogger("georaster_cnn_cli").info("device: %s", name)
+    return resolved
 
 
 def fail(message: str) -> NoReturn:

@@ -57,7 +57,7 @@ def _options(
     stride: int | None,
     batch_size: int,
     min_valid: float | None,
-    device: str,
+    device: Any,
 ) -> InferenceOptions:
     """Every option checked once, up front, by the library; the device resolved once."""
     import georaster_cnn as gc
@@ -205,7 +205,7 @@ def evaluate(
     """
     state = get_state(ctx)
     check_scheduler(cluster)
-    report_device(state, device)
+    resolved = report_device(state, device)  # said first; resolved once
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     from georaster_cnn.evaluation.report import check_report_folder
 
@@ -218,7 +218,7 @@ def evaluate(
         stride=stride,
         batch_size=batch_size,
         min_valid=min_valid,
-        device=device,
+        device=resolved,
     )
     with cluster_session(state, cluster):
         if found.chips:

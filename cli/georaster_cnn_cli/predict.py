@@ -214,9 +214,8 @@ def predict(
     if (output_dir is None) == (output_file is None):
         raise click.UsageError("give one of -o/--output-dir OUTDIR and --output FILE")
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
-    report_device(state, device)
+    resolved = report_device(state, device)  # said first; resolved once for all tiles
     geo_model = load_model_or_exit(state, model)
-    import georaster_cnn as gc
 
     with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
         options = InferenceOptions.resolve(
@@ -224,7 +223,7 @@ def predict(
             stride=stride,
             batch_size=batch_size,
             min_valid=min_valid,
-            device=gc.resolve_device(device),
+            device=resolved,
         )
     folder = output_dir if output_dir is not None else cast(Path, output_file).parent
     if vector is not None:

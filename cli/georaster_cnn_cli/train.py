@@ -293,8 +293,7 @@ def train(
         "label_column": label_column, "min_cover": min_cover, "val_block": val_block,
         "stride": stride, "patch_size": options.DEFAULT_PATCH if patch is None else patch,
     }  # fmt: skip
-    common["device"] = str(_checked(common, rasters))  # "auto" resolved once, here
-    report_device(state, common["device"])
+    common["device"] = str(report_device(state, _checked(common, rasters)))  # resolved once
     read = {"bands": bands, "open_options": open_options}
     with cluster_session(state, cluster):  # reading the training windows computes on it
         model, last = _fit(
