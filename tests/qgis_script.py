@@ -133,6 +133,14 @@ def task_evaluate_subset(task):
     return out
 
 
+def task_inspect(task):
+    """Inspect a raster layer given by a GDAL connection string (not a plain file)."""
+    layer = QgsRasterLayer(task["source"], "layer", "gdal")
+    out = run("georaster_cnn:inspect", dict(task["params"], INPUT=layer), Recorder())
+    out["valid"] = layer.isValid()
+    return out
+
+
 def task_help(task):
     registry = QgsApplication.processingRegistry()
     out = {}
@@ -166,6 +174,7 @@ TASKS = {
     "train_memory": task_train_memory,
     "evaluate_subset": task_evaluate_subset,
     "help": task_help,
+    "inspect": task_inspect,
     "settings": task_settings,
 }
 

@@ -236,6 +236,11 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
             "classify": {"kind": "classify", "params": params},
             "help": {"kind": "help", "ids": [f"georaster_cnn:{a}" for a in ALGORITHMS]},
             "settings": {"kind": "settings", "missing": str(tmp_path / "none")},
+            "inspect": {
+                "kind": "inspect",
+                "source": f'NETCDF:"{SAMPLE / "scene.nc"}":soil_moisture',
+                "params": {"OUTPUT": str(tmp_path / "inspect.html")},
+            },
         }
     )
     run = got["classify"]
@@ -256,6 +261,12 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
     assert settings["shown"] == settings["configured"] == recorded["executable"]
     assert settings["check"] == [True, f"georaster-cnn, version {__version__}"]
     assert settings["check_missing"] == [False, f"{tmp_path / 'none'} is not an executable file"]
+    # a layer that is no plain file (a netCDF variable) goes to the CLI as a temporary GeoTIFF
+    inspected = got["inspect"]
+    assert inspected["valid"] and "raised" not in inspected, inspected.get("raised")
+    assert any("not a plain file, exported to" in line for line in inspected["info"])
+    page = (tmp_path / "inspect.html").read_text()
+    assert "Moran" in page and "Verdict" in page and "EPSG:32633" in page
     # QGIS's Python never imported torch or the library: the CLI ran in its own process
     assert got["modules"] == []
 

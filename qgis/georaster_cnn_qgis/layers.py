@@ -18,6 +18,7 @@ from qgis.core import (
     QgsProcessingFeedback,
     QgsProcessingUtils,
     QgsProviderRegistry,
+    QgsRasterBlockFeedback,
     QgsRasterFileWriter,
     QgsRasterLayer,
     QgsRasterPipe,
@@ -56,6 +57,8 @@ def raster_file(
         raise QgsProcessingException(f"cannot export raster layer {layer.name()!r}")
     writer = QgsRasterFileWriter(out)
     writer.setOutputFormat("GTiff")
+    blocks = QgsRasterBlockFeedback()  # the writer's own kind; cancelled with the algorithm
+    feedback.canceled.connect(blocks.cancel)
     error = writer.writeRaster(
         pipe,
         provider.xSize(),
@@ -63,7 +66,7 @@ def raster_file(
         provider.extent(),
         provider.crs(),
         context.transformContext(),
-        feedback,
+        blocks,
     )
     if error != QgsRasterFileWriter.NoError:
         raise QgsProcessingException(f"cannot export raster layer {layer.name()!r} ({error})")
