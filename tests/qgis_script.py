@@ -156,16 +156,30 @@ def task_help(task):
 def task_settings(task):
     """The settings dialog's executable, the Processing setting, and a check of each."""
     from georaster_cnn_qgis import settings
+    from processing.core.ProcessingConfig import ProcessingConfig
     from qgis.PyQt.QtWidgets import QLineEdit
 
     dialog = settings.settings_dialog(None)
     shown = dialog.findChild(QLineEdit).text()
-    return {
+    out = {
         "shown": shown,
         "configured": settings.configured_executable(),
         "check": settings.check_executable(shown),
         "check_missing": settings.check_executable(task["missing"]),
     }
+    # another executable set in Processing's options (which takes existing files only),
+    # then gone (an environment deleted since), or broken
+    for name in ("missing", "broken"):
+        if name == "missing":
+            with open(task[name], "w") as placeholder:
+                placeholder.write("")
+        ProcessingConfig.setSettingValue(settings.EXECUTABLE_SETTING, task[name])
+        if name == "missing":
+            os.remove(task[name])
+        out[f"run_{name}"] = run("georaster_cnn:inspect", task["params"], Recorder())
+    ProcessingConfig.setSettingValue(settings.EXECUTABLE_SETTING, shown)
+    out["configured_after"] = settings.configured_executable()
+    return out
 
 
 TASKS = {

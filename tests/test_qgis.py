@@ -226,6 +226,11 @@ def test_vectorize_through_qgis_process_writes_class_polygons(
 
 def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_path: Path) -> None:
     out = tmp_path / "pyqgis.tif"
+    broken = tmp_path / "broken-georaster-cnn"  # an environment that lost its packages
+    broken.write_text(
+        "#!/bin/sh\necho 'ModuleNotFoundError: No module named rasterio' >&2\nexit 1\n"
+    )
+    broken.chmod(0o755)
     # the whole sample scene: its blocks take long enough for progress between 0 and 100
     params = {
         "INPUT": str(SAMPLE / "scene.tif"), "MODEL": str(SAMPLE / "model.safetensors"),
@@ -235,7 +240,12 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
         {
             "classify": {"kind": "classify", "params": params},
             "help": {"kind": "help", "ids": [f"georaster_cnn:{a}" for a in ALGORITHMS]},
-            "settings": {"kind": "settings", "missing": str(tmp_path / "none")},
+            "settings": {
+                "kind": "settings",
+                "missing": str(tmp_path / "none"),
+                "broken": str(broken),
+                "params": {"INPUT": str(SAMPLE / "scene.tif"), "OUTPUT": str(tmp_path / "x.html")},
+            },
             "inspect": {
                 "kind": "inspect",
                 "source": f'NETCDF:"{SAMPLE / "scene.nc"}":soil_moisture',
@@ -261,6 +271,14 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
     assert settings["shown"] == settings["configured"] == recorded["executable"]
     assert settings["check"] == [True, f"georaster-cnn, version {__version__}"]
     assert settings["check_missing"] == [False, f"{tmp_path / 'none'} is not an executable file"]
+    # a missing or broken executable: one clear message saying where to fix it
+    missing, failing = settings["run_missing"]["raised"], settings["run_broken"]["raised"]
+    assert f"georaster-cnn executable not found: {tmp_path / 'none'}" in missing
+    assert "Processing > Options > Providers > georaster-cnn" in missing
+    assert f"georaster-cnn at {broken} did not run (exit status 1)" in failing
+    assert "ModuleNotFoundError: No module named rasterio" in failing
+    assert settings["configured_after"] == recorded["executable"]
+    assert not (tmp_path / "x.html").exists()
     # a layer that is no plain file (a netCDF variable) goes to the CLI as a temporary GeoTIFF
     inspected = got["inspect"]
     assert inspected["valid"] and "raised" not in inspected, inspected.get("raised")
