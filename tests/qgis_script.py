@@ -23,6 +23,7 @@ from qgis.core import (  # noqa: E402 - after the path is set
     QgsPointXY,
     QgsProcessingException,
     QgsProcessingFeedback,
+    QgsProject,
     QgsRasterLayer,
     QgsVectorLayer,
 )
@@ -76,21 +77,26 @@ class Recorder(QgsProcessingFeedback):
         }
 
 
-def run(alg, params, feedback):
+def run(alg, params, feedback, load=False):
+    """``processing.run``; with ``load``, as the toolbox does: outputs loaded into the project."""
     try:
-        result = processing.run(alg, params, feedback=feedback)
+        how = processing.runAndLoadResults if load else processing.run
+        result = how(alg, dict(params), feedback=feedback)  # runAndLoadResults edits it
     except QgsProcessingException as exc:
         return {"raised": str(exc), **feedback.said()}
     return {"result": {k: str(v) for k, v in result.items()}, **feedback.said()}
 
 
 def task_classify(task):
-    out = run("georaster_cnn:classify", task["params"], Recorder())
-    layer = QgsRasterLayer(task["params"]["OUTPUT"], "classes")
-    renderer = layer.renderer()
-    out["renderer"] = renderer.type() if renderer else None
-    classes = renderer.classes() if hasattr(renderer, "classes") else []
-    out["legend"] = [c.label for c in classes]
+    out = run("georaster_cnn:classify", task["params"], Recorder(), load=True)
+    # the layer Processing loaded into the project, as the toolbox does, and the file opened
+    loaded = list(QgsProject.instance().mapLayers().values())
+    opened = QgsRasterLayer(task["params"]["OUTPUT"], "classes")
+    for name, layers in (("loaded", loaded), ("opened", [opened])):
+        renderer = layers[0].renderer() if len(layers) == 1 else None
+        out[f"{name}_renderer"] = renderer.type() if renderer else None
+        classes = renderer.classes() if hasattr(renderer, "classes") else []
+        out[f"{name}_legend"] = [c.label for c in classes]
     return out
 
 

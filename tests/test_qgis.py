@@ -166,6 +166,17 @@ def _cli(*args: str | Path) -> None:
 # --------------------------------------------------------------------------- qgis_process
 
 
+def test_the_repositorys_qgis_folder_does_not_shadow_qgis(qgis: Qgis) -> None:
+    """qgis/ (the plugin's home, no __init__.py) is no package: QGIS's qgis wins from here."""
+    done = subprocess.run(
+        [str(SYSTEM_PYTHON), "-c", "import qgis.core, qgis; print(qgis.__file__)"],
+        env=qgis.env, capture_output=True, text=True, cwd=REPO, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not done.stdout.strip().startswith(str(REPO))
+    assert not (REPO / "qgis" / "__init__.py").exists()
+
+
 def test_qgis_process_lists_the_five_algorithms(qgis: Qgis) -> None:
     listed = qgis.process("list")
     assert listed.returncode == 0, listed.stderr[-2000:]
@@ -259,8 +270,10 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
     assert any(0 < p < 100 for p in run["progress"]), run["progress"]  # the CLI's blocks
     assert "blocks (scene.tif)" in run["info"]  # each stage said once
     assert run["info"][0] in ("device: CPU",) or run["info"][0].startswith("device: CUDA")
-    assert run["renderer"] == "paletted"  # the class map opens with the .qml's classes
-    assert run["legend"] == ["noise", "smooth", "ridges", "labyrinth"]
+    # the class map opens with the .qml's classes, and so does the layer the toolbox loads
+    classes = ["noise", "smooth", "ridges", "labyrinth"]
+    assert (run["opened_renderer"], run["opened_legend"]) == ("paletted", classes)
+    assert (run["loaded_renderer"], run["loaded_legend"]) == ("paletted", classes)
     assert _read(out)[0].shape == (1, 32, 32)
     for alg_id, described in got["help"].items():
         assert "docs/qgis.md" in described["help"], alg_id
