@@ -181,3 +181,22 @@ def test_train_patch_is_refused_for_chips(tmp_path: Path) -> None:
     result = run("train", chips, "--patch", "8", "-o", tmp_path / "m.safetensors")
     assert result.exit_code == 2
     assert "--patch is for rasters" in result.stderr
+
+
+def test_device_name_says_what_runs_the_model() -> None:
+    assert gc.device_name("cpu") == "CPU"
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        assert gc.device_name("auto") in ("CPU", "Apple MPS")
+        with pytest.raises(gc.InputError, match="no CUDA GPU"):
+            gc.device_name("cuda")
+
+
+@pytest.mark.gpu
+def test_device_name_names_the_cuda_device() -> None:
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    name = gc.device_name("auto")
+    assert name == f"CUDA {torch.cuda.get_device_name(0)} (cuda:0)"
+    assert gc.device_name("cuda:0") == name
