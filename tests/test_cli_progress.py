@@ -200,3 +200,13 @@ def test_device_name_names_the_cuda_device() -> None:
     name = gc.device_name("auto")
     assert name == f"CUDA {torch.cuda.get_device_name(0)} (cuda:0)"
     assert gc.device_name("cuda:0") == name
+
+
+def test_train_patch_refusal_names_the_option(
+    tmp_path: Path, make_raster: Callable[..., Path]
+) -> None:
+    scene = make_raster(tmp_path, "scene.tif", height=16, width=16, seed=3)
+    lab = make_raster(tmp_path, "labels.tif", height=16, width=16, dtype="uint8", seed=4)
+    result = run("train", scene, "--labels", lab, "--patch", "0", "-o", tmp_path / "m.safetensors")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --patch must be a whole number >= 1 pixel; found 0"

@@ -95,7 +95,7 @@ def _checked(common: Mapping[str, Any], rasters: Mapping[str, Any] | None) -> to
         options.check_batch_size(common["batch_size"])
         options.check_fraction("val_fraction", common["val_fraction"], high_open=True)
         if rasters is not None:
-            options.check_positive("patch_size", rasters["patch_size"], unit=" pixel")
+            options.check_positive("patch", rasters["patch_size"], unit=" pixel")  # as --patch
             options.training_stride(rasters["patch_size"], rasters["stride"])
             options.check_positive("val_block", rasters["val_block"], unit=" pixel")
             options.check_fraction("min_cover", rasters["min_cover"])
