@@ -106,6 +106,9 @@ def qgis(tmp_path_factory: pytest.TempPathFactory) -> Qgis:
         "QT_QPA_PLATFORM": "offscreen",
         "XDG_RUNTIME_DIR": str(runtime),
         "LANG": "C.UTF-8",
+        # QGIS computes statistics of the layers it opens and GDAL keeps them in a
+        # FILE.aux.xml beside the file: not in the repository's sample_data
+        "GDAL_PAM_ENABLED": "NO",
     }
     return Qgis(home, profile / "python" / "plugins", env)
 
