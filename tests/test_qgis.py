@@ -15,6 +15,7 @@ Skipped only when QGIS is not installed (.ci/run installs it when run as root).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,9 +107,6 @@ def qgis(tmp_path_factory: pytest.TempPathFactory) -> Qgis:
         "QT_QPA_PLATFORM": "offscreen",
         "XDG_RUNTIME_DIR": str(runtime),
         "LANG": "C.UTF-8",
-        # QGIS computes statistics of the layers it opens and GDAL keeps them in a
-        # FILE.aux.xml beside the file: not in the repository's sample_data
-        "GDAL_PAM_ENABLED": "NO",
     }
     return Qgis(home, profile / "python" / "plugins", env)
 
@@ -246,8 +244,13 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
     )
     broken.chmod(0o755)
     # the whole sample scene: its blocks take long enough for progress between 0 and 100
+    # copies: QGIS keeps the statistics of the layers it opens in FILE.aux.xml beside them
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    for name in ("scene.tif", "scene.nc"):
+        shutil.copy(SAMPLE / name, sample / name)
     params = {
-        "INPUT": str(SAMPLE / "scene.tif"), "MODEL": str(SAMPLE / "model.safetensors"),
+        "INPUT": str(sample / "scene.tif"), "MODEL": str(SAMPLE / "model.safetensors"),
         "STRIDE": 16, "OUTPUT": str(out),
     }  # fmt: skip
     got = qgis.script(
@@ -258,11 +261,11 @@ def test_classify_in_pyqgis_progress_style_help_and_no_torch(qgis: Qgis, tmp_pat
                 "kind": "settings",
                 "missing": str(tmp_path / "none"),
                 "broken": str(broken),
-                "params": {"INPUT": str(SAMPLE / "scene.tif"), "OUTPUT": str(tmp_path / "x.html")},
+                "params": {"INPUT": str(sample / "scene.tif"), "OUTPUT": str(tmp_path / "x.html")},
             },
             "inspect": {
                 "kind": "inspect",
-                "source": f'NETCDF:"{SAMPLE / "scene.nc"}":soil_moisture',
+                "source": f'NETCDF:"{sample / "scene.nc"}":soil_moisture',
                 "params": {"OUTPUT": str(tmp_path / "inspect.html")},
             },
         }
