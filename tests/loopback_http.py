@@ -3,7 +3,10 @@
 GDAL reads remote rasters (``/vsicurl/``, ``https://``) with ``HEAD`` and ranged
 ``GET`` requests; Python's ``http.server`` alone answers neither ranges nor failures.
 :func:`serve` serves one folder on ``127.0.0.1`` (a free port), logs every request
-(method, path, range, bytes sent) and answers ``404`` for the paths in ``missing``.
+(method, path, range, bytes sent) and answers ``404`` for the paths in ``missing``;
+it never answers for the paths in ``stall`` (the request hangs until the client
+gives up) and, for the paths in ``cut``, sends the headers and half the body and
+closes the connection (a truncated response).
 
 The server runs in its own process: rasterio holds the GIL while GDAL opens a
 file, so a server thread of the test process could not answer GDAL's requests.
@@ -16,6 +19,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +48,13 @@ class Served:
         return sum(n for *_, n in self.log)
 
 
-def _handler(root: Path, log_file: Path, missing: set[str]) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    root: Path,
+    log_file: Path,
+    missing: set[str],
+    stall: frozenset[str] = frozenset(),
+    cut: frozenset[str] = frozenset(),
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
@@ -63,6 +73,11 @@ def _handler(root: Path, log_file: Path, missing: set[str]) -> type[BaseHTTPRequ
         def _answer(self, body: bool) -> None:
             path = self._file()
             asked = self.headers.get("Range", "")
+            rel = self.path.split("?", 1)[0].lstrip("/")
+            if rel in stall:
+                self._log(asked, 0)
+                time.sleep(3600)  # until the client gives up (or the server stops)
+                return
             if path is None:
                 self._log(asked, 0)
                 self.send_error(404)
@@ -85,6 +100,12 @@ def _handler(root: Path, log_file: Path, missing: set[str]) -> type[BaseHTTPRequ
             if status == 206:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
             self.end_headers()
+            if body and rel in cut:  # half the body, then the connection closes
+                self.wfile.write(chunk[: len(chunk) // 2])
+                self.wfile.flush()
+                self.close_connection = True
+                self._log(asked, len(chunk) // 2)
+                return
             if body:
                 self.wfile.write(chunk)
             self._log(asked, len(chunk) if body else 0)
@@ -99,12 +120,25 @@ def _handler(root: Path, log_file: Path, missing: set[str]) -> type[BaseHTTPRequ
 
 
 @contextmanager
-def serve(root: Path, *, missing: set[str] | None = None) -> Iterator[Served]:
-    """Serve ``root`` on a free loopback port for the block; yields the :class:`Served`."""
+def serve(
+    root: Path,
+    *,
+    missing: set[str] | None = None,
+    stall: set[str] | None = None,
+    cut: set[str] | None = None,
+) -> Iterator[Served]:
+    """Serve ``root`` on a free loopback port for the block; yields the :class:`Served`.
+
+    Paths (relative to ``root``) in ``missing`` answer 404, in ``stall`` never
+    answer, in ``cut`` send half their body and close.
+    """
     root = root.resolve()
     log_file = root.parent / f".{root.name}.http-log.jsonl"
     log_file.unlink(missing_ok=True)
-    args = [sys.executable, __file__, str(root), str(log_file), *sorted(missing or ())]
+    args = [
+        sys.executable, __file__, str(root), str(log_file), *sorted(missing or ()),
+        *(f"stall:{p}" for p in sorted(stall or ())), *(f"cut:{p}" for p in sorted(cut or ())),
+    ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -117,9 +151,16 @@ def serve(root: Path, *, missing: set[str] | None = None) -> Iterator[Served]:
             proc.stdout.close()
 
 
-if __name__ == "__main__":  # the server process: ROOT LOG_FILE [MISSING ...]
+if __name__ == "__main__":  # the server process: ROOT LOG_FILE [MISSING|stall:P|cut:P ...]
     served_root, served_log = Path(sys.argv[1]), Path(sys.argv[2])
-    handler = _handler(served_root, served_log, set(sys.argv[3:]))
+    rest = sys.argv[3:]
+    handler = _handler(
+        served_root,
+        served_log,
+        {a for a in rest if not a.startswith(("stall:", "cut:"))},
+        frozenset(a[6:] for a in rest if a.startswith("stall:")),
+        frozenset(a[4:] for a in rest if a.startswith("cut:")),
+    )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     print(server.server_address[1], flush=True)
     server.serve_forever()

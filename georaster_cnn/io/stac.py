@@ -1,0 +1,361 @@
+"""open_stac: STAC Items (a file, a URL, a search) -> the canonical lazy ``(band, y, x)`` array.
+
+odc-stac does the work (``odc.stac.load``: items mosaicked and reprojected lazily onto
+one grid, read through rasterio); this module decides what it is asked:
+
+- **which Items** (:mod:`georaster_cnn.io._stac_items`: documents recognised by
+  content, asset hrefs made absolute and checked: network only with ``allow_remote``,
+  an HTTP catalogue never references local files, a local one only files next to it);
+- **which bands**, by the model's names (asset key, then ``common_name``, then band
+  ``name``; a mapping chooses explicitly), with the raster extension's scale/offset;
+- **which grid**: the most common CRS of the matched assets and their finest
+  resolution unless ``crs=``/``resolution=`` say otherwise, clipped to ``bbox``;
+  its size is checked against ``max_pixels`` before any pixel is read;
+- **how reads fail**: each asset's header is opened once first (a 404 or a timeout
+  is a :class:`~georaster_cnn.errors.ReadError` naming the href, or, with
+  ``skip_failed``, a warning and a mosaic without it); a read that fails later names
+  its href too. GDAL's HTTP settings are :mod:`georaster_cnn.io.cloud`'s, carried
+  into every read (Dask workers included) by the reader driver.
+
+The result is what :func:`~georaster_cnn.io.reader.open_raster` returns: ``float32``,
+NaN where no item has a valid pixel, CRS and transform on ``.rio``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from odc.loader import RioDriver
+from odc.loader._rio import RioReader, capture_rio_env
+
+from georaster_cnn.chips import BLOCK_PX
+from georaster_cnn.errors import InputError, ReadError
+from georaster_cnn.io._canonical import _canonical, _check_size, _root_message
+from georaster_cnn.io._gdal_open import open_input
+from georaster_cnn.io._stac_items import BandMatch, StacSource, match_bands, read_items
+from georaster_cnn.io.cloud import http_env, http_options
+from georaster_cnn.io.formats import is_network_location
+from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
+
+__all__ = ["StacReadWarning", "open_stac", "stac_items"]
+
+log = logging.getLogger(__name__)
+
+#: Header probes run at once (each a few small range requests).
+_PROBES = 8
+
+
+class StacReadWarning(UserWarning):
+    """An asset left out of a mosaic (``skip_failed``): its href and why."""
+
+
+def stac_items(
+    source: Any, *, allow_remote: bool = False, datetime: str | None = None
+) -> list[Any]:
+    """The pystac Items of ``source`` (checked as :func:`open_stac` checks them), e.g. for ``per_item``."""
+    return list(read_items(source, allow_remote=allow_remote, datetime_range=datetime).items)
+
+
+def open_stac(
+    source: Any,
+    *,
+    bands: Sequence[str] | Mapping[str, str] | None = None,
+    crs: Any = None,
+    resolution: float | None = None,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    groupby: str = "solar_day",
+    allow_remote: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    skip_failed: bool = False,
+) -> xr.DataArray:
+    """Open STAC Items lazily as one ``float32`` ``(band, y, x)`` DataArray, ready for ``predict``.
+
+    Parameters
+    ----------
+    source
+        A STAC Item or ItemCollection: a file or ``http(s)`` URL (recognised by its
+        content), a ``pystac.Item``, ``ItemCollection`` or list of Items, or a
+        pystac-client ``ItemSearch``.
+    bands
+        The band names to load, in order (a model's ``band_names``): each matches an
+        asset key, else an ``eo:bands``/``bands`` ``common_name``, else a band
+        ``name``. A mapping ``{"red": "B04", ...}`` names the asset (or ``ASSET.N``)
+        of each. ``None``: every data asset, named by its key.
+    crs, resolution
+        The output grid's CRS (anything pyproj reads) and cell size in its units;
+        default: the most common CRS of the matched assets and their finest resolution
+        (in that CRS). A ``crs`` no asset has needs a ``resolution``.
+    bbox
+        ``(west, south, east, north)`` in degrees (EPSG:4326): the extent to load;
+        default: all the items' footprints.
+    datetime
+        ``"START/END"`` (RFC 3339 or dates; ``..`` for an open end): Items outside are
+        left out (a search does this on the server).
+    groupby
+        How items make one layer (odc-stac: ``"solar_day"``, ``"time"``, ``"id"`` or a
+        property name). Layers are then mosaicked into one, the first valid pixel in
+        time order.
+    allow_remote
+        Allow network catalogues and assets (``http(s)://``, ``s3://``).
+    max_pixels
+        The largest output grid accepted (height x width x bands); checked before any
+        pixel is read.
+    skip_failed
+        An asset that cannot be opened or read is left out (a :class:`StacReadWarning`
+        names it) instead of failing the whole mosaic.
+
+    Returns
+    -------
+    xarray.DataArray
+        The canonical array (see :func:`georaster_cnn.open_raster`); attrs ``source``,
+        ``source_dtype``, ``source_nodata`` and ``stac_items`` (JSON: each item's
+        ``id``, ``href`` and ``datetime``, for the map's ``derived_from`` links).
+
+    Raises
+    ------
+    InputError
+        A band no item offers (named, with what they offer); a network location
+        without ``allow_remote``; an asset the catalogue may not reference; a grid over
+        ``max_pixels``; no Items.
+    ReadError
+        The catalogue cannot be read; an asset cannot be opened (404, timeout,
+        truncated), naming its href. While computing: a failed read, naming its href.
+
+    Examples
+    --------
+    >>> da = gc.open_stac("items.json", bands=model.band_names)  # doctest: +SKIP
+    >>> da = gc.open_stac(search, bands={"red": "B04", "nir": "B08"}, crs="EPSG:32633",
+    ...                   resolution=10, allow_remote=True)  # doctest: +SKIP
+    """
+    max_pixels = check_max_pixels(max_pixels)
+    src = read_items(source, allow_remote=allow_remote, datetime_range=datetime)
+    matches = match_bands(src.items, bands, src.label)
+    gbox = _output_grid(src, [m.key for m in matches], crs, resolution, bbox)
+    ny, nx = gbox.shape.yx  # checked before any request for an asset
+    _check_size(src.label, len(matches), ny, nx, max_pixels)
+    items, dtypes, nodatas = _probe(src, matches, skip_failed=skip_failed)
+    return _load(
+        StacSource(tuple(items), src.label), matches, dtypes, nodatas, gbox,
+        groupby=groupby, skip_failed=skip_failed,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _href(item: Any, key: str) -> str | None:
+    asset = item.assets.get(key.partition(".")[0] if key not in item.assets else key)
+    return None if asset is None else str(asset.href)
+
+
+def _probe(
+    src: StacSource, matches: list[BandMatch], *, skip_failed: bool
+) -> tuple[list[Any], set[str], set[float | None]]:
+    """Open every matched asset's header once (by the reader's rules); drop or fail the bad ones.
+
+    The headers land in GDAL's cache of this process: the reads that follow do not
+    fetch them again.
+    """
+    jobs = [(i, h) for i, item in enumerate(src.items) for m in matches
+            if (h := _href(item, m.key)) is not None]  # fmt: skip
+    hrefs = sorted({h for _, h in jobs})
+    with ThreadPoolExecutor(min(_PROBES, max(1, len(hrefs)))) as pool:
+        found = dict(zip(hrefs, pool.map(_header, hrefs), strict=True))
+    failed = {h: why for h, why in found.items() if isinstance(why, str)}
+    if failed and not skip_failed:
+        h, why = next(iter(failed.items()))
+        more = f" (and {len(failed) - 1} more asset(s))" if len(failed) > 1 else ""
+        raise ReadError(
+            f"{h}: cannot open this STAC asset ({why}){more}; check the href, or leave "
+            "failing assets out with skip_failed=True (--skip-failed)"
+        )
+    bad_items = {i for i, h in jobs if h in failed}
+    for h, why in failed.items():
+        warnings.warn(f"{h}: left out of the mosaic ({why})", StacReadWarning, stacklevel=3)
+    items = [it for i, it in enumerate(src.items) if i not in bad_items]
+    if not items:
+        raise ReadError(f"{src.label}: no asset could be opened; nothing to read")
+    headers = [v for v in found.values() if not isinstance(v, str)]
+    return items, {d for d, _ in headers}, {n for _, n in headers}
+
+
+def _header(href: str) -> tuple[str, float | None] | str:
+    """``(dtype, nodata)`` of an asset's first band, or why it cannot be opened."""
+    try:
+        with (
+            http_env(is_network_location(href)),
+            open_input(href, allow_remote=True, quiet=True) as ds,
+        ):
+            return str(ds.dtypes[0]), ds.nodata
+    except Exception as exc:  # any failure to open names the href; never a bare crash
+        return _root_message(exc)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Reader(RioReader):
+    """odc-stac's rasterio reader, with failures that name the href (or are skipped)."""
+
+    def __init__(self, src: Any, ctx: Any, skip_failed: bool) -> None:
+        super().__init__(src, ctx)
+        self._skip = skip_failed
+
+    def read(self, cfg: Any, dst_geobox: Any, *, dst: Any = None, selection: Any = None) -> Any:
+        try:
+            return super().read(cfg, dst_geobox, dst=dst, selection=selection)
+        except Exception as exc:  # rasterio's errors do not pickle: a plain ReadError does
+            why = _root_message(exc)
+        if not self._skip:
+            raise ReadError(f"{self._src.uri}: cannot read pixels of this STAC asset ({why})")
+        warnings.warn(
+            f"{self._src.uri}: left out of the mosaic ({why})", StacReadWarning, stacklevel=2
+        )
+        empty = np.empty((0, 0), dtype=cfg.dtype) if dst is None else dst[0:0, 0:0]
+        return np.s_[0:0, 0:0], empty
+
+
+class _Driver(RioDriver):
+    """odc-stac's rasterio driver with :mod:`~georaster_cnn.io.cloud`'s settings in every read.
+
+    ``capture_env`` is what odc-loader ships with each task and restores around the
+    read, on whichever worker runs it: the HTTP settings travel with the graph.
+    """
+
+    def __init__(self, skip_failed: bool = False) -> None:
+        super().__init__()
+        self._skip = skip_failed
+
+    def capture_env(self) -> dict[str, Any]:
+        return {**capture_rio_env(), **http_options()}
+
+    def open(self, src: Any, ctx: Any) -> _Reader:
+        return _Reader(src, ctx, self._skip)
+
+
+def _grid(
+    parsed: list[Any], keys: list[str], crs: Any, resolution: float | None
+) -> tuple[Any, float, Any]:
+    """CRS (most common), resolution (finest in that CRS) and pixel alignment of the output.
+
+    The alignment is that of the finest asset in the output CRS at the output
+    resolution, so that such assets are pasted, not resampled; else pixel edges at
+    multiples of the resolution.
+    """
+    from odc.geo import CRS, xy_
+
+    boxes = [g for p in parsed for g in p.geoboxes(keys)]
+    if crs is None:
+        if not boxes:
+            raise InputError(
+                "the items carry no projection (proj:) metadata for their assets; give crs= "
+                "and resolution= (--crs, --resolution)"
+            )
+        crs = Counter(g.crs for g in boxes).most_common(1)[0][0]
+    crs = CRS(crs)
+    same = sorted((abs(g.resolution.x), i) for i, g in enumerate(boxes) if g.crs == crs)
+    if resolution is None:
+        if not same:
+            raise InputError(
+                f"no matched asset is in {crs}, so the resolution cannot be chosen from them; "
+                "give resolution= (--resolution) in the units of that CRS"
+            )
+        resolution = same[0][0]
+    res = float(resolution)
+    align = None
+    for r, i in same:
+        a = boxes[i].affine
+        if np.isclose(r, res) and np.isclose(abs(a.e), res):
+            align = xy_(a.c % res, a.f % res)
+            break
+    return crs, res, align
+
+
+def _output_grid(
+    src: StacSource, keys: list[str], crs: Any, resolution: float | None,
+    bbox: Sequence[float] | None,
+) -> Any:  # fmt: skip
+    """The odc-geo GeoBox of the output (module docstring: the grid choice)."""
+    import odc.stac
+
+    parsed = list(odc.stac.parse_items(src.items))
+    out_crs, res, align = _grid(parsed, keys, crs, resolution)
+    try:
+        gbox = odc.stac.output_geobox(
+            parsed, keys, crs=out_crs, resolution=res, align=align,
+            bbox=None if bbox is None else _four(bbox),
+        )  # fmt: skip
+    except ValueError as exc:
+        raise InputError(f"{src.label}: cannot make the output grid ({exc})") from exc
+    if gbox is None:
+        raise InputError(f"{src.label}: cannot make the output grid; give crs= and resolution=")
+    return gbox
+
+
+def _load(
+    src: StacSource, matches: list[BandMatch], dtypes: set[str], nodatas: set[float | None],
+    gbox: Any, *, groupby: str, skip_failed: bool,
+) -> xr.DataArray:  # fmt: skip
+    import odc.stac
+
+    keys = [m.key for m in matches]
+    ds = odc.stac.load(
+        src.items, bands=keys, geobox=gbox, groupby=groupby, dtype="float32",
+        chunks={"y": BLOCK_PX, "x": BLOCK_PX}, driver=_Driver(skip_failed),
+        fail_on_error=True, nodata=float("nan"),
+    )  # fmt: skip
+    layers = [ds[k] for k in keys]
+    arr = xr.concat(layers, dim="band", coords="minimal", compat="override", join="override")
+    mosaic = arr.isel(time=0)
+    for t in range(1, arr.sizes["time"]):  # the first valid pixel, in time order
+        mosaic = mosaic.fillna(arr.isel(time=t))
+    scale = np.array([m.scale for m in matches], dtype="float32")[:, None, None]
+    offset = np.array([m.offset for m in matches], dtype="float32")[:, None, None]
+    data = mosaic.data
+    if (scale != 1).any() or (offset != 0).any():
+        data = data * scale + offset
+    data = data.astype("float32").rechunk({0: -1})
+    return _canonical(
+        data,
+        names=[m.name for m in matches],
+        transform=gbox.transform,
+        crs=gbox.crs.to_wkt(),
+        attrs={
+            "source": src.label,
+            "source_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
+            "source_nodata": _one(nodatas),
+            "stac_items": json.dumps([_record(i) for i in src.items]),
+        },
+    )
+
+
+def _four(bbox: Sequence[float]) -> tuple[float, float, float, float]:
+    if len(bbox) != 4:
+        raise InputError(f"bbox must be (west, south, east, north) in degrees; found {bbox!r}")
+    w, s, e, n = (float(v) for v in bbox)
+    return w, s, e, n
+
+
+def _one(nodatas: set[float | None]) -> float | None:
+    value = next(iter(nodatas)) if len(nodatas) == 1 else None
+    return None if value is None else float(value)
+
+
+def _record(item: Any) -> dict[str, Any]:
+    props = item.properties
+    return {
+        "id": item.id,
+        "href": item.get_self_href(),
+        "datetime": props.get("datetime"),
+        "start_datetime": props.get("start_datetime") or props.get("datetime"),
+        "end_datetime": props.get("end_datetime") or props.get("datetime"),
+    }

@@ -1,0 +1,325 @@
+"""open_stac and catalogued maps, offline: COGs in two UTM zones behind a loopback range server.
+
+The server (tests/loopback_http.py) honours ``Range``, logs each request with its
+bytes, and answers 404, stalls or cuts a response on request. Scenes A1 and A2 lie
+side by side in UTM 32N on one grid; B lies in UTM 33N. Each scene is one COG per
+band (``B04``, ``B08``, ``B11``, with ``eo:bands`` common names red, nir, swir16) and a
+local three-band GeoTIFF of the same pixels (for the local-file comparison).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pystac
+import pytest
+import rasterio
+import rasterio.features
+import rasterio.warp
+from loopback_http import Served, serve
+from pystac.extensions.projection import ProjectionExtension
+from rasterio.transform import from_origin
+from shapely.geometry import box, mapping, shape
+
+import georaster_cnn as gc
+from georaster_cnn.errors import InputError, ReadError
+from georaster_cnn.io.stac import StacReadWarning
+
+BANDS = (("B04", "red"), ("B08", "nir"), ("B11", "swir16"))
+MODEL_BANDS = ("red", "nir", "swir16")
+SIZE, RES, TILE = 512, 10.0, 256
+SCHEMAS = Path(__file__).parent / "stac_schemas"
+
+# odc-loader's reprojecting reads call rasterio.warp.reproject, which warns about the
+# in-memory destination it makes (rasterio's, not a property of the data)
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Dataset has no geotransform:rasterio.errors.NotGeoreferencedWarning"
+)
+
+
+def _scene(root: Path, name: str, epsg: int, x0: float, y0: float, seed: int, holes: bool) -> None:
+    """One COG per band, and the local three-band GeoTIFF of the same pixels."""
+    rng = np.random.default_rng(seed)
+    t = from_origin(x0, y0, RES, RES)
+    stack = []
+    for key, _ in BANDS:
+        a = rng.integers(1, 10000, (SIZE, SIZE), dtype="uint16")
+        if holes:
+            a[:40, :40] = 0
+        stack.append(a)
+        profile = {
+            "driver": "COG", "width": SIZE, "height": SIZE, "count": 1, "dtype": "uint16",
+            "crs": f"EPSG:{epsg}", "transform": t, "nodata": 0, "BLOCKSIZE": TILE,
+            "COMPRESS": "DEFLATE", "OVERVIEWS": "NONE",
+        }  # fmt: skip
+        with rasterio.open(root / f"{name}_{key}.tif", "w", **profile) as dst:
+            dst.write(a, 1)
+    profile = {
+        "driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "uint16",
+        "crs": f"EPSG:{epsg}", "transform": t, "nodata": 0, "tiled": True,
+    }  # fmt: skip
+    with rasterio.open(root / f"{name}.tif", "w", **profile) as dst:
+        dst.write(np.stack(stack))
+        dst.descriptions = MODEL_BANDS
+
+
+def _item(root: Path, name: str, base: str) -> pystac.Item:
+    with rasterio.open(root / f"{name}_B04.tif") as src:
+        crs, t, shp, b = src.crs, src.transform, src.shape, src.bounds
+    wgs = rasterio.warp.transform_geom(crs, "EPSG:4326", mapping(box(*b)))
+    item = pystac.Item(name, wgs, list(shape(wgs).bounds), datetime(2024, 6, 1, 10, tzinfo=UTC), {})
+    proj = ProjectionExtension.ext(item, add_if_missing=True)
+    proj.code, proj.shape, proj.transform = f"EPSG:{crs.to_epsg()}", list(shp), list(t)[:6]
+    for key, common in BANDS:
+        item.add_asset(key, pystac.Asset(
+            f"{base}{name}_{key}.tif", media_type=pystac.MediaType.COG, roles=["data"],
+            extra_fields={"eo:bands": [{"name": key, "common_name": common}],
+                          "raster:bands": [{"nodata": 0, "data_type": "uint16"}]},
+        ))  # fmt: skip
+    return item
+
+
+def _collection(root: Path, names: list[str], base: str, file: str = "items.json") -> Path:
+    items = pystac.ItemCollection([_item(root, n, base) for n in names])
+    (root / file).write_text(json.dumps(items.to_dict(transform_hrefs=False)))
+    return root / file
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("stac")
+    _scene(root, "A1", 32632, 730000, 5000000, seed=1, holes=True)
+    _scene(root, "A2", 32632, 730000 + SIZE * RES, 5000000, seed=2, holes=True)
+    _scene(root, "B", 32633, 266000, 4998000, seed=3, holes=False)
+    _scene(root, "A3", 32632, 730000, 4990000, seed=4, holes=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(make_model: Callable[..., gc.GeoModel], scenes: Path) -> gc.GeoModel:
+    stats = gc.compute_stats(gc.open_raster(scenes / "A1.tif"))
+    return make_model(
+        3, ("low", "mid", "high"), band_names=MODEL_BANDS, patch_size=16, stats=stats,
+        source_dtype="uint16",
+    )  # fmt: skip
+
+
+@pytest.fixture
+def served(scenes: Path) -> Iterator[Served]:
+    with serve(scenes) as s:
+        yield s
+
+
+def _classes(data: Any, model: gc.GeoModel) -> np.ndarray:
+    return np.asarray(gc.predict(data, model, device="cpu")["class"].values)
+
+
+def _tile_bytes(path: Path) -> int:
+    with rasterio.open(path) as src:
+        rows, cols = -(-src.height // TILE), -(-src.width // TILE)
+        return sum(src.block_size(1, i, j) for i in range(rows) for j in range(cols))
+
+
+# --------------------------------------------------------------------------- HTTP mosaic
+
+
+@pytest.fixture(scope="module")
+def http_mosaic(scenes: Path, model: gc.GeoModel) -> dict[str, Any]:
+    """A1 + A2 read through an HTTP catalogue: the classes, and the server's log."""
+    with serve(scenes) as s:
+        _collection(scenes, ["A1", "A2"], f"{s.url}/", "http_items.json")
+        data = gc.open_stac(f"{s.url}/http_items.json", bands=MODEL_BANDS, allow_remote=True)
+        classes = _classes(data, model)
+        return {"classes": classes, "data": data, "log": s.log}
+
+
+def test_an_aligned_mosaic_equals_predict_on_the_local_files(
+    http_mosaic: dict[str, Any], scenes: Path, model: gc.GeoModel
+) -> None:
+    data = http_mosaic["data"]
+    assert data.dtype == np.float32 and data.dims == ("band", "y", "x")
+    assert list(data["band"].values) == list(MODEL_BANDS)
+    assert data.rio.crs.to_epsg() == 32632
+    with rasterio.open(scenes / "A1.tif") as src:
+        assert data.rio.transform() == src.transform
+    a1 = _classes(gc.open_raster(scenes / "A1.tif"), model)
+    a2 = _classes(gc.open_raster(scenes / "A2.tif"), model)
+    mosaic = http_mosaic["classes"]
+    assert mosaic.shape == (a1.shape[0], a1.shape[1] + a2.shape[1])
+    np.testing.assert_array_equal(mosaic[:, : a1.shape[1]], a1)
+    np.testing.assert_array_equal(mosaic[:, a1.shape[1] :], a2)
+    assert (a1 == 255).any()  # the nodata corner came through as nodata
+
+
+def test_bytes_fetched_stay_within_the_tiles_needed_and_headers_are_fetched_once(
+    http_mosaic: dict[str, Any], scenes: Path
+) -> None:
+    log = [r for r in http_mosaic["log"] if r[1].endswith(".tif")]
+    files = sorted({path.lstrip("/") for _, path, _, _ in log})
+    assert len(files) == 6  # three bands of two scenes
+    needed = sum(_tile_bytes(scenes / f) for f in files)
+    fetched = sum(n for method, _, _, n in log if method == "GET")
+    assert fetched <= 1.25 * needed, (fetched, needed)
+    starts = Counter(
+        path for method, path, rng, _ in log if method == "GET" and rng.startswith("bytes=0-")
+    )
+    assert all(n == 1 for n in starts.values()), starts  # each header once
+    heads = Counter(path for method, path, _, _ in log if method == "HEAD")
+    assert all(n <= 1 for n in heads.values()), heads
+
+
+def test_two_utm_zones_mosaic_in_the_requested_crs_without_a_gap(scenes: Path) -> None:
+    items = _collection(scenes, ["A3", "B"], "./", "two_zones.json")
+    data = gc.open_stac(items, bands=MODEL_BANDS, crs="EPSG:32633", resolution=20)
+    assert data.rio.crs.to_epsg() == 32633
+    assert data.rio.resolution() == (20.0, -20.0)
+    valid = ~np.isnan(data.values).any(axis=0)
+    inside = np.zeros(valid.shape, bool)
+    for name in ("A3", "B"):
+        with rasterio.open(scenes / f"{name}.tif") as src:
+            foot = rasterio.warp.transform_geom(src.crs, "EPSG:32633", mapping(box(*src.bounds)))
+        shrunk = shape(foot).buffer(-30)  # one output cell and a half in from the edge
+        covered = rasterio.features.rasterize(
+            [shrunk], out_shape=valid.shape, transform=data.rio.transform()
+        ).astype(bool)
+        assert covered.sum() > 1000
+        inside |= covered
+    assert valid[inside].all()  # both scenes, no gap
+    assert not valid.all()  # and the grid reaches beyond them (the union's bounding box)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_missing_band_names_itself_and_what_the_items_offer(scenes: Path) -> None:
+    items = _collection(scenes, ["A1"], "./", "one.json")
+    with pytest.raises(InputError, match="'blue'") as err:
+        gc.open_stac(items, bands=["red", "blue"])
+    assert "B04" in str(err.value) and "red" in str(err.value)
+    data = gc.open_stac(items, bands={"rot": "B04", "nah": "B08"})  # explicit mapping
+    assert list(data["band"].values) == ["rot", "nah"]
+
+
+def test_a_404_asset_is_a_read_error_naming_it_or_is_skipped(scenes: Path) -> None:
+    with serve(scenes, missing={"A1_B08.tif"}) as s:
+        items = [_item(scenes, n, f"{s.url}/") for n in ("A1", "A2")]
+        with pytest.raises(ReadError, match=r"A1_B08\.tif"):
+            gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
+        with pytest.warns(StacReadWarning, match=r"A1_B08\.tif"):
+            data = gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True, skip_failed=True)
+        values = data.values
+    assert np.isnan(values[:, :, :SIZE]).all()  # A1 left out
+    assert not np.isnan(values[:, 40:, SIZE:]).any()  # A2 read
+
+
+def test_a_truncated_response_while_reading_names_the_asset(scenes: Path) -> None:
+    with serve(scenes, cut={"A2_B11.tif"}) as s:
+        items = [_item(scenes, "A2", f"{s.url}/")]
+        with pytest.raises(ReadError, match=r"A2_B11\.tif"):
+            gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True).compute()
+
+
+def test_a_stalled_server_times_out(scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "2")
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
+    with serve(scenes, stall={"A1_B04.tif"}) as s:
+        items = [_item(scenes, "A1", f"{s.url}/")]
+        t0 = datetime.now(UTC)
+        with pytest.raises(ReadError, match=r"A1_B04\.tif"):
+            gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
+        assert (datetime.now(UTC) - t0).total_seconds() < 30
+
+
+def test_an_http_catalogue_may_not_reference_local_files(scenes: Path, served: Served) -> None:
+    file_url = _collection(scenes, ["A1"], f"file://{scenes}/", "file_hrefs.json")
+    with pytest.raises(InputError, match="never local files"):
+        gc.open_stac(f"{served.url}/{file_url.name}", allow_remote=True)
+    assert not any(path.endswith(".tif") for _, path, _, _ in served.log)
+
+
+def test_network_needs_allow_remote_and_local_catalogues_stay_in_their_folder(
+    scenes: Path, served: Served, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match="allow_remote"):
+        gc.open_stac(f"{served.url}/items.json")
+    remote = _collection(scenes, ["A1"], f"{served.url}/", "remote_hrefs.json")
+    with pytest.raises(InputError, match="allow_remote"):
+        gc.open_stac(remote)
+    assert served.log == []
+    elsewhere = tmp_path / "catalogue"
+    elsewhere.mkdir()
+    outside = _collection(scenes, ["A1"], f"{scenes}/", "x.json")
+    (elsewhere / "items.json").write_text(outside.read_text())
+    with pytest.raises(InputError, match="outside the catalogue's folder"):
+        gc.open_stac(elsewhere / "items.json")
+
+
+def test_max_pixels_is_checked_on_the_grid_before_any_request(scenes: Path, served: Served) -> None:
+    items = [_item(scenes, n, f"{served.url}/") for n in ("A1", "A2")]
+    with pytest.raises(InputError, match="max_pixels"):
+        gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True, max_pixels=3 * SIZE * SIZE)
+    assert served.log == []
+
+
+# --------------------------------------------------------------------------- catalogued maps
+
+
+def _validator() -> Any:
+    """pystac's validator reading the schemas vendored in tests/stac_schemas (never the network)."""
+    from pystac.validation import JsonSchemaSTACValidator
+
+    def uri(p: Path) -> str:
+        rel = p.relative_to(SCHEMAS).as_posix()
+        if rel.startswith("stac-spec/"):
+            version, name = rel.split("/")[1:]
+            spec = "item" if name != "catalog.json" and name != "collection.json" else name[:-5]
+            return f"https://schemas.stacspec.org/{version}/{spec}-spec/json-schema/{name}"
+        if rel.startswith("geojson/"):
+            return f"https://geojson.org/schema/{p.name}"
+        ext, version, _ = rel.split("/")
+        return f"https://stac-extensions.github.io/{ext}/{version}/schema.json"
+
+    v = JsonSchemaSTACValidator()
+    v.schema_cache = {uri(p): json.loads(p.read_text()) for p in SCHEMAS.rglob("*.json")}
+
+    def offline(schema_uri: str) -> dict[str, Any]:
+        if schema_uri not in v.schema_cache:
+            raise AssertionError(f"schema {schema_uri} is not vendored in tests/stac_schemas")
+        return v.schema_cache[schema_uri]
+
+    v._get_schema = offline  # type: ignore[method-assign]
+    return v
+
+
+def test_the_map_item_validates_and_reads_back(
+    scenes: Path, model: gc.GeoModel, tmp_path: Path
+) -> None:
+    items = _collection(scenes, ["A1", "A2"], "./", "local_items.json")
+    pred = gc.predict(gc.open_stac(items, bands=MODEL_BANDS), model, device="cpu")
+    out = gc.write_prediction(pred, tmp_path / "maps" / "mosaic.tif", stac_item="tiny")  # fmt: skip
+    item_path = out.with_suffix(".json")
+    doc = json.loads(item_path.read_text())
+    from pystac.validation import validate_dict
+
+    checked = validate_dict(doc, validator=_validator())  # as written: no migration first
+    assert any("projection" in s for s in checked) and any("classification" in s for s in checked)
+    assert doc["properties"]["proj:code"] == "EPSG:32632"
+    assert doc["properties"]["georaster_cnn:model"]["checksum"] == model.checksum
+    assert doc["properties"]["georaster_cnn:model"]["name"] == "tiny"
+    classes = doc["assets"]["class_map"]["classification:classes"]
+    assert [c["title"] for c in classes] == ["low", "mid", "high"]
+    derived = [link["href"] for link in doc["links"] if link["rel"] == "derived_from"]
+    assert derived == [f"{items}#A1", f"{items}#A2"]
+    back = gc.open_stac(item_path)
+    with rasterio.open(out) as src:
+        written = src.read(1).astype("float32")
+        assert back.rio.transform() == src.transform
+        assert back.rio.crs == src.crs
+    written[written == 255] = np.nan
+    np.testing.assert_array_equal(back.values[0], written)
