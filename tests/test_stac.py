@@ -17,88 +17,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pystac
 import pytest
 import rasterio
 import rasterio.features
 import rasterio.warp
 from loopback_http import Served, serve
-from pystac.extensions.projection import ProjectionExtension
-from rasterio.transform import from_origin
 from shapely.geometry import box, mapping, shape
+from stac_fixtures import (
+    MODEL_BANDS,
+    QUIET_WARP,
+    SCHEMAS,
+    SIZE,
+    TILE,
+    make_item,
+    write_collection,
+    write_scenes,
+)
 
 import georaster_cnn as gc
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.io.stac import StacReadWarning
 
-BANDS = (("B04", "red"), ("B08", "nir"), ("B11", "swir16"))
-MODEL_BANDS = ("red", "nir", "swir16")
-SIZE, RES, TILE = 512, 10.0, 256
-SCHEMAS = Path(__file__).parent / "stac_schemas"
-
-# odc-loader's reprojecting reads call rasterio.warp.reproject, which warns about the
-# in-memory destination it makes (rasterio's, not a property of the data)
-pytestmark = pytest.mark.filterwarnings(
-    "ignore:Dataset has no geotransform:rasterio.errors.NotGeoreferencedWarning"
-)
-
-
-def _scene(root: Path, name: str, epsg: int, x0: float, y0: float, seed: int, holes: bool) -> None:
-    """One COG per band, and the local three-band GeoTIFF of the same pixels."""
-    rng = np.random.default_rng(seed)
-    t = from_origin(x0, y0, RES, RES)
-    stack = []
-    for key, _ in BANDS:
-        a = rng.integers(1, 10000, (SIZE, SIZE), dtype="uint16")
-        if holes:
-            a[:40, :40] = 0
-        stack.append(a)
-        profile = {
-            "driver": "COG", "width": SIZE, "height": SIZE, "count": 1, "dtype": "uint16",
-            "crs": f"EPSG:{epsg}", "transform": t, "nodata": 0, "BLOCKSIZE": TILE,
-            "COMPRESS": "DEFLATE", "OVERVIEWS": "NONE",
-        }  # fmt: skip
-        with rasterio.open(root / f"{name}_{key}.tif", "w", **profile) as dst:
-            dst.write(a, 1)
-    profile = {
-        "driver": "GTiff", "width": SIZE, "height": SIZE, "count": 3, "dtype": "uint16",
-        "crs": f"EPSG:{epsg}", "transform": t, "nodata": 0, "tiled": True,
-    }  # fmt: skip
-    with rasterio.open(root / f"{name}.tif", "w", **profile) as dst:
-        dst.write(np.stack(stack))
-        dst.descriptions = MODEL_BANDS
-
-
-def _item(root: Path, name: str, base: str) -> pystac.Item:
-    with rasterio.open(root / f"{name}_B04.tif") as src:
-        crs, t, shp, b = src.crs, src.transform, src.shape, src.bounds
-    wgs = rasterio.warp.transform_geom(crs, "EPSG:4326", mapping(box(*b)))
-    item = pystac.Item(name, wgs, list(shape(wgs).bounds), datetime(2024, 6, 1, 10, tzinfo=UTC), {})
-    proj = ProjectionExtension.ext(item, add_if_missing=True)
-    proj.code, proj.shape, proj.transform = f"EPSG:{crs.to_epsg()}", list(shp), list(t)[:6]
-    for key, common in BANDS:
-        item.add_asset(key, pystac.Asset(
-            f"{base}{name}_{key}.tif", media_type=pystac.MediaType.COG, roles=["data"],
-            extra_fields={"eo:bands": [{"name": key, "common_name": common}],
-                          "raster:bands": [{"nodata": 0, "data_type": "uint16"}]},
-        ))  # fmt: skip
-    return item
-
-
-def _collection(root: Path, names: list[str], base: str, file: str = "items.json") -> Path:
-    items = pystac.ItemCollection([_item(root, n, base) for n in names])
-    (root / file).write_text(json.dumps(items.to_dict(transform_hrefs=False)))
-    return root / file
+pytestmark = pytest.mark.filterwarnings(QUIET_WARP)
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("stac")
-    _scene(root, "A1", 32632, 730000, 5000000, seed=1, holes=True)
-    _scene(root, "A2", 32632, 730000 + SIZE * RES, 5000000, seed=2, holes=True)
-    _scene(root, "B", 32633, 266000, 4998000, seed=3, holes=False)
-    _scene(root, "A3", 32632, 730000, 4990000, seed=4, holes=False)
-    return root
+    return write_scenes(tmp_path_factory.mktemp("stac"))
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +78,7 @@ def _tile_bytes(path: Path) -> int:
 def http_mosaic(scenes: Path, model: gc.GeoModel) -> dict[str, Any]:
     """A1 + A2 read through an HTTP catalogue: the classes, and the server's log."""
     with serve(scenes) as s:
-        _collection(scenes, ["A1", "A2"], f"{s.url}/", "http_items.json")
+        write_collection(scenes, ["A1", "A2"], f"{s.url}/", "http_items.json")
         data = gc.open_stac(f"{s.url}/http_items.json", bands=MODEL_BANDS, allow_remote=True)
         classes = _classes(data, model)
         return {"classes": classes, "data": data, "log": s.log}
@@ -175,7 +120,7 @@ def test_bytes_fetched_stay_within_the_tiles_needed_and_headers_are_fetched_once
 
 
 def test_two_utm_zones_mosaic_in_the_requested_crs_without_a_gap(scenes: Path) -> None:
-    items = _collection(scenes, ["A3", "B"], "./", "two_zones.json")
+    items = write_collection(scenes, ["A3", "B"], "./", "two_zones.json")
     data = gc.open_stac(items, bands=MODEL_BANDS, crs="EPSG:32633", resolution=20)
     assert data.rio.crs.to_epsg() == 32633
     assert data.rio.resolution() == (20.0, -20.0)
@@ -198,7 +143,7 @@ def test_two_utm_zones_mosaic_in_the_requested_crs_without_a_gap(scenes: Path) -
 
 
 def test_a_missing_band_names_itself_and_what_the_items_offer(scenes: Path) -> None:
-    items = _collection(scenes, ["A1"], "./", "one.json")
+    items = write_collection(scenes, ["A1"], "./", "one.json")
     with pytest.raises(InputError, match="'blue'") as err:
         gc.open_stac(items, bands=["red", "blue"])
     assert "B04" in str(err.value) and "red" in str(err.value)
@@ -208,7 +153,7 @@ def test_a_missing_band_names_itself_and_what_the_items_offer(scenes: Path) -> N
 
 def test_a_404_asset_is_a_read_error_naming_it_or_is_skipped(scenes: Path) -> None:
     with serve(scenes, missing={"A1_B08.tif"}) as s:
-        items = [_item(scenes, n, f"{s.url}/") for n in ("A1", "A2")]
+        items = [make_item(scenes, n, f"{s.url}/") for n in ("A1", "A2")]
         with pytest.raises(ReadError, match=r"A1_B08\.tif"):
             gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
         with pytest.warns(StacReadWarning, match=r"A1_B08\.tif"):
@@ -220,7 +165,7 @@ def test_a_404_asset_is_a_read_error_naming_it_or_is_skipped(scenes: Path) -> No
 
 def test_a_truncated_response_while_reading_names_the_asset(scenes: Path) -> None:
     with serve(scenes, cut={"A2_B11.tif"}) as s:
-        items = [_item(scenes, "A2", f"{s.url}/")]
+        items = [make_item(scenes, "A2", f"{s.url}/")]
         with pytest.raises(ReadError, match=r"A2_B11\.tif"):
             gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True).compute()
 
@@ -229,7 +174,7 @@ def test_a_stalled_server_times_out(scenes: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "2")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     with serve(scenes, stall={"A1_B04.tif"}) as s:
-        items = [_item(scenes, "A1", f"{s.url}/")]
+        items = [make_item(scenes, "A1", f"{s.url}/")]
         t0 = datetime.now(UTC)
         with pytest.raises(ReadError, match=r"A1_B04\.tif"):
             gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
@@ -237,7 +182,7 @@ def test_a_stalled_server_times_out(scenes: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_an_http_catalogue_may_not_reference_local_files(scenes: Path, served: Served) -> None:
-    file_url = _collection(scenes, ["A1"], f"file://{scenes}/", "file_hrefs.json")
+    file_url = write_collection(scenes, ["A1"], f"file://{scenes}/", "file_hrefs.json")
     with pytest.raises(InputError, match="never local files"):
         gc.open_stac(f"{served.url}/{file_url.name}", allow_remote=True)
     assert not any(path.endswith(".tif") for _, path, _, _ in served.log)
@@ -248,20 +193,20 @@ def test_network_needs_allow_remote_and_local_catalogues_stay_in_their_folder(
 ) -> None:
     with pytest.raises(InputError, match="allow_remote"):
         gc.open_stac(f"{served.url}/items.json")
-    remote = _collection(scenes, ["A1"], f"{served.url}/", "remote_hrefs.json")
+    remote = write_collection(scenes, ["A1"], f"{served.url}/", "remote_hrefs.json")
     with pytest.raises(InputError, match="allow_remote"):
         gc.open_stac(remote)
     assert served.log == []
     elsewhere = tmp_path / "catalogue"
     elsewhere.mkdir()
-    outside = _collection(scenes, ["A1"], f"{scenes}/", "x.json")
+    outside = write_collection(scenes, ["A1"], f"{scenes}/", "x.json")
     (elsewhere / "items.json").write_text(outside.read_text())
     with pytest.raises(InputError, match="outside the catalogue's folder"):
         gc.open_stac(elsewhere / "items.json")
 
 
 def test_max_pixels_is_checked_on_the_grid_before_any_request(scenes: Path, served: Served) -> None:
-    items = [_item(scenes, n, f"{served.url}/") for n in ("A1", "A2")]
+    items = [make_item(scenes, n, f"{served.url}/") for n in ("A1", "A2")]
     with pytest.raises(InputError, match="max_pixels"):
         gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True, max_pixels=3 * SIZE * SIZE)
     assert served.log == []
@@ -300,7 +245,7 @@ def _validator() -> Any:
 def test_the_map_item_validates_and_reads_back(
     scenes: Path, model: gc.GeoModel, tmp_path: Path
 ) -> None:
-    items = _collection(scenes, ["A1", "A2"], "./", "local_items.json")
+    items = write_collection(scenes, ["A1", "A2"], "./", "local_items.json")
     pred = gc.predict(gc.open_stac(items, bands=MODEL_BANDS), model, device="cpu")
     out = gc.write_prediction(pred, tmp_path / "maps" / "mosaic.tif", stac_item="tiny")  # fmt: skip
     item_path = out.with_suffix(".json")
@@ -323,3 +268,25 @@ def test_the_map_item_validates_and_reads_back(
         assert back.rio.crs == src.crs
     written[written == 255] = np.nan
     np.testing.assert_array_equal(back.values[0], written)
+
+
+def test_the_http_settings_reach_every_read(scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """io/cloud.py's options (an environment override too) are GDAL's inside odc-stac's reads."""
+    import odc.loader._rio as rio
+
+    seen: list[dict[str, Any]] = []
+    original = rio.rio_read
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(dict(rasterio.env.getenv()))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rio, "rio_read", spy)
+    monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "7")
+    items = write_collection(scenes, ["A1"], "./", "env.json")
+    gc.open_stac(items, bands=MODEL_BANDS).compute()
+    assert len(seen) >= 3  # a read per band at least
+    for env in seen:
+        assert str(env["GDAL_HTTP_TIMEOUT"]) == "7"
+        assert env["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+        assert str(env["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"]).upper() in ("YES", "TRUE")

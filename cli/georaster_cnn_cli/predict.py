@@ -25,7 +25,13 @@ from georaster_cnn_cli._common import (
     report_error,
     usage_errors,
 )
-from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outputs
+from georaster_cnn_cli._inputs import (
+    ExpandedInputs,
+    Job,
+    TileResult,
+    expand_inputs,
+    plan_outputs,
+)
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
@@ -36,6 +42,7 @@ from georaster_cnn_cli._options import (
     source_options,
     stride_option,
 )
+from georaster_cnn_cli._stac import stac_options, stac_sources
 from georaster_cnn_cli._tiles import Extra, TileSettings, run_tiles, tiles_in_flight
 from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
 from georaster_cnn_cli._warnings import load_model_or_exit
@@ -82,7 +89,7 @@ def _format_help() -> str:
 
 @click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option(
     "-o",
     "--output-dir",
@@ -104,6 +111,7 @@ def _format_help() -> str:
 )
 @bands_option()
 @source_options()
+@stac_options()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
@@ -140,6 +148,12 @@ def _format_help() -> str:
     "rerun after an interruption (Ctrl-C, SIGTERM, a killed process) continues from them; "
     "--no-resume starts afresh and discards what an interrupted run kept. [default: resume]",
 )
+@click.option(
+    "--stac-item",
+    is_flag=True,
+    help="Also write a STAC Item OUTDIR/<stem>.json beside each COG/GeoTIFF class map "
+    "(footprint, proj: fields, classes, derived_from links, the model).",
+)
 @scheduler_options()
 @click.pass_context
 def predict(
@@ -161,6 +175,7 @@ def predict(
     output_format: str | None,
     dense: bool | None,
     resume: bool,
+    stac_item: bool,
     cluster: SchedulerChoice,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
@@ -174,6 +189,12 @@ def predict(
     --scheduler-file) a few tiles run at once. An interrupted run keeps the
     finished blocks of the tiles it was writing: the same command continues
     from them, --no-resume starts afresh.
+
+    INPUT may also be a STAC Item or ItemCollection (a JSON file, or a URL with
+    --allow-remote; recognised by its content), and --stac-search URL adds the
+    Items a STAC API finds: their assets are mosaicked onto one grid (--crs,
+    --resolution; --bbox, --datetime) and matched to the model's bands by name
+    (--bands NAME=ASSET,... maps them); --per-item makes one map per Item.
 
     The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
     for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
@@ -193,6 +214,8 @@ def predict(
     state = get_state(ctx)
     started = time.perf_counter()
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
+    if not inputs and not open_options["stac"].search:
+        raise click.UsageError("give at least one INPUT (or --stac-search URL)")
     geo_model = load_model_or_exit(state, model)
     import georaster_cnn as gc
 
@@ -215,8 +238,9 @@ def predict(
         extras=_extras(vector, probabilities if qml is None else qml, quicklook),
         dense=dense,
         resume=resume,
+        stac_item=model.stem if stac_item else False,
     )
-    plan = _plan(state, inputs, output_dir, output_format)
+    plan = _plan(state, inputs, output_dir, output_format, open_options)
     with cluster_session(state, cluster) as session:
         # on a cluster several tiles at once (bounded), else one after another
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
@@ -228,10 +252,20 @@ def predict(
 
 
 def _plan(
-    state: CLIState, inputs: Sequence[str], output_dir: Path, fmt: str | None
+    state: CLIState,
+    inputs: Sequence[str],
+    output_dir: Path,
+    fmt: str | None,
+    open_options: dict[str, Any],
 ) -> list[Job | TileResult]:
     """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan."""
-    plan = plan_outputs(expand_inputs(inputs), output_dir, format=fmt)
+    import georaster_cnn as gc
+
+    try:  # a STAC search, or a document split --per-item, read now
+        found = stac_sources(expand_inputs(inputs).items, open_options)
+    except gc.GeorasterCNNError as exc:
+        fail(error_message(exc))
+    plan = plan_outputs(ExpandedInputs(tuple(found)), output_dir, format=fmt)
     for r in plan:
         if isinstance(r, TileResult):
             report_error(state, r.message, context=r.input)

@@ -111,7 +111,7 @@ def _read_document(location: str, *, allow_remote: bool) -> dict[str, Any]:
         if not allow_remote:
             raise InputError(
                 f"{location}: a network location; STAC catalogues are read from local files "
-                "only unless allow_remote=True (--allow-remote)"
+                "only unless allow_remote=True"
             )
         if urlparse(location).scheme not in ("http", "https"):
             raise InputError(f"{location}: STAC documents are read over http(s) only")
@@ -182,7 +182,9 @@ def read_items(
     elif isinstance(source, pystac.ItemCollection):
         items, label = list(source.items), "an ItemCollection"
     elif hasattr(source, "items") and callable(source.items) and hasattr(source, "url"):
-        items, label = list(source.items()), str(source.url)  # a pystac-client ItemSearch
+        # a pystac-client ItemSearch: its items came over the network (the HTTP rules)
+        items, label = _search_results(source), str(source.url)
+        base = label
     elif isinstance(source, Iterable):
         items, label = list(source), "the Items given"
         bad = [type(i).__name__ for i in items if not isinstance(i, pystac.Item)]
@@ -204,6 +206,17 @@ def read_items(
             + "; widen the search or the datetime range"
         )
     return StacSource(tuple(items), label)
+
+
+def _search_results(search: Any) -> list[Any]:
+    """The Items a pystac-client search finds (the requests run here)."""
+    from pystac_client.exceptions import APIError
+    from requests import RequestException
+
+    try:
+        return list(search.items())
+    except (APIError, RequestException, OSError) as exc:
+        raise ReadError(f"{search.url}: the STAC search failed ({exc})") from exc
 
 
 def _with_checked_assets(
@@ -237,7 +250,7 @@ def _allowed(
         if not allow_remote:
             raise InputError(
                 f"{what} is a network location; assets are read from local files only "
-                "unless allow_remote=True (--allow-remote)"
+                "unless allow_remote=True"
             )
         return href
     remote_catalogue = catalogue is not None and is_network_location(catalogue)
@@ -394,8 +407,7 @@ def _missing(name: str, explicit: str, assets: Mapping[str, list[Any]], label: s
         return f"{label}: band {name!r} is mapped to {explicit!r}, which no item has; they offer {offered}"
     return (
         f"{label}: the model's band {name!r} matches no asset key, common_name or band name of "
-        f"the items; they offer {offered}. Map it explicitly, e.g. bands={{{name!r}: 'ASSET'}} "
-        f"(--bands {name}=ASSET)"
+        f"the items; they offer {offered}. Map it explicitly, e.g. bands={{{name!r}: 'ASSET'}}"
     )
 
 
@@ -411,7 +423,7 @@ def _with_raster(
     if len(seen) > 1:
         raise InputError(
             f"{label}: the items disagree on the scale/offset of asset {asset_key!r} "
-            f"({sorted(seen)}); load them one at a time (per_item / --per-item)"
+            f"({sorted(seen)}); load them one at a time (per item)"
         )
     scale, offset = seen.pop()
     return BandMatch(name, key, scale, offset)

@@ -40,12 +40,18 @@ from georaster_cnn.chips import BLOCK_PX
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.io._canonical import _canonical, _check_size, _root_message
 from georaster_cnn.io._gdal_open import open_input
-from georaster_cnn.io._stac_items import BandMatch, StacSource, match_bands, read_items
-from georaster_cnn.io.cloud import http_env, http_options
+from georaster_cnn.io._stac_items import (
+    BandMatch,
+    StacSource,
+    is_stac_document,
+    match_bands,
+    read_items,
+)
+from georaster_cnn.io.cloud import http_env, http_options, http_timeout
 from georaster_cnn.io.formats import is_network_location
 from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
 
-__all__ = ["StacReadWarning", "open_stac", "stac_items"]
+__all__ = ["StacReadWarning", "is_stac_document", "open_stac", "stac_items", "stac_search"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,41 @@ def stac_items(
 ) -> list[Any]:
     """The pystac Items of ``source`` (checked as :func:`open_stac` checks them), e.g. for ``per_item``."""
     return list(read_items(source, allow_remote=allow_remote, datetime_range=datetime).items)
+
+
+def stac_search(
+    url: str,
+    *,
+    collections: Sequence[str] | None = None,
+    bbox: Sequence[float] | None = None,
+    datetime: str | None = None,
+    allow_remote: bool = False,
+) -> Any:
+    """A pystac-client ``ItemSearch`` of the STAC API at ``url`` (run when its items are read).
+
+    Raises
+    ------
+    InputError
+        Without ``allow_remote`` (a search is a network request).
+    ReadError
+        The API cannot be reached or is not a STAC API.
+    """
+    if not allow_remote:
+        raise InputError(
+            f"{url}: a STAC search goes over the network; allow it with allow_remote=True"
+        )
+    from pystac_client import Client
+    from pystac_client.exceptions import APIError
+
+    try:
+        client = Client.open(url, timeout=http_timeout())
+        return client.search(
+            collections=list(collections) if collections else None,
+            bbox=None if bbox is None else list(_four(bbox)),
+            datetime=datetime,
+        )
+    except (APIError, OSError, ValueError) as exc:
+        raise ReadError(f"{url}: cannot search this STAC API ({_root_message(exc)})") from exc
 
 
 def open_stac(
@@ -176,7 +217,7 @@ def _probe(
         more = f" (and {len(failed) - 1} more asset(s))" if len(failed) > 1 else ""
         raise ReadError(
             f"{h}: cannot open this STAC asset ({why}){more}; check the href, or leave "
-            "failing assets out with skip_failed=True (--skip-failed)"
+            "failing assets out with skip_failed=True"
         )
     bad_items = {i for i, h in jobs if h in failed}
     for h, why in failed.items():
@@ -258,7 +299,7 @@ def _grid(
         if not boxes:
             raise InputError(
                 "the items carry no projection (proj:) metadata for their assets; give crs= "
-                "and resolution= (--crs, --resolution)"
+                "and resolution="
             )
         crs = Counter(g.crs for g in boxes).most_common(1)[0][0]
     crs = CRS(crs)
@@ -267,7 +308,7 @@ def _grid(
         if not same:
             raise InputError(
                 f"no matched asset is in {crs}, so the resolution cannot be chosen from them; "
-                "give resolution= (--resolution) in the units of that CRS"
+                "give resolution= in the units of that CRS"
             )
         resolution = same[0][0]
     res = float(resolution)
