@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "InputError": "errors",
     "ModelFileError": "errors",
     "NodataWarning": "errors",
+    "StacReadWarning": "errors",
     "OutputExistsError": "errors",
     "PatchGrid": "geometry",
     "RasterGrid": "geometry",
@@ -96,6 +97,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         NodataWarning,
         OutputExistsError,
         ReadError,
+        StacReadWarning,
         TrainingError,
         ValidationWarning,
     )
@@ -144,6 +146,7 @@ __all__ = [
     "InputError",
     "ModelFileError",
     "NodataWarning",
+    "StacReadWarning",
     "OutputExistsError",
     "PatchGrid",
     "RasterGrid",

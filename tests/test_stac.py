@@ -35,8 +35,7 @@ from stac_fixtures import (
 )
 
 import georaster_cnn as gc
-from georaster_cnn.errors import InputError, ReadError
-from georaster_cnn.io.stac import StacReadWarning
+from georaster_cnn.errors import InputError, ReadError, StacReadWarning
 
 pytestmark = pytest.mark.filterwarnings(QUIET_WARP)
 

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 from georaster_cnn.errors import InputError, ReadError
 from georaster_cnn.io.cloud import http_timeout
-from georaster_cnn.io.formats import is_network_location
+from georaster_cnn.io.formats import INPUT_SUFFIXES, is_network_location, location_name
 
 __all__ = [
     "MAX_STAC_BYTES",
@@ -64,9 +64,12 @@ def is_stac_document(location: str | os.PathLike[str], *, allow_remote: bool = F
 
     A local file is sniffed by its first bytes (a JSON object naming ``"type":
     "Feature"`` or ``"FeatureCollection"``); a URL only with ``allow_remote`` (its first
-    bytes are fetched), else ``False``. Folders, devices and unreadable files: ``False``.
+    bytes are fetched), else ``False``. Folders, devices and unreadable files: ``False``;
+    so are names with a raster suffix (``.tif``, ``.nc`` ...: never fetched to be sniffed).
     """
     name = os.fspath(location)
+    if location_name(name).suffix.lower() in INPUT_SUFFIXES:
+        return False
     if is_network_location(name):
         if not allow_remote or urlparse(name).scheme not in ("http", "https"):
             return False

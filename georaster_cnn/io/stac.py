@@ -37,7 +37,7 @@ from odc.loader import RioDriver
 from odc.loader._rio import RioReader, capture_rio_env
 
 from georaster_cnn.chips import BLOCK_PX
-from georaster_cnn.errors import InputError, ReadError
+from georaster_cnn.errors import InputError, ReadError, StacReadWarning
 from georaster_cnn.io._canonical import _canonical, _check_size, _root_message
 from georaster_cnn.io._gdal_open import open_input
 from georaster_cnn.io._stac_items import (
@@ -51,16 +51,12 @@ from georaster_cnn.io.cloud import http_env, http_options, http_timeout
 from georaster_cnn.io.formats import is_network_location
 from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
 
-__all__ = ["StacReadWarning", "is_stac_document", "open_stac", "stac_items", "stac_search"]
+__all__ = ["is_stac_document", "open_stac", "stac_items", "stac_search"]
 
 log = logging.getLogger(__name__)
 
 #: Header probes run at once (each a few small range requests).
 _PROBES = 8
-
-
-class StacReadWarning(UserWarning):
-    """An asset left out of a mosaic (``skip_failed``): its href and why."""
 
 
 def stac_items(
