@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import pytest
 import rasterio
 import rasterio.features
@@ -289,3 +290,29 @@ def test_the_http_settings_reach_every_read(scenes: Path, monkeypatch: pytest.Mo
         assert str(env["GDAL_HTTP_TIMEOUT"]) == "7"
         assert env["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
         assert str(env["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"]).upper() in ("YES", "TRUE")
+
+
+def test_a_multiband_asset_without_proj_or_raster_metadata_is_described_by_its_header(
+    scenes: Path,
+) -> None:
+    """Items that say only hrefs and eo:bands: the grid and band count come from the header."""
+    items = []
+    for name in ("A1", "A2"):
+        item = make_item(scenes, name, "./")
+        for key in list(item.assets):
+            del item.assets[key]
+        item.stac_extensions = []
+        item.add_asset("image", pystac.Asset(
+            f"./{name}.tif", media_type=pystac.MediaType.GEOTIFF, roles=["data"],
+            extra_fields={"eo:bands": [{"name": f"b{i}", "common_name": n}
+                                       for i, n in enumerate(MODEL_BANDS)]},
+        ))  # fmt: skip
+        items.append(item)
+    doc = scenes / "bare.json"
+    doc.write_text(json.dumps(pystac.ItemCollection(items).to_dict(transform_hrefs=False)))
+    data = gc.open_stac(doc, bands=MODEL_BANDS)
+    assert data.rio.crs.to_epsg() == 32632
+    values = data.values
+    for i, name in enumerate(("A1", "A2")):
+        local = gc.open_raster(scenes / f"{name}.tif").values
+        np.testing.assert_array_equal(values[:, :, i * SIZE : (i + 1) * SIZE], local)

@@ -28,7 +28,6 @@ import logging
 import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -39,7 +38,7 @@ from odc.loader._rio import RioReader, capture_rio_env
 from georaster_cnn.chips import BLOCK_PX
 from georaster_cnn.errors import InputError, ReadError, StacReadWarning
 from georaster_cnn.io._canonical import _canonical, _check_size, _root_message
-from georaster_cnn.io._gdal_open import open_input
+from georaster_cnn.io._stac_assets import Header, describe_assets, is_described, probe_assets
 from georaster_cnn.io._stac_items import (
     BandMatch,
     StacSource,
@@ -47,16 +46,12 @@ from georaster_cnn.io._stac_items import (
     match_bands,
     read_items,
 )
-from georaster_cnn.io.cloud import http_env, http_options, http_timeout
-from georaster_cnn.io.formats import is_network_location
+from georaster_cnn.io.cloud import http_options, http_timeout
 from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
 
 __all__ = ["is_stac_document", "open_stac", "stac_items", "stac_search"]
 
 log = logging.getLogger(__name__)
-
-#: Header probes run at once (each a few small range requests).
-_PROBES = 8
 
 
 def stac_items(
@@ -176,65 +171,24 @@ def open_stac(
     max_pixels = check_max_pixels(max_pixels)
     src = read_items(source, allow_remote=allow_remote, datetime_range=datetime)
     matches = match_bands(src.items, bands, src.label)
-    gbox = _output_grid(src, [m.key for m in matches], crs, resolution, bbox)
-    ny, nx = gbox.shape.yx  # checked before any request for an asset
-    _check_size(src.label, len(matches), ny, nx, max_pixels)
-    items, dtypes, nodatas = _probe(src, matches, skip_failed=skip_failed)
+    keys = [m.key for m in matches]
+
+    def grid(items: StacSource) -> Any:
+        gbox = _output_grid(items, keys, crs, resolution, bbox)
+        ny, nx = gbox.shape.yx
+        _check_size(src.label, len(keys), ny, nx, max_pixels)
+        return gbox
+
+    # with the grid in the Items' metadata, its size is checked before any request for an
+    # asset; else the asset headers describe it first (no pixel is read either way)
+    described = is_described(src.items, keys)
+    gbox = grid(src) if described else None
+    headers = probe_assets(src, keys, skip_failed=skip_failed)
+    items = StacSource(tuple(describe_assets(src.items, keys, headers)), src.label)
     return _load(
-        StacSource(tuple(items), src.label), matches, dtypes, nodatas, gbox,
+        items, matches, headers, grid(items) if gbox is None else gbox,
         groupby=groupby, skip_failed=skip_failed,
     )  # fmt: skip
-
-
-# --------------------------------------------------------------------------- headers
-
-
-def _href(item: Any, key: str) -> str | None:
-    asset = item.assets.get(key.partition(".")[0] if key not in item.assets else key)
-    return None if asset is None else str(asset.href)
-
-
-def _probe(
-    src: StacSource, matches: list[BandMatch], *, skip_failed: bool
-) -> tuple[list[Any], set[str], set[float | None]]:
-    """Open every matched asset's header once (by the reader's rules); drop or fail the bad ones.
-
-    The headers land in GDAL's cache of this process: the reads that follow do not
-    fetch them again.
-    """
-    jobs = [(i, h) for i, item in enumerate(src.items) for m in matches
-            if (h := _href(item, m.key)) is not None]  # fmt: skip
-    hrefs = sorted({h for _, h in jobs})
-    with ThreadPoolExecutor(min(_PROBES, max(1, len(hrefs)))) as pool:
-        found = dict(zip(hrefs, pool.map(_header, hrefs), strict=True))
-    failed = {h: why for h, why in found.items() if isinstance(why, str)}
-    if failed and not skip_failed:
-        h, why = next(iter(failed.items()))
-        more = f" (and {len(failed) - 1} more asset(s))" if len(failed) > 1 else ""
-        raise ReadError(
-            f"{h}: cannot open this STAC asset ({why}){more}; check the href, or leave "
-            "failing assets out with skip_failed=True"
-        )
-    bad_items = {i for i, h in jobs if h in failed}
-    for h, why in failed.items():
-        warnings.warn(f"{h}: left out of the mosaic ({why})", StacReadWarning, stacklevel=3)
-    items = [it for i, it in enumerate(src.items) if i not in bad_items]
-    if not items:
-        raise ReadError(f"{src.label}: no asset could be opened; nothing to read")
-    headers = [v for v in found.values() if not isinstance(v, str)]
-    return items, {d for d, _ in headers}, {n for _, n in headers}
-
-
-def _header(href: str) -> tuple[str, float | None] | str:
-    """``(dtype, nodata)`` of an asset's first band, or why it cannot be opened."""
-    try:
-        with (
-            http_env(is_network_location(href)),
-            open_input(href, allow_remote=True, quiet=True) as ds,
-        ):
-            return str(ds.dtypes[0]), ds.nodata
-    except Exception as exc:  # any failure to open names the href; never a bare crash
-        return _root_message(exc)
 
 
 # --------------------------------------------------------------------------- loading
@@ -339,8 +293,8 @@ def _output_grid(
 
 
 def _load(
-    src: StacSource, matches: list[BandMatch], dtypes: set[str], nodatas: set[float | None],
-    gbox: Any, *, groupby: str, skip_failed: bool,
+    src: StacSource, matches: list[BandMatch], headers: Mapping[str, Header], gbox: Any, *,
+    groupby: str, skip_failed: bool,
 ) -> xr.DataArray:  # fmt: skip
     import odc.stac
 
@@ -361,6 +315,8 @@ def _load(
     if (scale != 1).any() or (offset != 0).any():
         data = data * scale + offset
     data = data.astype("float32").rechunk({0: -1})
+    dtypes = {h.dtype for h in headers.values()}
+    nodatas = {h.nodata for h in headers.values()}
     return _canonical(
         data,
         names=[m.name for m in matches],
