@@ -6,7 +6,8 @@ GDAL reads remote rasters (``/vsicurl/``, ``https://``) with ``HEAD`` and ranged
 (method, path, range, bytes sent) and answers ``404`` for the paths in ``missing``;
 it never answers for the paths in ``stall`` (the request hangs until the client
 gives up) and, for the paths in ``cut``, sends the headers and half the body and
-closes the connection (a truncated response).
+closes the connection (a truncated response). A ``POST`` (a STAC API search) is
+answered with the file at its path, as a ``GET`` would be.
 
 The server runs in its own process: rasterio holds the GIL while GDAL opens a
 file, so a server thread of the test process could not answer GDAL's requests.
@@ -114,6 +115,10 @@ def _handler(
             self._answer(body=False)
 
         def do_GET(self) -> None:
+            self._answer(body=True)
+
+        def do_POST(self) -> None:  # a STAC API search: the static file at the path answers
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
             self._answer(body=True)
 
     return Handler

@@ -87,3 +87,25 @@ def write_scenes(root: Path) -> Path:
     write_scene(root, "B", 32633, 266000, 4998000, seed=3, holes=False)
     write_scene(root, "A3", 32632, 730000, 4990000, seed=4, holes=False)
     return root
+
+
+def write_search_api(root: Path, url: str, names: list[str]) -> str:
+    """A static STAC API under ``root`` (served at ``url``): a landing page ``api`` whose
+    search (``search``, answered to POST by the loopback server) finds the Items ``names``.
+    Returns the API's URL.
+    """
+    landing = {
+        "type": "Catalog", "id": "api", "stac_version": "1.0.0", "description": "test API",
+        "conformsTo": ["https://api.stacspec.org/v1.0.0/core",
+                       "https://api.stacspec.org/v1.0.0/item-search"],
+        "links": [
+            {"rel": "self", "href": f"{url}/api"},
+            {"rel": "root", "href": f"{url}/api"},
+            {"rel": "search", "href": f"{url}/search", "type": "application/geo+json",
+             "method": "POST"},
+        ],
+    }  # fmt: skip
+    (root / "api").write_text(json.dumps(landing))
+    found = pystac.ItemCollection([make_item(root, n, f"{url}/") for n in names])
+    (root / "search").write_text(json.dumps(found.to_dict(transform_hrefs=False)))
+    return f"{url}/api"

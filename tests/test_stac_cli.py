@@ -16,7 +16,14 @@ import rasterio
 from click.testing import CliRunner
 from georaster_cnn_cli.main import cli
 from loopback_http import Served, serve
-from stac_fixtures import MODEL_BANDS, QUIET_WARP, SIZE, write_collection, write_scenes
+from stac_fixtures import (
+    MODEL_BANDS,
+    QUIET_WARP,
+    SIZE,
+    write_collection,
+    write_scenes,
+    write_search_api,
+)
 
 import georaster_cnn as gc
 
@@ -162,3 +169,23 @@ def test_a_local_catalogue_may_not_reach_outside_its_folder(
     result = _run("predict", model_file, tmp_path / "items.json", "-o", tmp_path / "maps")
     assert result.exit_code == 1
     assert "outside the catalogue's folder" in result.stderr
+
+
+def test_predict_a_stac_search(
+    scenes: Path, model_file: Path, local_maps: Path, served: Served, tmp_path: Path
+) -> None:
+    api = write_search_api(scenes, served.url, ["A1", "A2"])
+    query = ["--stac-search", api, "--collections", "test", "--datetime", "2024-06-01/2024-06-30"]
+    refused = _run("predict", model_file, *query, "-o", tmp_path / "no")
+    assert refused.exit_code != 0 and "--allow-remote" in refused.stderr
+    assert served.log == []
+    out = tmp_path / "maps"
+    result = _run("predict", model_file, *query, "-o", out, "--allow-remote", "--per-item")
+    assert result.exit_code == 0, result.output
+    assert ("POST", "/search") in [(m, p) for m, p, _, _ in served.log]
+    for name in ("A1", "A2"):
+        np.testing.assert_array_equal(_read(out / f"{name}.tif"), _read(local_maps / f"{name}.tif"))
+    mosaic = _run("predict", model_file, *query, "-o", out, "--allow-remote")
+    assert mosaic.exit_code == 0, mosaic.output
+    a1, a2 = _read(local_maps / "A1.tif"), _read(local_maps / "A2.tif")
+    np.testing.assert_array_equal(_read(out / "search.tif"), np.hstack([a1, a2]))
