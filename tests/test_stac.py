@@ -316,3 +316,26 @@ def test_a_multiband_asset_without_proj_or_raster_metadata_is_described_by_its_h
     for i, name in enumerate(("A1", "A2")):
         local = gc.open_raster(scenes / f"{name}.tif").values
         np.testing.assert_array_equal(values[:, :, i * SIZE : (i + 1) * SIZE], local)
+
+
+@pytest.mark.slow  # a scheduler and two worker processes: about 25 s
+def test_workers_read_with_the_http_settings(scenes: Path, dask_processes: Any) -> None:
+    """On a cluster of processes (no cache of this one), reads still list no folder and ask
+    for no sidecar: GDAL_DISABLE_READDIR_ON_OPEN reached the workers (without it GDAL asks
+    for ``/`` and ``A1_B04.tif.aux.xml``, ``.msk`` ...)."""
+    import distributed
+
+    with serve(scenes) as s:
+        items = [make_item(scenes, n, f"{s.url}/") for n in ("A1", "A2")]
+        data = gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
+        before = len(s.log)
+        with distributed.Client(dask_processes.address()) as client:
+            values = client.compute(data.data).result()
+        log = s.log[before:]
+    assert log  # the workers read over HTTP
+    assets = {f"/{n}_{k}.tif" for n in ("A1", "A2") for k in ("B04", "B08", "B11")}
+    assert {path for _, path, _, _ in log} <= assets, {path for _, path, _, _ in log} - assets
+    local = gc.open_stac(
+        [make_item(scenes, n, f"{scenes}/") for n in ("A1", "A2")], bands=MODEL_BANDS
+    )
+    np.testing.assert_array_equal(values, local.values)
