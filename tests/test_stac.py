@@ -339,3 +339,13 @@ def test_workers_read_with_the_http_settings(scenes: Path, dask_processes: Any) 
         [make_item(scenes, n, f"{scenes}/") for n in ("A1", "A2")], bands=MODEL_BANDS
     )
     np.testing.assert_array_equal(values, local.values)
+
+
+def test_open_raster_over_http_reads_with_the_same_settings(scenes: Path, served: Served) -> None:
+    """The one home of the HTTP settings serves remote rasters too: no folder listing, no
+    sidecar probes, the header once."""
+    data = gc.open_raster(f"{served.url}/A1.tif", allow_remote=True)
+    np.testing.assert_array_equal(data.values, gc.open_raster(scenes / "A1.tif").values)
+    assert {path for _, path, _, _ in served.log} == {"/A1.tif"}
+    starts = [rng for m, _, rng, _ in served.log if m == "GET" and rng.startswith("bytes=0-")]
+    assert len(starts) == 1
