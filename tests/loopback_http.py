@@ -5,8 +5,9 @@ GDAL reads remote rasters (``/vsicurl/``, ``https://``) with ``HEAD`` and ranged
 :func:`serve` serves one folder on ``127.0.0.1`` (a free port), logs every request
 (method, path, range, bytes sent) and answers ``404`` for the paths in ``missing``;
 it never answers for the paths in ``stall`` (the request hangs until the client
-gives up) and, for the paths in ``cut``, sends the headers and half the body and
-closes the connection (a truncated response). A ``POST`` (a STAC API search) is
+gives up), for the paths in ``cut`` sends the headers and half the body and closes
+the connection (a truncated response), and answers 503 to the first requests of the
+paths in ``busy``. A ``POST`` (a STAC API search) is
 answered with the file at its path, as a ``GET`` would be.
 
 The server runs in its own process: rasterio holds the GIL while GDAL opens a
@@ -55,7 +56,10 @@ def _handler(
     missing: set[str],
     stall: frozenset[str] = frozenset(),
     cut: frozenset[str] = frozenset(),
+    busy: dict[str, int] | None = None,
 ) -> type[BaseHTTPRequestHandler]:
+    busy = dict(busy or {})  # path -> 503 answers left (one server process: plain counts)
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
@@ -78,6 +82,11 @@ def _handler(
             if rel in stall:
                 self._log(asked, 0)
                 time.sleep(3600)  # until the client gives up (or the server stops)
+                return
+            if busy.get(rel, 0) > 0:
+                busy[rel] -= 1
+                self._log(asked, 0)
+                self.send_error(503)
                 return
             if path is None:
                 self._log(asked, 0)
@@ -131,11 +140,13 @@ def serve(
     missing: set[str] | None = None,
     stall: set[str] | None = None,
     cut: set[str] | None = None,
+    busy: dict[str, int] | None = None,
 ) -> Iterator[Served]:
     """Serve ``root`` on a free loopback port for the block; yields the :class:`Served`.
 
     Paths (relative to ``root``) in ``missing`` answer 404, in ``stall`` never
-    answer, in ``cut`` send half their body and close.
+    answer, in ``cut`` send half their body and close; a path in ``busy`` answers 503
+    (Service Unavailable) to its first N requests.
     """
     root = root.resolve()
     log_file = root.parent / f".{root.name}.http-log.jsonl"
@@ -143,6 +154,7 @@ def serve(
     args = [
         sys.executable, __file__, str(root), str(log_file), *sorted(missing or ()),
         *(f"stall:{p}" for p in sorted(stall or ())), *(f"cut:{p}" for p in sorted(cut or ())),
+        *(f"busy:{p}:{n}" for p, n in sorted((busy or {}).items())),
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
     try:
@@ -156,15 +168,20 @@ def serve(
             proc.stdout.close()
 
 
-if __name__ == "__main__":  # the server process: ROOT LOG_FILE [MISSING|stall:P|cut:P ...]
+if __name__ == "__main__":  # the server process: ROOT LOG_FILE [MISSING|stall:P|cut:P|busy:P:N ...]
     served_root, served_log = Path(sys.argv[1]), Path(sys.argv[2])
     rest = sys.argv[3:]
     handler = _handler(
         served_root,
         served_log,
-        {a for a in rest if not a.startswith(("stall:", "cut:"))},
+        {a for a in rest if not a.startswith(("stall:", "cut:", "busy:"))},
         frozenset(a[6:] for a in rest if a.startswith("stall:")),
         frozenset(a[4:] for a in rest if a.startswith("cut:")),
+        {
+            a[5:].rpartition(":")[0]: int(a.rpartition(":")[2])
+            for a in rest
+            if a.startswith("busy:")
+        },
     )
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     print(server.server_address[1], flush=True)

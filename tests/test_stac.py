@@ -349,3 +349,33 @@ def test_open_raster_over_http_reads_with_the_same_settings(scenes: Path, served
     assert {path for _, path, _, _ in served.log} == {"/A1.tif"}
     starts = [rng for m, _, rng, _ in served.log if m == "GET" and rng.startswith("bytes=0-")]
     assert len(starts) == 1
+
+
+def test_busy_answers_are_retried(scenes: Path) -> None:
+    """503 (and 429, 5xx) answers are retried with a growing delay (GDAL_HTTP_MAX_RETRY)."""
+    with serve(scenes, busy={"A1_B04.tif": 2}) as s:
+        items = [make_item(scenes, "A1", f"{s.url}/")]
+        data = gc.open_stac(items, bands=MODEL_BANDS, allow_remote=True)
+        values = data.values
+        asked = [(m, n) for m, path, _, n in s.log if path == "/A1_B04.tif"]
+    local = gc.open_raster(scenes / "A1.tif").values
+    np.testing.assert_array_equal(values, local)
+    assert len(asked) > 2 and asked[0][1] == 0 and asked[1][1] == 0  # two 503s, then served
+
+
+def test_raster_extension_scale_offset_and_nodata_are_applied(scenes: Path) -> None:
+    item = make_item(scenes, "A1", f"{scenes}/")
+    for asset in item.assets.values():
+        asset.extra_fields["raster:bands"] = [
+            {"nodata": 0, "data_type": "uint16", "scale": 0.0001, "offset": -0.1}
+        ]
+    data = gc.open_stac([item], bands=MODEL_BANDS)
+    raw = gc.open_raster(scenes / "A1.tif").values  # nodata 0 already NaN
+    np.testing.assert_allclose(data.values, raw * np.float32(0.0001) - np.float32(0.1), rtol=1e-6)
+    assert np.isnan(data.values[:, :40, :40]).all()
+    item.assets["B08"].extra_fields["raster:bands"][0]["scale"] = 0.001
+    other = make_item(scenes, "A2", f"{scenes}/")
+    for asset in other.assets.values():
+        asset.extra_fields["raster:bands"] = [{"scale": 0.0001, "offset": -0.1}]
+    with pytest.raises(InputError, match="disagree on the scale/offset of asset 'B08'"):
+        gc.open_stac([item, other], bands=MODEL_BANDS)
