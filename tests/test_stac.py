@@ -261,6 +261,11 @@ def test_the_map_item_validates_and_reads_back(
     assert [c["title"] for c in classes] == ["low", "mid", "high"]
     derived = [link["href"] for link in doc["links"] if link["rel"] == "derived_from"]
     assert derived == [f"{items}#A1", f"{items}#A2"]
+    # the resume key knows each asset read (a changed asset is another input)
+    from georaster_cnn.io._identity import stac_identity
+
+    known = {Path(e["path"]).name for e in stac_identity(pred.attrs["stac_items"])}
+    assert known == {f"{n}_{k}.tif" for n in ("A1", "A2") for k in ("B04", "B08", "B11")}
     back = gc.open_stac(item_path)
     with rasterio.open(out) as src:
         written = src.read(1).astype("float32")

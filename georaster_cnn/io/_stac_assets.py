@@ -28,7 +28,7 @@ from georaster_cnn.io._stac_items import StacSource
 from georaster_cnn.io.cloud import http_env
 from georaster_cnn.io.formats import is_network_location
 
-__all__ = ["Header", "describe_assets", "is_described", "probe_assets"]
+__all__ = ["Header", "asset_of", "describe_assets", "is_described", "probe_assets"]
 
 #: Headers opened at once (each a few small range requests).
 PROBES = 8

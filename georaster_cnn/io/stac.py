@@ -38,7 +38,13 @@ from odc.loader._rio import RioReader, capture_rio_env
 from georaster_cnn.chips import BLOCK_PX
 from georaster_cnn.errors import InputError, ReadError, StacReadWarning
 from georaster_cnn.io._canonical import _canonical, _check_size, _root_message
-from georaster_cnn.io._stac_assets import Header, describe_assets, is_described, probe_assets
+from georaster_cnn.io._stac_assets import (
+    Header,
+    asset_of,
+    describe_assets,
+    is_described,
+    probe_assets,
+)
 from georaster_cnn.io._stac_items import (
     BandMatch,
     StacSource,
@@ -326,7 +332,7 @@ def _load(
             "source": src.label,
             "source_dtype": dtypes.pop() if len(dtypes) == 1 else "mixed",
             "source_nodata": _one(nodatas),
-            "stac_items": json.dumps([_record(i) for i in src.items]),
+            "stac_items": json.dumps([_record(i, keys) for i in src.items]),
         },
     )
 
@@ -343,9 +349,11 @@ def _one(nodatas: set[float | None]) -> float | None:
     return None if value is None else float(value)
 
 
-def _record(item: Any) -> dict[str, Any]:
+def _record(item: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """What a map's STAC Item and resume key say of a source Item: its id, href, times, assets."""
     props = item.properties
     return {
+        "assets": sorted({str(a.href) for k in keys if (a := asset_of(item, k)) is not None}),
         "id": item.id,
         "href": item.get_self_href(),
         "datetime": props.get("datetime"),
