@@ -252,8 +252,11 @@ def test_the_map_item_validates_and_reads_back(
     doc = json.loads(item_path.read_text())
     from pystac.validation import validate_dict
 
+    assert doc["stac_version"] == "1.0.0"
     checked = validate_dict(doc, validator=_validator())  # as written: no migration first
-    assert any("projection" in s for s in checked) and any("classification" in s for s in checked)
+    assert "https://schemas.stacspec.org/v1.0.0/item-spec/json-schema/item.json" in checked
+    for ext in ("projection", "raster", "classification"):
+        assert any(f"/{ext}/" in s for s in checked), checked
     assert doc["properties"]["proj:code"] == "EPSG:32632"
     assert doc["properties"]["georaster_cnn:model"]["checksum"] == model.checksum
     assert doc["properties"]["georaster_cnn:model"]["name"] == "tiny"

@@ -5,9 +5,10 @@ its projection and classification extensions) whose one asset, ``class_map``, is
 map (by a relative href), with the footprint in WGS 84 (``geometry``, ``bbox``), the
 grid (``proj:code``, ``proj:shape``, ``proj:transform``, ``proj:bbox``), the classes
 (``classification:classes``: value, name, title and colour), the class band's nodata and
-type, a ``derived_from`` link to each STAC Item the map was made from, and the model's
+type (``raster:bands``), a ``derived_from`` link to each STAC Item the map was made from, and the model's
 name, digest and architecture (``georaster_cnn:model``). :func:`georaster_cnn.open_stac`
-opens the Item and gives the map back.
+opens the Item and gives the map back. The Item is STAC 1.0.0 (the core, projection
+v2.0.0, raster v1.1.0 and classification v1.1.0 schemas validate it).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import xarray as xr
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_classes
 from georaster_cnn.io.staging import atomic_write
 
-__all__ = ["CLASS_MAP_ASSET", "STAC_ITEM_SUFFIX", "map_item", "write_map_item"]
+__all__ = ["CLASS_MAP_ASSET", "STAC_ITEM_SUFFIX", "STAC_VERSION", "map_item", "write_map_item"]
 
 #: The suffix of the Item written beside a class map (``scene.tif`` -> ``scene.json``).
 STAC_ITEM_SUFFIX = ".json"
 #: The key of the class map's asset in its Item.
 CLASS_MAP_ASSET = "class_map"
+#: The STAC version the Item is written in: 1.0, read by every STAC tool (1.1 readers too).
+STAC_VERSION = "1.0.0"
 
 # classification v1.1.0: the version of the extension's published schema (v2.0.0 adds no
 # field used here); names are slugs there, the class name as given is the title
@@ -44,6 +47,7 @@ def map_item(pred: xr.Dataset, map_path: Path, *, cog: bool, model_name: str | N
     from odc.geo.geobox import GeoBox
     from pystac.extensions.classification import Classification, ClassificationExtension
     from pystac.extensions.projection import ProjectionExtension
+    from pystac.extensions.raster import DataType, RasterBand, RasterExtension
 
     names, colors = prediction_classes(pred.attrs)
     height, width = pred["class"].shape
@@ -84,15 +88,13 @@ def map_item(pred: xr.Dataset, map_path: Path, *, cog: bool, model_name: str | N
     proj.transform = list(transform)[:6]
     proj.bbox = list(gbox.extent.boundingbox)
     asset = pystac.Asset(
-        href=f"./{map_path.name}",
-        media_type=_COG if cog else _GTIFF,
-        roles=["data"],
+        href=f"./{map_path.name}", media_type=_COG if cog else _GTIFF, roles=["data"],
         title="class map",
-        extra_fields={
-            "bands": [{"name": "class", "nodata": CLASS_NODATA, "data_type": "uint8"}],
-        },
-    )
+    )  # fmt: skip
     item.add_asset(CLASS_MAP_ASSET, asset)
+    RasterExtension.ext(asset, add_if_missing=True).bands = [
+        RasterBand.create(nodata=CLASS_NODATA, data_type=DataType.UINT8)
+    ]
     classes = [
         Classification.create(value=i, description=n, name=_slug(n), color_hint=_hex(c))
         for i, (n, c) in enumerate(zip(names, colors, strict=True))
@@ -120,7 +122,9 @@ def write_map_item(
     """Write :func:`map_item` beside ``map_path`` (atomically); the Item's path."""
     item = map_item(pred, map_path, cog=cog, model_name=model_name)
     out = map_path.with_suffix(STAC_ITEM_SUFFIX)
-    text = json.dumps(item.to_dict(include_self_link=False, transform_hrefs=False), indent=2)
+    doc = item.to_dict(include_self_link=False, transform_hrefs=False)
+    doc["stac_version"] = STAC_VERSION  # every field used is STAC 1.0's (module docstring)
+    text = json.dumps(doc, indent=2)
     atomic_write(out, lambda f: f.write(text.encode("utf-8")), overwrite=overwrite)
     return out
 
