@@ -387,3 +387,16 @@ def test_raster_extension_scale_offset_and_nodata_are_applied(scenes: Path) -> N
         asset.extra_fields["raster:bands"] = [{"scale": 0.0001, "offset": -0.1}]
     with pytest.raises(InputError, match="disagree on the scale/offset of asset 'B08'"):
         gc.open_stac([item, other], bands=MODEL_BANDS)
+
+
+def test_without_bands_every_band_of_a_multiband_asset_is_loaded(scenes: Path) -> None:
+    """An asset that says nothing of its bands: its header's band count decides."""
+    item = make_item(scenes, "A1", f"{scenes}/")
+    for key in list(item.assets):
+        del item.assets[key]
+    item.add_asset("data", pystac.Asset(f"{scenes}/A1.tif", roles=["data"]))
+    data = gc.open_stac([item])
+    assert list(data["band"].values) == ["data.1", "data.2", "data.3"]
+    np.testing.assert_array_equal(data.values, gc.open_raster(scenes / "A1.tif").values)
+    with pytest.raises(InputError, match="max_pixels"):  # three bands counted, not one
+        gc.open_stac([item], max_pixels=2 * SIZE * SIZE)

@@ -190,11 +190,15 @@ def open_stac(
     described = is_described(src.items, keys)
     gbox = grid(src) if described else None
     headers = probe_assets(src, keys, skip_failed=skip_failed)
+    if bands is None:  # every band of every data asset, multi-band ones too
+        matches = _every_band(src, matches, headers)
+        keys[:] = [m.key for m in matches]
     items = StacSource(tuple(describe_assets(src.items, keys, headers)), src.label)
-    return _load(
-        items, matches, headers, grid(items) if gbox is None else gbox,
-        groupby=groupby, skip_failed=skip_failed,
-    )  # fmt: skip
+    if gbox is None:
+        gbox = grid(items)
+    ny, nx = gbox.shape.yx
+    _check_size(src.label, len(keys), ny, nx, max_pixels)  # bands may be more now
+    return _load(items, matches, headers, gbox, groupby=groupby, skip_failed=skip_failed)
 
 
 # --------------------------------------------------------------------------- loading
@@ -275,6 +279,22 @@ def _grid(
             align = xy_(a.c % res, a.f % res)
             break
     return crs, res, align
+
+
+def _every_band(
+    src: StacSource, matches: list[BandMatch], headers: Mapping[str, Header]
+) -> list[BandMatch]:
+    """``matches`` (one per data asset) with a multi-band asset as ``ASSET.1`` ... ``ASSET.N``."""
+    wanted: dict[str, str] = {}
+    for m in matches:
+        counts = [headers[str(a.href)].count for it in src.items
+                  if (a := asset_of(it, m.key)) is not None and str(a.href) in headers]  # fmt: skip
+        n = max(counts, default=1)
+        bands = {m.name: m.key} if n == 1 or "." in m.key else {
+            f"{m.name}.{i}": f"{m.key}.{i}" for i in range(1, n + 1)
+        }  # fmt: skip
+        wanted.update(bands)
+    return match_bands(src.items, wanted, src.label)  # with each band's scale/offset
 
 
 def _output_grid(
