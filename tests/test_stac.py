@@ -400,3 +400,26 @@ def test_without_bands_every_band_of_a_multiband_asset_is_loaded(scenes: Path) -
     np.testing.assert_array_equal(data.values, gc.open_raster(scenes / "A1.tif").values)
     with pytest.raises(InputError, match="max_pixels"):  # three bands counted, not one
         gc.open_stac([item], max_pixels=2 * SIZE * SIZE)
+
+
+def test_a_bbox_reads_only_the_tiles_it_touches(scenes: Path, served: Served) -> None:
+    """A 200 x 200 pixel bbox inside the first tile of A1: that tile of each band, within
+    budget, and nothing of A2 (its Item lies outside the bbox and is not even opened)."""
+    x0, y1 = 730000 + 20 * 10.0, 5000000 - 20 * 10.0
+    bbox = rasterio.warp.transform_bounds("EPSG:32632", "EPSG:4326", x0, y1 - 2000, x0 + 2000, y1)
+    items = [make_item(scenes, n, f"{served.url}/") for n in ("A1", "A2")]
+    data = gc.open_stac(items, bands=MODEL_BANDS, bbox=bbox, allow_remote=True)
+    values = data.values
+    log = [r for r in served.log if r[1].endswith(".tif")]
+    assert {p for _, p, _, _ in log} == {f"/A1_{k}.tif" for k in ("B04", "B08", "B11")}
+    needed = 0
+    for key in ("B04", "B08", "B11"):
+        with rasterio.open(scenes / f"A1_{key}.tif") as src:
+            needed += src.block_size(1, 0, 0)
+    fetched = sum(n for m, _, _, n in log if m == "GET")
+    assert fetched <= 1.25 * needed, (fetched, needed)
+    with rasterio.open(scenes / "A1.tif") as src:
+        window = rasterio.windows.from_bounds(*data.rio.bounds(), transform=src.transform)
+        local = src.read(window=window.round_offsets().round_lengths()).astype("float32")
+    local[local == 0] = np.nan
+    np.testing.assert_array_equal(values, local)

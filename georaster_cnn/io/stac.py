@@ -175,7 +175,7 @@ def open_stac(
     ...                   resolution=10, allow_remote=True)  # doctest: +SKIP
     """
     max_pixels = check_max_pixels(max_pixels)
-    src = read_items(source, allow_remote=allow_remote, datetime_range=datetime)
+    src = _within(read_items(source, allow_remote=allow_remote, datetime_range=datetime), bbox)
     matches = match_bands(src.items, bands, src.label)
     keys = [m.key for m in matches]
 
@@ -279,6 +279,20 @@ def _grid(
             align = xy_(a.c % res, a.f % res)
             break
     return crs, res, align
+
+
+def _within(src: StacSource, bbox: Sequence[float] | None) -> StacSource:
+    """The Items whose footprint (``bbox``, degrees) meets ``bbox``: no other is opened."""
+    if bbox is None:
+        return src
+    w, s, e, n = _four(bbox)
+    items = tuple(
+        i for i in src.items
+        if i.bbox is None or (i.bbox[0] <= e and i.bbox[2] >= w and i.bbox[1] <= n and i.bbox[3] >= s)
+    )  # fmt: skip
+    if not items:
+        raise InputError(f"{src.label}: no STAC Item lies in bbox {list(bbox)}")
+    return StacSource(items, src.label)
 
 
 def _every_band(
