@@ -46,6 +46,7 @@ _LAZY: dict[str, str] = {
     "InputError": "errors",
     "ModelFileError": "errors",
     "NodataWarning": "errors",
+    "StacReadWarning": "errors",
     "OutputExistsError": "errors",
     "PatchGrid": "geometry",
     "RasterGrid": "geometry",
@@ -67,6 +68,7 @@ _LAZY: dict[str, str] = {
     "normalize": "stats",
     "open_labels": "training.labels",
     "open_raster": "io.reader",
+    "open_stac": "io.stac",
     "output_transform": "geometry",
     "predict": "prediction.blockwise",
     "read_vector_labels": "training.vector_labels",
@@ -96,6 +98,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
         NodataWarning,
         OutputExistsError,
         ReadError,
+        StacReadWarning,
         TrainingError,
         ValidationWarning,
     )
@@ -106,6 +109,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.io.classmap import CLASS_NODATA
     from georaster_cnn.io.formats import is_vector_file
     from georaster_cnn.io.reader import open_raster, valid_mask
+    from georaster_cnn.io.stac import open_stac
     from georaster_cnn.io.writer import write_prediction
     from georaster_cnn.model._inference import device_name, resolve_device
     from georaster_cnn.model.architectures import ARCHITECTURES, build_model, register_architecture
@@ -143,6 +147,7 @@ __all__ = [
     "InputError",
     "ModelFileError",
     "NodataWarning",
+    "StacReadWarning",
     "OutputExistsError",
     "PatchGrid",
     "RasterGrid",
@@ -165,6 +170,7 @@ __all__ = [
     "normalize",
     "open_labels",
     "open_raster",
+    "open_stac",
     "output_transform",
     "predict",
     "read_vector_labels",

@@ -16,6 +16,7 @@ __all__ = [
     "NodataWarning",
     "OutputExistsError",
     "ReadError",
+    "StacReadWarning",
     "TrainingError",
     "ValidationWarning",
 ]
@@ -63,3 +64,7 @@ class ValidationWarning(UserWarning):
 
 class NodataWarning(DataRangeWarning):
     """A declared nodata value cannot occur in the data (outside its type's range): nothing is masked by it."""
+
+
+class StacReadWarning(UserWarning):
+    """A STAC asset left out of a mosaic (``skip_failed``): its href and why."""

@@ -24,6 +24,7 @@ from georaster_cnn.io.formats import (
     output_path,
     resolve_output_format,
 )
+from georaster_cnn_cli._stac import StacInput
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -61,10 +62,10 @@ class ExpandedInputs:
     :class:`InputProblem` for an argument that yielded no file.
     """
 
-    items: tuple[Path | str | InputProblem, ...]
+    items: tuple[Path | str | StacInput | InputProblem, ...]
 
     @property
-    def paths(self) -> tuple[Path | str, ...]:
+    def paths(self) -> tuple[Path | str | StacInput, ...]:
         """Files found, and network locations (``/vsicurl/…``, ``https://…``) as typed."""
         return tuple(i for i in self.items if not isinstance(i, InputProblem))
 
@@ -171,13 +172,15 @@ class TileResult:
 class Job:
     """One input to classify, and the class map it becomes."""
 
-    source: Path | str
+    source: Path | str | StacInput
     output: Path
     format: OutputFormat = "cog"
 
     @property
     def name(self) -> str:
         """The input's file name, for progress bars (a URL's without its query)."""
+        if isinstance(self.source, StacInput):
+            return self.source.name
         return location_name(self.source).name
 
 
@@ -195,12 +198,14 @@ def plan_outputs(
     input already took, or an input that would be its own output.
     """
     plan: list[Job | TileResult] = []
-    taken: dict[str, Path | str] = {}
+    taken: dict[str, Path | str | StacInput] = {}
     for item in found.items:
         if isinstance(item, InputProblem):
             plan.append(TileResult(item.spec, "failed", message=item.message))
             continue
-        out, fmt = output_path(item, output_dir, format)
+        # a STAC input's map is named after its document, its Item, or "search"
+        named = f"{item.name}.tif" if isinstance(item, StacInput) else item
+        out, fmt = output_path(named, output_dir, format)
         # casefold: on macOS/Windows scene.tif and Scene.tif are the same file
         key = out.name.casefold()
         if key in taken:

@@ -36,6 +36,7 @@ from georaster_cnn_cli._options import (
     scheduler_options,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._stac import stac_options
 from georaster_cnn_cli._warnings import load_model_or_exit, report_warnings
 
 if TYPE_CHECKING:
@@ -107,7 +108,7 @@ def _evaluate_rasters(
     import georaster_cnn as gc
 
     with report_warnings(state), make_progress(state) as progress:
-        datas, labs = open_labelled(state, pairs, **read)
+        datas, labs = open_labelled(state, pairs, model_bands=model.band_names, **read)
         task = progress.add_task(
             f"evaluating {plural(len(datas), 'raster')}", total=None, stage="evaluating"
         )
@@ -158,6 +159,7 @@ def _evaluate_rasters(
     "the model's training stride, else patch size / 4",
 )
 @input_options()
+@stac_options(search=False)
 @overwrite_option("Replace a report that exists in REPORT_DIR.")
 @scheduler_options()
 @click.pass_context

@@ -15,6 +15,7 @@ from rich.text import Text
 
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
+    CLIError,
     CLIState,
     error_message,
     get_state,
@@ -27,6 +28,7 @@ from georaster_cnn_cli._common import (
 from georaster_cnn_cli._html import write_html
 from georaster_cnn_cli._inputs import InputProblem, expand_inputs
 from georaster_cnn_cli._options import source_options
+from georaster_cnn_cli._stac import open_source, stac_options, stac_sources
 from georaster_cnn_cli._warnings import report_warnings
 
 __all__ = ["LagList", "inspect_cmd"]
@@ -78,7 +80,7 @@ def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
 
 
 @click.command("inspect", short_help="Describe rasters and how image-like they are.")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option(
     "--lags",
     type=LagList(),
@@ -104,6 +106,7 @@ def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
     help="Also write the reports, as printed, to the HTML page FILE (replaced if it exists).",
 )
 @source_options()
+@stac_options()
 @click.pass_context
 def inspect_cmd(
     ctx: click.Context,
@@ -130,12 +133,17 @@ def inspect_cmd(
     """
     state = get_state(ctx)
     _check_options(lags, sample_pixels)
-    expanded = expand_inputs(inputs)
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
 
+    if not inputs and not open_options["stac"].search:
+        raise click.UsageError("give at least one INPUT (or --stac-search URL)")
+    try:  # STAC documents and searches become inputs of their own
+        found = stac_sources(expand_inputs(inputs).items, open_options)
+    except gc.GeorasterCNNError as exc:
+        raise CLIError(error_message(exc)) from exc
     failed = False
     reports: list[dict[str, Any]] = []
-    for item in expanded.items:
+    for item in found:
         if isinstance(item, InputProblem):
             report_error(state, item.message, context=item.spec)
             failed = True
@@ -143,7 +151,7 @@ def inspect_cmd(
         try:
             with report_warnings(state, context=str(item)):
                 # opened here: inspect_raster opens a path with the reader's defaults
-                source = gc.open_raster(item, **open_options)
+                source = open_source(item, bands=None, open_options=open_options)
                 select = open_options.get("select")
                 report_selected(state, source.attrs.get("selected"), select, context=item)
                 report = gc.inspect_raster(source, lags=lags, max_pixels=sample_pixels)

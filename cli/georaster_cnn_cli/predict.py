@@ -27,6 +27,7 @@ from georaster_cnn_cli._common import (
     usage_errors,
 )
 from georaster_cnn_cli._inputs import (
+    ExpandedInputs,
     Job,
     TileResult,
     expand_inputs,
@@ -43,6 +44,7 @@ from georaster_cnn_cli._options import (
     source_options,
     stride_option,
 )
+from georaster_cnn_cli._stac import stac_options, stac_sources
 from georaster_cnn_cli._tiles import Extra, TileSettings, run_tiles, tiles_in_flight
 from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
 from georaster_cnn_cli._warnings import load_model_or_exit
@@ -89,7 +91,7 @@ def _format_help() -> str:
 
 @click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option(
     "-o",
     "--output-dir",
@@ -118,6 +120,7 @@ def _format_help() -> str:
 )
 @bands_option()
 @source_options()
+@stac_options()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
@@ -154,6 +157,12 @@ def _format_help() -> str:
     "rerun after an interruption (Ctrl-C, SIGTERM, a killed process) continues from them; "
     "--no-resume starts afresh and discards what an interrupted run kept. [default: resume]",
 )
+@click.option(
+    "--stac-item",
+    is_flag=True,
+    help="Also write a STAC Item OUTDIR/<stem>.json beside each COG/GeoTIFF class map "
+    "(footprint, proj: fields, classes, derived_from links, the model).",
+)
 @scheduler_options()
 @click.pass_context
 def predict(
@@ -176,6 +185,7 @@ def predict(
     output_format: str | None,
     dense: bool | None,
     resume: bool,
+    stac_item: bool,
     cluster: SchedulerChoice,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
@@ -189,6 +199,12 @@ def predict(
     --scheduler-file) a few tiles run at once. An interrupted run keeps the
     finished blocks of the tiles it was writing: the same command continues
     from them, --no-resume starts afresh.
+
+    INPUT may also be a STAC Item or ItemCollection (a JSON file, or a URL with
+    --allow-remote; recognised by its content), and --stac-search URL adds the
+    Items a STAC API finds: their assets are mosaicked onto one grid (--crs,
+    --resolution; --bbox, --datetime) and matched to the model's bands by name
+    (--bands NAME=ASSET,... maps them); --per-item makes one map per Item.
 
     The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
     for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
@@ -211,8 +227,7 @@ def predict(
     """
     state = get_state(ctx)
     started = time.perf_counter()
-    if (output_dir is None) == (output_file is None):
-        raise click.UsageError("give one of -o/--output-dir OUTDIR and --output FILE")
+    _check_usage(inputs, output_dir, output_file, open_options)
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
     resolved = report_device(state, device)  # said first; resolved once for all tiles
     geo_model = load_model_or_exit(state, model)
@@ -237,8 +252,10 @@ def predict(
         extras=_extras(vector, probabilities if qml is None else qml, quicklook),
         dense=dense,
         resume=resume,
+        stac_item=model.stem if stac_item else False,
     )
-    plan = _plan(state, inputs, output_file or folder, output_format, one=output_file is not None)
+    one = output_file is not None
+    plan = _plan(state, inputs, output_file or folder, output_format, open_options, one=one)
     with cluster_session(state, cluster) as session:
         # on a cluster several tiles at once (bounded), else one after another
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
@@ -249,14 +266,38 @@ def predict(
         ctx.exit(EXIT_FAILED)
 
 
+def _check_usage(
+    inputs: Sequence[str],
+    output_dir: Path | None,
+    output_file: Path | None,
+    open_options: dict[str, Any],
+) -> None:
+    """Something to read, and exactly one place to write."""
+    if (output_dir is None) == (output_file is None):
+        raise click.UsageError("give one of -o/--output-dir OUTDIR and --output FILE")
+    if not inputs and not open_options["stac"].search:
+        raise click.UsageError("give at least one INPUT (or --stac-search URL)")
+
+
 def _plan(
-    state: CLIState, inputs: Sequence[str], output: Path, fmt: str | None, *, one: bool
+    state: CLIState,
+    inputs: Sequence[str],
+    output: Path,
+    fmt: str | None,
+    open_options: dict[str, Any],
+    *,
+    one: bool,
 ) -> list[Job | TileResult]:
     """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan.
 
     ``output`` is OUTDIR, or with ``one`` the FILE of ``--output``.
     """
-    found = expand_inputs(inputs)
+    import georaster_cnn as gc
+
+    try:  # a STAC search, or a document split --per-item, read now
+        found = ExpandedInputs(tuple(stac_sources(expand_inputs(inputs).items, open_options)))
+    except gc.GeorasterCNNError as exc:
+        fail(error_message(exc))
     if one:
         with usage_errors():  # one INPUT, a FILE whose suffix names a format
             plan = plan_output_file(found, output, format=fmt)

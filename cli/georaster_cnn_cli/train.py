@@ -40,6 +40,7 @@ from georaster_cnn_cli._options import (
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress, shows_progress
+from georaster_cnn_cli._stac import stac_options
 from georaster_cnn_cli._warnings import report_warnings
 
 if TYPE_CHECKING:
@@ -219,6 +220,7 @@ def _fit(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
 )
 @input_options()
+@stac_options(search=False)
 @click.option(
     "--class-names",
     type=NameList(),

@@ -337,6 +337,8 @@ def _wrap(
         min_valid=opts.min_valid,
         bands=[str(b) for b in data["band"].values],
     )
+    if "stac_items" in data.attrs:  # open_stac's sources: the map's STAC Item links to them
+        attrs["stac_items"] = data.attrs["stac_items"]
     ds = xr.Dataset(
         {
             "class": xr.DataArray(cls, dims=("y", "x"), attrs={"nodata": CLASS_NODATA}),
