@@ -111,7 +111,7 @@ def dense_logits(
     feats = module.trunk(x, step=step)  # type: ignore[operator]
     logits = F.conv2d(feats, head.weight[:, :, None, None], head.bias)
     del feats
-    k = logits.shape[1]
+    k = head.out_features  # a Python int (not the traced shape): the ONNX export needs it
     if dilation == 1:
         pooled = F.avg_pool2d(logits, f, stride=stride // step)
     else:
