@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import sys
+import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -44,8 +48,35 @@ _OPERATOR = re.compile(r"(?:operator|op) '?([a-z_]+::[A-Za-z0-9_.]+)'?")
 
 
 def _quiet_torch_onnx() -> None:
-    # The TorchScript exporter announces its deprecation and constant-folding limits.
-    warnings.filterwarnings("ignore", category=Warning, module=r"torch(\.|$)")
+    # The TorchScript exporter announces its deprecation, its constant-folding limits and
+    # its tracer's doubts; the block is that one call, and check_against_torch decides.
+    warnings.simplefilter("ignore")
+
+
+@contextmanager
+def _stdout_to_log() -> Iterator[None]:
+    """File descriptor 1 into a temporary file for the block, then its text to the debug log.
+
+    The TorchScript exporter prints the whole traced graph to the process's standard
+    output (from C++, past ``sys.stdout``) when an operator fails; the CLI says one line.
+    """
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError):  # no descriptor 1 to borrow
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("torch.onnx.export said:\n%s", text)
 
 
 def onnx_graph(
@@ -86,7 +117,7 @@ def onnx_graph(
     out_axes = {0: dynamic[0]} if 0 in dynamic else {}
     out_axes.update({k: f"out_{v}" for k, v in dynamic.items() if k > 0})
     try:
-        with warning_filters(_quiet_torch_onnx), torch.no_grad():
+        with warning_filters(_quiet_torch_onnx), torch.no_grad(), _stdout_to_log():
             torch.onnx.export(
                 module.eval(),
                 (example,),
