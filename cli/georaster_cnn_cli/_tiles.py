@@ -85,6 +85,7 @@ class TileSettings:
     extras: Sequence[Extra] = ()
     dense: bool | None = None
     resume: bool = True
+    engine: str = "torch"
 
 
 class _Cancelled(BaseException):
@@ -288,7 +289,9 @@ def _predict_one(
             select = settings.open_options.get("select")
             report_selected(state, data.attrs.get("selected"), select, context=name)
             # the options resolved once for all tiles, passed as they are
-            pred = gc.predict(data, model, options=opts, dense=settings.dense)
+            pred = gc.predict(
+                data, model, options=opts, dense=settings.dense, engine=settings.engine
+            )
 
             first: list[bool] = []
 

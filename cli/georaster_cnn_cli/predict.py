@@ -134,6 +134,14 @@ def _format_help() -> str:
     "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="Who runs the network: torch (any --device) or onnxruntime (CPU only, needs the "
+    "onnxruntime package; same classes, faster on CPUs: see benchmarks/README.md).",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     help="Record each finished block beside the staged output, so that the same command "
@@ -160,6 +168,7 @@ def predict(
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
+    engine: str,
     resume: bool,
     cluster: SchedulerChoice,
 ) -> None:
@@ -215,6 +224,7 @@ def predict(
         extras=_extras(vector, probabilities if qml is None else qml, quicklook),
         dense=dense,
         resume=resume,
+        engine=engine,
     )
     plan = _plan(state, inputs, output_dir, output_format)
     with cluster_session(state, cluster) as session:

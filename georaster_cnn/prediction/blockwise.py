@@ -33,6 +33,7 @@ from georaster_cnn.io._canonical import BandSelector
 from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_attrs
 from georaster_cnn.model._dense import classify_block_dense, dense_block_cells
+from georaster_cnn.model._engine import OnnxClassifier, check_engine
 from georaster_cnn.model._inference import Classifier
 from georaster_cnn.model.architectures import dense_geometry
 from georaster_cnn.model.modelfile import GeoModel
@@ -162,6 +163,7 @@ def predict(
     block_cells: int | None = None,
     check: bool = True,
     dense: bool | None = None,
+    engine: str = "torch",
 ) -> xr.Dataset:
     """Classify every output cell of a raster; lazy and georeferenced.
 
@@ -208,6 +210,11 @@ def predict(
         equal up to float rounding). ``None`` (default): dense whenever the model's
         architecture allows it (``cnn_dense``); ``False``: one forward pass per
         window, the reference; ``True``: dense, or an :class:`InputError`.
+    engine
+        Who runs the network: ``torch`` (default, any device) or ``onnxruntime`` (CPU
+        only, needs the ``onnxruntime`` package): the same blocks, windows and nodata
+        rule, the network as an ONNX graph built once per process; the same classes,
+        probabilities equal to ~1e-6, and faster on CPUs (``benchmarks/README.md``).
 
     Returns
     -------
@@ -239,12 +246,13 @@ def predict(
         device=device,
         options=options,
     )
+    check_engine(engine)
     data = as_canonical(data, bands=bands)
     if check:
         check_inputs(data, model)
     grid = PatchGrid(data.sizes["y"], data.sizes["x"], patch=model.patch_size, stride=opts.stride)
     raw = data.data
-    probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells)
+    probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells, engine)
     # Mask before argmax: numpy.argmax treats NaN as the maximum.
     nodata = da.isnan(probs[0])
     cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
@@ -258,6 +266,7 @@ def _probabilities(
     opts: InferenceOptions,
     use_dense: bool,
     block_cells: int | None,
+    engine: str = "torch",
 ) -> da.Array:
     """The lazy ``(classes, y, x)`` probabilities of every output cell (NaN: no prediction).
 
@@ -274,7 +283,7 @@ def _probabilities(
     plan = plan_blocks(raw, grid, block_cells=block_cells)
     blocks = normalize_bands(plan.blocks, model.stats)
     k = model.n_classes
-    classifier = Classifier(model, opts.device)
+    classifier = (OnnxClassifier if engine == "onnxruntime" else Classifier)(model, opts.device)
     ship_to_active_client(model)  # tasks then carry the model's digest, not its bytes
     per_block: dict[str, Any] = {
         "classifier": classifier,
@@ -294,7 +303,7 @@ def _probabilities(
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name=("predict-dense-" if use_dense else "predict-")
-        + tokenize(blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
+        + tokenize(blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid, engine),
     )
     oh, ow = grid.out_shape
     return probs[:, :oh, :ow]

@@ -42,6 +42,7 @@ import torch
 
 from georaster_cnn.errors import InputError
 from georaster_cnn.io.staging import atomic_write, check_output
+from georaster_cnn.model._onnx import OPSET, check_against_torch, onnx_graph
 from georaster_cnn.model._portable import DenseLayout, RawChips, RawDense, dense_layout
 from georaster_cnn.model.architectures import dense_geometry
 from georaster_cnn.model.modelfile import GeoModel, load_model
@@ -52,7 +53,6 @@ from georaster_cnn.products._export_meta import (
     mlm_item,
     overlap_percent,
 )
-from georaster_cnn.products._onnx import OPSET, check_against_torch, onnx_graph
 
 __all__ = [
     "ARCGIS_FUNCTION",
