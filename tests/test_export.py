@@ -268,6 +268,7 @@ def test_deepness_metadata_as_its_code_reads_it(sample: GeoModel, exported: Path
     probs = _run(session, np.zeros((1, 3, 512, 512), np.float32))
     margin = (512 - probs.shape[-1]) // 2
     assert margin == 30 and margin % 2 == 0 and overlap_px >= 2 * margin
+    assert (meta["tile_size"] - overlap_px) % 4 == 0  # its tiles step by whole cells
     assert session.get_inputs()[0].shape[-3] == 3  # Deepness: input_shape[-3] bands
 
 

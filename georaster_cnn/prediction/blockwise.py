@@ -170,12 +170,9 @@ def predict(
     Parameters
     ----------
     data
-        A ``(band, y, x)`` array: from :func:`~georaster_cnn.open_raster`, or any
-        DataArray with those dims (``rioxarray.open_rasterio``, in memory, any dtype
-        and chunking), made canonical first by
-        :func:`~georaster_cnn.io._user_arrays.as_canonical`: declared nodata values
-        (``.rio.nodata``, ``.rio.encoded_nodata``, ``_FillValue``) and +-inf become
-        NaN, integers become ``float32``, bands one chunk.
+        A ``(band, y, x)`` array (:func:`~georaster_cnn.open_raster`, ``rioxarray``, in
+        memory; any dtype, any chunks), made canonical by ``io._user_arrays.as_canonical``:
+        declared nodata values and +-inf become NaN, the data ``float32``, bands one chunk.
     model
         A trained :class:`~georaster_cnn.GeoModel`.
     bands
@@ -204,17 +201,14 @@ def predict(
     check
         Check the input contract first (see :func:`check_inputs`).
     dense
-        Evaluate densely: run the network's convolutional trunk once per block and
-        pool every window from its feature map, so a fine stride costs about what
-        the coarsest does. Same classes as one forward pass per window (probabilities
-        equal up to float rounding). ``None`` (default): dense whenever the model's
-        architecture allows it (``cnn_dense``); ``False``: one forward pass per
-        window, the reference; ``True``: dense, or an :class:`InputError`.
+        Evaluate densely: the convolutional trunk once per block, every window pooled
+        from its features (a fine stride costs about what the coarsest does; the same
+        classes as one pass per window). ``None`` (default): dense whenever the
+        architecture allows it (``cnn_dense``); ``False``: one pass per window, the
+        reference; ``True``: dense, or an :class:`InputError`.
     engine
-        Who runs the network: ``torch`` (default, any device) or ``onnxruntime`` (CPU
-        only, needs the ``onnxruntime`` package): the same blocks, windows and nodata
-        rule, the network as an ONNX graph built once per process; the same classes,
-        probabilities equal to ~1e-6, and faster on CPUs (``benchmarks/README.md``).
+        ``torch`` (default) or ``onnxruntime`` (CPU only): who runs the network; the same
+        blocks and classes, faster on CPUs (``docs/export.md``).
 
     Returns
     -------
@@ -228,15 +222,14 @@ def predict(
     BandMismatchError
         The raster's band count (after ``bands``) is not the model's.
     InputError
-        Bad stride, batch size, ``min_valid`` or device; ``dense=True`` for a model
+        Bad stride, batch size, ``min_valid``, device or engine; ``dense=True`` for a model
         that cannot be evaluated densely; dims other than ``(band, y, x)``; a bad
         ``bands`` selection; complex values.
 
     Warns
     -----
     DataRangeWarning
-        See :func:`check_inputs`; :class:`~georaster_cnn.errors.NodataWarning` (a
-        ``DataRangeWarning``): a declared nodata value outside the data type's range.
+        See :func:`check_inputs`; ``NodataWarning``: a nodata value outside the dtype's range.
     """
     opts = InferenceOptions.resolve(
         model,
@@ -246,7 +239,7 @@ def predict(
         device=device,
         options=options,
     )
-    check_engine(engine)
+    engine = check_engine(engine)
     data = as_canonical(data, bands=bands)
     if check:
         check_inputs(data, model)

@@ -41,17 +41,22 @@ MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 _FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
 
 
-def overlap_percent(tile: int, margin: int) -> int:
+def overlap_percent(tile: int, margin: int, stride: int = 1) -> int:
     """The smallest whole percentage of ``tile`` whose overlap covers a margin on both sides.
 
     Deepness turns the percentage into pixels as ``int(tile * pct / 100 * 2) // 2``
     (``processing_overlap.py``) and needs at least ``2 * margin`` of them: each tile's
-    output lacks ``margin`` pixels on every side.
+    output lacks ``margin`` pixels on every side. Where a percentage below 50 allows it,
+    its tiles also step by a whole number of cells (``stride``), so every tile's cells lie
+    on one grid.
     """
-    for pct in range(0, 100):
-        if int(tile * pct / 100 * 2) // 2 >= 2 * margin:
-            return pct
-    return 99
+
+    def pixels(pct: int) -> int:
+        return int(tile * pct / 100 * 2) // 2
+
+    enough = [pct for pct in range(100) if pixels(pct) >= 2 * margin]
+    aligned = [pct for pct in enough if pct < 50 and (tile - pixels(pct)) % stride == 0]
+    return (aligned or enough or [99])[0]
 
 
 def deepness_metadata(

@@ -218,7 +218,7 @@ def _tile(layout: DenseLayout | None, tile: int | None) -> tuple[int | None, int
             f"plus whole strides ({layout.stride}), and leaves at least one pixel inside "
             f"its {layout.crop}-pixel margin; use --tile {' or '.join(map(str, choices))}"
         )
-    return size, overlap_percent(size, layout.crop)
+    return size, overlap_percent(size, layout.crop, layout.stride)
 
 
 def _resolution(model: GeoModel, resolution: float | None) -> tuple[float | None, str]:
