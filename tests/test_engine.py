@@ -60,3 +60,17 @@ def test_cli_predict_engine_onnxruntime(tmp_path: Path) -> None:
         with rasterio.open(out / "scene.tif") as src:
             maps[engine] = src.read(1)
     np.testing.assert_array_equal(maps["onnxruntime"], maps["torch"])
+
+
+def test_onnxruntime_classifier_travels_to_another_process_as_itself() -> None:
+    """A Dask worker unpickles the engine's classifier and runs it (graphs built there)."""
+    import pickle
+
+    from georaster_cnn.model._engine import OnnxClassifier
+
+    model = tiny_dense_model(2, 3, patch=20, widths=(8, 12))
+    classifier = OnnxClassifier(model)
+    clone = pickle.loads(pickle.dumps(classifier))
+    assert type(clone) is OnnxClassifier
+    windows = np.random.default_rng(0).normal(size=(4, 2, 20, 20)).astype(np.float32)
+    np.testing.assert_allclose(clone(windows), classifier(windows), atol=1e-6)

@@ -111,7 +111,8 @@ class ExportPlan:
     def describe(self) -> list[tuple[str, str]]:
         """``(label, text)`` rows saying what the export holds (for ``info`` and the CLI)."""
         rows = [("targets", ", ".join(self.targets)), ("files", ", ".join(self.files))]
-        rows.append(("chip model", f"ONNX opset {OPSET}: raw (N, bands, p, p) -> (N, classes)"))
+        if f"{self.name}.onnx" in self.files:
+            rows.append(("chip model", f"ONNX opset {OPSET}: raw (N, bands, p, p) -> (N, classes)"))
         lay = self.layout
         if lay is not None:
             rows.append(
