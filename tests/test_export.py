@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from affine import Affine
 from click.testing import CliRunner
 from jsonschema import Draft7Validator
 from referencing import Registry, Resource
@@ -487,3 +488,31 @@ def test_cli_export_and_info(exported: Path, tmp_path: Path) -> None:
     info = runner.invoke(cli, ["info", str(SAMPLE)])
     assert info.exit_code == 0, info.output
     assert "Export (georaster-cnn export" in info.output and "model_dense.onnx" in info.output
+
+
+def test_training_records_the_pixel_size_that_export_turns_into_deepness_resolution() -> None:
+    from georaster_cnn.geometry import pixel_size_metres
+    from georaster_cnn.testing import test_raster
+
+    data = test_raster(64, 64, bands=2, seed=1)  # 10 m pixels, EPSG:32633
+    labels = xr.DataArray(
+        np.where(np.arange(64)[None, :] < 32, 0.0, 1.0).repeat(64, 0).astype("float32"),
+        dims=("y", "x"),
+    )
+    labels = labels.rio.write_transform(data.rio.transform()).rio.write_crs(data.rio.crs)
+    with pytest.warns(gc.ValidationWarning):  # few validation windows: fine here
+        model = gc.train(
+            data, labels, epochs=1, patch_size=16, stride=8, hparams={"widths": [4, 8]},
+            device="cpu",
+        )  # fmt: skip
+    assert model.provenance["pixel_size_m"] == 10.0
+    assert plan_export(model).resolution_cm == 1000.0
+    assert plan_export(model, resolution=25.0).resolution_cm == 25.0
+    # degrees, or pixels that are not square, give no resolution
+    assert pixel_size_metres(data.rio.write_crs("EPSG:4326").rio.crs, data.rio.transform()) is None
+    assert pixel_size_metres(data.rio.crs, data.rio.transform() * Affine.scale(1, 2)) is None
+    model.provenance = {
+        k: v for k, v in model.provenance.items() if k not in ("pixel_size_m", "data")
+    }
+    plan = plan_export(model)
+    assert plan.resolution_cm is None and any("--resolution" in n for n in plan.notes)

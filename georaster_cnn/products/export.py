@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from georaster_cnn.errors import InputError
+from georaster_cnn.geometry import pixel_size_metres
 from georaster_cnn.io.staging import atomic_write, check_output
 from georaster_cnn.model._onnx import OPSET, check_against_torch, onnx_graph
 from georaster_cnn.model._portable import DenseLayout, RawChips, RawDense, dense_layout
@@ -223,14 +224,21 @@ def _tile(layout: DenseLayout | None, tile: int | None) -> tuple[int | None, int
 
 
 def _resolution(model: GeoModel, resolution: float | None) -> tuple[float | None, str]:
-    """cm per pixel: as given, else the training rasters' (in metres), else unknown."""
+    """cm per pixel: as given, else the training rasters' (in metres), else unknown.
+
+    The training rasters' pixel size is in the provenance of models trained since it is
+    recorded (``pixel_size_m``); for older models, the rasters it names are read when
+    they are found where the export runs.
+    """
     if resolution is not None:
         if not (math.isfinite(resolution) and resolution > 0):
             raise InputError(f"resolution must be > 0 cm per pixel; found {resolution}")
         return float(resolution), ""
-    found = set()
-    for path in (model.provenance or {}).get("data", []) or []:
-        found.add(_pixel_size_cm(str(path)))
+    prov = model.provenance or {}
+    recorded = prov.get("pixel_size_m")
+    if isinstance(recorded, (int, float)) and math.isfinite(recorded) and recorded > 0:
+        return float(recorded) * 100.0, ""
+    found = {_pixel_size_cm(str(path)) for path in prov.get("data", []) or []}
     if len(found) == 1 and None not in found:
         return found.pop(), ""
     return None, (
@@ -240,20 +248,17 @@ def _resolution(model: GeoModel, resolution: float | None) -> tuple[float | None
 
 
 def _pixel_size_cm(path: str) -> float | None:
-    """Square pixel side of a raster in cm when its CRS counts in metres, else ``None``."""
+    """A raster's square pixel side in cm when its CRS counts in metres, else ``None``."""
     if not os.path.isfile(path):
         return None
     import rasterio
 
     try:
         with rasterio.open(path) as src:
-            crs, (rx, ry) = src.crs, src.res
+            size = pixel_size_metres(src.crs, src.transform)
     except (rasterio.errors.RasterioError, OSError):
         return None
-    units = (crs.linear_units or "").lower() if crs is not None and crs.is_projected else ""
-    if units not in ("metre", "meter", "m") or not math.isclose(abs(rx), abs(ry)):
-        return None
-    return float(abs(rx)) * 100.0
+    return None if size is None else size * 100.0
 
 
 def _example(model: GeoModel, shape: tuple[int, ...], seed: int) -> torch.Tensor:
