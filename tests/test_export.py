@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import json
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -483,6 +484,11 @@ def test_cli_export_and_info(exported: Path, tmp_path: Path) -> None:
     assert "max |Δp| vs torch" in result.output
     again = runner.invoke(cli, ["export", str(SAMPLE), "-o", str(out), "--target", "onnx"])
     assert again.exit_code != 0 and "--overwrite" in again.output
+    # A second model in a folder with an ArcGIS export: the shared GeorasterCNN.py is no clash.
+    shutil.copy(exported / "GeorasterCNN.py", out / "GeorasterCNN.py")
+    second = runner.invoke(cli, ["export", str(SAMPLE), "-o", str(out), "--target", "arcgis"])
+    assert second.exit_code == 0, second.output
+    assert (out / "model.dlpk").is_file()
     bad = runner.invoke(cli, ["export", str(SAMPLE), "-o", str(out), "--tile", "510"])
     assert bad.exit_code != 0 and "--tile 508 or 512" in bad.output
     info = runner.invoke(cli, ["info", str(SAMPLE)])

@@ -405,15 +405,26 @@ def export_model(
         resolution=resolution,
     )
     folder = Path(directory)
-    for file in plan.files:
+    # The inference function is the same file for every model: one copy serves them all.
+    shared = _same_file(folder / ARCGIS_FUNCTION, Path(_arcgis_prf.__file__).read_bytes())
+    files = [f for f in plan.files if not (f == ARCGIS_FUNCTION and shared)]
+    for file in files:
         check_output(folder / file, overwrite=overwrite)
     contents = _graphs(model, plan)
     contents.update(_documents(model, plan, contents))
     folder.mkdir(parents=True, exist_ok=True)
-    for file in plan.files:
+    for file in files:
         atomic_write(folder / file, partial(_write, contents[file]), overwrite=overwrite)
     log.info("exported %s to %s: %s", model.checksum, folder, ", ".join(plan.files))
     return plan
+
+
+def _same_file(path: Path, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding exactly ``data``."""
+    try:
+        return path.is_file() and not path.is_symlink() and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _write(data: bytes, f: BinaryIO) -> None:
