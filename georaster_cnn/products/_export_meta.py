@@ -18,6 +18,7 @@ Pure functions from a model and an export plan to JSON-able documents; writing t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -31,6 +32,7 @@ __all__ = [
     "MLM_SCHEMA",
     "deepness_metadata",
     "emd_document",
+    "mlm_assets",
     "mlm_item",
     "overlap_percent",
 ]
@@ -39,6 +41,7 @@ __all__ = [
 DEEPNESS_SCALE = 1.0 / 255.0
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 _FILE_SCHEMA = "https://stac-extensions.github.io/file/v2.1.0/schema.json"
+_ONNX_TYPE = "application/octet-stream; application=onnx"
 
 
 def overlap_percent(tile: int, margin: int, stride: int = 1) -> int:
@@ -120,6 +123,43 @@ def emd_document(
             "checksum": model.checksum,
         },
     }
+
+
+def mlm_assets(name: str, contents: Mapping[str, bytes]) -> dict[str, dict[str, Any]]:
+    """The MLM item's assets: the exported files among ``contents`` (name -> bytes)."""
+    described = {
+        f"{name}.onnx": ("model", _ONNX_TYPE, "chip classifier (ONNX)", ["mlm:model"]),
+        f"{name}_dense.onnx": (
+            "map_model",
+            _ONNX_TYPE,
+            "fully convolutional map model with Deepness metadata (ONNX)",
+            ["mlm:model"],
+        ),
+        f"{name}.emd": ("esri_emd", "application/json", "Esri model definition", ["metadata"]),
+        f"{name}.dlpk": (
+            "esri_dlpk",
+            "application/zip",
+            "ArcGIS Pro deep learning package",
+            ["mlm:inference-runtime"],
+        ),
+    }
+    assets: dict[str, dict[str, Any]] = {}
+    for file, (key, media, title, roles) in described.items():
+        data = contents.get(file)
+        if data is None:
+            continue
+        asset: dict[str, Any] = {
+            "href": f"./{file}",
+            "type": media,
+            "title": title,
+            "roles": roles,
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        }
+        if "mlm:model" in roles:
+            asset["mlm:artifact_type"] = "torch.onnx.export"
+        assets[key] = asset
+    return assets
 
 
 def _hex(rgb: tuple[int, int, int]) -> str:

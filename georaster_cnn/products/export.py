@@ -23,7 +23,6 @@ Every graph is checked with onnxruntime against torch before anything is written
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -51,6 +50,7 @@ from georaster_cnn.products import _arcgis_prf
 from georaster_cnn.products._export_meta import (
     deepness_metadata,
     emd_document,
+    mlm_assets,
     mlm_item,
     overlap_percent,
 )
@@ -72,7 +72,6 @@ TARGETS = ("onnx", "deepness", "arcgis", "mlm")
 DEFAULT_TILE = 512
 #: The file name of ArcGIS's inference function (its class has the same name).
 ARCGIS_FUNCTION = "GeorasterCNN.py"
-_ONNX_TYPE = "application/octet-stream; application=onnx"
 
 
 @dataclass(frozen=True)
@@ -454,38 +453,8 @@ def _documents(model: GeoModel, plan: ExportPlan, graphs: dict[str, bytes]) -> d
             dlpk.writestr(f"{name}_dense.onnx", graphs[f"{name}_dense.onnx"])
         out[f"{name}.dlpk"] = buf.getvalue()
     if "mlm" in plan.targets:
-        assets: dict[str, dict[str, Any]] = {}
-        described = {
-            f"{name}.onnx": ("model", _ONNX_TYPE, "chip classifier (ONNX)", ["mlm:model"]),
-            f"{name}_dense.onnx": (
-                "map_model",
-                _ONNX_TYPE,
-                "fully convolutional map model with Deepness metadata (ONNX)",
-                ["mlm:model"],
-            ),
-            f"{name}.emd": ("esri_emd", "application/json", "Esri model definition", ["metadata"]),
-            f"{name}.dlpk": (
-                "esri_dlpk",
-                "application/zip",
-                "ArcGIS Pro deep learning package",
-                ["mlm:inference-runtime"],
-            ),
-        }
-        for file, (key, media, title, roles) in described.items():
-            data = graphs.get(file, out.get(file))
-            if data is None or file not in plan.files:
-                continue
-            asset: dict[str, Any] = {
-                "href": f"./{file}",
-                "type": media,
-                "title": title,
-                "roles": roles,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "size": len(data),
-            }
-            if "mlm:model" in roles:
-                asset["mlm:artifact_type"] = "torch.onnx.export"
-            assets[key] = asset
+        written = {**graphs, **out}
+        assets = mlm_assets(name, {f: written[f] for f in plan.files if f in written})
         item = mlm_item(
             model,
             name=name,
