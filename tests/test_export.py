@@ -26,6 +26,7 @@ from referencing import Registry, Resource
 
 import georaster_cnn as gc
 from georaster_cnn.chips import iter_batches
+from georaster_cnn.geometry import PatchGrid
 from georaster_cnn.model._inference import Classifier
 from georaster_cnn.model._portable import DenseLayout
 from georaster_cnn.model.architectures import ARCHITECTURES, register_architecture
@@ -114,7 +115,8 @@ def _torch_probabilities(model: GeoModel, raw: np.ndarray) -> np.ndarray:
 def test_chip_onnx_agrees_with_torch_on_256_chips(arch: str, tmp_path: Path) -> None:
     model = _model(arch)
     plan = gc.export_model(model, tmp_path, targets="onnx", name="m")
-    assert plan.files == ("m.onnx",)
+    # The onnx target brings the cell-grid dense model along when the architecture has one.
+    assert plan.files == (("m.onnx", "m_dense.onnx") if arch == "cnn_dense" else ("m.onnx",))
     session = _session(tmp_path / "m.onnx")
     assert session.get_inputs()[0].shape[1:] == [5, 16, 16]
     assert isinstance(session.get_inputs()[0].shape[0], str)  # dynamic batch
@@ -166,6 +168,7 @@ def test_exported_sample_files(exported: Path) -> None:
         [
             "model.onnx",
             "model_dense.onnx",
+            "model_map.onnx",
             "model.emd",
             "GeorasterCNN.py",
             "model.dlpk",
@@ -174,32 +177,53 @@ def test_exported_sample_files(exported: Path) -> None:
     )
 
 
-def _dense_equals_predict(model: GeoModel, dense: Any, layout: DenseLayout) -> None:
-    """The dense graph on the whole 512 x 512 scene plus its halo (NaN) equals predict.
+def _halo(layout: DenseLayout) -> tuple[int, int]:
+    """predict's halo at the layout's stride, from its own geometry (PatchGrid)."""
+    grid = PatchGrid(512, 512, patch=layout.patch, stride=layout.stride)
+    return grid.halo_before, grid.halo_after
 
-    The tile starts ``halo_before`` pixels before the raster, so its cells are predict's;
-    output pixel ``y`` is raster pixel ``y + start_drop``.
+
+def _dense_equals_predict(model: GeoModel, cells: Any, pixels: Any, layout: DenseLayout) -> None:
+    """NAME_dense.onnx on the 512 x 512 scene plus its halo equals predict, cell for cell.
+
+    The halo is predict's (``halo_before`` NaN pixels before the raster, ``halo_after``
+    after), so the tile is ``p + (n - 1) * S`` pixels for predict's ``n = 512 / S`` cells
+    and output cell ``(i, j)`` is predict's cell ``(i, j)``. A tile inside the scene
+    (real pixels as its halo) gives predict's cells ``[k, k + m)``. NAME_map.onnx on the
+    same tile is the cells repeated over their ``S x S`` pixels, from tile pixel ``crop``.
     """
-    s, h, a = layout.stride, layout.halo_before, layout.start_drop
+    s, p = layout.stride, layout.patch
+    before, after = _halo(layout)
     data = _scene()
     ref = _predict(model, data, s)
-    after = layout.tile_near(h + 512 + layout.crop + s) - h - 512  # past the end drop
-    padded = np.pad(data.values, ((0, 0), (h, after), (h, after)), constant_values=np.nan)
-    probs, classes = _dense_classes(dense, padded)
-    assert probs.shape[1] == layout.output_size(padded.shape[1]) >= 512 - a
-    y0 = (-a) % s  # the first output pixel that starts a cell
-    first = (a + y0) // s
-    cells = classes[y0::s, y0::s]
-    n = min(cells.shape[0], ref["class"].shape[0] - first)
-    assert n >= 512 // s - 1
-    expected = ref["class"].values[first : first + n, first : first + n]
-    np.testing.assert_array_equal(cells[:n, :n], expected)
+    expected = ref["class"].values
+    n = expected.shape[0]
+    assert n * s == 512
+    padded = np.pad(data.values, ((0, 0), (before, after), (before, after)), constant_values=np.nan)
+    assert padded.shape[1] == p + (n - 1) * s
+    probs, classes = _dense_classes(cells, padded)
+    assert probs.shape == (model.n_classes, n, n) == (model.n_classes, *expected.shape)
+    np.testing.assert_array_equal(classes, expected)
     valid = expected != 255
     assert (~valid).sum() > 100 // s  # the hole and the missing band left cells without a class
-    found = probs[:, y0::s, y0::s][:, :n, :n]
-    expected_p = ref["probability"].values[:, first : first + n, first : first + n]
-    assert np.abs(found[:, valid] - expected_p[:, valid]).max() < 1e-4
-    assert np.all(found[:, ~valid] == 0)
+    expected_p = ref["probability"].values
+    assert np.abs(probs[:, valid] - expected_p[:, valid]).max() < 1e-4
+    assert np.all(probs[:, ~valid] == 0)  # below min_valid: all-zero probabilities
+    # A tile inside the scene: cells [k, k + m) read from S*k - before to S*(k + m) + after.
+    k = -(-before // s) + 1
+    m = (512 - after) // s - k - 1
+    inner = data.values[
+        :, s * k - before : s * (k + m) + after, s * k - before : s * (k + m) + after
+    ]
+    _, inner_classes = _dense_classes(cells, inner)
+    np.testing.assert_array_equal(inner_classes, expected[k : k + m, k : k + m])
+    # NAME_map.onnx: output pixel y is tile pixel y + crop, in cell (y + crop - before) // S.
+    map_probs = _run(pixels, padded[None].astype(np.float32))[0]
+    side = layout.output_size(padded.shape[1])
+    assert map_probs.shape == (model.n_classes, side, side) and side >= 512 - 2 * layout.crop
+    idx = (np.arange(side) + layout.crop - before) // s
+    assert idx[0] >= 0 and idx[-1] < n
+    np.testing.assert_allclose(map_probs, probs[:, idx][:, :, idx], rtol=0, atol=1e-6)
 
 
 def test_dense_onnx_on_512_tile_equals_predict(sample: GeoModel, exported: Path) -> None:
@@ -208,7 +232,7 @@ def test_dense_onnx_on_512_tile_equals_predict(sample: GeoModel, exported: Path)
     assert all(isinstance(d, str) for d in dense.get_inputs()[0].shape[2:])  # dynamic H, W
     plan = plan_export(sample)
     assert plan.layout is not None and (plan.layout.stride, plan.layout.crop) == (4, 30)
-    _dense_equals_predict(sample, dense, plan.layout)
+    _dense_equals_predict(sample, dense, _session(exported / "model_map.onnx"), plan.layout)
 
 
 @pytest.mark.slow
@@ -218,7 +242,8 @@ def test_dense_onnx_equals_predict_at_every_stride(
 ) -> None:
     plan = gc.export_model(sample, tmp_path, targets="deepness", stride=stride, name="m")
     assert plan.layout is not None
-    _dense_equals_predict(sample, _session(tmp_path / "m_dense.onnx"), plan.layout)
+    cells, pixels = _session(tmp_path / "m_dense.onnx"), _session(tmp_path / "m_map.onnx")
+    _dense_equals_predict(sample, cells, pixels, plan.layout)
 
 
 def test_chip_onnx_of_sample_reproduces_predict(sample: GeoModel, exported: Path) -> None:
@@ -254,9 +279,18 @@ def _deepness_metadata(session: Any) -> dict[str, Any]:
     return out
 
 
-def test_deepness_metadata_as_its_code_reads_it(sample: GeoModel, exported: Path) -> None:
-    session = _session(exported / "model_dense.onnx")
+@pytest.mark.parametrize("file", ["model_map.onnx", "model_dense.onnx"])
+def test_deepness_metadata_as_its_code_reads_it(
+    file: str, sample: GeoModel, exported: Path
+) -> None:
+    session = _session(exported / file)
     meta = _deepness_metadata(session)
+    ours = session.get_modelmeta().custom_metadata_map
+    assert ours["georaster_cnn:output"] == ("pixels" if file == "model_map.onnx" else "cells")
+    assert ours["georaster_cnn:stride"] == "4" and json.loads(ours["georaster_cnn:halo"]) == [
+        30,
+        30,
+    ]
     assert meta["model_type"] == "Segmentor"
     assert meta["class_names"] == list(sample.class_names)
     assert meta["resolution"] == 3000.0
@@ -267,7 +301,7 @@ def test_deepness_metadata_as_its_code_reads_it(sample: GeoModel, exported: Path
     # Deepness's overlap in pixels (processing_overlap.py) covers the margin on both sides,
     # and its output is a centred crop by an even margin (tile_params.py refuses odd ones).
     overlap_px = int(meta["tile_size"] * meta["tiles_overlap"] / 100 * 2) // 2
-    probs = _run(session, np.zeros((1, 3, 512, 512), np.float32))
+    probs = _run(_session(exported / "model_map.onnx"), np.zeros((1, 3, 512, 512), np.float32))
     margin = (512 - probs.shape[-1]) // 2
     assert margin == 30 and margin % 2 == 0 and overlap_px >= 2 * margin
     assert (meta["tile_size"] - overlap_px) % 4 == 0  # its tiles step by whole cells
@@ -299,7 +333,7 @@ def test_deepness_preprocessing_of_raw_integers_gives_predict_classes(
     plan = gc.export_model(model, tmp_path, targets="deepness", name="m", tile=120)
     assert plan.layout is not None
     s, margin = plan.layout.stride, plan.layout.crop
-    session = _session(tmp_path / "m_dense.onnx")
+    session = _session(tmp_path / "m_map.onnx")  # the file Deepness loads
     meta = _deepness_metadata(session)
     rng = np.random.default_rng(7)
     raster = rng.integers(0, top, size=(3, 160, 170)).astype(dtype)
@@ -338,7 +372,7 @@ def test_emd_and_dlpk(sample: GeoModel, exported: Path) -> None:
     ]
     assert all(k in emd for k in required)
     assert emd["ModelType"] == "ImageClassification"
-    assert emd["ModelFile"] == "model_dense.onnx" and emd["InferenceFunction"] == "GeorasterCNN.py"
+    assert emd["ModelFile"] == "model_map.onnx" and emd["InferenceFunction"] == "GeorasterCNN.py"
     assert emd["ImageHeight"] == emd["ImageWidth"] == 512 and emd["ModelPadding"] == 30
     assert emd["ExtractBands"] == [0, 1, 2]
     assert emd["Classes"] == [
@@ -346,10 +380,8 @@ def test_emd_and_dlpk(sample: GeoModel, exported: Path) -> None:
         for k, (n, c) in enumerate(zip(sample.class_names, sample.class_colors, strict=True))
     ]
     with zipfile.ZipFile(exported / "model.dlpk") as dlpk:
-        assert sorted(dlpk.namelist()) == sorted(
-            ["model.emd", "GeorasterCNN.py", "model_dense.onnx"]
-        )
-        assert dlpk.read("model_dense.onnx") == (exported / "model_dense.onnx").read_bytes()
+        assert sorted(dlpk.namelist()) == sorted(["model.emd", "GeorasterCNN.py", "model_map.onnx"])
+        assert dlpk.read("model_map.onnx") == (exported / "model_map.onnx").read_bytes()
         assert json.loads(dlpk.read("model.emd")) == emd
 
 
@@ -480,7 +512,7 @@ def test_cli_export_and_info(exported: Path, tmp_path: Path) -> None:
     out = tmp_path / "x"
     result = runner.invoke(cli, ["export", str(SAMPLE), "-o", str(out), "--target", "onnx"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "model_dense.onnx"]
     assert "max |Δp| vs torch" in result.output
     again = runner.invoke(cli, ["export", str(SAMPLE), "-o", str(out), "--target", "onnx"])
     assert again.exit_code != 0 and "--overwrite" in again.output
@@ -493,7 +525,8 @@ def test_cli_export_and_info(exported: Path, tmp_path: Path) -> None:
     assert bad.exit_code != 0 and "--tile 508 or 512" in bad.output
     info = runner.invoke(cli, ["info", str(SAMPLE)])
     assert info.exit_code == 0, info.output
-    assert "Export (georaster-cnn export" in info.output and "model_dense.onnx" in info.output
+    assert "Export (georaster-cnn export" in info.output
+    assert "model_dense.onnx" in info.output and "model_map.onnx" in info.output
 
 
 def test_training_records_the_pixel_size_that_export_turns_into_deepness_resolution() -> None:

@@ -39,8 +39,8 @@ _TARGETS = "onnx,deepness,arcgis,mlm"
     "--stride",
     type=int,
     default=None,
-    help="Cell size of the map model (NAME_dense.onnx) in pixels, as predict --stride; "
-    "default: the architecture's downsampling factor.",
+    help="Cell size of the dense models (NAME_dense.onnx, NAME_map.onnx) in pixels, as "
+    "predict --stride; default: the architecture's downsampling factor.",
 )
 @click.option(
     "--tile",
@@ -73,10 +73,16 @@ def export(
 
     For MODEL NAME.safetensors, DIR receives NAME.onnx (the chip classifier: raw
     pixels in, class probabilities out, normalisation and nodata inside),
-    NAME_dense.onnx (the map model with Deepness metadata: one call classifies a
-    tile), NAME.emd, GeorasterCNN.py and NAME.dlpk (ArcGIS Pro) and NAME.mlm.json
-    (a STAC MLM item). 'info MODEL' shows what an export will hold. Each graph is
-    checked against torch with onnxruntime (when installed) before it is written.
+    NAME_dense.onnx (for any ONNX runtime: one call classifies a tile, the cells of
+    predict --stride S on the cell grid; the tile needs the halo 'info' shows),
+    NAME_map.onnx (the same cells on the tile's pixel grid, with Deepness metadata:
+    the file to load in Deepness; NAME_dense.onnx fails there), NAME.emd,
+    GeorasterCNN.py and NAME.dlpk (ArcGIS Pro, running NAME_map.onnx) and
+    NAME.mlm.json (a STAC MLM item). Target onnx writes NAME.onnx and
+    NAME_dense.onnx, deepness NAME_dense.onnx and NAME_map.onnx, arcgis NAME_map.onnx
+    and the ArcGIS files, mlm NAME.onnx and NAME.mlm.json. 'info MODEL' shows what
+    an export will hold. Each graph is checked against torch with onnxruntime (when
+    installed) before it is written.
 
     \b
     Examples:

@@ -16,9 +16,12 @@ needs nothing else:
 fully convolutional map model of dense-capable architectures: it runs
 :func:`~georaster_cnn.model._dense.dense_logits` over a tile and adds the nodata policy
 (windows with fewer than ``min_valid`` valid pixels get all-zero probabilities, where
-``predict`` writes nodata). Its output is on the tile's pixel grid (see
-:class:`DenseLayout`): each output cell's probabilities cover its ``S x S`` pixels, so a
-consumer that expects one value per input pixel (Deepness, ArcGIS) places them right.
+``predict`` writes nodata). Its output is laid out one of two ways (see
+:class:`DenseLayout`): on the *cell grid*, one value per window at stride ``S``
+(``NAME_dense.onnx``: what ``predict --stride S`` computes), or on the tile's *pixel
+grid*, each cell's probabilities repeated over its ``S x S`` pixels less a margin
+(``NAME_map.onnx``: for consumers that expect one value per input pixel, Deepness and
+ArcGIS).
 """
 
 from __future__ import annotations
@@ -81,14 +84,20 @@ class RawChips(nn.Module):
 class DenseLayout:
     """Where the dense model's output lies on its input tile (one axis; both are the same).
 
-    With patch ``p`` and stride ``S``, output cell ``i`` of a tile is the window
+    With patch ``p`` and stride ``S``, cell ``i`` of a tile is the window
     ``[S*i, S*i + p)`` of the tile, and it covers tile pixels
     ``[h + S*i, h + S*(i + 1))`` with ``h = halo_before`` (``predict``'s geometry,
-    :class:`~georaster_cnn.geometry.PatchGrid`). The output repeats every cell over its
-    ``S`` pixels, then drops ``crop - h`` pixels at the start and ``crop - halo_after``
-    at the end, so that output pixel ``y`` is tile pixel ``y + crop``, and a tile of
-    :meth:`fits` size ``T`` gives ``T - 2*crop`` pixels: a centred crop by the same
-    margin on every side (what Deepness and ArcGIS's ``ModelPadding`` expect).
+    :class:`~georaster_cnn.geometry.PatchGrid`). A tile of ``T`` pixels has
+    :meth:`cells` ``(T - p) // S + 1`` cells; to get ``predict``'s cells ``[k, k + n)``
+    read the raster from ``S*k - halo_before`` to ``S*(k + n) + halo_after`` (a tile of
+    ``p + (n - 1)*S`` pixels).
+
+    The *cell* output (``NAME_dense.onnx``) is those cells. The *pixel* output
+    (``NAME_map.onnx``) repeats every cell over its ``S`` pixels, then drops
+    ``crop - h`` pixels at the start and ``crop - halo_after`` at the end, so that output
+    pixel ``y`` is tile pixel ``y + crop``, and a tile of :meth:`fits` size ``T`` gives
+    ``T - 2*crop`` pixels: a centred crop by the same margin on every side (what Deepness
+    and ArcGIS's ``ModelPadding`` expect).
 
     Attributes
     ----------
@@ -120,10 +129,13 @@ class DenseLayout:
         """Whether a tile of ``tile`` pixels is the patch plus whole strides (``>= 1`` cell)."""
         return tile >= self.patch and (tile - self.patch) % self.stride == 0
 
+    def cells(self, tile: int) -> int:
+        """Cells of a ``tile``-pixel side (the cell output's size): ``(tile - p) // S + 1``."""
+        return max(0, (tile - self.patch) // self.stride + 1)
+
     def output_size(self, tile: int) -> int:
-        """Output pixels of a ``tile``-pixel side: ``S * cells - start_drop - end_drop``."""
-        cells = (tile - self.patch) // self.stride + 1
-        return max(0, self.stride * cells - self.start_drop - self.end_drop)
+        """Pixels of the pixel output of a ``tile``-pixel side: ``S * cells - start_drop - end_drop``."""
+        return max(0, self.stride * self.cells(tile) - self.start_drop - self.end_drop)
 
     def tile_near(self, tile: int) -> int:
         """The smallest fitting tile of at least ``tile`` pixels."""
@@ -149,7 +161,10 @@ def dense_layout(model: GeoModel, stride: int) -> DenseLayout:
 class RawDense(nn.Module):
     """``(N, bands, H, W)`` raw values -> ``(N, classes, H', W')`` probabilities.
 
-    ``H' = S * ((H - p) // S + 1) - start_drop - end_drop`` (see :class:`DenseLayout`).
+    ``pixels=False`` (the cell grid): ``H' = (H - p) // S + 1``, output cell ``(i, j)``
+    the window whose top-left is tile pixel ``(S*i, S*j)``. ``pixels=True`` (the tile's
+    pixel grid): ``H' = S * ((H - p) // S + 1) - start_drop - end_drop``, output pixel
+    ``(y, x)`` tile pixel ``(y + crop, x + crop)`` (see :class:`DenseLayout`).
     Cells whose window has fewer valid pixels than the model's ``min_valid`` needs
     (:func:`~georaster_cnn.chips.min_valid_count`) get probability 0 for every class.
 
@@ -159,7 +174,7 @@ class RawDense(nn.Module):
         The architecture cannot be evaluated densely (``cnn_dense`` can).
     """
 
-    def __init__(self, model: GeoModel, stride: int) -> None:
+    def __init__(self, model: GeoModel, stride: int, *, pixels: bool = False) -> None:
         super().__init__()
         geometry = dense_geometry(model.module)
         if geometry is None:
@@ -169,6 +184,7 @@ class RawDense(nn.Module):
                 "for a map model."
             )
         self.layout = dense_layout(model, stride)
+        self.pixels = pixels
         feature_step(stride, geometry)  # any stride works (à trous below D)
         self.raw = _RawInput(model)
         self.net = model.module
@@ -186,6 +202,8 @@ class RawDense(nn.Module):
         top, bottom = sat[:, :, :-p:s], sat[:, :, p::s]
         count = bottom[..., p::s] - bottom[..., :-p:s] - top[..., p::s] + top[..., :-p:s]
         probs = probs * (count >= self.min_count).to(probs.dtype)
+        if not self.pixels:
+            return probs
         n, _, ny, nx = probs.shape
         # Every cell over its S x S pixels: the output is on the tile's pixel grid.
         probs = probs[:, :, :, None, :, None].expand(n, k, ny, s, nx, s)

@@ -65,7 +65,11 @@ def overlap_percent(tile: int, margin: int, stride: int = 1) -> int:
 def deepness_metadata(
     model: GeoModel, *, tile: int, overlap: int, resolution_cm: float | None
 ) -> dict[str, str]:
-    """Deepness's ``metadata_props`` for the dense graph: each value a JSON text."""
+    """Deepness's ``metadata_props`` for the dense graphs: each value a JSON text.
+
+    Deepness loads ``NAME_map.onnx`` (one value per pixel); ``NAME_dense.onnx`` carries
+    the same keys so that a reader of its metadata finds them too.
+    """
     bands = model.n_bands
     meta: dict[str, Any] = {
         "model_type": "Segmentor",
@@ -93,7 +97,7 @@ def emd_document(
     margin: int,
     stride: int,
 ) -> dict[str, Any]:
-    """The Esri model definition of the dense graph, run by our Python raster function."""
+    """The Esri model definition of the map graph (pixel grid), run by our Python raster function."""
     return {
         "Framework": "ONNX",
         "ModelConfiguration": "georaster_cnn",
@@ -130,9 +134,15 @@ def mlm_assets(name: str, contents: Mapping[str, bytes]) -> dict[str, dict[str, 
     described = {
         f"{name}.onnx": ("model", _ONNX_TYPE, "chip classifier (ONNX)", ["mlm:model"]),
         f"{name}_dense.onnx": (
+            "dense_model",
+            _ONNX_TYPE,
+            "fully convolutional model on the cell grid: the cells of predict --stride (ONNX)",
+            ["mlm:model"],
+        ),
+        f"{name}_map.onnx": (
             "map_model",
             _ONNX_TYPE,
-            "fully convolutional map model with Deepness metadata (ONNX)",
+            "the same model on the tile's pixel grid, for Deepness and ArcGIS (ONNX)",
             ["mlm:model"],
         ),
         f"{name}.emd": ("esri_emd", "application/json", "Esri model definition", ["metadata"]),

@@ -4,15 +4,18 @@
 
 ``onnx``
     ``NAME.onnx``, the chip classifier: raw ``(N, bands, p, p)`` -> ``(N, classes)``
-    probabilities, normalisation and the NaN -> 0 rule inside the graph.
+    probabilities, normalisation and the NaN -> 0 rule inside the graph; and, for
+    dense-capable architectures, ``NAME_dense.onnx``, the fully convolutional model on
+    the *cell grid*: raw ``(N, bands, H, W)`` -> ``(N, classes, (H - p) // S + 1,
+    (W - p) // S + 1)``, the cells ``predict --stride S`` computes (one call per tile,
+    with the halo of :class:`~georaster_cnn.model._portable.DenseLayout` around it).
 ``deepness``
-    ``NAME_dense.onnx``, the fully convolutional map model (dense-capable
-    architectures): raw ``(N, bands, H, W)`` -> class probabilities on the tile's pixel
-    grid, minus a margin (:class:`~georaster_cnn.model._portable.DenseLayout`), with
-    Deepness's metadata.
+    ``NAME_map.onnx``, the same model on the tile's *pixel grid* (each cell repeated over
+    its ``S x S`` pixels, minus a margin), the file Deepness loads; and ``NAME_dense.onnx``.
+    Both carry Deepness's metadata.
 ``arcgis``
     ``NAME.emd`` (Esri model definition), ``GeorasterCNN.py`` (the inference function
-    it names) and ``NAME.dlpk`` (both with ``NAME_dense.onnx``, zipped).
+    it names) and ``NAME.dlpk`` (both with ``NAME_map.onnx``, zipped).
 ``mlm``
     ``NAME.mlm.json``: a STAC Item with the MLM 1.4 extension describing ``NAME.onnx``
     (written with it) and whatever else this export wrote, with their SHA-256.
@@ -87,7 +90,7 @@ class ExportPlan:
     files
         File names written into the folder, in order.
     layout
-        Geometry of the dense graph (stride, margin), ``None`` without one.
+        Geometry of the dense graphs (stride, halo, margin), ``None`` without one.
     tile
         Tile side for Deepness and ArcGIS (input pixels, margin included).
     overlap
@@ -113,24 +116,27 @@ class ExportPlan:
         rows = [("targets", ", ".join(self.targets)), ("files", ", ".join(self.files))]
         if f"{self.name}.onnx" in self.files:
             rows.append(("chip model", f"ONNX opset {OPSET}: raw (N, bands, p, p) -> (N, classes)"))
-        lay = self.layout
-        if lay is not None:
-            rows.append(
-                (
-                    "map model",
-                    f"stride {lay.stride}: raw (N, bands, H, W) -> probabilities of the "
-                    f"pixels {lay.crop} px inside the tile's edges (halo {lay.halo_before} "
-                    f"before, {lay.halo_after} after each cell)",
+        lay, tile, name = self.layout, self.tile, self.name
+        if lay is not None and tile is not None:
+            p, s = lay.patch, lay.stride
+            if f"{name}_dense.onnx" in self.files:
+                text = (
+                    f"{name}_dense.onnx, any ONNX runtime: raw (N, bands, H, W) -> (N, classes, "
+                    f"(H-{p})//{s}+1, (W-{p})//{s}+1), the cells of predict --stride {s}; add "
+                    f"a halo of {lay.halo_before} px before and {lay.halo_after} px after"
                 )
-            )
-            out = lay.output_size(self.tile or lay.patch)
-            rows.append(
-                (
-                    "tiles",
-                    f"{self.tile} px in, {out} px out; Deepness overlap {self.overlap}%, "
-                    f"ArcGIS ModelPadding {lay.crop}",
+                rows.append(("dense model", text))
+            if f"{name}_map.onnx" in self.files:
+                text = (
+                    f"{name}_map.onnx, for Deepness and ArcGIS: the same cells on the tile's "
+                    f"pixel grid, {lay.crop} px inside its edges"
                 )
+                rows.append(("map model", text))
+            text = (
+                f"{tile} px in: {lay.cells(tile)} cells, {lay.output_size(tile)} px out; "
+                f"Deepness overlap {self.overlap}%, ArcGIS ModelPadding {lay.crop}"
             )
+            rows.append(("tiles", text))
         res = "unknown" if self.resolution_cm is None else f"{self.resolution_cm:g} cm/px"
         rows.append(("resolution", res))
         rows.extend(("note", n) for n in self.notes)
@@ -181,7 +187,7 @@ def plan_export(
                 f"architecture {model.arch!r} has no dense form: no map model, so no "
                 "Deepness or ArcGIS files (train 'cnn_dense' for them)"
             )
-    elif dense is None and {"deepness", "arcgis"} & set(chosen):
+    elif dense is None and {"deepness", "arcgis"} & set(chosen):  # NAME_dense.onnx: optional
         raise InputError(
             f"targets deepness and arcgis need the map model, and architecture "
             f"{model.arch!r} has no dense form; export --target onnx,mlm, or train with "
@@ -191,13 +197,16 @@ def plan_export(
     if {"onnx", "mlm"} & set(chosen):
         files.append(f"{name}.onnx")
     layout = None
-    if {"deepness", "arcgis"} & set(chosen) and dense is not None:
-        files.append(f"{name}_dense.onnx")
+    if {"onnx", "deepness", "arcgis"} & set(chosen) and dense is not None:
+        if {"onnx", "deepness"} & set(chosen):
+            files.append(f"{name}_dense.onnx")  # the cell grid
+        if {"deepness", "arcgis"} & set(chosen):
+            files.append(f"{name}_map.onnx")  # the pixel grid
         if "arcgis" in chosen:
             files += [f"{name}.emd", ARCGIS_FUNCTION, f"{name}.dlpk"]
         layout = dense_layout(model, dense.downsampling if stride is None else int(stride))
     elif stride is not None or tile is not None:
-        notes.append("--stride and --tile concern the map model, which this export leaves out")
+        notes.append("--stride and --tile concern the dense models, which this export leaves out")
     if "mlm" in chosen:
         files.append(f"{name}.mlm.json")
     size, overlap = _tile(layout, tile)
@@ -308,32 +317,55 @@ def _graphs(model: GeoModel, plan: ExportPlan) -> dict[str, bytes]:
         )
     lay = plan.layout
     if lay is not None and plan.tile is not None:
-        dense = RawDense(model, lay.stride).eval()
+        deepness = deepness_metadata(
+            model, tile=plan.tile, overlap=plan.overlap or 0, resolution_cm=plan.resolution_cm
+        )
         s = lay.stride
-        meta = {
-            **common,
-            **deepness_metadata(
-                model, tile=plan.tile, overlap=plan.overlap or 0, resolution_cm=plan.resolution_cm
-            ),
-            "georaster_cnn:stride": str(s),
-            "georaster_cnn:margin": str(lay.crop),
-        }
-        key = f"{plan.name}_dense.onnx"
-        out[key] = graph = onnx_graph(
-            dense,
-            _example(model, (1, b, p + 2 * s, p + 3 * s), 1),
-            dynamic={0: "batch", 2: "height", 3: "width"},
-            arch=model.arch,
-            metadata=meta,
-            doc=f"georaster_cnn {model.arch} map model, stride {s}: raw (N, {b}, H, W) -> "
-            f"(N, {model.n_classes}, H', W') probabilities of tile pixels [{lay.crop}, "
-            f"{lay.crop} + H'); NaN = nodata; all-zero probabilities = no prediction.",
-        )
         sizes = [(1, b, p + 3 * s + 1, p + 5 * s), (2, b, p, p + s + 3)]
-        plan.checks[key] = check_against_torch(
-            graph, dense, [_example(model, sh, k) for k, sh in enumerate(sizes)], what=key
-        )
+        for pixels in (False, True):
+            key = f"{plan.name}_{'map' if pixels else 'dense'}.onnx"
+            if key not in plan.files:
+                continue
+            dense = RawDense(model, s, pixels=pixels).eval()
+            out[key] = graph = _dense_graph(model, dense, {**common, **deepness})
+            plan.checks[key] = check_against_torch(
+                graph, dense, [_example(model, sh, k) for k, sh in enumerate(sizes)], what=key
+            )
     return out
+
+
+def _dense_graph(model: GeoModel, dense: RawDense, meta: dict[str, str]) -> bytes:
+    """``NAME_dense.onnx`` (the cell grid) or ``NAME_map.onnx`` (``dense.pixels``)."""
+    lay, pixels = dense.layout, dense.pixels
+    p, b, s, k = model.patch_size, model.n_bands, lay.stride, model.n_classes
+    meta = {
+        **meta,
+        "georaster_cnn:output": "pixels" if pixels else "cells",
+        "georaster_cnn:stride": str(s),
+        "georaster_cnn:halo": json.dumps([lay.halo_before, lay.halo_after]),
+    }
+    if pixels:
+        meta["georaster_cnn:margin"] = str(lay.crop)
+        doc = (
+            f"georaster_cnn {model.arch} map model, stride {s}: raw (N, {b}, H, W) -> "
+            f"(N, {k}, H', W') probabilities on the tile's pixel grid, of tile pixels "
+            f"[{lay.crop}, {lay.crop} + H') (each cell over its {s} x {s} pixels)"
+        )
+    else:
+        doc = (
+            f"georaster_cnn {model.arch} dense model, stride {s}: raw (N, {b}, H, W) -> "
+            f"(N, {k}, (H - {p}) // {s} + 1, (W - {p}) // {s} + 1) probabilities of the "
+            f"windows whose top-left is tile pixel ({s}*i, {s}*j); halo "
+            f"{lay.halo_before} px before and {lay.halo_after} px after a region"
+        )
+    return onnx_graph(
+        dense,
+        _example(model, (1, b, p + 2 * s, p + 3 * s), 1),
+        dynamic={0: "batch", 2: "height", 3: "width"},
+        arch=model.arch,
+        metadata=meta,
+        doc=doc + "; NaN = nodata; all-zero probabilities = no prediction.",
+    )
 
 
 def export_model(
@@ -359,7 +391,8 @@ def export_model(
         Some of :data:`TARGETS` (a list or ``"onnx,deepness"``); default: all that the
         architecture allows (no ``deepness``/``arcgis`` without a dense form).
     stride
-        Cell size of the map model in input pixels; default: the architecture's
+        Cell size of the dense models (``NAME_dense.onnx``, ``NAME_map.onnx``) in input
+        pixels, as ``predict --stride``; default: the architecture's
         downsampling factor (4 for the default ``cnn_dense``).
     tile
         Tile side for Deepness and ArcGIS in input pixels (the patch plus whole
@@ -438,7 +471,7 @@ def _documents(model: GeoModel, plan: ExportPlan, graphs: dict[str, bytes]) -> d
         emd = emd_document(
             model,
             name=name,
-            model_file=f"{name}_dense.onnx",
+            model_file=f"{name}_map.onnx",
             function=ARCGIS_FUNCTION,
             tile=plan.tile,
             margin=lay.crop,
@@ -450,7 +483,7 @@ def _documents(model: GeoModel, plan: ExportPlan, graphs: dict[str, bytes]) -> d
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as dlpk:
             for file in (f"{name}.emd", ARCGIS_FUNCTION):
                 dlpk.writestr(file, out[file])
-            dlpk.writestr(f"{name}_dense.onnx", graphs[f"{name}_dense.onnx"])
+            dlpk.writestr(f"{name}_map.onnx", graphs[f"{name}_map.onnx"])
         out[f"{name}.dlpk"] = buf.getvalue()
     if "mlm" in plan.targets:
         written = {**graphs, **out}
