@@ -304,6 +304,9 @@ def test_deepness_metadata_as_its_code_reads_it(
     probs = _run(_session(exported / "model_map.onnx"), np.zeros((1, 3, 512, 512), np.float32))
     margin = (512 - probs.shape[-1]) // 2
     assert margin == 30 and margin % 2 == 0 and overlap_px >= 2 * margin
+    # NAME_dense.onnx's cells are S times fewer than the pixels Deepness pastes: it fails there.
+    cells = _run(_session(exported / "model_dense.onnx"), np.zeros((1, 3, 512, 512), np.float32))
+    assert cells.shape[-2:] == ((512 - 64) // 4 + 1,) * 2 == (113, 113) != probs.shape[-2:]
     assert (meta["tile_size"] - overlap_px) % 4 == 0  # its tiles step by whole cells
     assert session.get_inputs()[0].shape[-3] == 3  # Deepness: input_shape[-3] bands
 
@@ -496,6 +499,17 @@ def test_custom_architecture_that_cannot_export_names_the_operator(tmp_path: Pat
     assert "'test_export_fft'" in str(err.value)
     assert len(str(err.value).splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_which_files_each_target_writes(sample: GeoModel) -> None:
+    """NAME_dense.onnx (cells) with onnx and deepness; NAME_map.onnx (pixels) for Deepness, ArcGIS."""
+    files = {
+        t: plan_export(sample, name="m", targets=t).files for t in ("onnx", "deepness", "arcgis")
+    }
+    assert files["onnx"] == ("m.onnx", "m_dense.onnx")
+    assert files["deepness"] == ("m_dense.onnx", "m_map.onnx")
+    assert files["arcgis"] == ("m_map.onnx", "m.emd", "GeorasterCNN.py", "m.dlpk")
+    assert plan_export(sample, name="m", targets="mlm").files == ("m.onnx", "m.mlm.json")
 
 
 def test_tile_that_does_not_fit_is_refused_with_the_sizes_that_do(sample: GeoModel) -> None:
