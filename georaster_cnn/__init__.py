@@ -41,6 +41,7 @@ _LAZY: dict[str, str] = {
     "ClusterSession": "cluster",
     "DataRangeWarning": "errors",
     "EvaluationReport": "evaluation.report",
+    "ExportError": "errors",
     "GeoModel": "model.modelfile",
     "GeorasterCNNError": "errors",
     "InputError": "errors",
@@ -59,6 +60,7 @@ _LAZY: dict[str, str] = {
     "device_name": "model._inference",
     "evaluate": "evaluation.assessment",
     "evaluate_chips": "evaluation.chipwise",
+    "export_model": "products.export",
     "inspect_raster": "products.inspection",
     "is_chip_dataset": "training.chipfiles",
     "is_vector_file": "io.formats",
@@ -92,6 +94,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.errors import (
         BandMismatchError,
         DataRangeWarning,
+        ExportError,
         GeorasterCNNError,
         InputError,
         ModelFileError,
@@ -115,6 +118,7 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.model.architectures import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.model.modelfile import GeoModel, load_model, save_model
     from georaster_cnn.prediction.blockwise import check_inputs, predict
+    from georaster_cnn.products.export import export_model
     from georaster_cnn.products.inspection import inspect_raster
     from georaster_cnn.products.polygons import vectorize, write_vectors
     from georaster_cnn.products.spatial import morans_i
@@ -142,6 +146,7 @@ __all__ = [
     "ClusterSession",
     "DataRangeWarning",
     "EvaluationReport",
+    "ExportError",
     "GeoModel",
     "GeorasterCNNError",
     "InputError",
@@ -161,6 +166,7 @@ __all__ = [
     "device_name",
     "evaluate",
     "evaluate_chips",
+    "export_model",
     "inspect_raster",
     "is_chip_dataset",
     "is_vector_file",

@@ -10,6 +10,7 @@ __all__ = [
     "BandMismatchError",
     "ClusterError",
     "DataRangeWarning",
+    "ExportError",
     "GeorasterCNNError",
     "InputError",
     "ModelFileError",
@@ -52,6 +53,10 @@ class ClusterError(GeorasterCNNError, RuntimeError):
 
 class TrainingError(GeorasterCNNError, RuntimeError):
     """Training could not proceed (e.g. no labelled windows)."""
+
+
+class ExportError(GeorasterCNNError, RuntimeError):
+    """A model cannot be exported (an operator ONNX lacks), or its export disagrees with torch."""
 
 
 class DataRangeWarning(UserWarning):

@@ -87,6 +87,7 @@ class TileSettings:
     dense: bool | None = None
     resume: bool = True
     stac_item: bool | str = False  # a STAC Item beside each map (a string: the model's name)
+    engine: str = "torch"
 
 
 class _Cancelled(BaseException):
@@ -299,7 +300,9 @@ def _predict_one(
             select = settings.open_options.get("select")
             report_selected(state, data.attrs.get("selected"), select, context=name)
             # the options resolved once for all tiles, passed as they are
-            pred = gc.predict(data, model, options=opts, dense=settings.dense)
+            pred = gc.predict(
+                data, model, options=opts, dense=settings.dense, engine=settings.engine
+            )
 
             first: list[bool] = []
 

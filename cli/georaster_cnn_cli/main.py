@@ -23,6 +23,7 @@ from georaster_cnn_cli._common import (
 from georaster_cnn_cli._events import EventStream, event_console
 from georaster_cnn_cli._logging import configure_logging
 from georaster_cnn_cli.evaluate import evaluate
+from georaster_cnn_cli.export import export
 from georaster_cnn_cli.info import info
 from georaster_cnn_cli.inspect import inspect_cmd
 from georaster_cnn_cli.predict import predict
@@ -156,4 +157,5 @@ cli.add_command(evaluate)
 cli.add_command(vectorize)
 cli.add_command(inspect_cmd)
 cli.add_command(qgis)
+cli.add_command(export)
 learn_flags(cli)  # library keywords worded as these commands' options

@@ -151,6 +151,14 @@ def _format_help() -> str:
     "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="Who runs the network: torch (any --device) or onnxruntime (CPU only, needs the "
+    "onnxruntime package; same classes, faster on CPUs: see benchmarks/README.md).",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     help="Record each finished block beside the staged output, so that the same command "
@@ -184,6 +192,7 @@ def predict(
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
+    engine: str,
     resume: bool,
     stac_item: bool,
     cluster: SchedulerChoice,
@@ -234,11 +243,7 @@ def predict(
 
     with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
         options = InferenceOptions.resolve(
-            geo_model,
-            stride=stride,
-            batch_size=batch_size,
-            min_valid=min_valid,
-            device=resolved,
+            geo_model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=resolved
         )
     folder = output_dir if output_dir is not None else cast(Path, output_file).parent
     if vector is not None:
@@ -253,11 +258,11 @@ def predict(
         dense=dense,
         resume=resume,
         stac_item=model.stem if stac_item else False,
+        engine=engine,
     )
     one = output_file is not None
     plan = _plan(state, inputs, output_file or folder, output_format, open_options, one=one)
-    with cluster_session(state, cluster) as session:
-        # on a cluster several tiles at once (bounded), else one after another
+    with cluster_session(state, cluster) as session:  # on a cluster a few tiles at once
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
         results = run_tiles(state, plan, geo_model, settings, in_flight=in_flight)
     if not state.quiet:

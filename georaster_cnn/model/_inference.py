@@ -38,7 +38,7 @@ from georaster_cnn.errors import InputError, ModelFileError
 if TYPE_CHECKING:
     from georaster_cnn.model.modelfile import GeoModel
 
-__all__ = ["Classifier", "device_name", "probabilities", "resolve_device"]
+__all__ = ["Classifier", "class_probabilities", "device_name", "probabilities", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -103,12 +103,18 @@ def device_name(device: str | torch.device = "auto") -> str:
     return "CPU" if dev.type == "cpu" else str(dev)
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Class probabilities (softmax over dim 1, in float32 whatever autocast gave) as NumPy.
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities: softmax over dim 1, in float32 whatever autocast gave.
 
-    The one place logits become probabilities, for windows and dense feature maps alike.
+    The one place logits become probabilities, for windows and dense feature maps alike,
+    and inside the exported ONNX graphs (:mod:`georaster_cnn.model._portable`).
     """
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    return torch.softmax(logits.float(), dim=1)
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """:func:`class_probabilities` as NumPy."""
+    return class_probabilities(logits).cpu().numpy()
 
 
 # One model call at a time per process: torch already uses every core (or the GPU)

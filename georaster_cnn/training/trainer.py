@@ -41,6 +41,7 @@ import xarray as xr
 
 from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import InputError, TrainingError
+from georaster_cnn.geometry import pixel_size_metres
 from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import default_colors
 from georaster_cnn.model.architectures import check_arch
@@ -353,6 +354,9 @@ def _raster_provenance(
     }
     if vector_names is not None:
         provenance["min_cover"] = spec.min_cover
+    sizes = {pixel_size_metres(d.rio.crs, d.rio.transform()) for d in datas}
+    if len(sizes) == 1 and None not in sizes:  # one pixel size, in metres: exports need it
+        provenance["pixel_size_m"] = sizes.pop()
     return provenance
 
 
