@@ -41,11 +41,13 @@ _LAZY: dict[str, str] = {
     "ClusterSession": "cluster",
     "DataRangeWarning": "errors",
     "EvaluationReport": "evaluation.report",
+    "ExportError": "errors",
     "GeoModel": "model.modelfile",
     "GeorasterCNNError": "errors",
     "InputError": "errors",
     "ModelFileError": "errors",
     "NodataWarning": "errors",
+    "StacReadWarning": "errors",
     "OutputExistsError": "errors",
     "PatchGrid": "geometry",
     "RasterGrid": "geometry",
@@ -58,8 +60,10 @@ _LAZY: dict[str, str] = {
     "checkpoint_path": "training.checkpoint",
     "check_inputs": "prediction.blockwise",
     "compute_stats": "stats",
+    "device_name": "model._inference",
     "evaluate": "evaluation.assessment",
     "evaluate_chips": "evaluation.chipwise",
+    "export_model": "products.export",
     "inspect_raster": "products.inspection",
     "is_chip_dataset": "training.chipfiles",
     "is_vector_file": "io.formats",
@@ -70,6 +74,7 @@ _LAZY: dict[str, str] = {
     "open_labels": "training.labels",
     "open_window_store": "training.store",
     "open_raster": "io.reader",
+    "open_stac": "io.stac",
     "output_transform": "geometry",
     "predict": "prediction.blockwise",
     "read_vector_labels": "training.vector_labels",
@@ -93,12 +98,14 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.errors import (
         BandMismatchError,
         DataRangeWarning,
+        ExportError,
         GeorasterCNNError,
         InputError,
         ModelFileError,
         NodataWarning,
         OutputExistsError,
         ReadError,
+        StacReadWarning,
         TrainingError,
         ValidationWarning,
     )
@@ -109,11 +116,13 @@ if TYPE_CHECKING:  # the same names, imported eagerly for type checkers only
     from georaster_cnn.io.classmap import CLASS_NODATA
     from georaster_cnn.io.formats import is_vector_file
     from georaster_cnn.io.reader import open_raster, valid_mask
+    from georaster_cnn.io.stac import open_stac
     from georaster_cnn.io.writer import write_prediction
-    from georaster_cnn.model._inference import resolve_device
+    from georaster_cnn.model._inference import device_name, resolve_device
     from georaster_cnn.model.architectures import ARCHITECTURES, build_model, register_architecture
     from georaster_cnn.model.modelfile import GeoModel, load_model, save_model
     from georaster_cnn.prediction.blockwise import check_inputs, predict
+    from georaster_cnn.products.export import export_model
     from georaster_cnn.products.inspection import inspect_raster
     from georaster_cnn.products.polygons import vectorize, write_vectors
     from georaster_cnn.products.spatial import morans_i
@@ -143,11 +152,13 @@ __all__ = [
     "ClusterSession",
     "DataRangeWarning",
     "EvaluationReport",
+    "ExportError",
     "GeoModel",
     "GeorasterCNNError",
     "InputError",
     "ModelFileError",
     "NodataWarning",
+    "StacReadWarning",
     "OutputExistsError",
     "PatchGrid",
     "RasterGrid",
@@ -161,8 +172,10 @@ __all__ = [
     "checkpoint_path",
     "check_inputs",
     "compute_stats",
+    "device_name",
     "evaluate",
     "evaluate_chips",
+    "export_model",
     "inspect_raster",
     "is_chip_dataset",
     "is_vector_file",
@@ -173,6 +186,7 @@ __all__ = [
     "open_labels",
     "open_raster",
     "open_window_store",
+    "open_stac",
     "output_transform",
     "predict",
     "read_vector_labels",

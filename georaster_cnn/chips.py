@@ -41,6 +41,7 @@ __all__ = [
     "BLOCK_PX",
     "BlockPlan",
     "iter_batches",
+    "min_valid_count",
     "plan_blocks",
     "register_windowed",
     "valid_fraction",
@@ -276,6 +277,21 @@ def valid_fraction(
     r1, c1 = r0 + patch, c0 + patch
     total = sat[np.ix_(r1, c1)] - sat[np.ix_(r0, c1)] - sat[np.ix_(r1, c0)] + sat[np.ix_(r0, c0)]
     return total / float(patch * patch)
+
+
+def min_valid_count(patch: int, min_valid: float) -> int:
+    """The fewest valid pixels a ``patch x patch`` window needs: the smallest count ``c``
+    with ``c / patch**2 >= min_valid``, by the arithmetic of :func:`valid_fraction`.
+
+    For graphs that compare whole counts (the exported dense model) and must keep
+    exactly the windows :func:`valid_fraction` keeps. ``patch**2 + 1`` when no count
+    reaches ``min_valid``.
+    """
+    area = patch * patch
+    c = max(0, min(area + 1, math.ceil(min_valid * area) - 1))
+    while c <= area and c / float(area) < min_valid:
+        c += 1
+    return c
 
 
 def window_view(block: np.ndarray, patch: int, stride: int, shape: tuple[int, int]) -> np.ndarray:

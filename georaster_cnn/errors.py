@@ -10,12 +10,14 @@ __all__ = [
     "BandMismatchError",
     "ClusterError",
     "DataRangeWarning",
+    "ExportError",
     "GeorasterCNNError",
     "InputError",
     "ModelFileError",
     "NodataWarning",
     "OutputExistsError",
     "ReadError",
+    "StacReadWarning",
     "TrainingError",
     "ValidationWarning",
 ]
@@ -53,6 +55,10 @@ class TrainingError(GeorasterCNNError, RuntimeError):
     """Training could not proceed (e.g. no labelled windows)."""
 
 
+class ExportError(GeorasterCNNError, RuntimeError):
+    """A model cannot be exported (an operator ONNX lacks), or its export disagrees with torch."""
+
+
 class DataRangeWarning(UserWarning):
     """Input data look very different from the data the model was trained on."""
 
@@ -63,3 +69,7 @@ class ValidationWarning(UserWarning):
 
 class NodataWarning(DataRangeWarning):
     """A declared nodata value cannot occur in the data (outside its type's range): nothing is masked by it."""
+
+
+class StacReadWarning(UserWarning):
+    """A STAC asset left out of a mosaic (``skip_failed``): its href and why."""

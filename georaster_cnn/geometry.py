@@ -27,7 +27,23 @@ from affine import Affine
 from georaster_cnn.errors import InputError
 from georaster_cnn.options import DEFAULT_PATCH, check_stride
 
-__all__ = ["DEFAULT_PATCH", "PatchGrid", "RasterGrid", "output_transform"]
+__all__ = ["DEFAULT_PATCH", "PatchGrid", "RasterGrid", "output_transform", "pixel_size_metres"]
+
+
+def pixel_size_metres(crs: Any, transform: Affine) -> float | None:
+    """The side of a square, north-up pixel in metres; ``None`` for any other grid.
+
+    ``None`` when the CRS is missing or geographic, counts in another unit than the
+    metre, or the pixels are not square and axis-aligned. Deepness's ``resolution``
+    (exported models) and a trained model's provenance use it.
+    """
+    if crs is None or not getattr(crs, "is_projected", False):
+        return None
+    if (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
+        return None
+    if transform.b or transform.d or not math.isclose(abs(transform.a), abs(transform.e)):
+        return None
+    return float(abs(transform.a))
 
 
 def output_transform(transform: Affine, stride: int) -> Affine:

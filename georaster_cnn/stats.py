@@ -18,7 +18,7 @@ import xarray as xr
 
 from georaster_cnn.errors import InputError
 
-__all__ = ["ChannelStats", "compute_stats", "normalize", "normalize_bands"]
+__all__ = ["ChannelStats", "band_factors", "compute_stats", "normalize", "normalize_bands"]
 
 
 @dataclass(frozen=True)
@@ -204,14 +204,19 @@ def merged_stats(
     return merged
 
 
-def _band_factors(stats: ChannelStats) -> tuple[np.ndarray, np.ndarray]:
-    """float32 ``mean`` and ``1 / std`` per channel (constant channels: std 1)."""
+def band_factors(stats: ChannelStats) -> tuple[np.ndarray, np.ndarray]:
+    """float32 ``mean`` and ``1 / std`` per channel (constant channels: std 1).
+
+    Normalisation is ``(x - mean) * scale`` with these factors, in ``float32``: here for
+    NumPy, Dask and xarray (:func:`normalize`, :func:`normalize_bands`), and inside the
+    exported ONNX graphs (:mod:`georaster_cnn.model._portable`), so both give the same bits.
+    """
     return stats.mean.astype("float32"), (1.0 / stats.scale_std).astype("float32")
 
 
 def normalize(data: xr.DataArray, stats: ChannelStats) -> xr.DataArray:
     """``(x - mean) / std`` per channel, lazily; NaN stays NaN. Constant bands get std 1."""
-    mean, scale = _band_factors(stats)
+    mean, scale = band_factors(stats)
     return ((data - xr.DataArray(mean, dims="band")) * xr.DataArray(scale, dims="band")).astype(
         "float32"
     )
@@ -219,6 +224,6 @@ def normalize(data: xr.DataArray, stats: ChannelStats) -> xr.DataArray:
 
 def normalize_bands(arr: Any, stats: ChannelStats) -> Any:
     """:func:`normalize` for a NumPy or Dask array whose first axis is the band."""
-    mean, scale = _band_factors(stats)
+    mean, scale = band_factors(stats)
     shape = (-1,) + (1,) * (arr.ndim - 1)
     return ((arr - mean.reshape(shape)) * scale.reshape(shape)).astype("float32")

@@ -708,7 +708,7 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
         ),
         ("sample_pixels= must be a whole number", "--sample-pixels must be a whole number"),
         # not an option of the CLI, inside paths, or already a flag: as it was
-        ("set crs= on the labels", "set crs= on the labels"),
+        ("set nodata= on the labels", "set nodata= on the labels"),
         ("/data/min_valid/scene.tif: bad", "/data/min_valid/scene.tif: bad"),
         ("min_valid.tif: bad", "min_valid.tif: bad"),
         ("use --min-valid 0.3", "use --min-valid 0.3"),

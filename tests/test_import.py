@@ -54,6 +54,7 @@ def test_version_without_torch() -> None:
         ["info", "--help"],
         ["inspect", "--help"],
         ["vectorize", "--help"],
+        ["export", "--help"],
     ],
     ids=" ".join,
 )

@@ -27,6 +27,7 @@ from rich.text import Text
 
 if TYPE_CHECKING:
     from georaster_cnn import GeoModel
+    from georaster_cnn_cli._events import EventStream
 
 __all__ = [
     "EXIT_FAILED",
@@ -45,6 +46,7 @@ __all__ = [
     "is_reportable",
     "kv_table",
     "plural",
+    "report_device",
     "report_error",
     "report_selected",
     "scale_summary",
@@ -72,11 +74,16 @@ class CLIState:
     out, err
         Rich consoles on stdout (results: tables, model cards) and stderr
         (progress, log records, warnings, errors).
+    events
+        Under ``--progress jsonl``: where progress, warnings and errors go as JSON
+        lines (:mod:`georaster_cnn_cli._events`); ``err`` then turns its lines into
+        events too.
     """
 
     verbosity: int = 0
     out: Console = field(default_factory=Console)
     err: Console = field(default_factory=lambda: Console(stderr=True))
+    events: EventStream | None = None
 
     @property
     def quiet(self) -> bool:
@@ -273,6 +280,12 @@ def report_error(
 ) -> None:
     """Print ``error: [<context>: ]<message>`` on stderr; the traceback too under ``-v``."""
     msg = error_message(exc, context) if isinstance(exc, BaseException) else " ".join(exc.split())
+    if state.events is not None:
+        fields: dict[str, Any] = {"input": None if context is None else os.fspath(context)}
+        if isinstance(exc, BaseException) and state.verbosity >= 1:
+            fields["traceback"] = "".join(traceback.format_exception(exc))
+        state.events.emit("error", message=msg, **fields)
+        return
     line = f"{os.fspath(context)}: {msg}" if context is not None else msg
     state.err.print(
         Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True, highlight=False
@@ -280,6 +293,27 @@ def report_error(
     if isinstance(exc, BaseException) and state.verbosity >= 1:
         tb = "".join(traceback.format_exception(exc))
         state.err.print(Text(tb.rstrip()), soft_wrap=True, highlight=False)
+
+
+def report_device(state: CLIState, device: Any) -> Any:
+    """Resolve ``--device`` and say which device runs the model ("CUDA NVIDIA H200 (cuda:0)", "CPU").
+
+    A ``device`` event under ``--progress jsonl``, else an info line (``-v``). A
+    device that is unknown or unavailable stops the command (exit status 2).
+    Returns the resolved :class:`torch.device`, for the command to pass on (resolved once).
+    """
+    import logging
+
+    import georaster_cnn as gc
+
+    with usage_errors():
+        resolved = gc.resolve_device(device)
+        name = gc.device_name(resolved)
+    if state.events is not None:
+        state.events.emit("device", device=str(resolved), name=name)
+    else:
+        logging.getLogger("georaster_cnn_cli").info("device: %s", name)
+    return resolved
 
 
 def fail(message: str) -> NoReturn:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from georaster_cnn.errors import InputError
 from georaster_cnn.io.formats import (
     INPUT_SUFFIXES,
     OutputFormat,
@@ -21,7 +22,9 @@ from georaster_cnn.io.formats import (
     is_zarr_store,
     location_name,
     output_path,
+    resolve_output_format,
 )
+from georaster_cnn_cli._stac import StacInput
 
 __all__ = [
     "RASTER_SUFFIXES",
@@ -30,6 +33,7 @@ __all__ = [
     "Job",
     "TileResult",
     "expand_inputs",
+    "plan_output_file",
     "plan_outputs",
 ]
 
@@ -58,10 +62,10 @@ class ExpandedInputs:
     :class:`InputProblem` for an argument that yielded no file.
     """
 
-    items: tuple[Path | str | InputProblem, ...]
+    items: tuple[Path | str | StacInput | InputProblem, ...]
 
     @property
-    def paths(self) -> tuple[Path | str, ...]:
+    def paths(self) -> tuple[Path | str | StacInput, ...]:
         """Files found, and network locations (``/vsicurl/…``, ``https://…``) as typed."""
         return tuple(i for i in self.items if not isinstance(i, InputProblem))
 
@@ -168,13 +172,15 @@ class TileResult:
 class Job:
     """One input to classify, and the class map it becomes."""
 
-    source: Path | str
+    source: Path | str | StacInput
     output: Path
     format: OutputFormat = "cog"
 
     @property
     def name(self) -> str:
         """The input's file name, for progress bars (a URL's without its query)."""
+        if isinstance(self.source, StacInput):
+            return self.source.name
         return location_name(self.source).name
 
 
@@ -192,12 +198,14 @@ def plan_outputs(
     input already took, or an input that would be its own output.
     """
     plan: list[Job | TileResult] = []
-    taken: dict[str, Path | str] = {}
+    taken: dict[str, Path | str | StacInput] = {}
     for item in found.items:
         if isinstance(item, InputProblem):
             plan.append(TileResult(item.spec, "failed", message=item.message))
             continue
-        out, fmt = output_path(item, output_dir, format)
+        # a STAC input's map is named after its document, its Item, or "search"
+        named = f"{item.name}.tif" if isinstance(item, StacInput) else item
+        out, fmt = output_path(named, output_dir, format)
         # casefold: on macOS/Windows scene.tif and Scene.tif are the same file
         key = out.name.casefold()
         if key in taken:
@@ -213,3 +221,33 @@ def plan_outputs(
             taken[key] = item
             plan.append(Job(item, out, fmt))
     return plan
+
+
+def plan_output_file(
+    found: ExpandedInputs, output: Path, *, format: str | None = None
+) -> list[Job | TileResult]:
+    """The one input of ``predict --output FILE`` paired with FILE, its format from its suffix.
+
+    The format is the library's reading of the name
+    (:func:`georaster_cnn.io.formats.resolve_output_format`: ``.tif`` COG, ``.nc``,
+    ``.zarr``; ``format`` checked against it).
+
+    Raises
+    ------
+    InputError
+        The suffix implies no format, or one of another family than ``format``.
+    """
+    if len(found.items) != 1:
+        what = "none" if not found.items else f"{len(found.items)}"
+        raise InputError(
+            f"--output names one class map, for exactly one INPUT, but the INPUTs give {what}; "
+            "use --output-dir for several"
+        )
+    (item,) = found.items
+    if isinstance(item, InputProblem):
+        return [TileResult(item.spec, "failed", message=item.message)]
+    fmt = resolve_output_format(output, format)
+    if isinstance(item, Path) and output.exists() and output.resolve() == item.resolve():
+        message = "the output would replace this input; choose another --output"
+        return [TileResult(str(item), "failed", output, message=message)]
+    return [Job(item, output, fmt)]

@@ -11,6 +11,7 @@ import click
 
 from georaster_cnn_cli._common import CLIState, plural, report_selected
 from georaster_cnn_cli._options import LOCATION
+from georaster_cnn_cli._stac import open_source
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -201,17 +202,20 @@ def open_labelled(
     *,
     bands: list[int | str] | None,
     open_options: Mapping[str, Any],
+    model_bands: Sequence[str] | None = None,
 ) -> tuple[list[xr.DataArray], list[Any]]:
     """Open every INPUT raster (lazily) and read its labels, in order.
 
-    What ``--select`` picked from each INPUT is said on stderr.
+    An INPUT holding STAC Items is mosaicked (:func:`~georaster_cnn_cli._stac.open_source`;
+    bands by ``model_bands`` unless ``--bands``). What ``--select`` picked from each
+    INPUT is said on stderr.
     """
-    import georaster_cnn as gc
-
     datas, labs = [], []
     cache: dict[Path, Any] = {}
     for data_path, label_source in pairs:
-        data = gc.open_raster(data_path, bands=bands, **open_options)
+        data = open_source(
+            data_path, bands=bands, open_options=open_options, model_bands=model_bands
+        )
         select = open_options.get("select")
         report_selected(state, data.attrs.get("selected"), select, context=data_path)
         datas.append(data)

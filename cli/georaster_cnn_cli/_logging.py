@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.text import Text
 
 from georaster_cnn_cli._common import flag_wording
+from georaster_cnn_cli._events import EventStream
 
 __all__ = ["configure_logging"]
 
@@ -23,10 +24,13 @@ _CHATTY_LOGGERS = ("distributed",)
 class _ConsoleHandler(logging.Handler):
     """Logging handler printing through a rich console, so records and progress bars mix."""
 
-    def __init__(self, console: Console, *, show_names: bool) -> None:
+    def __init__(
+        self, console: Console, *, show_names: bool, events: EventStream | None = None
+    ) -> None:
         super().__init__()
         self.console = console
         self.show_names = show_names
+        self.events = events
 
     def format(self, record: logging.LogRecord) -> str:
         head = record.levelname.lower()
@@ -42,6 +46,13 @@ class _ConsoleHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.events is not None:  # --progress jsonl
+                message = record.getMessage()
+                if record.name.startswith("georaster_cnn."):
+                    message = flag_wording(message)
+                level = record.levelname.lower()
+                self.events.emit("log", level=level, logger=record.name, message=message)
+                return
             style = "yellow" if record.levelno == logging.WARNING else None
             if record.levelno >= logging.ERROR:
                 style = "red"
@@ -53,7 +64,9 @@ class _ConsoleHandler(logging.Handler):
 _OUR_LOGGERS = ("georaster_cnn", "georaster_cnn_cli")
 
 
-def configure_logging(verbosity: int, console: Console) -> Callable[[], None]:
+def configure_logging(
+    verbosity: int, console: Console, events: EventStream | None = None
+) -> Callable[[], None]:
     """Route log records to ``console`` at a level set by ``-v``/``-q``.
 
     ====================  =============================  ==================
@@ -81,7 +94,7 @@ def configure_logging(verbosity: int, console: Console) -> Callable[[], None]:
     else:
         others = logging.WARNING
     root = logging.getLogger()
-    handler = _ConsoleHandler(console, show_names=verbosity >= 2)
+    handler = _ConsoleHandler(console, show_names=verbosity >= 2, events=events)
     # distributed sets its own loggers to INFO when imported: a local cluster would
     # otherwise fill stderr with its start-up and shutdown chatter
     named = (*_OUR_LOGGERS, *_CHATTY_LOGGERS)

@@ -17,6 +17,7 @@ from rich.progress import (
 )
 
 from georaster_cnn_cli._common import CLIState
+from georaster_cnn_cli._events import EventProgress
 
 __all__ = ["DaskProgress", "make_progress", "shows_progress"]
 
@@ -32,8 +33,11 @@ def make_progress(
     """A rich progress display on stderr; silent under ``-q`` or when stderr is no terminal.
 
     ``extra`` columns go after the standard ones (spinner, description, bar,
-    done/total, elapsed time).
+    done/total, elapsed time). Under ``--progress jsonl`` it draws nothing and
+    emits ``progress`` events instead (:class:`~georaster_cnn_cli._events.EventProgress`).
     """
+    if state.events is not None:
+        return EventProgress(state.events)
     return Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),

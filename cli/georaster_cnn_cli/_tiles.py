@@ -41,6 +41,7 @@ from georaster_cnn_cli._common import (
 )
 from georaster_cnn_cli._inputs import Job, TileResult
 from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._stac import open_source
 from georaster_cnn_cli._warnings import capture_warnings, report_warnings
 
 if TYPE_CHECKING:
@@ -85,6 +86,8 @@ class TileSettings:
     extras: Sequence[Extra] = ()
     dense: bool | None = None
     resume: bool = True
+    stac_item: bool | str = False  # a STAC Item beside each map (a string: the model's name)
+    engine: str = "torch"
 
 
 class _Cancelled(BaseException):
@@ -142,7 +145,7 @@ def _one_after_another(
     overall: TaskID,
 ) -> list[TileResult]:
     results: list[TileResult] = []
-    chunks = progress.add_task("", total=None, visible=False)
+    chunks = progress.add_task("", total=None, visible=False, stage="blocks")
     for item in plan:
         if isinstance(item, TileResult):
             results.append(item)
@@ -172,7 +175,7 @@ def _concurrently(
 
     def one(job: Job) -> TileResult:
         check()
-        bar = progress.add_task(escape(job.name), total=None)
+        bar = progress.add_task(escape(job.name), total=None, stage="blocks")
         try:
             return _predict_one(state, job, model, settings, progress, bar, check=check)
         finally:
@@ -226,14 +229,18 @@ def _existing(
     A map of another model, stride, ``--min-valid``, band selection or without the
     asked probabilities is never kept as if it were this run's (:mod:`georaster_cnn.io.reuse`).
     """
-    import georaster_cnn as gc
     from georaster_cnn.io.reuse import differences
 
     name = str(job.source)
     opts = settings.options
     try:
         with report_warnings(state, context=name):
-            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
+            data = open_source(
+                job.source,
+                bands=settings.bands,
+                open_options=settings.open_options,
+                model_bands=model.band_names,
+            )
         differ = differences(
             job.output, model_checksum=model.checksum, stride=opts.stride,
             min_valid=opts.min_valid, probabilities=settings.probabilities,
@@ -284,11 +291,18 @@ def _predict_one(
     distributed = check is not None
     try:
         with report_warnings(state, context=name):
-            data = gc.open_raster(job.source, bands=settings.bands, **settings.open_options)
+            data = open_source(
+                job.source,
+                bands=settings.bands,
+                open_options=settings.open_options,
+                model_bands=model.band_names,
+            )
             select = settings.open_options.get("select")
             report_selected(state, data.attrs.get("selected"), select, context=name)
             # the options resolved once for all tiles, passed as they are
-            pred = gc.predict(data, model, options=opts, dense=settings.dense)
+            pred = gc.predict(
+                data, model, options=opts, dense=settings.dense, engine=settings.engine
+            )
 
             first: list[bool] = []
 
@@ -317,6 +331,7 @@ def _predict_one(
                     overwrite=settings.overwrite,
                     resume=settings.resume,
                     progress=blocks,
+                    stac_item=settings.stac_item,
                 )
     except Exception as exc:  # one bad tile must not stop the batch
         report_error(state, exc, context=name)

@@ -48,6 +48,9 @@ class _WarningSink:
             self.seen.add((category, text))
         if self.state.verbosity >= 2:
             text = f"{text} ({category.__name__}, {filename}:{lineno})"
+        if self.state.events is not None:
+            self.state.events.emit("warning", message=text, input=self.context)
+            return
         prefix = f"{self.context}: " if self.context else ""
         self.state.err.print(
             Text.assemble(("warning:", "bold yellow"), " ", prefix + text),

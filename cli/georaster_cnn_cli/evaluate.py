@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,8 +18,10 @@ from georaster_cnn_cli._common import (
     CLIState,
     get_state,
     plural,
+    report_device,
     usage_errors,
 )
+from georaster_cnn_cli._html import write_html
 from georaster_cnn_cli._labels import (
     LabelSource,
     labelled_inputs,
@@ -32,6 +36,7 @@ from georaster_cnn_cli._options import (
     scheduler_options,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress
+from georaster_cnn_cli._stac import stac_options
 from georaster_cnn_cli._warnings import load_model_or_exit, report_warnings
 
 if TYPE_CHECKING:
@@ -53,7 +58,7 @@ def _options(
     stride: int | None,
     batch_size: int,
     min_valid: float | None,
-    device: str,
+    device: Any,
 ) -> InferenceOptions:
     """Every option checked once, up front, by the library; the device resolved once."""
     import georaster_cnn as gc
@@ -78,7 +83,9 @@ def _evaluate_chips(
     with report_warnings(state), make_progress(state) as progress:
         with usage_errors():
             chipset = merge_chips([gc.load_chips(p) for p in inputs])
-        task = progress.add_task(f"evaluating {plural(len(chipset), 'chip')}", total=None)
+        task = progress.add_task(
+            f"evaluating {plural(len(chipset), 'chip')}", total=None, stage="evaluating"
+        )
         report = gc.evaluate_chips(
             chips=chipset,
             model=model,
@@ -101,8 +108,10 @@ def _evaluate_rasters(
     import georaster_cnn as gc
 
     with report_warnings(state), make_progress(state) as progress:
-        datas, labs = open_labelled(state, pairs, **read)
-        task = progress.add_task(f"evaluating {plural(len(datas), 'raster')}", total=None)
+        datas, labs = open_labelled(state, pairs, model_bands=model.band_names, **read)
+        task = progress.add_task(
+            f"evaluating {plural(len(datas), 'raster')}", total=None, stage="evaluating"
+        )
         with DaskProgress(progress, task):
             return gc.evaluate(
                 data=datas,
@@ -136,12 +145,21 @@ def _evaluate_rasters(
     metavar="REPORT_DIR",
     help="Folder for metrics.json, per_class.csv, confusion_matrix.csv/.png (created if missing).",
 )
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write the report, as printed, with the confusion matrix plot, to the HTML page "
+    "FILE (e.g. REPORT_DIR/report.html; replaced if it exists).",
+)
 @inference_options(
     "Spacing of the evaluated windows in pixels (one cell per stride x stride pixels), "
     "1..patch size.",
     "the model's training stride, else patch size / 4",
 )
 @input_options()
+@stac_options(search=False)
 @overwrite_option("Replace a report that exists in REPORT_DIR.")
 @scheduler_options()
 @click.pass_context
@@ -152,6 +170,7 @@ def evaluate(
     labels: tuple[Path, ...],
     label_column: str | None,
     output_dir: Path,
+    html_file: Path | None,
     stride: int | None,
     batch_size: int,
     device: str,
@@ -188,6 +207,7 @@ def evaluate(
     """
     state = get_state(ctx)
     check_scheduler(cluster)
+    resolved = report_device(state, device)  # said first; resolved once
     found = labelled_inputs(inputs, labels, column=label_column, stride=stride, bands=bands)
     from georaster_cnn.evaluation.report import check_report_folder
 
@@ -200,7 +220,7 @@ def evaluate(
         stride=stride,
         batch_size=batch_size,
         min_valid=min_valid,
-        device=device,
+        device=resolved,
     )
     with cluster_session(state, cluster):
         if found.chips:
@@ -210,17 +230,25 @@ def evaluate(
             report = _evaluate_rasters(
                 state, geo_model, found.pairs, opts, label_column=label_column, read=read
             )
-    _write_and_print(state, report, output_dir, overwrite=overwrite)
+    written = _write_and_print(state, report, output_dir, overwrite=overwrite)
+    if html_file is not None:
+        plots = [p for p in written if p.suffix == ".png"]
+        png = os.path.relpath(plots[0], html_file.parent.absolute())
+        plot = f'<p><img src="{html.escape(Path(png).as_posix())}" alt="confusion matrix"></p>'
+        title = f"georaster-cnn evaluate: {model.name}"
+        write_html(html_file, title, lambda console: print_report(CLIState(out=console), report),
+                   extra=plot)  # fmt: skip
 
 
 def _write_and_print(
     state: CLIState, report: EvaluationReport, output_dir: Path, *, overwrite: bool
-) -> None:
+) -> list[Path]:
     with report_warnings(state):
-        report.write(output_dir, overwrite=overwrite)
+        written = report.write(output_dir, overwrite=overwrite)
     if not state.quiet:
         print_report(state, report)
         state.out.print(f"report written to {output_dir}/", highlight=False, soft_wrap=True)
+    return written
 
 
 def _score(value: float, undefined: bool) -> str:

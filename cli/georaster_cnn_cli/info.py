@@ -160,6 +160,18 @@ def _print_card(state: CLIState, path: Path, model: GeoModel) -> None:
     if counts is not None:
         out.print()
         out.print(counts)
+    out.print()
+    out.print(_export_table(path, model))
+
+
+def _export_table(path: Path, model: GeoModel) -> Table:
+    """What ``georaster-cnn export`` would write for this model with its defaults."""
+    from georaster_cnn.products.export import plan_export
+
+    table = kv_table("Export (georaster-cnn export MODEL -o DIR)")
+    for label, text in plan_export(model, name=path.stem).describe():
+        table.add_row(label, Text(text))
+    return table
 
 
 def _provenance_table(model: GeoModel) -> Table:

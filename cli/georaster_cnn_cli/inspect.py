@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import click
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from georaster_cnn_cli._common import (
     EXIT_FAILED,
+    CLIError,
     CLIState,
     error_message,
     get_state,
@@ -22,8 +25,10 @@ from georaster_cnn_cli._common import (
     report_selected,
     usage_errors,
 )
+from georaster_cnn_cli._html import write_html
 from georaster_cnn_cli._inputs import InputProblem, expand_inputs
 from georaster_cnn_cli._options import source_options
+from georaster_cnn_cli._stac import open_source, stac_options, stac_sources
 from georaster_cnn_cli._warnings import report_warnings
 
 __all__ = ["LagList", "inspect_cmd"]
@@ -75,7 +80,7 @@ def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
 
 
 @click.command("inspect", short_help="Describe rasters and how image-like they are.")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option(
     "--lags",
     type=LagList(),
@@ -93,7 +98,15 @@ def _report_failure(state: CLIState, exc: BaseException, item: Any) -> None:
     "windows, about N cells in all.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the reports as a JSON list.")
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="Also write the reports, as printed, to the HTML page FILE (replaced if it exists).",
+)
 @source_options()
+@stac_options()
 @click.pass_context
 def inspect_cmd(
     ctx: click.Context,
@@ -101,6 +114,7 @@ def inspect_cmd(
     lags: list[int],
     sample_pixels: int,
     as_json: bool,
+    html_file: Path | None,
     open_options: dict[str, Any],
 ) -> None:
     """Describe each INPUT raster and measure its spatial structure.
@@ -119,12 +133,17 @@ def inspect_cmd(
     """
     state = get_state(ctx)
     _check_options(lags, sample_pixels)
-    expanded = expand_inputs(inputs)
     import georaster_cnn as gc  # deferred: torch/Dask/GDAL load only when a command runs
 
+    if not inputs and not open_options["stac"].search:
+        raise click.UsageError("give at least one INPUT (or --stac-search URL)")
+    try:  # STAC documents and searches become inputs of their own
+        found = stac_sources(expand_inputs(inputs).items, open_options)
+    except gc.GeorasterCNNError as exc:
+        raise CLIError(error_message(exc)) from exc
     failed = False
     reports: list[dict[str, Any]] = []
-    for item in expanded.items:
+    for item in found:
         if isinstance(item, InputProblem):
             report_error(state, item.message, context=item.spec)
             failed = True
@@ -132,7 +151,7 @@ def inspect_cmd(
         try:
             with report_warnings(state, context=str(item)):
                 # opened here: inspect_raster opens a path with the reader's defaults
-                source = gc.open_raster(item, **open_options)
+                source = open_source(item, bands=None, open_options=open_options)
                 select = open_options.get("select")
                 report_selected(state, source.attrs.get("selected"), select, context=item)
                 report = gc.inspect_raster(source, lags=lags, max_pixels=sample_pixels)
@@ -140,10 +159,17 @@ def inspect_cmd(
             _report_failure(state, exc, item)
             failed = True
             continue
-        if as_json:
-            reports.append(report)
-        else:
+        reports.append(report)
+        if not as_json:
             _print_report(state, report)
+    if html_file is not None and reports:
+
+        def render(console: Console) -> None:
+            for report in reports:
+                _print_report(CLIState(out=console), report)
+
+        names = ", ".join(Path(str(r["path"])).name for r in reports)
+        write_html(html_file, f"georaster-cnn inspect: {names}", render)
     if as_json:
         # click.echo, not rich: JSON must not be wrapped or highlighted
         click.echo(json.dumps(reports, indent=2, allow_nan=False))

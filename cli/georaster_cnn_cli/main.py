@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -19,11 +20,14 @@ from georaster_cnn_cli._common import (
     learn_flags,
     report_error,
 )
+from georaster_cnn_cli._events import EventStream, event_console
 from georaster_cnn_cli._logging import configure_logging
 from georaster_cnn_cli.evaluate import evaluate
+from georaster_cnn_cli.export import export
 from georaster_cnn_cli.info import info
 from georaster_cnn_cli.inspect import inspect_cmd
 from georaster_cnn_cli.predict import predict
+from georaster_cnn_cli.qgis import qgis
 from georaster_cnn_cli.train import train
 from georaster_cnn_cli.vectorize import vectorize
 from georaster_cnn_cli.windows import windows
@@ -87,6 +91,12 @@ class _Group(click.Group):
         except CLIError as exc:
             report_error(get_state(ctx), exc)
             ctx.exit(exc.exit_code)
+        except click.UsageError as exc:
+            state = get_state(ctx)
+            if state.events is None:
+                raise  # click prints the usage and the message
+            report_error(state, exc.format_message())  # --progress jsonl: as an event
+            ctx.exit(exc.exit_code)
         except Exception as exc:
             if not is_reportable(exc):
                 raise
@@ -102,9 +112,19 @@ class _Group(click.Group):
     "-v", "--verbose", count=True, help="More detail: -v info, -vv debug, -vvv all libraries."
 )
 @click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress, tables or warnings.")
+@click.option(
+    "--progress",
+    "progress_mode",
+    type=click.Choice(["auto", "jsonl"]),
+    default="auto",
+    show_default=True,
+    help="auto: progress bars when stderr is a terminal. jsonl: for programs (the QGIS "
+    "plugin): stderr carries one JSON object per line - the device, progress (stage, done, "
+    "total), warnings and errors - and stdout the results as text (docs/cli.md).",
+)
 @click.version_option(__version__, "--version", prog_name="georaster-cnn")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool, progress_mode: str) -> None:
     """Classify geospatial rasters (GeoTIFF/COG, netCDF) with CNNs.
 
     Train a model on rasters with class labels, inspect it, and apply it to
@@ -123,8 +143,11 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     if verbose and quiet:
         raise click.UsageError("-v and -q contradict each other; give one of them")
     state = CLIState(verbosity=-1 if quiet else verbose)
+    if progress_mode == "jsonl":
+        state.events = EventStream(sys.stderr)
+        state.err = event_console(state.events)
     ctx.obj = state
-    ctx.call_on_close(configure_logging(state.verbosity, state.err))
+    ctx.call_on_close(configure_logging(state.verbosity, state.err, state.events))
     ctx.call_on_close(_handle_sigterm())
 
 
@@ -135,4 +158,6 @@ cli.add_command(evaluate)
 cli.add_command(vectorize)
 cli.add_command(inspect_cmd)
 cli.add_command(windows)
+cli.add_command(qgis)
+cli.add_command(export)
 learn_flags(cli)  # library keywords worded as these commands' options

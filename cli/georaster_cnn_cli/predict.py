@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 from rich.table import Table
@@ -22,10 +22,18 @@ from georaster_cnn_cli._common import (
     fail,
     get_state,
     plural,
+    report_device,
     report_error,
     usage_errors,
 )
-from georaster_cnn_cli._inputs import Job, TileResult, expand_inputs, plan_outputs
+from georaster_cnn_cli._inputs import (
+    ExpandedInputs,
+    Job,
+    TileResult,
+    expand_inputs,
+    plan_output_file,
+    plan_outputs,
+)
 from georaster_cnn_cli._options import (
     bands_option,
     batch_size_option,
@@ -36,6 +44,7 @@ from georaster_cnn_cli._options import (
     source_options,
     stride_option,
 )
+from georaster_cnn_cli._stac import stac_options, stac_sources
 from georaster_cnn_cli._tiles import Extra, TileSettings, run_tiles, tiles_in_flight
 from georaster_cnn_cli._vectors import check_vector_output, vector_option, write_vectors_of
 from georaster_cnn_cli._warnings import load_model_or_exit
@@ -82,15 +91,22 @@ def _format_help() -> str:
 
 @click.command("predict", short_help="Classify rasters with a model; one class map per INPUT.")
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
 @click.option(
     "-o",
     "--output-dir",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Folder for the class maps (created if missing); INPUT a/b/scene.tif -> OUTDIR/scene.tif, "
     "a/b/scene.nc -> OUTDIR/scene.nc (see --format).",
     metavar="OUTDIR",
+)
+@click.option(
+    "--output",
+    "output_file",
+    type=click.Path(path_type=Path),
+    metavar="FILE",
+    help="Instead of --output-dir, for one INPUT: its class map FILE, the format from its "
+    "suffix (.tif COG, .nc netCDF, .zarr); extras beside it (FILE.qml ...).",
 )
 @stride_option(
     "Output cell size in input pixels: one class per stride x stride pixels, 1..patch size; "
@@ -104,6 +120,7 @@ def _format_help() -> str:
 )
 @bands_option()
 @source_options()
+@stac_options()
 @overwrite_option("Replace outputs that exist. [default: skip them]")
 @min_valid_option()
 @vector_option()
@@ -134,11 +151,25 @@ def _format_help() -> str:
     "pass per window. [default: dense when the model's architecture allows it (cnn_dense)]",
 )
 @click.option(
+    "--engine",
+    type=click.Choice(["torch", "onnxruntime"]),
+    default="torch",
+    show_default=True,
+    help="Who runs the network: torch (any --device) or onnxruntime (CPU only, needs the "
+    "onnxruntime package; same classes, faster on CPUs: see benchmarks/README.md).",
+)
+@click.option(
     "--resume/--no-resume",
     default=True,
     help="Record each finished block beside the staged output, so that the same command "
     "rerun after an interruption (Ctrl-C, SIGTERM, a killed process) continues from them; "
     "--no-resume starts afresh and discards what an interrupted run kept. [default: resume]",
+)
+@click.option(
+    "--stac-item",
+    is_flag=True,
+    help="Also write a STAC Item OUTDIR/<stem>.json beside each COG/GeoTIFF class map "
+    "(footprint, proj: fields, classes, derived_from links, the model).",
 )
 @scheduler_options()
 @click.pass_context
@@ -146,7 +177,8 @@ def predict(
     ctx: click.Context,
     model: Path,
     inputs: tuple[str, ...],
-    output_dir: Path,
+    output_dir: Path | None,
+    output_file: Path | None,
     stride: int | None,
     batch_size: int,
     device: str,
@@ -160,7 +192,9 @@ def predict(
     quicklook: bool,
     output_format: str | None,
     dense: bool | None,
+    engine: str,
     resume: bool,
+    stac_item: bool,
     cluster: SchedulerChoice,
 ) -> None:
     """Classify rasters with MODEL and write one class map per INPUT.
@@ -175,6 +209,12 @@ def predict(
     finished blocks of the tiles it was writing: the same command continues
     from them, --no-resume starts afresh.
 
+    INPUT may also be a STAC Item or ItemCollection (a JSON file, or a URL with
+    --allow-remote; recognised by its content), and --stac-search URL adds the
+    Items a STAC API finds: their assets are mosaicked onto one grid (--crs,
+    --resolution; --bbox, --datetime) and matched to the model's bands by name
+    (--bands NAME=ASSET,... maps them); --per-item makes one map per Item.
+
     The class map is a COG OUTDIR/<stem>.tif, or a CF-1.8 netCDF OUTDIR/<stem>.nc
     for a netCDF input; --format cog|gtiff|zarr|netcdf chooses one for all.
     By default each output cell is one window of the model's patch size.
@@ -186,26 +226,28 @@ def predict(
     file that exists is skipped unless --overwrite, a missing one is made from
     an existing class map, and a failed one fails its tile.
 
+    With --output FILE instead of -o, the one INPUT's class map is FILE (its
+    suffix picks the format) and the extras lie beside it (FILE.qml ...).
+
     \b
-    Example:
+    Examples:
       georaster-cnn predict landcover.safetensors 'tiles/*.tif' scene.nc -o maps/ --stride 32
+      georaster-cnn predict landcover.safetensors scene.tif --output maps/landcover.tif
     """
     state = get_state(ctx)
     started = time.perf_counter()
+    _check_usage(inputs, output_dir, output_file, open_options)
     check_scheduler(cluster)  # a bad --scheduler fails before the model is read
+    resolved = report_device(state, device)  # said first; resolved once for all tiles
     geo_model = load_model_or_exit(state, model)
-    import georaster_cnn as gc
 
     with usage_errors():  # checked once, the device resolved once: a bad option fails no tile
         options = InferenceOptions.resolve(
-            geo_model,
-            stride=stride,
-            batch_size=batch_size,
-            min_valid=min_valid,
-            device=gc.resolve_device(device),
+            geo_model, stride=stride, batch_size=batch_size, min_valid=min_valid, device=resolved
         )
+    folder = output_dir if output_dir is not None else cast(Path, output_file).parent
     if vector is not None:
-        check_vector_output(output_dir / f"<stem>.{vector}", f"--vector {vector}")
+        check_vector_output(folder / f"<stem>.{vector}", f"--vector {vector}")
     settings = TileSettings(
         options,
         probabilities=probabilities,
@@ -215,23 +257,58 @@ def predict(
         extras=_extras(vector, probabilities if qml is None else qml, quicklook),
         dense=dense,
         resume=resume,
+        stac_item=model.stem if stac_item else False,
+        engine=engine,
     )
-    plan = _plan(state, inputs, output_dir, output_format)
-    with cluster_session(state, cluster) as session:
-        # on a cluster several tiles at once (bounded), else one after another
+    one = output_file is not None
+    plan = _plan(state, inputs, output_file or folder, output_format, open_options, one=one)
+    with cluster_session(state, cluster) as session:  # on a cluster a few tiles at once
         in_flight = tiles_in_flight(session.worker_threads()) if session.distributed else None
         results = run_tiles(state, plan, geo_model, settings, in_flight=in_flight)
     if not state.quiet:
-        _print_summary(state, results, time.perf_counter() - started, output_dir)
+        _print_summary(state, results, time.perf_counter() - started, folder)
     if any(r.status == "failed" for r in results):
         ctx.exit(EXIT_FAILED)
 
 
+def _check_usage(
+    inputs: Sequence[str],
+    output_dir: Path | None,
+    output_file: Path | None,
+    open_options: dict[str, Any],
+) -> None:
+    """Something to read, and exactly one place to write."""
+    if (output_dir is None) == (output_file is None):
+        raise click.UsageError("give one of -o/--output-dir OUTDIR and --output FILE")
+    if not inputs and not open_options["stac"].search:
+        raise click.UsageError("give at least one INPUT (or --stac-search URL)")
+
+
 def _plan(
-    state: CLIState, inputs: Sequence[str], output_dir: Path, fmt: str | None
+    state: CLIState,
+    inputs: Sequence[str],
+    output: Path,
+    fmt: str | None,
+    open_options: dict[str, Any],
+    *,
+    one: bool,
 ) -> list[Job | TileResult]:
-    """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan."""
-    plan = plan_outputs(expand_inputs(inputs), output_dir, format=fmt)
+    """Inputs -> jobs; an input that cannot be run is reported now and fails in the plan.
+
+    ``output`` is OUTDIR, or with ``one`` the FILE of ``--output``.
+    """
+    import georaster_cnn as gc
+
+    try:  # a STAC search, or a document split --per-item, read now
+        found = ExpandedInputs(tuple(stac_sources(expand_inputs(inputs).items, open_options)))
+    except gc.GeorasterCNNError as exc:
+        fail(error_message(exc))
+    if one:
+        with usage_errors():  # one INPUT, a FILE whose suffix names a format
+            plan = plan_output_file(found, output, format=fmt)
+    else:
+        plan = plan_outputs(found, output, format=fmt)
+    output_dir = output.parent if one else output
     for r in plan:
         if isinstance(r, TileResult):
             report_error(state, r.message, context=r.input)

@@ -20,6 +20,7 @@ from georaster_cnn_cli._common import (
     format_number,
     get_state,
     plural,
+    report_device,
     scale_summary,
     usage_errors,
 )
@@ -41,6 +42,7 @@ from georaster_cnn_cli._options import (
     stride_option,
 )
 from georaster_cnn_cli._progress import DaskProgress, make_progress, shows_progress
+from georaster_cnn_cli._stac import stac_options
 from georaster_cnn_cli._warnings import report_warnings
 
 if TYPE_CHECKING:
@@ -71,6 +73,7 @@ class _EpochReporter:
             completed=epoch,
             description=f"epoch {epoch}/{epochs}",
             metrics=escape(text),
+            stage="epochs",
         )
         if not self.live and not self.state.quiet:
             # No progress bar (not a terminal): one line per epoch keeps logs informative.
@@ -95,7 +98,8 @@ def _checked(common: Mapping[str, Any], rasters: Mapping[str, Any] | None) -> to
         options.check_batch_size(common["batch_size"])
         options.check_fraction("val_fraction", common["val_fraction"], high_open=True)
         if rasters is not None:
-            options.training_stride(options.DEFAULT_PATCH, rasters["stride"])
+            options.check_positive("patch", rasters["patch_size"], unit=" pixel")  # as --patch
+            options.training_stride(rasters["patch_size"], rasters["stride"])
             options.check_positive("val_block", rasters["val_block"], unit=" pixel")
             options.check_fraction("min_cover", rasters["min_cover"])
         return gc.resolve_device(common["device"])
@@ -119,7 +123,7 @@ def _fit(
     metrics_column = TextColumn("{task.fields[metrics]}")
     with report_warnings(state), make_progress(state, extra=[metrics_column]) as progress:
         reading = "reading training windows" if rasters is not None else "reading chips"
-        task = progress.add_task("preparing", total=None, metrics=reading)
+        task = progress.add_task("preparing", total=None, metrics=reading, stage="reading")
         reporter = _EpochReporter(state, progress, task, live=shows_progress(state))
         if rasters is None:
             with usage_errors():
@@ -189,6 +193,14 @@ def _fit(
     help="Training epochs (>= 1).",
 )  # fmt: skip
 @batch_size_option(default=options.DEFAULT_TRAIN_BATCH_SIZE)
+@click.option(
+    "--patch",
+    type=int,
+    default=None,
+    metavar="PIXELS",
+    help="Side of the square training windows (the model's patch size) in pixels; rasters "
+    f"only (a chip's size is its patch size). [default: {options.DEFAULT_PATCH}]",
+)
 @stride_option("Spacing of training windows in pixels, 1..patch size.", "patch size / 4")
 @click.option(
     "--arch", default=options.DEFAULT_ARCH, show_default=True, help="Network architecture."
@@ -212,6 +224,7 @@ def _fit(
     "--seed", type=int, default=0, show_default=True, help="Seed; the same seed repeats a run."
 )
 @input_options()
+@stac_options(search=False)
 @click.option(
     "--class-names",
     type=NameList(),
@@ -234,6 +247,7 @@ def train(
     output: Path,
     epochs: int,
     batch_size: int,
+    patch: int | None,
     stride: int | None,
     arch: str,
     patience: int,
@@ -287,11 +301,13 @@ def train(
         "arch": arch, "epochs": epochs, "batch_size": batch_size, "device": device,
         "seed": seed, "val_fraction": val_fraction, "patience": patience, "augment": augment,
     }  # fmt: skip
+    if found.chips and patch is not None:
+        raise click.UsageError("--patch is for rasters: a chip's size is its patch size")
     rasters = None if found.chips else {
         "label_column": label_column, "min_cover": min_cover, "val_block": val_block,
-        "stride": stride,
+        "stride": stride, "patch_size": options.DEFAULT_PATCH if patch is None else patch,
     }  # fmt: skip
-    common["device"] = str(_checked(common, rasters))  # "auto" resolved once, here
+    common["device"] = str(report_device(state, _checked(common, rasters)))  # resolved once
     read = {"bands": bands, "open_options": open_options}
     import georaster_cnn as gc
 

@@ -54,6 +54,10 @@ def windows() -> None:
     "--val-fraction", type=float, default=options.DEFAULT_VAL_FRACTION, show_default=True,
     help="Share of blocks held out for validation, in [0, 1).",
 )  # fmt: skip
+@click.option(
+    "--patch", type=int, default=options.DEFAULT_PATCH, show_default=True, metavar="PIXELS",
+    help="Side of the square windows (the model's patch size), as `train --patch`.",
+)  # fmt: skip
 @stride_option("Spacing of training windows in pixels, 1..patch size.", "patch size / 4")
 @click.option(
     "--seed", type=int, default=0, show_default=True,
@@ -72,6 +76,7 @@ def build(
     min_cover: float,
     val_block: int,
     val_fraction: float,
+    patch: int,
     stride: int | None,
     seed: int,
     bands: list[int | str] | None,
@@ -103,13 +108,14 @@ def build(
     with usage_errors():
         options.check_fraction("val_fraction", val_fraction, high_open=True)
         options.check_positive("val_block", val_block, unit=" pixel")
-        options.training_stride(options.DEFAULT_PATCH, stride)
+        options.check_positive("patch", patch, unit=" pixel")  # as --patch
+        options.training_stride(patch, stride)
     with cluster_session(state, cluster), report_warnings(state), make_progress(state) as bar:
         datas, labs = open_labelled(state, found.pairs, bands=bands, open_options=open_options)
         task = bar.add_task("cutting windows", total=None)
         with DaskProgress(bar, task):
             built = gc.build_window_store(
-                datas, labs, store, label_column=label_column, stride=stride,
+                datas, labs, store, label_column=label_column, patch_size=patch, stride=stride,
                 min_cover=min_cover, val_fraction=val_fraction, val_block=val_block,
                 seed=seed, overwrite=overwrite,
             )  # fmt: skip

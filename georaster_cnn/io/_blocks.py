@@ -21,7 +21,7 @@ import xarray as xr
 from rasterio.errors import RasterioError
 
 from georaster_cnn.errors import ReadError
-from georaster_cnn.io._identity import input_identity
+from georaster_cnn.io._identity import input_identity, stac_identity
 from georaster_cnn.io._resume import BlockIndex, BlockJournal, JournalPlan
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_classes
 from georaster_cnn.io.staging import Staged, resume_key
@@ -103,7 +103,8 @@ class _BlockJob:
         transform = self.pred.rio.transform()
         crs = self.pred.rio.crs
         return {
-            "inputs": input_identity(str(attrs.get("source", ""))),
+            "inputs": input_identity(str(attrs.get("source", "")))
+            + stac_identity(attrs.get("stac_items")),
             "model": str(attrs.get("model_checksum", "")),
             "stride": attrs.get("stride"),
             "patch_size": attrs.get("patch_size"),

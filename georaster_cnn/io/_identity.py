@@ -20,7 +20,9 @@ what "the same" means, cheaply and without reading pixels:
   sends none of them, the location alone is the identity: a remote file changed in
   place is then *not* detected, and a rerun after such a change should not resume
   (``resume=False``);
-* several files (``a.nc;b.nc``, ``a.nc, b.nc``, a glob pattern): each of them.
+* several files (``a.nc;b.nc``, ``a.nc, b.nc``, a glob pattern): each of them;
+* a STAC mosaic (:func:`georaster_cnn.open_stac`): the catalogue, and each asset read
+  (:func:`stac_identity`, from the prediction's ``stac_items`` attribute).
 
 Names that are none of these (missing files) are kept as given.
 """
@@ -50,7 +52,7 @@ from georaster_cnn.io._gdal_open import (
     is_remote,
 )
 
-__all__ = ["input_identity"]
+__all__ = ["input_identity", "stac_identity"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,17 @@ def input_identity(source: str) -> list[dict[str, Any]]:
         else:
             out.append(_identity(part, 0, set()))
     return out
+
+
+def stac_identity(stac_items: str | None) -> list[dict[str, Any]]:
+    """The identity of every asset a STAC mosaic read (``attrs["stac_items"]``, JSON)."""
+    if not stac_items:
+        return []
+    import json
+
+    records = json.loads(stac_items)
+    hrefs = sorted({h for r in records for h in r.get("assets", [])})
+    return [_identity(h, 0, set()) for h in hrefs]
 
 
 def _identity(name: str, depth: int, seen: set[str]) -> dict[str, Any]:

@@ -67,6 +67,7 @@ from georaster_cnn.io._xarray_open import (
     _open_multi,
     _open_zarr,
 )
+from georaster_cnn.io.cloud import http_env
 from georaster_cnn.io.formats import input_family
 from georaster_cnn.options import DEFAULT_MAX_PIXELS, check_max_pixels
 
@@ -273,9 +274,12 @@ class _WindowReader:
         x0, x1, _ = xsl.indices(self.shape[2])
         window = Window(x0, y0, x1 - x0, y1 - y0)
         try:
-            with _open(
-                self.path, quiet=not self.georeferenced, allow_remote=self.allow_remote
-            ) as src:
+            with (
+                http_env(is_remote(self.path)),
+                _open(
+                    self.path, quiet=not self.georeferenced, allow_remote=self.allow_remote
+                ) as src,
+            ):
                 out = src.read(idx, window=window, out_dtype="float32")
                 # +-inf is invalid like NaN; every NaN becomes a quiet one (a signalling NaN
                 # from a damaged file would make later arithmetic raise FP warnings)
@@ -337,7 +341,10 @@ def _open_gdal(
     """
     source = str(path) if source is None else source
     try:
-        with _open(path, quiet=True, allow_remote=allow_remote) as src:
+        with (
+            http_env(is_remote(str(path))),
+            _open(path, quiet=True, allow_remote=allow_remote) as src,
+        ):
             names = [d if d else f"band_{i + 1}" for i, d in enumerate(src.descriptions)]
             if len(set(names)) != len(names):  # duplicate descriptions: fall back to numbers
                 names = [f"band_{i + 1}" for i in range(src.count)]

@@ -64,9 +64,11 @@ from rasterio.enums import ColorInterp
 from rasterio.windows import Window
 
 from georaster_cnn.cluster.scheduler import use_scheduler
+from georaster_cnn.errors import InputError
 from georaster_cnn.io._blocks import _BlockJob
 from georaster_cnn.io._cf_writer import _write_netcdf, _write_zarr
 from georaster_cnn.io._resume import BlockIndex
+from georaster_cnn.io._stac_map import STAC_ITEM_SUFFIX, write_map_item
 from georaster_cnn.io.classmap import (
     CLASS_NODATA,
     pam_xml,
@@ -136,6 +138,7 @@ def write_prediction(
     resume: bool = True,
     progress: Callable[[int, int], None] | None = None,
     max_in_flight: int | None = None,
+    stac_item: bool | str = False,
 ) -> Path:
     """Compute a prediction and write it, atomically, as a COG, GeoTIFF, Zarr or netCDF.
 
@@ -174,6 +177,9 @@ def write_prediction(
     max_in_flight
         On a cluster, most blocks submitted and not yet written; default four per
         worker thread (at least 8).
+    stac_item
+        Also write a STAC Item ``scene.json`` beside a COG/GeoTIFF map (:mod:`~georaster_cnn.io._stac_map`,
+        read back by :func:`~georaster_cnn.open_stac`); a string names the model in it.
 
     Returns
     -------
@@ -201,6 +207,7 @@ def write_prediction(
     """
     out = check_output(path, overwrite=overwrite)
     fmt = resolve_output_format(out, format)
+    _check_stac_item(out, fmt, stac_item, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     checksum = str(pred.attrs.get("model_checksum", ""))
     with use_scheduler(scheduler, scheduler_file=scheduler_file, model=checksum) as session:
@@ -216,7 +223,30 @@ def write_prediction(
             return _write_netcdf(pred, out, job, overwrite=overwrite)
         if fmt == "zarr":
             return _write_zarr(pred, out, job, overwrite=overwrite)
-        return _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress, overwrite=overwrite)
+        _write_tiff(pred, out, job, cog=fmt == "cog", compress=compress, overwrite=overwrite)
+    return _catalogued(pred, out, fmt, stac_item, overwrite=overwrite)
+
+
+def _check_stac_item(out: Path, fmt: str, stac_item: bool | str, *, overwrite: bool) -> None:
+    """Refuse ``stac_item=True`` for a map it cannot catalogue, or an Item that exists."""
+    if stac_item is False or stac_item is None:
+        return
+    if fmt not in ("cog", "gtiff"):
+        raise InputError(
+            f"{out}: stac_item=True catalogues COG and GeoTIFF maps; this is {fmt}. "
+            "Write the map as a COG (format='cog') to catalogue it"
+        )
+    check_output(out.with_suffix(STAC_ITEM_SUFFIX), overwrite=overwrite)
+
+
+def _catalogued(
+    pred: xr.Dataset, out: Path, fmt: str, stac_item: bool | str, *, overwrite: bool
+) -> Path:
+    """``out``, with its STAC Item written beside it when asked."""
+    if stac_item is not False and stac_item is not None:
+        name = stac_item if isinstance(stac_item, str) else None
+        write_map_item(pred, out, cog=fmt == "cog", overwrite=overwrite, model_name=name)
+    return out
 
 
 def _write_tiff(

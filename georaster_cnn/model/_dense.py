@@ -111,7 +111,7 @@ def dense_logits(
     feats = module.trunk(x, step=step)  # type: ignore[operator]
     logits = F.conv2d(feats, head.weight[:, :, None, None], head.bias)
     del feats
-    k = logits.shape[1]
+    k = head.out_features  # a Python int (not the traced shape): the ONNX export needs it
     if dilation == 1:
         pooled = F.avg_pool2d(logits, f, stride=stride // step)
     else:
@@ -151,9 +151,13 @@ def classify_block_dense(
         copy=True,
     )
     np.nan_to_num(x, copy=False, nan=0.0)
-    with classifier.running() as module:
-        t = torch.from_numpy(x).to(classifier.device, non_blocking=True)[None]
-        logits = dense_logits(module, t, patch=patch, stride=stride)
-        probs = probabilities(logits)[0]
+    engine = getattr(classifier, "dense_probabilities", None)  # the onnxruntime engine
+    if engine is not None:
+        probs = engine(x, patch=patch, stride=stride)
+    else:
+        with classifier.running() as module:
+            t = torch.from_numpy(x).to(classifier.device, non_blocking=True)[None]
+            logits = dense_logits(module, t, patch=patch, stride=stride)
+            probs = probabilities(logits)[0]
     out[:, keep] = probs[:, keep]
     return out

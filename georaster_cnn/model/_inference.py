@@ -38,7 +38,7 @@ from georaster_cnn.errors import InputError, ModelFileError
 if TYPE_CHECKING:
     from georaster_cnn.model.modelfile import GeoModel
 
-__all__ = ["Classifier", "probabilities", "resolve_device"]
+__all__ = ["Classifier", "class_probabilities", "device_name", "probabilities", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -83,12 +83,38 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     raise InputError(f"unknown device {device!r}; choose auto, cpu, cuda or mps")
 
 
-def probabilities(logits: torch.Tensor) -> np.ndarray:
-    """Class probabilities (softmax over dim 1, in float32 whatever autocast gave) as NumPy.
+def device_name(device: str | torch.device = "auto") -> str:
+    """What runs the model, in words: ``"CUDA NVIDIA H200 (cuda:0)"``, ``"Apple MPS"``, ``"CPU"``.
 
-    The one place logits become probabilities, for windows and dense feature maps alike.
+    ``device`` is resolved first (:func:`resolve_device`), so ``"auto"`` names the
+    device that ``auto`` picks: the answer to "is my GPU used?".
+
+    Raises
+    ------
+    InputError
+        As :func:`resolve_device`.
     """
-    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return f"CUDA {torch.cuda.get_device_name(index)} (cuda:{index})"
+    if dev.type == "mps":
+        return "Apple MPS"
+    return "CPU" if dev.type == "cpu" else str(dev)
+
+
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Class probabilities: softmax over dim 1, in float32 whatever autocast gave.
+
+    The one place logits become probabilities, for windows and dense feature maps alike,
+    and inside the exported ONNX graphs (:mod:`georaster_cnn.model._portable`).
+    """
+    return torch.softmax(logits.float(), dim=1)
+
+
+def probabilities(logits: torch.Tensor) -> np.ndarray:
+    """:func:`class_probabilities` as NumPy."""
+    return class_probabilities(logits).cpu().numpy()
 
 
 # One model call at a time per process: torch already uses every core (or the GPU)

@@ -33,6 +33,7 @@ from georaster_cnn.io._canonical import BandSelector
 from georaster_cnn.io._user_arrays import as_canonical
 from georaster_cnn.io.classmap import CLASS_NODATA, prediction_attrs
 from georaster_cnn.model._dense import classify_block_dense, dense_block_cells
+from georaster_cnn.model._engine import OnnxClassifier, check_engine
 from georaster_cnn.model._inference import Classifier
 from georaster_cnn.model.architectures import dense_geometry
 from georaster_cnn.model.modelfile import GeoModel
@@ -162,18 +163,16 @@ def predict(
     block_cells: int | None = None,
     check: bool = True,
     dense: bool | None = None,
+    engine: str = "torch",
 ) -> xr.Dataset:
     """Classify every output cell of a raster; lazy and georeferenced.
 
     Parameters
     ----------
     data
-        A ``(band, y, x)`` array: from :func:`~georaster_cnn.open_raster`, or any
-        DataArray with those dims (``rioxarray.open_rasterio``, in memory, any dtype
-        and chunking), made canonical first by
-        :func:`~georaster_cnn.io._user_arrays.as_canonical`: declared nodata values
-        (``.rio.nodata``, ``.rio.encoded_nodata``, ``_FillValue``) and +-inf become
-        NaN, integers become ``float32``, bands one chunk.
+        A ``(band, y, x)`` array (:func:`~georaster_cnn.open_raster`, ``rioxarray``, in
+        memory; any dtype, any chunks), made canonical by ``io._user_arrays.as_canonical``:
+        declared nodata values and +-inf become NaN, the data ``float32``, bands one chunk.
     model
         A trained :class:`~georaster_cnn.GeoModel`.
     bands
@@ -202,12 +201,14 @@ def predict(
     check
         Check the input contract first (see :func:`check_inputs`).
     dense
-        Evaluate densely: run the network's convolutional trunk once per block and
-        pool every window from its feature map, so a fine stride costs about what
-        the coarsest does. Same classes as one forward pass per window (probabilities
-        equal up to float rounding). ``None`` (default): dense whenever the model's
-        architecture allows it (``cnn_dense``); ``False``: one forward pass per
-        window, the reference; ``True``: dense, or an :class:`InputError`.
+        Evaluate densely: the convolutional trunk once per block, every window pooled
+        from its features (a fine stride costs about what the coarsest does; the same
+        classes as one pass per window). ``None`` (default): dense whenever the
+        architecture allows it (``cnn_dense``); ``False``: one pass per window, the
+        reference; ``True``: dense, or an :class:`InputError`.
+    engine
+        ``torch`` (default) or ``onnxruntime`` (CPU only): who runs the network; the same
+        blocks and classes, faster on CPUs (``docs/export.md``).
 
     Returns
     -------
@@ -221,15 +222,14 @@ def predict(
     BandMismatchError
         The raster's band count (after ``bands``) is not the model's.
     InputError
-        Bad stride, batch size, ``min_valid`` or device; ``dense=True`` for a model
+        Bad stride, batch size, ``min_valid``, device or engine; ``dense=True`` for a model
         that cannot be evaluated densely; dims other than ``(band, y, x)``; a bad
         ``bands`` selection; complex values.
 
     Warns
     -----
     DataRangeWarning
-        See :func:`check_inputs`; :class:`~georaster_cnn.errors.NodataWarning` (a
-        ``DataRangeWarning``): a declared nodata value outside the data type's range.
+        See :func:`check_inputs`; ``NodataWarning``: a nodata value outside the dtype's range.
     """
     opts = InferenceOptions.resolve(
         model,
@@ -239,12 +239,13 @@ def predict(
         device=device,
         options=options,
     )
+    engine = check_engine(engine)
     data = as_canonical(data, bands=bands)
     if check:
         check_inputs(data, model)
     grid = PatchGrid(data.sizes["y"], data.sizes["x"], patch=model.patch_size, stride=opts.stride)
     raw = data.data
-    probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells)
+    probs = _probabilities(raw, model, grid, opts, _use_dense(model, dense), block_cells, engine)
     # Mask before argmax: numpy.argmax treats NaN as the maximum.
     nodata = da.isnan(probs[0])
     cls = da.where(nodata, CLASS_NODATA, da.argmax(da.nan_to_num(probs), axis=0)).astype(np.uint8)
@@ -258,6 +259,7 @@ def _probabilities(
     opts: InferenceOptions,
     use_dense: bool,
     block_cells: int | None,
+    engine: str = "torch",
 ) -> da.Array:
     """The lazy ``(classes, y, x)`` probabilities of every output cell (NaN: no prediction).
 
@@ -274,7 +276,7 @@ def _probabilities(
     plan = plan_blocks(raw, grid, block_cells=block_cells)
     blocks = normalize_bands(plan.blocks, model.stats)
     k = model.n_classes
-    classifier = Classifier(model, opts.device)
+    classifier = (OnnxClassifier if engine == "onnxruntime" else Classifier)(model, opts.device)
     ship_to_active_client(model)  # tasks then carry the model's digest, not its bytes
     per_block: dict[str, Any] = {
         "classifier": classifier,
@@ -294,7 +296,7 @@ def _probabilities(
         dtype=np.float32,
         meta=np.empty((0, 0, 0), dtype=np.float32),
         name=("predict-dense-" if use_dense else "predict-")
-        + tokenize(blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid),
+        + tokenize(blocks.name, plan.cell_chunks, grid, classifier.key, opts.min_valid, engine),
     )
     oh, ow = grid.out_shape
     return probs[:, :oh, :ow]
@@ -337,6 +339,8 @@ def _wrap(
         min_valid=opts.min_valid,
         bands=[str(b) for b in data["band"].values],
     )
+    if "stac_items" in data.attrs:  # open_stac's sources: the map's STAC Item links to them
+        attrs["stac_items"] = data.attrs["stac_items"]
     ds = xr.Dataset(
         {
             "class": xr.DataArray(cls, dims=("y", "x"), attrs={"nodata": CLASS_NODATA}),

@@ -20,6 +20,7 @@ import xarray as xr
 
 from georaster_cnn.cluster.scheduler import use_scheduler
 from georaster_cnn.errors import TrainingError
+from georaster_cnn.geometry import pixel_size_metres
 from georaster_cnn.model.modelfile import GeoModel
 from georaster_cnn.options import check_positive
 from georaster_cnn.training._fit import FitOptions, fit, untrained
@@ -205,4 +206,7 @@ def _raster_provenance(
     }
     if vector_names is not None:
         provenance["min_cover"] = spec.min_cover
+    sizes = {pixel_size_metres(d.rio.crs, d.rio.transform()) for d in datas}
+    if len(sizes) == 1 and None not in sizes:  # one pixel size, in metres: exports need it
+        provenance["pixel_size_m"] = sizes.pop()
     return provenance
