@@ -104,7 +104,7 @@ def child_train(folder: Path, side: int, store: str, memory: int, epochs: int) -
     started = time.perf_counter()
     model = gc.train(
         data, labels, store=store, memory=memory, epochs=epochs, patience=0,
-        on_epoch=lambda e, n, m: stamps.append(time.perf_counter()),
+        allow_remote=store.startswith("http"), on_epoch=lambda e, n, m: stamps.append(time.perf_counter()),
         **WINDOW_OPTIONS, **TRAIN_OPTIONS,
     )  # fmt: skip
     steps = [b - a for a, b in itertools.pairwise(stamps)]

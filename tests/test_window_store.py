@@ -300,7 +300,13 @@ def test_a_store_read_over_http_equals_the_folder(scene: Any, tmp_path: Path) ->
     root.mkdir()
     local = _build(root / "w.zarr", data, labels, shard=16)
     with serve(root) as served:
-        remote = open_window_store(f"{served.url}/w.zarr")
+        url = f"{served.url}/w.zarr"
+        with pytest.raises(gc.InputError, match=r"on the network.*--allow-remote"):
+            open_window_store(url)  # network access is asked for, as for every input
+        with pytest.raises(gc.InputError, match="on the network"):
+            gc.train(data, labels, store=url, epochs=1)
+        assert served.log == []  # refused before any request
+        remote = open_window_store(url, allow_remote=True)
         assert np.array_equal(remote.read(0, len(remote)), local.read(0, len(local)))
         assert np.array_equal(remote.val, local.val)
         layout = stream_layout(remote, 2**20, 8)

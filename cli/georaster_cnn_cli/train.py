@@ -312,7 +312,10 @@ def train(
     import georaster_cnn as gc
 
     checkpoint = gc.checkpoint_path(output)
-    scale = {"store": store, "memory": memory, "checkpoint": checkpoint, "resume": resume}
+    scale = {
+        "store": store, "memory": memory, "checkpoint": checkpoint, "resume": resume,
+        "allow_remote": open_options["allow_remote"],
+    }  # fmt: skip
     with cluster_session(state, cluster):  # reading the training windows computes on it
         model, last = _fit(
             state, found, common=common, rasters=rasters, class_names=class_names, read=read,

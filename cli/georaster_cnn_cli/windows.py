@@ -117,7 +117,7 @@ def build(
             built = gc.build_window_store(
                 datas, labs, store, label_column=label_column, patch_size=patch, stride=stride,
                 min_cover=min_cover, val_fraction=val_fraction, val_block=val_block,
-                seed=seed, overwrite=overwrite,
+                seed=seed, overwrite=overwrite, allow_remote=open_options["allow_remote"],
             )  # fmt: skip
     if not state.quiet:
         n_val = int(built.val.sum())

@@ -33,7 +33,12 @@ from georaster_cnn.training.labels import (
     training_class_names,
 )
 from georaster_cnn.training.splits import SplitAdvice, check_split
-from georaster_cnn.training.store import FoundWindows, build_store, recorded_options
+from georaster_cnn.training.store import (
+    FoundWindows,
+    build_store,
+    check_store_location,
+    recorded_options,
+)
 from georaster_cnn.training.vector_labels import VectorLabels
 from georaster_cnn.training.windows import WindowSpec, training_windows
 
@@ -51,6 +56,7 @@ class RunPlan:
     memory_bytes: int
     checkpoint: str | os.PathLike[str] | None
     resume: bool
+    allow_remote: bool = False
 
     @classmethod
     def checked(
@@ -60,12 +66,15 @@ class RunPlan:
         max_chip_bytes: int,
         checkpoint: str | os.PathLike[str] | None,
         resume: bool,
+        allow_remote: bool = False,
     ) -> RunPlan:
-        """The plan, ``memory`` (MiB; ``None``: ``max_chip_bytes``) checked."""
+        """The plan, ``memory`` (MiB; ``None``: ``max_chip_bytes``) and the store's place checked."""
         budget = max_chip_bytes
         if memory is not None:
             budget = check_positive("memory", memory, unit=" MiB") * 2**20
-        return cls(store, budget, checkpoint, bool(resume))
+        if store is not None:
+            check_store_location(store, allow_remote)
+        return cls(store, budget, checkpoint, bool(resume), bool(allow_remote))
 
 
 def fit_windows(
@@ -149,7 +158,7 @@ def _windows(
     )  # fmt: skip
     store, _ = build_store(
         run.store, datas, items, spec, recorded=recorded, val_block=val_block,
-        val_fraction=val_fraction, memory_bytes=run.memory_bytes,
+        val_fraction=val_fraction, memory_bytes=run.memory_bytes, allow_remote=run.allow_remote,
     )  # fmt: skip
     return FoundWindows.of_store(store, run.memory_bytes)
 

@@ -26,12 +26,11 @@ or window options is refused, naming what differs). How it is built:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,6 @@ import numpy as np
 import xarray as xr
 
 from georaster_cnn.errors import InputError, OutputExistsError
-from georaster_cnn.io._identity import input_identity
 from georaster_cnn.io.formats import is_network_location
 from georaster_cnn.io.staging import output_exists, staged
 from georaster_cnn.options import (
@@ -53,7 +51,7 @@ from georaster_cnn.options import (
     check_min_valid,
 )
 from georaster_cnn.stats import ChannelStats
-from georaster_cnn.training.labels import label_sources
+from georaster_cnn.training._store_record import recorded_options, store_differences
 from georaster_cnn.training.vector_labels import VectorLabels
 from georaster_cnn.training.windows import TrainingWindows, WindowSpec
 
@@ -64,6 +62,7 @@ __all__ = [
     "StoreSamples",
     "WindowStore",
     "build_store",
+    "check_store_location",
     "open_window_store",
     "recorded_options",
     "store_differences",
@@ -95,78 +94,21 @@ def shard_layout(
     return max(chunk, shard // chunk * chunk), chunk
 
 
-def _data_record(d: xr.DataArray) -> dict[str, Any]:
-    """What identifies a raster: its source, shape, bands, grid and (files) size and time."""
-    source = str(d.attrs.get("source", "<in-memory>"))
-    record: dict[str, Any] = {
-        "source": source,
-        "shape": [int(d.sizes.get("band", 1)), int(d.sizes["y"]), int(d.sizes["x"])],
-        "bands": [str(b) for b in d.coords["band"].values] if "band" in d.coords else [],
-    }
-    if d.rio.crs is not None:
-        record["crs"] = d.rio.crs.to_string()
-        record["transform"] = [round(float(v), 9) for v in tuple(d.rio.transform())[:6]]
-    if source != "<in-memory>":
-        with contextlib.suppress(OSError, ValueError):
-            record["identity"] = input_identity(source)
-    return record
+def check_store_location(location: str | os.PathLike[str], allow_remote: bool) -> None:
+    """Refuse a window store on the network unless ``allow_remote`` (as every network input).
 
-
-def recorded_options(
-    datas: Sequence[xr.DataArray],
-    items: Sequence[xr.DataArray | VectorLabels],
-    spec: WindowSpec,
-    *,
-    val_block: int,
-    val_fraction: float,
-    label_column: str | None,
-) -> dict[str, Any]:
-    """What a store's windows depend on: rasters, labels, window and split options, seed.
-
-    A store is reused only for a run whose record is equal (:func:`store_differences`).
+    Raises
+    ------
+    InputError
+        ``location`` is a URL (``http(s)://``, ``s3://``, ``/vsicurl/`` ...) and
+        ``allow_remote`` is false.
     """
-    return json.loads(
-        json.dumps(
-            {
-                "data": [_data_record(d) for d in datas],
-                "labels": label_sources(items),
-                "label_column": label_column,
-                "patch_size": spec.patch,
-                "stride": spec.stride,
-                "min_valid": spec.min_valid,
-                "min_cover": spec.min_cover,
-                "val_block": val_block,
-                "val_fraction": val_fraction,
-                "seed": spec.seed,
-            },
-            default=str,
+    name = str(location)
+    if (is_network_location(name) or "://" in name) and not allow_remote:
+        raise InputError(
+            f"window store {name} is on the network; reading or writing it needs "
+            "allow_remote=True (--allow-remote), as every network input does"
         )
-    )
-
-
-def store_differences(recorded: Mapping[str, Any], asked: Mapping[str, Any]) -> list[str]:
-    """One phrase per option that differs between a store's record and a run (empty: none)."""
-    out = []
-    for key in sorted(set(recorded) | set(asked)):
-        have, want = recorded.get(key), asked.get(key)
-        if have == want:
-            continue
-        if key in ("data", "labels") and isinstance(have, list) and isinstance(want, list):
-            if len(have) != len(want):
-                out.append(f"{key}: {len(have)} recorded, {len(want)} asked")
-                continue
-            for i, (h, w) in enumerate(zip(have, want, strict=True)):
-                if h != w:
-                    fields = (
-                        sorted(k for k in set(h) | set(w) if h.get(k) != w.get(k))
-                        if (isinstance(h, dict) and isinstance(w, dict))
-                        else ["source"]
-                    )
-                    name = w.get("source", w) if isinstance(w, dict) else w
-                    out.append(f"{key} {i + 1} ({name}): {', '.join(fields)} differ")
-            continue
-        out.append(f"{key} {have!r} recorded, {want!r} asked")
-    return out
 
 
 def _open_group(location: str | os.PathLike[str], mode: str) -> Any:
@@ -220,14 +162,18 @@ class WindowStore:
         return np.asarray(self.group["windows"][start:stop], dtype=np.float32)
 
 
-def open_window_store(location: str | os.PathLike[str]) -> WindowStore:
-    """Open a complete window store (a folder or a URL) for reading.
+def open_window_store(
+    location: str | os.PathLike[str], *, allow_remote: bool = False
+) -> WindowStore:
+    """Open a complete window store (a folder, or a URL with ``allow_remote``) for reading.
 
     Raises
     ------
     InputError
-        Not a window store, of another format version, or incomplete (its build died).
+        Not a window store, of another format version, or incomplete (its build died);
+        a URL without ``allow_remote``.
     """
+    check_store_location(location, allow_remote)
     try:
         group = _open_group(location, "r")
         attrs = dict(group.attrs)
@@ -322,6 +268,7 @@ def build_store(
     reuse: bool = True,
     shard_windows: int | None = None,
     memory_bytes: int | None = None,
+    allow_remote: bool = False,
 ) -> tuple[WindowStore, float]:
     """The store at ``location`` for these windows: reused if it exists and matches, else built.
 
@@ -333,13 +280,15 @@ def build_store(
     ------
     InputError
         The store exists but records other rasters, labels or options (named), or is
-        not a readable store; pass ``overwrite`` to rebuild it.
+        not a readable store; pass ``overwrite`` to rebuild it. A URL without
+        ``allow_remote``.
     """
+    check_store_location(location, allow_remote)
     name = str(location)
     remote = is_network_location(name) or "://" in name
     exists = _exists(name, remote)
     if exists and not overwrite and reuse:
-        store = open_window_store(name)
+        store = open_window_store(name, allow_remote=True)  # checked above
         diff = store_differences(store.recorded, recorded)
         if diff:
             raise InputError(
@@ -365,7 +314,7 @@ def build_store(
                 memory_bytes, **split,
             )  # fmt: skip
     took = time.perf_counter() - started
-    store = open_window_store(name)
+    store = open_window_store(name, allow_remote=True)  # checked above
     log.info("built window store %s: %d windows in %.1f s", name, len(store), took)
     return store, took
 
@@ -450,6 +399,7 @@ def build_window_store(
     scheduler_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     shard_windows: int | None = None,
+    allow_remote: bool = False,
 ) -> WindowStore:
     """Build the window store of rasters and labels once, to train on many times.
 
@@ -457,7 +407,8 @@ def build_window_store(
     reads it instead of cutting windows. The options are those of
     :func:`~georaster_cnn.train` (``seed`` seeds the split); ``scheduler`` is where the
     windows are cut and written (a cluster's workers write the shards, so the store
-    must be reachable from them: a shared folder or object storage). ``shard_windows``
+    must be reachable from them: a shared folder or object storage; a URL needs
+    ``allow_remote``). ``shard_windows``
     sets the windows per shard (default: ~64 MiB of them, at most 8192); a chunk, the
     smallest read, is ~1 MiB of windows (at most 256, at most a shard).
 
@@ -494,5 +445,6 @@ def build_window_store(
         built, _ = build_store(
             store, datas, items, spec, recorded=recorded, val_block=val_block,
             val_fraction=fraction, overwrite=overwrite, reuse=False, shard_windows=shard_windows,
+            allow_remote=allow_remote,
         )  # fmt: skip
     return built

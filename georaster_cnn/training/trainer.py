@@ -128,7 +128,7 @@ def train(
     on_epoch: EpochFn | None = None, progress: EpochFn | None = None, memory: int | None = None,
     scheduler: str | Client | None = None, scheduler_file: str | os.PathLike[str] | None = None,
     store: str | os.PathLike[str] | None = None, checkpoint: str | os.PathLike[str] | None = None,
-) -> GeoModel:  # fmt: skip
+    allow_remote: bool = False) -> GeoModel:  # fmt: skip
     """Train a classifier from rasters and their labels: label rasters or vector labels.
 
     Parameters
@@ -167,10 +167,10 @@ def train(
         (``progress=``: its old name).
     scheduler, scheduler_file
         Where the labels are read and the windows cut, as for :func:`~georaster_cnn.write_prediction`.
-    store, memory, checkpoint, resume
-        A window store (folder, URL) of every window, built or reused (same inputs, options);
-        windows budget in MiB (default ``max_chip_bytes``), a store is streamed beyond it; a
-        checkpoint written each epoch, continued with ``resume`` (docs/training-at-scale.md).
+    store, memory, checkpoint, resume, allow_remote
+        A store of every window (folder; URL if ``allow_remote``), built or reused (same inputs,
+        options); windows budget in MiB (default ``max_chip_bytes``), a store streams beyond
+        it; a checkpoint each epoch, continued if ``resume`` (docs/training-at-scale.md).
 
     Returns
     -------
@@ -203,7 +203,7 @@ def train(
         augment=augment, patience=patience, on_epoch=on_epoch, progress=progress,
     )  # fmt: skip
     datas = [as_canonical(d) for d in ([data] if isinstance(data, xr.DataArray) else data)]
-    run = RunPlan.checked(store, memory, max_chip_bytes, checkpoint, resume)
+    run = RunPlan.checked(store, memory, max_chip_bytes, checkpoint, resume, allow_remote)
     spec = window_spec(
         datas, patch_size=patch_size, stride=stride, min_valid=min_valid, min_cover=min_cover,
         val_block=val_block, seed=seed, max_chip_bytes=run.memory_bytes,
