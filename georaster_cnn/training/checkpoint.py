@@ -75,6 +75,8 @@ class Checkpoint:
     def save(self, state: dict[str, Any]) -> None:
         """Write ``state`` (plus the key) atomically in place of the previous checkpoint."""
         payload = {**state, "key": self.key}
+        # beside the model, whose folder save_model would create only after training
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.path, lambda f: torch.save(payload, f))
 
     def remove(self) -> None:
