@@ -235,12 +235,7 @@ def _existing(
     opts = settings.options
     try:
         with report_warnings(state, context=name):
-            data = open_source(
-                job.source,
-                bands=settings.bands,
-                open_options=settings.open_options,
-                model_bands=model.band_names,
-            )
+            data = _open_tile(job, model, settings)
         differ = differences(
             job.output, model_checksum=model.checksum, stride=opts.stride,
             min_valid=opts.min_valid, probabilities=settings.probabilities,
@@ -260,6 +255,16 @@ def _existing(
     )
     report_error(state, message, context=name)
     return TileResult(name, "failed", job.output, time.perf_counter() - t0, message)
+
+
+def _open_tile(job: Job, model: GeoModel, settings: TileSettings) -> Any:
+    """The tile's raster (or STAC mosaic) as the settings and the model's bands ask."""
+    return open_source(
+        job.source,
+        bands=settings.bands,
+        open_options=settings.open_options,
+        model_bands=model.band_names,
+    )
 
 
 def _predict_one(
@@ -291,12 +296,7 @@ def _predict_one(
     distributed = check is not None
     try:
         with report_warnings(state, context=name):
-            data = open_source(
-                job.source,
-                bands=settings.bands,
-                open_options=settings.open_options,
-                model_bands=model.band_names,
-            )
+            data = _open_tile(job, model, settings)
             select = settings.open_options.get("select")
             report_selected(state, data.attrs.get("selected"), select, context=name)
             # the options resolved once for all tiles, passed as they are
